@@ -1,0 +1,29 @@
+"""dact_tf: Differentiable Adaptive Computation Time for Transformer encoders.
+
+DACT-BERT (Eyzaguirre et al., arXiv:2109.11745) for Keras 3 and TensorFlow:
+a small head after every Transformer block gives an answer and a halting
+value, a differentiable recurrence mixes the answers, a ponder cost teaches
+the model to stop early, and inference skips the remaining blocks as soon as
+they provably cannot change the prediction.
+"""
+
+import os
+
+# dact_tf builds TensorFlow graphs (tf.while_loop, SavedModel, TFLite): it
+# needs Keras on the TensorFlow backend.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        "dact_tf needs the TensorFlow Keras backend, but KERAS_BACKEND is "
+        f"{keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow."
+    )
+
+from dact_tf import ops  # noqa: E402
+from dact_tf.layers import DactEncoder  # noqa: E402
+from dact_tf.layers import DactHeads  # noqa: E402
+from dact_tf.version import __version__  # noqa: E402
+from dact_tf import callbacks  # noqa: E402
+from dact_tf.models import DactClassifier  # noqa: E402

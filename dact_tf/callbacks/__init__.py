@@ -1,0 +1,7 @@
+"""Callbacks for training DACT models with `model.fit`."""
+
+from dact_tf.callbacks.ponder_logger import PonderCostLogger
+from dact_tf.callbacks.ponder_logger import halting_statistics
+from dact_tf.callbacks.tau_scheduler import ConstantTau
+from dact_tf.callbacks.tau_scheduler import LinearTauWarmup
+from dact_tf.callbacks.tau_scheduler import TauScheduler

@@ -1,0 +1,424 @@
+"""A stack of Transformer blocks with DACT heads and guaranteed early exit."""
+
+import keras
+import tensorflow as tf
+
+from dact_tf import ops
+from dact_tf.layers.dact_heads import DactHeads
+
+
+def _check_rank(tensor, rank, name):
+    if tensor.shape.rank is not None and tensor.shape.rank != rank:
+        raise ValueError(
+            f"`{name}` must have rank {rank}, got shape {tensor.shape}."
+        )
+
+
+@keras.saving.register_keras_serializable(package="dact_tf")
+class DactEncoder(keras.layers.Layer):
+    """Runs Transformer blocks, halting each example once its answer is safe.
+
+    After every block a `DactHeads` head gives an answer `y_n` and a halting
+    value `h_n`; `dact_tf.ops.accumulate` mixes the answers into `a_n` with a
+    shrinking budget `p_n`.
+
+    - `training=True`: every block runs (so every head gets gradients); the
+      layer returns the final accumulated answer `a_N` and adds
+      `tau * mean(sum_n p_n)` (the ponder cost) with `add_loss`.
+    - Inference: a `tf.while_loop` runs one block per iteration and stops
+      **per example** as soon as the halting rule proves the remaining blocks
+      cannot change its prediction (`dact_tf.ops.should_halt`). Finished rows
+      leave the computation: the loop keeps only the active rows (a gather)
+      and scatters finished rows' answers into the output, so easy examples
+      cost nothing after they halt. Block n is picked by a balanced tree of
+      `tf.cond` (no `tf.switch_case`, which TFLite lacks); no variable is
+      created in the loop.
+    - `full_depth=True` at inference runs every block (for checks and
+      benchmarks) as a plain, unrolled graph.
+
+    Args:
+        blocks: list of Keras layers called as
+            `block(x, padding_mask=mask, training=training)`, mapping
+            `[batch, seq, hidden]` to the same shape (e.g. keras-hub
+            `TransformerEncoder`s).
+        num_outputs: int, the number of classes (1 for regression).
+        task: `"classification"` or `"regression"`.
+        output_range: `(lo, hi)`, the score range for regression.
+        head_hidden_dim: int or None, the hidden width of the heads.
+        head_activation: the heads' hidden activation.
+        shared_heads: bool, one head for all blocks.
+        halting_bias: float, initial bias of the halting units.
+        head_dropout: float, dropout on the first-token vector in training.
+        tau: float >= 0, the weight of the ponder cost. Stored in a
+            non-trainable variable so callbacks can change it during `fit`.
+        halting_rule: `"tight"` (default, guaranteed), `"paper"`
+            (guaranteed, looser), `"relaxed"` (faster, no guarantee) or
+            `"never"`; see `dact_tf.ops.should_halt`.
+        halting_margin: float >= 0, rounding margin of guaranteed rules.
+        halting_epsilon: float in [0, 1], budget threshold of `"relaxed"`.
+        halting_slack: float >= 0, slack of `"relaxed"`.
+        regression_tolerance: float > 0, the largest change of a regression
+            score that halting may cause.
+        **kwargs: base layer arguments.
+
+    Call arguments:
+        inputs: float `[batch, seq, hidden]`, the embedded tokens.
+        padding_mask: bool or int `[batch, seq]`, 1 for real tokens; None
+            means no padding.
+        training: bool.
+        full_depth: bool, run every block at inference.
+
+    Returns:
+        A dict. Classification: `"probabilities"` float32
+        `[batch, num_outputs]`, `"predictions"` int32 `[batch]`. Regression:
+        `"scores"` float32 `[batch]`. Both: `"layers_executed"` int32
+        `[batch]` and `"ponder_cost"` float32 `[batch]` (`sum p_n` over the
+        blocks executed).
+
+    Example:
+    >>> import keras_hub
+    >>> blocks = [keras_hub.layers.TransformerEncoder(32, 2) for _ in range(3)]
+    >>> encoder = DactEncoder(blocks, num_outputs=2)
+    >>> out = encoder(tf.random.normal([4, 8, 16]))
+    >>> sorted(out)
+    ['layers_executed', 'ponder_cost', 'predictions', 'probabilities']
+
+    References:
+        Eyzaguirre et al. DACT-BERT, arXiv:2109.11745.
+    """
+
+    def __init__(
+        self,
+        blocks,
+        num_outputs,
+        task="classification",
+        output_range=None,
+        head_hidden_dim=None,
+        head_activation="tanh",
+        shared_heads=False,
+        halting_bias=2.0,
+        head_dropout=0.0,
+        tau=1e-3,
+        halting_rule="tight",
+        halting_margin=1e-5,
+        halting_epsilon=0.0,
+        halting_slack=0.0,
+        regression_tolerance=0.05,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        blocks = list(blocks)
+        if not blocks:
+            raise ValueError("`blocks` must hold at least one layer.")
+        if halting_rule not in ops.HALTING_RULES:
+            raise ValueError(
+                f"`halting_rule` must be one of {ops.HALTING_RULES}, got "
+                f"{halting_rule!r}."
+            )
+        _check_range("tau", tau, 0.0, None)
+        _check_range("halting_margin", halting_margin, 0.0, 1.0)
+        _check_range("halting_epsilon", halting_epsilon, 0.0, 1.0)
+        _check_range("halting_slack", halting_slack, 0.0, 1.0)
+        if not float(regression_tolerance) > 0.0:
+            raise ValueError(
+                "`regression_tolerance` must be > 0, got "
+                f"{regression_tolerance}."
+            )
+        self.blocks = blocks
+        self.num_outputs = int(num_outputs)
+        self.task = task
+        self.output_range = (
+            None if output_range is None else tuple(float(v) for v in output_range)
+        )
+        self.head_hidden_dim = head_hidden_dim
+        self.head_activation = head_activation
+        self.shared_heads = bool(shared_heads)
+        self.halting_bias = float(halting_bias)
+        self.head_dropout = float(head_dropout)
+        self.initial_tau = float(tau)
+        self.halting_rule = halting_rule
+        self.halting_margin = float(halting_margin)
+        self.halting_epsilon = float(halting_epsilon)
+        self.halting_slack = float(halting_slack)
+        self.regression_tolerance = float(regression_tolerance)
+        # Created here (not in build) so that heads-argument errors surface
+        # at construction; its weights are still created in build().
+        self.heads = DactHeads(
+            num_layers=len(blocks),
+            num_outputs=num_outputs,
+            hidden_dim=head_hidden_dim,
+            activation=head_activation,
+            shared=shared_heads,
+            task=task,
+            output_range=output_range,
+            halting_bias=halting_bias,
+            dropout=head_dropout,
+            name="heads",
+        )
+
+    @property
+    def num_layers(self):
+        """The number of blocks."""
+        return len(self.blocks)
+
+    def build(self, inputs_shape, padding_mask_shape=None):
+        for block in self.blocks:
+            if not block.built:
+                block.build(inputs_shape)
+        self.heads.build((inputs_shape[0], inputs_shape[-1]))
+        self.tau = self.add_weight(
+            name="tau",
+            shape=(),
+            initializer=keras.initializers.Constant(self.initial_tau),
+            trainable=False,
+        )
+
+    # ------------------------------------------------------------------ call
+
+    def call(self, inputs, padding_mask=None, training=None, full_depth=False):
+        _check_rank(inputs, 3, "inputs")
+        if padding_mask is None:
+            padding_mask = tf.ones(tf.shape(inputs)[:2], tf.bool)
+        _check_rank(padding_mask, 2, "padding_mask")
+        if (
+            inputs.shape[:2].is_fully_defined()
+            and padding_mask.shape.is_fully_defined()
+            and inputs.shape[:2] != padding_mask.shape
+        ):
+            raise ValueError(
+                "`padding_mask` must have shape [batch, seq] matching "
+                f"`inputs` {inputs.shape}, got {padding_mask.shape}."
+            )
+        if inputs.shape[0] == 0:
+            raise ValueError("Got an empty batch (batch size 0).")
+        if training:
+            trace = self.trace(inputs, padding_mask, training=True)
+            ponder = trace["ponder_cost"]
+            self.add_loss(tf.cast(self.tau, tf.float32) * tf.reduce_mean(ponder))
+            return self._outputs(
+                trace["accumulated"][-1],
+                tf.fill(tf.shape(ponder), tf.constant(self.num_layers, tf.int32)),
+                ponder,
+            )
+        if full_depth:
+            trace = self.trace(inputs, padding_mask, training=False)
+            ponder = trace["ponder_cost"]
+            return self._outputs(
+                trace["accumulated"][-1],
+                tf.fill(tf.shape(ponder), tf.constant(self.num_layers, tf.int32)),
+                ponder,
+            )
+        return self.adaptive_forward(inputs, padding_mask)
+
+    def _outputs(self, answer, layers_executed, ponder):
+        out = {"layers_executed": layers_executed, "ponder_cost": ponder}
+        if self.task == "regression":
+            out["scores"] = answer[:, 0]
+        else:
+            out["probabilities"] = answer
+            out["predictions"] = tf.argmax(answer, axis=-1, output_type=tf.int32)
+        return out
+
+    def _halts(self, answer, budget, remaining):
+        return ops.should_halt(
+            answer,
+            budget,
+            remaining,
+            task=self.task,
+            rule=self.halting_rule,
+            margin=self.halting_margin,
+            epsilon=self.halting_epsilon,
+            slack=self.halting_slack,
+            tolerance=self.regression_tolerance,
+            output_range=self.output_range or (0.0, 1.0),
+        )
+
+    # -------------------------------------------------------- unrolled path
+
+    def trace(self, inputs, padding_mask=None, training=False):
+        """Runs every block and returns the whole DACT trajectory.
+
+        Args:
+            inputs: float `[batch, seq, hidden]`.
+            padding_mask: `[batch, seq]` or None.
+            training: bool.
+
+        Returns:
+            A dict of float32 tensors, with N the number of blocks:
+            `"answers"` `[N, batch, num_outputs]` (the `y_n`),
+            `"halting"` `[N, batch]` (the `h_n`), `"budgets"` `[N, batch]`
+            (the `p_n`), `"accumulated"` `[N, batch, num_outputs]` (the
+            `a_n`), `"ponder_cost"` `[batch]`, and `"exit_layers"` int32
+            `[batch]`: the block after which the halting rule stops each
+            example (what the early-exit loop executes).
+        """
+        if padding_mask is None:
+            padding_mask = tf.ones(tf.shape(inputs)[:2], tf.bool)
+        x = inputs
+        cls = []
+        for block in self.blocks:
+            x = block(x, padding_mask=padding_mask, training=training)
+            cls.append(x[:, 0, :])
+        answers, halting = self.heads(tf.stack(cls), training=training)
+        answer, budget = ops.initial_state(tf.shape(inputs)[0], self.num_outputs)
+        accumulated, budgets, halts = [], [], []
+        for n in range(self.num_layers):
+            answer, budget = ops.accumulate(answer, budget, answers[n], halting[n])
+            accumulated.append(answer)
+            budgets.append(budget)
+            halts.append(self._halts(answer, budget, self.num_layers - 1 - n))
+        budgets = tf.stack(budgets)
+        return {
+            "answers": answers,
+            "halting": halting,
+            "budgets": budgets,
+            "accumulated": tf.stack(accumulated),
+            "ponder_cost": ops.ponder_cost(budgets),
+            "exit_layers": ops.first_halting_layer(tf.stack(halts)),
+        }
+
+    # ---------------------------------------------------- early-exit loop
+
+    def _run_block(self, index, x, padding_mask):
+        """Block `index` (a scalar tensor) via a balanced tree of tf.cond."""
+
+        def subtree(lo, hi):
+            if hi - lo == 1:
+                return lambda: self.blocks[lo](
+                    x, padding_mask=padding_mask, training=False
+                )
+            mid = (lo + hi) // 2
+            return lambda: tf.cond(index < mid, subtree(lo, mid), subtree(mid, hi))
+
+        return subtree(0, self.num_layers)()
+
+    def adaptive_forward(self, inputs, padding_mask=None, halting=True):
+        """Inference with per-example early exit, in a `tf.while_loop`.
+
+        Args:
+            inputs: float `[batch, seq, hidden]`.
+            padding_mask: `[batch, seq]` or None.
+            halting: bool; False runs the same loop to full depth (for
+                checks: it must equal the unrolled path).
+
+        Returns:
+            The dict described in the class docstring.
+        """
+        if padding_mask is None:
+            padding_mask = tf.ones(tf.shape(inputs)[:2], tf.bool)
+        num_layers = self.num_layers
+        batch_size = tf.shape(inputs)[0]
+        answer, budget = ops.initial_state(batch_size, self.num_outputs)
+        # Loop state, named in one place. The first six hold active rows only.
+        state = dict(
+            n=tf.constant(0, tf.int32),
+            hidden=inputs,
+            mask=padding_mask,
+            rows=tf.range(batch_size),
+            answer=answer,
+            budget=budget,
+            ponder=tf.zeros_like(budget),
+            out_answer=tf.zeros_like(answer),
+            out_layers=tf.zeros([batch_size], tf.int32),
+            out_ponder=tf.zeros_like(budget),
+        )
+        out_shape_answer = tf.shape(answer)
+
+        def cond(s):
+            return tf.size(s["rows"]) > 0
+
+        def body(s):
+            n = s["n"]
+            hidden = self._run_block(n, s["hidden"], s["mask"])
+            y, h = self.heads(hidden[:, 0, :], layer_index=n)
+            answer, budget = ops.accumulate(s["answer"], s["budget"], y, h)
+            ponder = s["ponder"] + budget
+            remaining = num_layers - 1 - n
+            if halting:
+                done = tf.logical_or(
+                    self._halts(answer, budget, remaining), remaining <= 0
+                )
+            else:
+                done = tf.fill(tf.shape(budget), remaining <= 0)
+            done_at = tf.where(done)[:, 0]
+            keep_at = tf.where(tf.logical_not(done))[:, 0]
+            rows_done = tf.gather(s["rows"], done_at)[:, None]
+            scatter = lambda values, shape: tf.scatter_nd(  # noqa: E731
+                rows_done, tf.gather(values, done_at), shape
+            )
+            return (
+                dict(
+                    n=n + 1,
+                    hidden=tf.gather(hidden, keep_at),
+                    mask=tf.gather(s["mask"], keep_at),
+                    rows=tf.gather(s["rows"], keep_at),
+                    answer=tf.gather(answer, keep_at),
+                    budget=tf.gather(budget, keep_at),
+                    ponder=tf.gather(ponder, keep_at),
+                    out_answer=s["out_answer"]
+                    + scatter(answer, out_shape_answer),
+                    out_layers=s["out_layers"]
+                    + scatter(
+                        tf.fill(tf.shape(budget), n + 1), [batch_size]
+                    ),
+                    out_ponder=s["out_ponder"] + scatter(ponder, [batch_size]),
+                ),
+            )
+
+        def loose(t):
+            return tf.TensorShape([None]).concatenate(t.shape[1:])
+
+        invariants = {
+            k: (loose(v) if k in ("hidden", "mask", "rows", "answer", "budget",
+                                  "ponder") else v.shape)
+            for k, v in state.items()
+        }
+        invariants["n"] = tf.TensorShape([])
+        (final,) = tf.while_loop(
+            cond,
+            body,
+            (state,),
+            shape_invariants=(invariants,),
+            maximum_iterations=num_layers,
+        )
+        return self._outputs(
+            final["out_answer"], final["out_layers"], final["out_ponder"]
+        )
+
+    # --------------------------------------------------------------- config
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "blocks": [keras.layers.serialize(b) for b in self.blocks],
+                "num_outputs": self.num_outputs,
+                "task": self.task,
+                "output_range": self.output_range,
+                "head_hidden_dim": self.head_hidden_dim,
+                "head_activation": self.head_activation,
+                "shared_heads": self.shared_heads,
+                "halting_bias": self.halting_bias,
+                "head_dropout": self.head_dropout,
+                "tau": self.initial_tau,
+                "halting_rule": self.halting_rule,
+                "halting_margin": self.halting_margin,
+                "halting_epsilon": self.halting_epsilon,
+                "halting_slack": self.halting_slack,
+                "regression_tolerance": self.regression_tolerance,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["blocks"] = [keras.layers.deserialize(b) for b in config["blocks"]]
+        return cls(**config)
+
+
+def _check_range(name, value, lo, hi):
+    value = float(value)
+    if value < lo or (hi is not None and value > hi):
+        bounds = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"`{name}` must be {bounds}, got {value}.")

@@ -1,0 +1,228 @@
+"""DACT heads: after each block, an answer and a halting value."""
+
+import keras
+import tensorflow as tf
+
+from dact_tf.ops import TASKS
+
+
+@keras.saving.register_keras_serializable(package="dact_tf")
+class DactHeads(keras.layers.Layer):
+    """The DACT heads of a stack of blocks: an answer and a halting value.
+
+    After block n a small head reads the first-token vector `x_n[:, 0]`:
+
+        z_n = activation(W_z x + b_z)
+        y_n = softmax(W_y z_n + b_y)            # classification
+        y_n = lo + (hi - lo) * sigmoid(W_y z_n + b_y)   # bounded regression
+        h_n = sigmoid(W_h z_n + b_h)
+
+    The weights of all heads are stacked along a leading axis of size
+    `num_layers` (or 1 when `shared=True`), so the head of block n is a
+    gather, which keeps the early-exit loop free of per-block branches and
+    converts to TFLite builtins. Outputs are float32 whatever the compute
+    dtype, so the DACT math stays in float32 under mixed precision.
+
+    Args:
+        num_layers: int, the number of blocks the heads follow.
+        num_outputs: int, the number of classes (1 for regression).
+        hidden_dim: int or None, the width of `z_n`; None uses the input
+            width.
+        activation: the hidden activation (`"tanh"` by default).
+        shared: bool, one head shared by all blocks instead of one per
+            block (the paper uses one per block).
+        task: `"classification"` or `"regression"`.
+        output_range: `(lo, hi)` for regression scores.
+        halting_bias: float, the initial bias of the halting unit. Positive
+            values start the model trusting its deeper blocks (`h` near 1);
+            the ponder cost then teaches it to halt.
+        dropout: float, dropout on the first-token vector during training.
+        kernel_initializer: initializer of the kernels.
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: `[batch, hidden]` first-token vectors of one block, or
+            `[num_layers, batch, hidden]` those of every block.
+        layer_index: int or scalar int tensor, the 0-based block of
+            `inputs` when they are of one block; None when they hold all.
+        training: bool, whether dropout is active.
+
+    Returns:
+        `(answers, halting)`: float32 `[batch, num_outputs]` and `[batch]`
+        for one block, or `[num_layers, batch, num_outputs]` and
+        `[num_layers, batch]` for all blocks.
+
+    Example:
+    >>> heads = DactHeads(num_layers=4, num_outputs=3)
+    >>> y, h = heads(tf.zeros([2, 8]), layer_index=1)
+    >>> y.shape, h.shape
+    (TensorShape([2, 3]), TensorShape([2]))
+
+    References:
+        Eyzaguirre et al. DACT-BERT, arXiv:2109.11745.
+    """
+
+    def __init__(
+        self,
+        num_layers,
+        num_outputs,
+        hidden_dim=None,
+        activation="tanh",
+        shared=False,
+        task="classification",
+        output_range=None,
+        halting_bias=2.0,
+        dropout=0.0,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(num_layers) < 1:
+            raise ValueError(f"`num_layers` must be >= 1, got {num_layers}.")
+        if task not in TASKS:
+            raise ValueError(f"`task` must be one of {TASKS}, got {task!r}.")
+        if task == "classification" and int(num_outputs) < 2:
+            raise ValueError(
+                f"Classification needs `num_outputs` >= 2, got {num_outputs}."
+            )
+        if task == "regression":
+            if int(num_outputs) != 1:
+                raise ValueError(
+                    f"Regression needs `num_outputs` == 1, got {num_outputs}."
+                )
+            if output_range is None or len(output_range) != 2:
+                raise ValueError(
+                    "Regression needs `output_range=(lo, hi)`, got "
+                    f"{output_range!r}."
+                )
+            if not float(output_range[0]) < float(output_range[1]):
+                raise ValueError(
+                    f"`output_range` must have lo < hi, got {output_range!r}."
+                )
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1), got {dropout}.")
+        self.num_layers = int(num_layers)
+        self.num_outputs = int(num_outputs)
+        self.hidden_dim = None if hidden_dim is None else int(hidden_dim)
+        self.activation = keras.activations.get(activation)
+        self.shared = bool(shared)
+        self.task = task
+        self.output_range = (
+            None if output_range is None else tuple(float(v) for v in output_range)
+        )
+        self.halting_bias = float(halting_bias)
+        self.dropout = float(dropout)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self._dropout_layer = keras.layers.Dropout(self.dropout)
+
+    @property
+    def num_heads(self):
+        """How many distinct heads there are: 1 if shared, else num_layers."""
+        return 1 if self.shared else self.num_layers
+
+    def build(self, input_shape):
+        input_dim = input_shape[-1]
+        if input_dim is None:
+            raise ValueError("The last dimension of the inputs must be known.")
+        hidden_dim = self.hidden_dim or input_dim
+        k = self.num_heads
+        self.hidden_kernel = self.add_weight(
+            name="hidden_kernel",
+            shape=(k, input_dim, hidden_dim),
+            initializer=self.kernel_initializer,
+        )
+        self.hidden_bias = self.add_weight(
+            name="hidden_bias", shape=(k, hidden_dim), initializer="zeros"
+        )
+        self.answer_kernel = self.add_weight(
+            name="answer_kernel",
+            shape=(k, hidden_dim, self.num_outputs),
+            initializer=self.kernel_initializer,
+        )
+        self.answer_bias = self.add_weight(
+            name="answer_bias", shape=(k, self.num_outputs), initializer="zeros"
+        )
+        self.halting_kernel = self.add_weight(
+            name="halting_kernel",
+            shape=(k, hidden_dim),
+            initializer=self.kernel_initializer,
+        )
+        self.halting_bias_weight = self.add_weight(
+            name="halting_bias",
+            shape=(k,),
+            initializer=keras.initializers.Constant(self.halting_bias),
+        )
+
+    def _finish(self, logits, halting_logits):
+        logits = tf.cast(logits, tf.float32)
+        halting = tf.sigmoid(tf.cast(halting_logits, tf.float32))
+        if self.task == "regression":
+            lo, hi = self.output_range
+            answers = lo + (hi - lo) * tf.sigmoid(logits)
+        else:
+            answers = tf.nn.softmax(logits, axis=-1)
+        return answers, halting
+
+    def call(self, inputs, layer_index=None, training=None):
+        x = self._dropout_layer(inputs, training=training)
+        if layer_index is None:
+            return self._call_all(x)
+        index = 0 if self.shared else layer_index
+        z = self.activation(
+            tf.matmul(x, tf.gather(self.hidden_kernel, index))
+            + tf.gather(self.hidden_bias, index)
+        )
+        logits = tf.matmul(z, tf.gather(self.answer_kernel, index)) + tf.gather(
+            self.answer_bias, index
+        )
+        halting_logits = tf.linalg.matvec(
+            z, tf.gather(self.halting_kernel, index)
+        ) + tf.gather(self.halting_bias_weight, index)
+        return self._finish(logits, halting_logits)
+
+    def _call_all(self, x):
+        # Block n uses head n, or head 0 for every block when shared.
+        heads = tf.zeros([self.num_layers], tf.int32) if self.shared else tf.range(
+            self.num_layers
+        )
+        hk, hb, ak, ab, gk, gb = (
+            tf.gather(v, heads)
+            for v in (
+                self.hidden_kernel,
+                self.hidden_bias,
+                self.answer_kernel,
+                self.answer_bias,
+                self.halting_kernel,
+                self.halting_bias_weight,
+            )
+        )
+        z = self.activation(tf.einsum("lbi,lih->lbh", x, hk) + hb[:, None, :])
+        logits = tf.einsum("lbh,lho->lbo", z, ak) + ab[:, None, :]
+        halting_logits = tf.einsum("lbh,lh->lb", z, gk) + gb[:, None]
+        return self._finish(logits, halting_logits)
+
+    def compute_output_shape(self, input_shape, layer_index=None):
+        return (
+            tuple(input_shape[:-1]) + (self.num_outputs,),
+            tuple(input_shape[:-1]),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_layers": self.num_layers,
+                "num_outputs": self.num_outputs,
+                "hidden_dim": self.hidden_dim,
+                "activation": keras.activations.serialize(self.activation),
+                "shared": self.shared,
+                "task": self.task,
+                "output_range": self.output_range,
+                "halting_bias": self.halting_bias,
+                "dropout": self.dropout,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+            }
+        )
+        return config

@@ -1,0 +1,3 @@
+"""DACT models."""
+
+from dact_tf.models.dact_classifier import DactClassifier

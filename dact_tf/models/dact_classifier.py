@@ -1,0 +1,414 @@
+"""DactClassifier: a keras-hub BERT backbone with DACT heads and early exit."""
+
+import contextlib
+
+import keras
+import tensorflow as tf
+
+from dact_tf import ops
+from dact_tf.layers.dact_encoder import DactEncoder
+
+_INPUT_KEYS = ("token_ids", "padding_mask", "segment_ids")
+_BACKBONE_ATTRS = (
+    "token_embedding",
+    "position_embedding",
+    "segment_embedding",
+    "embeddings_add",
+    "embeddings_layer_norm",
+    "embeddings_dropout",
+    "transformer_layers",
+)
+
+
+@keras.saving.register_keras_serializable(package="dact_tf")
+class DactClassifier(keras.Model):
+    """A BERT classifier (or bounded regressor) that thinks only as long as needed.
+
+    The keras-hub `BertBackbone`'s embeddings and Transformer blocks run
+    inside a `DactEncoder`: after every block a head answers and says how
+    much later blocks may still matter, and at inference each example stops
+    as soon as the remaining blocks provably cannot change its prediction.
+
+    Trained with `model.fit` on `(features, labels)` data, where features are
+    the dict a keras-hub BERT preprocessor produces (`token_ids`,
+    `segment_ids`, `padding_mask`). `fit()` runs every block and minimises
+    `task_loss(a_N) + tau * ponder_cost`; its logs show `ponder_cost`.
+    `evaluate()` and `predict()` exit early per example: `evaluate()`
+    reports the task metric and `layers_executed`, the mean number of blocks
+    executed; `predict()` returns a dict with `probabilities` and
+    `predictions` (or `scores` for regression), `layers_executed` and
+    `ponder_cost`.
+
+    Args:
+        backbone: a `keras_hub.models.BertBackbone` (pretrained or not).
+        num_classes: int >= 2, the number of classes (ignored for
+            regression).
+        task: `"classification"` or `"regression"` (a bounded score).
+        output_range: `(lo, hi)`, the score range, for regression.
+        label_names: optional list of class names, stored with the model.
+        head_hidden_dim: int or None, the heads' hidden width (None: the
+            backbone's hidden size).
+        head_activation: the heads' hidden activation.
+        shared_heads: bool, share one head across blocks.
+        halting_bias: float, initial bias of the halting units.
+        dropout: float, dropout on the first-token vector before each head.
+        tau: float >= 0, the ponder-cost weight (change it with `model.tau`
+            or `dact_tf.callbacks.TauScheduler`).
+        halting_rule: `"tight"` (default), `"paper"`, `"relaxed"` or
+            `"never"`; see `dact_tf.ops.should_halt`.
+        halting_margin: float, the guaranteed rules' rounding margin.
+        halting_epsilon: float, the relaxed rule's budget threshold.
+        halting_slack: float, the relaxed rule's slack.
+        regression_tolerance: float, the largest score change that halting
+            may cause (regression).
+        **kwargs: `keras.Model` arguments (`name`, ...).
+
+    Call arguments:
+        inputs: a dict with `token_ids` (int `[batch, seq]`) and optional
+            `padding_mask` (`[batch, seq]`, default `token_ids != 0`) and
+            `segment_ids` (int `[batch, seq]`, default zeros); or the
+            `token_ids` tensor alone.
+        training: bool.
+        full_depth: bool, at inference run every block (no early exit).
+
+    Returns:
+        The dict of `DactEncoder`.
+
+    Example:
+    >>> import keras_hub
+    >>> backbone = keras_hub.models.BertBackbone(
+    ...     vocabulary_size=100, num_layers=3, num_heads=2, hidden_dim=16,
+    ...     intermediate_dim=32, max_sequence_length=16)
+    >>> model = DactClassifier(backbone, num_classes=2, tau=1e-2)
+    >>> out = model({"token_ids": tf.ones([2, 8], tf.int32)})
+    >>> out["probabilities"].shape, out["layers_executed"].shape
+    (TensorShape([2, 2]), TensorShape([2]))
+
+    References:
+        Eyzaguirre et al. DACT-BERT, arXiv:2109.11745.
+    """
+
+    def __init__(
+        self,
+        backbone,
+        num_classes=2,
+        task="classification",
+        output_range=None,
+        label_names=None,
+        head_hidden_dim=None,
+        head_activation="tanh",
+        shared_heads=False,
+        halting_bias=2.0,
+        dropout=0.1,
+        tau=1e-3,
+        halting_rule="tight",
+        halting_margin=1e-5,
+        halting_epsilon=0.0,
+        halting_slack=0.0,
+        regression_tolerance=0.05,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        missing = [a for a in _BACKBONE_ATTRS if not hasattr(backbone, a)]
+        if missing:
+            raise TypeError(
+                "`backbone` must be a keras_hub.models.BertBackbone (or have "
+                f"its layers); {type(backbone).__name__} lacks {missing}."
+            )
+        if task not in ops.TASKS:
+            raise ValueError(f"`task` must be one of {ops.TASKS}, got {task!r}.")
+        num_outputs = 1 if task == "regression" else int(num_classes)
+        if label_names is not None:
+            label_names = [str(n) for n in label_names]
+            if task == "classification" and len(label_names) != num_outputs:
+                raise ValueError(
+                    f"`label_names` has {len(label_names)} names for "
+                    f"{num_outputs} classes."
+                )
+        # The heads read the raw first-token vectors: BERT's pooler is unused,
+        # so keep it out of training (no "gradients do not exist" warnings).
+        if hasattr(backbone, "pooled_dense"):
+            backbone.pooled_dense.trainable = False
+        self.backbone = backbone
+        self.num_classes = num_outputs
+        self.task = task
+        self.output_range = (
+            None if output_range is None else tuple(float(v) for v in output_range)
+        )
+        self.label_names = label_names
+        self.encoder = DactEncoder(
+            blocks=backbone.transformer_layers,
+            num_outputs=num_outputs,
+            task=task,
+            output_range=output_range,
+            head_hidden_dim=head_hidden_dim,
+            head_activation=head_activation,
+            shared_heads=shared_heads,
+            halting_bias=halting_bias,
+            head_dropout=dropout,
+            tau=tau,
+            halting_rule=halting_rule,
+            halting_margin=halting_margin,
+            halting_epsilon=halting_epsilon,
+            halting_slack=halting_slack,
+            regression_tolerance=regression_tolerance,
+            name="dact_encoder",
+        )
+        self.dropout = float(dropout)
+        self.layers_executed_tracker = keras.metrics.Mean(name="layers_executed")
+        self.ponder_cost_tracker = keras.metrics.Mean(name="ponder_cost")
+        # Built at construction, like keras-hub's functional tasks, so that
+        # weights exist for `model.tau`, checkpoints and `.keras` loading.
+        self.encoder.build((None, None, backbone.hidden_dim))
+        self.built = True
+
+    # ---------------------------------------------------------- properties
+
+    @property
+    def num_layers(self):
+        """The number of Transformer blocks."""
+        return self.encoder.num_layers
+
+    @property
+    def tau(self):
+        """The current ponder-cost weight, a Python float."""
+        return float(keras.ops.convert_to_numpy(self.encoder.tau))
+
+    @tau.setter
+    def tau(self, value):
+        value = float(value)
+        if not value >= 0.0:
+            raise ValueError(f"`tau` must be >= 0, got {value}.")
+        self.encoder.tau.assign(value)
+
+    # ---------------------------------------------------------------- call
+
+    def _standardize_inputs(self, inputs):
+        """Validates the inputs and returns `(token_ids, padding_mask, segment_ids)`."""
+        if not isinstance(inputs, dict):
+            inputs = {"token_ids": inputs}
+        unknown = sorted(set(inputs) - set(_INPUT_KEYS))
+        if unknown:
+            raise ValueError(
+                f"Unknown input keys {unknown}; expected some of {_INPUT_KEYS}."
+            )
+        if "token_ids" not in inputs:
+            raise ValueError(
+                f"The inputs need `token_ids`; got keys {sorted(inputs)}."
+            )
+        token_ids = tf.convert_to_tensor(inputs["token_ids"])
+        if not token_ids.dtype.is_integer:
+            raise ValueError(
+                f"`token_ids` must be integers, got dtype {token_ids.dtype.name}."
+            )
+        if token_ids.shape.rank != 2:
+            raise ValueError(
+                "`token_ids` must have shape [batch, seq], got "
+                f"{token_ids.shape}."
+            )
+        if token_ids.shape[0] == 0:
+            raise ValueError("Got an empty batch (batch size 0).")
+        max_len = self.backbone.max_sequence_length
+        if token_ids.shape[1] is not None and token_ids.shape[1] > max_len:
+            raise ValueError(
+                f"Sequences of length {token_ids.shape[1]} are longer than the "
+                f"backbone's maximum, {max_len}."
+            )
+        padding_mask = inputs.get("padding_mask")
+        if padding_mask is None:
+            padding_mask = tf.not_equal(token_ids, 0)
+        padding_mask = tf.convert_to_tensor(padding_mask)
+        segment_ids = inputs.get("segment_ids")
+        if segment_ids is None:
+            segment_ids = tf.zeros_like(token_ids)
+        segment_ids = tf.convert_to_tensor(segment_ids)
+        if not segment_ids.dtype.is_integer:
+            raise ValueError(
+                f"`segment_ids` must be integers, got {segment_ids.dtype.name}."
+            )
+        for name, t in (("padding_mask", padding_mask), ("segment_ids", segment_ids)):
+            if t.shape.rank != 2 or not t.shape.is_compatible_with(
+                token_ids.shape
+            ):
+                raise ValueError(
+                    f"`{name}` must have the shape of `token_ids` "
+                    f"{token_ids.shape}, got {t.shape}."
+                )
+        # Checks that need values; they run inside graphs too (SavedModel).
+        vocab = self.backbone.vocabulary_size
+        checks = [
+            tf.debugging.assert_equal(
+                tf.shape(padding_mask),
+                tf.shape(token_ids),
+                message="padding_mask and token_ids must have the same shape",
+            ),
+            tf.debugging.assert_equal(
+                tf.shape(segment_ids),
+                tf.shape(token_ids),
+                message="segment_ids and token_ids must have the same shape",
+            ),
+            tf.debugging.assert_less_equal(
+                tf.shape(token_ids)[1],
+                max_len,
+                message=f"sequence longer than the model's maximum {max_len}",
+            ),
+            tf.debugging.assert_greater(
+                tf.shape(token_ids)[0], 0, message="empty batch"
+            ),
+            tf.debugging.assert_non_negative(
+                token_ids, message="token_ids must be >= 0"
+            ),
+            tf.debugging.assert_less(
+                token_ids,
+                tf.cast(vocab, token_ids.dtype),
+                message=f"token_ids must be < the vocabulary size {vocab}",
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            token_ids = tf.identity(tf.cast(token_ids, tf.int32))
+        return token_ids, padding_mask, tf.cast(segment_ids, tf.int32)
+
+    def _embed(self, token_ids, segment_ids, training):
+        b = self.backbone
+        tokens = b.token_embedding(token_ids)
+        positions = b.position_embedding(tokens)
+        segments = b.segment_embedding(segment_ids)
+        x = b.embeddings_add((tokens, positions, segments))
+        x = b.embeddings_layer_norm(x)
+        return b.embeddings_dropout(x, training=training)
+
+    def call(self, inputs, training=None, full_depth=False):
+        token_ids, padding_mask, segment_ids = self._standardize_inputs(inputs)
+        x = self._embed(token_ids, segment_ids, training)
+        return self.encoder(
+            x, padding_mask=padding_mask, training=training, full_depth=full_depth
+        )
+
+    def trace(self, inputs):
+        """Runs every block at inference and returns the DACT trajectory.
+
+        Args:
+            inputs: as for `call`.
+
+        Returns:
+            The dict of `DactEncoder.trace`: per-block answers, halting
+            values, budgets, accumulated answers, the ponder cost and
+            `exit_layers`, the block where the halting rule stops each
+            example.
+        """
+        token_ids, padding_mask, segment_ids = self._standardize_inputs(inputs)
+        x = self._embed(token_ids, segment_ids, training=False)
+        return self.encoder.trace(x, padding_mask, training=False)
+
+    # ------------------------------------------------------------- training
+
+    def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
+        """Configures the model; `"auto"` picks sensible defaults.
+
+        Args:
+            optimizer: `"auto"` is `keras.optimizers.Adam(5e-5)`, the usual
+                BERT fine-tuning rate.
+            loss: `"auto"` is the negative log-likelihood of the accumulated
+                answer `a_N` for classification (it is already a
+                distribution: `SparseCategoricalCrossentropy(from_logits=
+                False)`), or the mean squared error for regression. The
+                ponder cost is added by the model itself.
+            metrics: `"auto"` is accuracy (classification) or mean absolute
+                error (regression).
+            **kwargs: `keras.Model.compile` arguments. `jit_compile` applies
+                to the training step only: the early-exit loop has
+                data-dependent shapes, which XLA cannot compile.
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(5e-5)
+        if loss == "auto":
+            loss = (
+                keras.losses.MeanSquaredError()
+                if self.task == "regression"
+                else keras.losses.SparseCategoricalCrossentropy(from_logits=False)
+            )
+        if metrics == "auto":
+            metrics = (
+                [keras.metrics.MeanAbsoluteError(name="mae")]
+                if self.task == "regression"
+                else [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+            )
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def get_compile_config(self):
+        # `compile` is overridden with the same arguments, so Keras' stored
+        # compile config round-trips through it unchanged.
+        return super().get_compile_config()
+
+    def compile_from_config(self, config):
+        return super().compile_from_config(config)
+
+    def _main_output(self, y_pred):
+        return y_pred["scores"] if self.task == "regression" else y_pred["probabilities"]
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        if isinstance(y_pred, dict):
+            y_pred = self._main_output(y_pred)
+        return super().compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        )
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        self.layers_executed_tracker.update_state(
+            tf.cast(y_pred["layers_executed"], tf.float32)
+        )
+        self.ponder_cost_tracker.update_state(y_pred["ponder_cost"])
+        return super().compute_metrics(
+            x, y, self._main_output(y_pred), sample_weight=sample_weight
+        )
+
+    @contextlib.contextmanager
+    def _without_jit(self):
+        jit = self._jit_compile
+        self._jit_compile = False
+        try:
+            yield
+        finally:
+            self._jit_compile = jit
+
+    def make_test_function(self, force=False):
+        # The early-exit loop has data-dependent shapes: never XLA.
+        with self._without_jit():
+            return super().make_test_function(force=force)
+
+    def make_predict_function(self, force=False):
+        with self._without_jit():
+            return super().make_predict_function(force=force)
+
+    # --------------------------------------------------------------- config
+
+    def get_config(self):
+        enc = self.encoder
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.layers.serialize(self.backbone),
+            "num_classes": self.num_classes,
+            "task": self.task,
+            "output_range": self.output_range,
+            "label_names": self.label_names,
+            "head_hidden_dim": enc.head_hidden_dim,
+            "head_activation": enc.head_activation,
+            "shared_heads": enc.shared_heads,
+            "halting_bias": enc.halting_bias,
+            "dropout": self.dropout,
+            "tau": enc.initial_tau,
+            "halting_rule": enc.halting_rule,
+            "halting_margin": enc.halting_margin,
+            "halting_epsilon": enc.halting_epsilon,
+            "halting_slack": enc.halting_slack,
+            "regression_tolerance": enc.regression_tolerance,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.layers.deserialize(config["backbone"])
+        return cls(**config)

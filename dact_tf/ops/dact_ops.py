@@ -1,0 +1,194 @@
+"""The DACT math, as pure TensorFlow ops.
+
+Everything DACT computes lives here and nowhere else: the accumulation of the
+per-block answers, the ponder cost, and the halting tests that let inference
+skip the remaining blocks. Layers call these functions; nothing re-derives
+them. All functions work in float32 whatever the model's compute dtype, so the
+halting guarantee holds under mixed precision.
+
+Notation (see DACT.md / arXiv:2109.11745):
+
+    a_0 = 0,  p_0 = 1
+    a_n = p_{n-1} * y_n + (1 - p_{n-1}) * a_{n-1}
+    p_n = p_{n-1} * h_n
+
+`y_n` is block n's answer (a distribution over classes, or a bounded score),
+`h_n` in (0, 1) its halting value, `a_n` the accumulated answer and `p_n` the
+budget: the most weight any later block can still have.
+
+References:
+    C. Eyzaguirre, F. del Río, V. Araujo, Á. Soto. DACT-BERT: Differentiable
+    Adaptive Computation Time for an Efficient BERT Inference. 2022.
+"""
+
+import tensorflow as tf
+
+#: Halting rules accepted by `should_halt`.
+HALTING_RULES = ("tight", "paper", "relaxed", "never")
+#: Problem types accepted by `should_halt`.
+TASKS = ("classification", "regression")
+
+
+def initial_state(batch_size, num_outputs):
+    """The state before the first block: `a_0 = 0`, `p_0 = 1`.
+
+    Args:
+        batch_size: int or scalar int tensor.
+        num_outputs: int, the number of classes (1 for regression).
+
+    Returns:
+        `(answer, budget)`: float32 tensors of shape `[batch_size,
+        num_outputs]` (zeros) and `[batch_size]` (ones).
+    """
+    answer = tf.zeros(tf.stack([batch_size, num_outputs]), tf.float32)
+    budget = tf.ones(tf.reshape(batch_size, [1]), tf.float32)
+    return answer, budget
+
+
+def accumulate(answer, budget, block_answer, halting):
+    """One step of the DACT recurrence.
+
+    Args:
+        answer: `[batch, num_outputs]`, the accumulated answer `a_{n-1}`.
+        budget: `[batch]`, the remaining budget `p_{n-1}`.
+        block_answer: `[batch, num_outputs]`, block n's answer `y_n`.
+        halting: `[batch]`, block n's halting value `h_n` in (0, 1).
+
+    Returns:
+        `(a_n, p_n)`, shaped like `answer` and `budget`.
+
+    Example:
+    >>> a, p = initial_state(1, 2)
+    >>> a, p = accumulate(a, p, tf.constant([[0.9, 0.1]]), tf.constant([0.5]))
+    >>> a.numpy(), p.numpy()
+    (array([[0.9, 0.1]], dtype=float32), array([0.5], dtype=float32))
+    """
+    block_answer = tf.cast(block_answer, tf.float32)
+    halting = tf.cast(halting, tf.float32)
+    weight = budget[:, None]
+    new_answer = weight * block_answer + (1.0 - weight) * answer
+    return new_answer, budget * halting
+
+
+def ponder_cost(budgets, axis=0):
+    """The ponder cost `sum_n p_n`: the expected number of blocks used.
+
+    Args:
+        budgets: float tensor holding `p_1..p_N` along `axis`, e.g. `[N, batch]`.
+        axis: the axis of the blocks.
+
+    Returns:
+        The per-example ponder cost, `budgets` summed over `axis`.
+    """
+    return tf.reduce_sum(tf.cast(budgets, tf.float32), axis=axis)
+
+
+def remaining_weight_bound(budget, remaining):
+    """`q = (1 - p_n)^d`: a lower bound on the weight `a_n` keeps in `a_N`.
+
+    Args:
+        budget: `[batch]`, `p_n`.
+        remaining: scalar or `[batch]`, `d = N - n`, the blocks left.
+
+    Returns:
+        `[batch]` float32.
+    """
+    remaining = tf.cast(remaining, tf.float32)
+    return tf.pow(1.0 - budget, remaining)
+
+
+def should_halt(
+    answer,
+    budget,
+    remaining,
+    *,
+    task="classification",
+    rule="tight",
+    margin=1e-5,
+    epsilon=0.0,
+    slack=0.0,
+    tolerance=0.05,
+    output_range=(0.0, 1.0),
+):
+    """Whether the remaining blocks can be skipped, per example.
+
+    Rules for classification (`c*` the top class of `a_n`, `c2` the
+    runner-up, `delta = a_n[c*] - a_n[c2]`, `d` blocks left,
+    `q = (1 - p_n)^d`):
+
+    - `"tight"` (default, guaranteed): `q * (1 + delta) > 1 + margin`.
+      Implies `argmax a_N == argmax a_n`, and no weaker test has that
+      guarantee.
+    - `"paper"` (guaranteed, the paper's form):
+      `a_n[c*] * q > a_n[c2] + d * p_n + margin`. Never halts earlier than
+      `"tight"`.
+    - `"relaxed"` (no guarantee): halts when `p_n < epsilon` or when the tight
+      test passes with `slack` subtracted from its right-hand side.
+    - `"never"`: never halts (full depth).
+
+    For regression (`a_n` a score in `[lo, hi]`) the guaranteed bound is
+    `|a_N - a_n| <= (1 - q) * (hi - lo)`; `"tight"` and `"paper"` halt when
+    that bound is at most `tolerance`, `"relaxed"` when it is at most
+    `tolerance + slack` or `p_n < epsilon`.
+
+    With `d == 0` (the last block) every guaranteed rule reduces to a test
+    that needs no more blocks; callers stop there anyway.
+
+    Args:
+        answer: `[batch, num_outputs]`, `a_n`.
+        budget: `[batch]`, `p_n`.
+        remaining: scalar int or `[batch]`, `d = N - n`.
+        task: `"classification"` or `"regression"`.
+        rule: one of `HALTING_RULES`.
+        margin: float >= 0, a safety margin against float rounding in the
+            guaranteed classification rules.
+        epsilon: float, the budget threshold of the relaxed rule.
+        slack: float >= 0, how much the relaxed rule loosens the test.
+        tolerance: float > 0, the regression error bound.
+        output_range: `(lo, hi)`, the range of regression scores.
+
+    Returns:
+        `[batch]` bool.
+    """
+    if task not in TASKS:
+        raise ValueError(f"`task` must be one of {TASKS}, got {task!r}.")
+    if rule not in HALTING_RULES:
+        raise ValueError(f"`rule` must be one of {HALTING_RULES}, got {rule!r}.")
+    if rule == "never":
+        return tf.zeros_like(budget, dtype=tf.bool)
+    q = remaining_weight_bound(budget, remaining)
+    if task == "regression":
+        lo, hi = output_range
+        bound = (1.0 - q) * float(hi - lo)
+        limit = tolerance + (slack if rule == "relaxed" else 0.0)
+        halt = bound <= limit
+    else:
+        top2 = tf.math.top_k(answer, k=2).values
+        first, second = top2[:, 0], top2[:, 1]
+        if rule == "paper":
+            d = tf.cast(remaining, tf.float32)
+            halt = first * q > second + d * budget + margin
+        else:
+            rhs = 1.0 + margin - (slack if rule == "relaxed" else 0.0)
+            halt = q * (1.0 + first - second) > rhs
+    if rule == "relaxed":
+        halt = tf.logical_or(halt, budget < epsilon)
+    return halt
+
+
+def first_halting_layer(halts):
+    """The 1-based block at which each example first halts.
+
+    Args:
+        halts: `[num_layers, batch]` bool, `halts[n, b]` whether example b
+            passes the halting test after block n + 1.
+
+    Returns:
+        `[batch]` int32 in `1..num_layers`; `num_layers` where no block halts
+        (the last block always ends the computation).
+    """
+    forced = tf.concat(
+        [halts[:-1], tf.ones_like(halts[-1:], dtype=tf.bool)], axis=0
+    )
+    first = tf.argmax(tf.cast(forced, tf.int32), axis=0, output_type=tf.int32)
+    return first + 1
