@@ -322,7 +322,7 @@ class DactEncoder(keras.layers.Layer):
             out_layers=tf.zeros([batch_size], tf.int32),
             out_ponder=tf.zeros_like(budget),
         )
-        out_shape_answer = tf.shape(answer)
+        out_shape_answer = [batch_size, self.num_outputs]
 
         def cond(s):
             return tf.size(s["rows"]) > 0

@@ -341,7 +341,12 @@ class DactClassifier(keras.Model):
         return super().get_compile_config()
 
     def compile_from_config(self, config):
-        return super().compile_from_config(config)
+        # Keras' own version refuses to run for an overridden `compile`.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            # Create the optimizer's variables so its state can be loaded.
+            self.optimizer.build(self.trainable_variables)
 
     def _main_output(self, y_pred):
         return y_pred["scores"] if self.task == "regression" else y_pred["probabilities"]

@@ -154,6 +154,8 @@ def should_halt(
         raise ValueError(f"`task` must be one of {TASKS}, got {task!r}.")
     if rule not in HALTING_RULES:
         raise ValueError(f"`rule` must be one of {HALTING_RULES}, got {rule!r}.")
+    answer = tf.cast(answer, tf.float32)
+    budget = tf.cast(budget, tf.float32)
     if rule == "never":
         return tf.zeros_like(budget, dtype=tf.bool)
     q = remaining_weight_bound(budget, remaining)
