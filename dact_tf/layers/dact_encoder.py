@@ -368,11 +368,8 @@ class DactEncoder(keras.layers.Layer):
         def loose(t):
             return tf.TensorShape([None]).concatenate(t.shape[1:])
 
-        invariants = {
-            k: (loose(v) if k in ("hidden", "mask", "rows", "answer", "budget",
-                                  "ponder") else v.shape)
-            for k, v in state.items()
-        }
+        # Active rows shrink; the outputs' batch size is dynamic too.
+        invariants = {k: loose(v) for k, v in state.items()}
         invariants["n"] = tf.TensorShape([])
         (final,) = tf.while_loop(
             cond,
@@ -381,8 +378,11 @@ class DactEncoder(keras.layers.Layer):
             shape_invariants=(invariants,),
             maximum_iterations=num_layers,
         )
+        static_batch = inputs.shape[:1]
         return self._outputs(
-            final["out_answer"], final["out_layers"], final["out_ponder"]
+            tf.ensure_shape(final["out_answer"], static_batch.concatenate([self.num_outputs])),
+            tf.ensure_shape(final["out_layers"], static_batch),
+            tf.ensure_shape(final["out_ponder"], static_batch),
         )
 
     # --------------------------------------------------------------- config

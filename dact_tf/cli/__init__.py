@@ -1,0 +1,1 @@
+"""The `dact-tf` command line (absl flags)."""

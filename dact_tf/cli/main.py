@@ -1,0 +1,205 @@
+"""The `dact-tf` command line: train, evaluate, predict (and export).
+
+Usage:
+    dact-tf train --task=sst2 --data_dir=glue/ --model_dir=runs/sst2 [--tau=1e-3] ...
+    dact-tf evaluate --model_dir=runs/sst2 [--output_json=results.json]
+    dact-tf predict --model_dir=runs/sst2 --text="a gripping film"
+    dact-tf predict --model_dir=runs/sst2 --input_file=lines.txt
+    dact-tf export --model_dir=runs/sst2 --export_dir=serving/sst2 --format=saved_model
+
+Errors in the user's input (unknown task, missing or malformed files, a model
+directory from another run) end with one message naming the problem and exit
+status 1; `--verbosity=1` shows the stack trace too.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+COMMANDS = ("train", "evaluate", "predict", "export")
+
+FLAGS = flags.FLAGS
+# Where things are.
+flags.DEFINE_string("model_dir", None, "The model directory (written by train, read by the others).")
+flags.DEFINE_string("task", "sst2", "GLUE task (sst2, mrpc, rte, cola, stsb, qnli), or tsv/csv for custom files.")
+flags.DEFINE_string("data_dir", None, "Local GLUE folder (<TASK>/{train,dev}.tsv) or a task folder; unset: tensorflow-datasets (online).")
+flags.DEFINE_string("train_file", None, "Custom training file (--task=tsv|csv).")
+flags.DEFINE_string("eval_file", None, "Custom evaluation file (--task=tsv|csv).")
+flags.DEFINE_string("text_column", "0", "Custom data: text column, 0-based index or header name.")
+flags.DEFINE_string("text_pair_column", None, "Custom data: optional second text column.")
+flags.DEFINE_string("label_column", "1", "Custom data: label column, index or header name.")
+flags.DEFINE_boolean("header", True, "Custom data: whether files start with a header line.")
+# Data pipeline.
+flags.DEFINE_integer("max_seq_length", 128, "Tokens per example.", lower_bound=8)
+flags.DEFINE_integer("batch_size", 32, "Examples per batch.", lower_bound=1)
+flags.DEFINE_integer("max_train_examples", None, "Use only the first N training examples.", lower_bound=1)
+flags.DEFINE_integer("max_eval_examples", None, "Use only the first N evaluation examples.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Random seed.")
+# Model and training.
+flags.DEFINE_string("backbone", "minilm_l6", "minilm_l6, tiny, a local Hugging Face BERT dir, or a keras-hub preset (online).")
+flags.DEFINE_float("tau", 1e-3, "Ponder-cost weight: larger means fewer blocks.", lower_bound=0.0)
+flags.DEFINE_integer("tau_warmup_steps", 0, "Grow tau linearly from 0 over this many steps.", lower_bound=0)
+flags.DEFINE_float("halting_bias", 2.0, "Initial bias of the halting units.")
+flags.DEFINE_boolean("shared_heads", False, "One DACT head shared by all blocks.")
+flags.DEFINE_enum("halting_rule", "tight", ["tight", "paper", "relaxed", "never"], "Inference halting rule.")
+flags.DEFINE_float("regression_tolerance", 0.05, "Regression: largest score change early exit may cause.", lower_bound=0.0)
+flags.DEFINE_integer("epochs", 3, "Training epochs.", lower_bound=1)
+flags.DEFINE_float("learning_rate", 5e-5, "Adam learning rate.", lower_bound=0.0)
+# Evaluate / predict.
+flags.DEFINE_string("output_json", None, "Write the results here as JSON.")
+flags.DEFINE_string("text", None, "predict: one text.")
+flags.DEFINE_string("text_pair", None, "predict: the second text, for pair tasks.")
+flags.DEFINE_string("input_file", None, "predict: a file with one text per line (pairs: tab-separated).")
+# Export.
+flags.DEFINE_string("export_dir", None, "export: base directory (versions go in BASE/N).")
+flags.DEFINE_enum("format", "saved_model", ["saved_model", "tflite"], "export: the format.")
+flags.DEFINE_integer("version", None, "export: the version number (default: next).", lower_bound=1)
+flags.DEFINE_enum("quantize", "none", ["none", "dynamic", "float16"], "export --format=tflite: quantization.")
+
+_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ConnectionError, ImportError, KeyError)
+
+
+def _require(name):
+    value = getattr(FLAGS, name)
+    if value in (None, ""):
+        raise ValueError(f"--{name} is required for `dact-tf {FLAGS.command}`.")
+    return value
+
+
+def _data_config(stored=None):
+    """A DataConfig from the flags; flags not given keep the stored values."""
+    from dact_tf import train_lib
+
+    names = [f.name for f in train_lib.dataclasses.fields(train_lib.DataConfig)]
+    values = dict(stored or {})
+    for name in names:
+        if stored is None or FLAGS[name].present:
+            values[name] = getattr(FLAGS, name)
+    return train_lib.DataConfig(**{k: values[k] for k in names})
+
+
+def cmd_train():
+    from dact_tf import train_lib
+
+    model_dir = _require("model_dir")
+    model_config = train_lib.ModelConfig(
+        backbone=FLAGS.backbone, tau=FLAGS.tau, tau_warmup_steps=FLAGS.tau_warmup_steps,
+        halting_bias=FLAGS.halting_bias, shared_heads=FLAGS.shared_heads,
+        halting_rule=FLAGS.halting_rule, regression_tolerance=FLAGS.regression_tolerance,
+    )
+    train_config = train_lib.TrainConfig(epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate)
+    model, _, _ = train_lib.train(model_dir, _data_config(), model_config, train_config)
+    logging.info("Model written to %s", model_dir)
+    print(f"Trained model written to {model_dir} ({model.num_layers} blocks).")
+
+
+def cmd_evaluate():
+    from dact_tf import train_lib
+
+    model_dir = _require("model_dir")
+    model, preprocessor, config = train_lib.load_model_dir(model_dir)
+    data_config = _data_config(config["data"])
+    _, _, _, metric_task = train_lib.task_info(data_config, config["label_names"])
+    dataset = train_lib.make_datasets(
+        data_config, preprocessor, config["label_names"], splits=("validation",)
+    )["validation"]
+    results = train_lib.evaluate(model, dataset, metric_task)
+    print(json.dumps(results, indent=2, sort_keys=True))
+    if FLAGS.output_json:
+        train_lib.write_json(FLAGS.output_json, results)
+
+
+def _read_lines(path):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--input_file {path} does not exist.")
+    texts, pairs = [], []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                raise ValueError(f"{path}:{number}: empty line.")
+            text, _, pair = line.partition("\t")
+            texts.append(text)
+            pairs.append(pair)
+    if not texts:
+        raise ValueError(f"{path}: the file is empty.")
+    return texts, (pairs if any(pairs) else None)
+
+
+def cmd_predict():
+    import numpy as np
+
+    from dact_tf import train_lib
+
+    model_dir = _require("model_dir")
+    if FLAGS.input_file:
+        texts, pairs = _read_lines(FLAGS.input_file)
+    elif FLAGS.text is not None:
+        if not FLAGS.text.strip():
+            raise ValueError("--text is empty.")
+        texts = [FLAGS.text]
+        pairs = None if FLAGS.text_pair is None else [FLAGS.text_pair]
+    else:
+        raise ValueError("predict needs --text or --input_file.")
+    model, preprocessor, config = train_lib.load_model_dir(model_dir)
+    # Pairs must go by keyword: positionally keras-hub reads the second as labels.
+    x = preprocessor(x=texts if pairs is None else (texts, pairs))
+    out = {k: np.asarray(v) for k, v in model.predict(x, verbose=0).items()}
+    rows = []
+    for i, text in enumerate(texts):
+        row = {"text": text, "layers_executed": int(out["layers_executed"][i]),
+               "num_layers": model.num_layers}
+        if model.task == "regression":
+            row["score"] = float(out["scores"][i])
+        else:
+            label = int(out["predictions"][i])
+            names = config.get("label_names")
+            row["label"] = names[label] if names else label
+            row["probability"] = float(out["probabilities"][i, label])
+        rows.append(row)
+        print(json.dumps(row))
+    if FLAGS.output_json:
+        train_lib.write_json(FLAGS.output_json, rows)
+
+
+def cmd_export():
+    try:
+        from dact_tf.export import cli_export
+    except ImportError as e:
+        raise ImportError(f"export is not available in this build: {e}") from None
+    cli_export(FLAGS)
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        extra = " ".join(argv[1:])
+        raise app.UsageError(
+            f"Usage: dact-tf {{{','.join(COMMANDS)}}} --flags (got: {extra or 'nothing'})"
+        )
+    FLAGS.command = argv[1]
+    try:
+        globals()[f"cmd_{argv[1]}"]()
+    except _USER_ERRORS as e:
+        if FLAGS.verbosity >= 1:
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"dact-tf {argv[1]}: error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+flags.DEFINE_string("command", None, "Set from the first argument; do not pass.")
+
+
+def run():
+    """Console-script entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,431 @@
+"""Training, evaluation and prediction for DACT models: what the CLI and the examples call.
+
+A *model directory* holds everything a trained model needs:
+
+    model_dir/
+      dact_config.json     what was trained: task, labels, backbone spec, flags
+      vocab.txt            the tokenizer's vocabulary (predict/export need no backbone)
+      model.keras          the final model (written atomically)
+      backup/              Keras BackupAndRestore state: an interrupted run resumes here
+      checkpoints/         one `.weights.h5` per epoch
+      tensorboard/         Keras TensorBoard logs, plus dact/ halting summaries
+      history.csv          per-epoch fit logs (appended across resumed runs)
+      ponder.csv           per-epoch halting statistics (PonderCostLogger)
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import keras
+import keras_hub
+import numpy as np
+import tensorflow as tf
+
+from dact_tf import callbacks as dact_callbacks
+from dact_tf import data as dact_data
+from dact_tf.models import backbones as backbones_lib
+from dact_tf.models.dact_classifier import DactClassifier
+from dact_tf.version import __version__
+
+CONFIG_FILE = "dact_config.json"
+MODEL_FILE = "model.keras"
+VOCAB_FILE = "vocab.txt"
+CUSTOM_TASKS = ("tsv", "csv")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the data comes from.
+
+    Args:
+        task: a GLUE task (`sst2`, `mrpc`, `rte`, `cola`, `stsb`, `qnli`) or
+            `tsv` / `csv` for custom files.
+        data_dir: GLUE folder (`<TASK>/{train,dev}.tsv`) or a task folder;
+            None uses tensorflow-datasets (online).
+        train_file, eval_file: custom data files.
+        text_column, text_pair_column, label_column: custom columns, by
+            0-based index or header name.
+        header: whether custom files start with a header line.
+        max_seq_length: tokens per example.
+        batch_size: examples per batch.
+        max_train_examples, max_eval_examples: keep only the first ones.
+        seed: shuffling seed.
+    """
+
+    task: str = "sst2"
+    data_dir: str = None
+    train_file: str = None
+    eval_file: str = None
+    text_column: str = "0"
+    text_pair_column: str = None
+    label_column: str = "1"
+    header: bool = True
+    max_seq_length: int = 128
+    batch_size: int = 32
+    max_train_examples: int = None
+    max_eval_examples: int = None
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """What model to train (see `DactClassifier` for the meaning)."""
+
+    backbone: str = backbones_lib.MINILM_SPEC
+    tau: float = 1e-3
+    tau_warmup_steps: int = 0
+    halting_bias: float = 2.0
+    shared_heads: bool = False
+    halting_rule: str = "tight"
+    regression_tolerance: float = 0.05
+    dropout: float = 0.1
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """How to train."""
+
+    epochs: int = 3
+    learning_rate: float = 5e-5
+    verbose: int = 1
+
+
+# ----------------------------------------------------------------- data
+
+
+def _column(value):
+    if value is None:
+        return None
+    value = str(value)
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def _custom_examples(data_config, path, label_names=None):
+    return dact_data.read_text_file(
+        path,
+        text_column=_column(data_config.text_column),
+        text_pair_column=_column(data_config.text_pair_column),
+        label_column=_column(data_config.label_column),
+        header=data_config.header,
+        delimiter="," if data_config.task == "csv" else "\t",
+        quoting=data_config.task == "csv",
+        label_names=label_names,
+    )
+
+
+def task_info(data_config, label_names=None):
+    """`(num_classes, is_regression, label_names, metric_task)` of the data."""
+    if data_config.task in CUSTOM_TASKS:
+        if label_names is None:
+            if not data_config.train_file:
+                raise ValueError(f"--task={data_config.task} needs --train_file.")
+            label_names = list(_custom_examples(data_config, data_config.train_file).label_names)
+        return len(label_names), False, list(label_names), "custom"
+    task = dact_data.glue_task(data_config.task)
+    names = None if task.is_regression else list(task.label_names)
+    return task.num_classes, task.is_regression, names, task.name
+
+
+def make_datasets(data_config, preprocessor, label_names=None, splits=("train", "validation")):
+    """Tokenized, batched datasets for the requested splits.
+
+    Args:
+        data_config: a `DataConfig`.
+        preprocessor: a keras-hub BERT text classifier preprocessor.
+        label_names: custom data only: the label order to use (from a
+            trained model), None to derive it from the training file.
+        splits: any of `"train"`, `"validation"`.
+
+    Returns:
+        A dict split -> `tf.data.Dataset` of `(features, labels)`.
+    """
+    out = {}
+    common = dict(batch_size=data_config.batch_size, seed=data_config.seed)
+    for split in splits:
+        train = split == "train"
+        limit = data_config.max_train_examples if train else data_config.max_eval_examples
+        if data_config.task in CUSTOM_TASKS:
+            path = data_config.train_file if train else data_config.eval_file
+            if not path:
+                flag = "--train_file" if train else "--eval_file"
+                raise ValueError(f"--task={data_config.task} needs {flag}.")
+            examples = _custom_examples(data_config, path, label_names)
+            out[split] = dact_data.make_dataset_from_examples(
+                examples, preprocessor, shuffle=train, max_examples=limit, **common
+            )
+        else:
+            out[split] = dact_data.glue_dataset(
+                data_config.task,
+                split,
+                preprocessor,
+                glue_dir=data_config.data_dir,
+                shuffle=train,
+                max_examples=limit,
+                **common,
+            )
+    return out
+
+
+# --------------------------------------------------------------- model dir
+
+
+def _atomic_write(path, write):
+    """Calls `write(tmp_path)` then renames tmp_path to path."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_model_dir(model_dir, model, tokenizer, config):
+    """Writes the final model, the vocabulary and the config, each atomically."""
+    _atomic_write(os.path.join(model_dir, MODEL_FILE), model.save)
+
+    def write_vocab(path):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(tokenizer.get_vocabulary()) + "\n")
+
+    _atomic_write(os.path.join(model_dir, VOCAB_FILE), write_vocab)
+    _write_config(model_dir, config)
+
+
+def _write_config(model_dir, config):
+    def write(path):
+        with open(path, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+
+    _atomic_write(os.path.join(model_dir, CONFIG_FILE), write)
+
+
+def read_config(model_dir):
+    """The `dact_config.json` of a model directory, validated."""
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{model_dir} is not a dact_tf model directory (no {CONFIG_FILE}); "
+            "train one with `dact-tf train --model_dir=...`."
+        )
+    with open(path) as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}).") from None
+    if config.get("format") != "dact_tf.model_dir":
+        raise ValueError(f"{path}: not a dact_tf model directory config.")
+    major = str(config.get("dact_tf_version", "0")).split(".")[0]
+    if int(major) > int(__version__.split(".")[0]):
+        raise ValueError(
+            f"{model_dir} was written by dact_tf {config['dact_tf_version']}, "
+            f"newer than this dact_tf {__version__}."
+        )
+    return config
+
+
+def load_model_dir(model_dir):
+    """Loads `(model, preprocessor, config)` from a trained model directory."""
+    config = read_config(model_dir)
+    model_path = os.path.join(model_dir, MODEL_FILE)
+    if not os.path.exists(model_path):
+        raise FileNotFoundError(
+            f"{model_path} is missing: training did not finish. Run the same "
+            "`dact-tf train` command again to resume it."
+        )
+    model = keras.models.load_model(model_path, safe_mode=True)
+    tokenizer = keras_hub.models.BertTokenizer(
+        vocabulary=os.path.join(model_dir, VOCAB_FILE), lowercase=config["lowercase"]
+    )
+    preprocessor = backbones_lib.make_preprocessor(
+        tokenizer, sequence_length=config["data"]["max_seq_length"]
+    )
+    return model, preprocessor, config
+
+
+# ------------------------------------------------------------------ train
+
+
+def train(model_dir, data_config, model_config, train_config, extra_callbacks=()):
+    """Fine-tunes a DACT model; resumes an interrupted run in the same dir.
+
+    Args:
+        model_dir: str, the model directory (see the module docstring).
+        data_config: `DataConfig`.
+        model_config: `ModelConfig`.
+        train_config: `TrainConfig`.
+        extra_callbacks: more Keras callbacks.
+
+    Returns:
+        `(model, preprocessor, history)`; history is a dict of lists.
+    """
+    os.makedirs(model_dir, exist_ok=True)
+    num_classes, regression, label_names, _ = task_info(data_config)
+    keras.utils.set_random_seed(data_config.seed)
+    backbone, tokenizer = backbones_lib.load_backbone(
+        model_config.backbone, max_sequence_length=data_config.max_seq_length,
+        seed=data_config.seed,
+    )
+    preprocessor = backbones_lib.make_preprocessor(
+        tokenizer, sequence_length=data_config.max_seq_length
+    )
+    datasets = make_datasets(data_config, preprocessor, label_names)
+    model = DactClassifier(
+        backbone,
+        num_classes=num_classes,
+        task="regression" if regression else "classification",
+        output_range=(0.0, 5.0) if regression else None,
+        label_names=label_names,
+        tau=model_config.tau,
+        halting_bias=model_config.halting_bias,
+        shared_heads=model_config.shared_heads,
+        halting_rule=model_config.halting_rule,
+        regression_tolerance=model_config.regression_tolerance,
+        dropout=model_config.dropout,
+    )
+    model.compile(optimizer=keras.optimizers.Adam(train_config.learning_rate))
+    config = {
+        "format": "dact_tf.model_dir",
+        "dact_tf_version": __version__,
+        "method": "dact",
+        "lowercase": bool(getattr(tokenizer, "lowercase", True)),
+        "label_names": label_names,
+        "data": dataclasses.asdict(data_config),
+        "model": dataclasses.asdict(model_config),
+        "train": dataclasses.asdict(train_config),
+    }
+    _check_resumable(model_dir, config)
+    _write_config(model_dir, config)
+    tau = (
+        dact_callbacks.LinearTauWarmup(model_config.tau, model_config.tau_warmup_steps)
+        if model_config.tau_warmup_steps
+        else dact_callbacks.ConstantTau(model_config.tau)
+    )
+    cbs = [
+        keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup"), save_freq=50),
+        dact_callbacks.TauScheduler(tau),
+        dact_callbacks.PonderCostLogger(
+            datasets["validation"],
+            log_dir=os.path.join(model_dir, "tensorboard"),
+            csv_path=os.path.join(model_dir, "ponder.csv"),
+        ),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(model_dir, "checkpoints", "epoch_{epoch:02d}.weights.h5"),
+            save_weights_only=True,
+        ),
+        keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard")),
+        keras.callbacks.CSVLogger(os.path.join(model_dir, "history.csv"), append=True),
+        *extra_callbacks,
+    ]
+    history = model.fit(
+        datasets["train"],
+        validation_data=datasets["validation"],
+        epochs=train_config.epochs,
+        callbacks=cbs,
+        verbose=train_config.verbose,
+    )
+    save_model_dir(model_dir, model, tokenizer, config)
+    return model, preprocessor, history.history
+
+
+def _check_resumable(model_dir, config):
+    """Refuses to resume a run of a different model in the same dir."""
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    old = read_config(model_dir)
+    for key in ("method", "data", "model"):
+        if old.get(key) != config[key]:
+            raise ValueError(
+                f"{model_dir} holds a different run ({key} differs: "
+                f"{old.get(key)} vs {config[key]}). Use another --model_dir, "
+                "or delete this one to start over."
+            )
+
+
+# --------------------------------------------------------------- evaluate
+
+
+def predict_dataset(model, dataset, full_depth=False):
+    """Runs the model over a dataset; returns `(outputs dict, labels)`."""
+    fn = tf.function(lambda f: model(f, training=False, full_depth=full_depth))
+    outputs, labels = {}, []
+    for features, y in dataset:
+        for key, value in fn(features).items():
+            outputs.setdefault(key, []).append(value.numpy())
+        labels.append(y.numpy())
+    return {k: np.concatenate(v) for k, v in outputs.items()}, np.concatenate(labels)
+
+
+def evaluate(model, dataset, metric_task):
+    """The task metrics and the blocks executed of a model on a dataset.
+
+    Returns:
+        A dict: the task metric(s), `mean_layers_executed`, `num_layers`,
+        `layers_histogram` (examples per number of blocks 1..N),
+        `ideal_speedup` and `num_examples`.
+    """
+    outputs, labels = predict_dataset(model, dataset)
+    preds = outputs["scores"] if model.task == "regression" else outputs["predictions"]
+    if metric_task == "custom":
+        results = {"accuracy": dact_data.accuracy(labels, preds)}
+    else:
+        results = dict(dact_data.task_metrics(metric_task, labels, preds))
+    layers = outputs["layers_executed"]
+    n = model.num_layers
+    results.update(
+        mean_layers_executed=float(layers.mean()),
+        num_layers=n,
+        layers_histogram=np.bincount(layers, minlength=n + 1)[1:].tolist(),
+        ideal_speedup=float(n / layers.mean()),
+        num_examples=int(len(layers)),
+    )
+    return results
+
+
+def measure_speedup(model, dataset, repeats=3):
+    """Wall-clock time of early exit vs full depth over a dataset (same run).
+
+    Returns:
+        A dict with `early_exit_s`, `full_depth_s` (best of `repeats`, both
+        measured interleaved) and `speedup`.
+    """
+    batches = [features for features, _ in dataset]
+    early = tf.function(lambda f: model(f, training=False), reduce_retracing=True)
+    full = tf.function(lambda f: model(f, full_depth=True), reduce_retracing=True)
+
+    def run(fn):
+        start = time.perf_counter()
+        for features in batches:
+            fn(features)["layers_executed"].numpy()
+        return time.perf_counter() - start
+
+    run(early), run(full)  # trace and warm up
+    times = {"early": [], "full": []}
+    for _ in range(repeats):
+        times["early"].append(run(early))
+        times["full"].append(run(full))
+    e, f = min(times["early"]), min(times["full"])
+    return {"early_exit_s": e, "full_depth_s": f, "speedup": f / e}
+
+
+def write_json(path, results):
+    """Writes results as JSON, atomically."""
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=2, sort_keys=True)
+
+    _atomic_write(path, write)
+
+
+def remove_model_dir(model_dir):
+    """Deletes a model directory (used by tests and sweeps)."""
+    shutil.rmtree(model_dir, ignore_errors=True)

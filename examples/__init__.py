@@ -1,0 +1,1 @@
+"""dact_tf examples."""

@@ -1,0 +1,102 @@
+"""End-to-end tests of the `dact-tf` command line (subprocesses, tiny model)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dact_tf.data import builtin_sst2_dir
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = [
+    "--backbone=tiny", "--max_seq_length=16", "--max_train_examples=64",
+    "--max_eval_examples=48", "--batch_size=16", "--epochs=1", "--learning_rate=1e-3",
+]
+
+
+def dact_tf(*args, cache, check=True):
+    env = dict(os.environ, DACT_TF_CACHE=str(cache), PYTHONPATH=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dact_tf", *args],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dact-tf {args} failed:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    model_dir = root / "model"
+    dact_tf("train", "--task=sst2", f"--data_dir={builtin_sst2_dir()}",
+            f"--model_dir={model_dir}", "--tau=0.01", *TINY, cache=root / "cache")
+    return root, model_dir
+
+
+def test_train_writes_a_complete_model_dir(trained):
+    _, model_dir = trained
+    for name in ("model.keras", "vocab.txt", "dact_config.json", "ponder.csv",
+                 "history.csv", "checkpoints/epoch_01.weights.h5", "tensorboard"):
+        assert (model_dir / name).exists(), name
+    config = json.loads((model_dir / "dact_config.json").read_text())
+    assert config["label_names"] == ["negative", "positive"]
+    assert config["data"]["max_seq_length"] == 16
+
+
+def test_evaluate_and_predict(trained):
+    root, model_dir = trained
+    out_json = root / "eval.json"
+    dact_tf("evaluate", f"--model_dir={model_dir}", f"--output_json={out_json}",
+            cache=root / "cache")
+    results = json.loads(out_json.read_text())
+    assert results["num_examples"] == 48 and results["num_layers"] == 4
+    assert sum(results["layers_histogram"]) == 48
+    assert 1 <= results["mean_layers_executed"] <= 4
+    assert 0.0 <= results["accuracy"] <= 1.0
+    proc = dact_tf("predict", f"--model_dir={model_dir}", "--text=a gripping , funny film .",
+                   cache=root / "cache")
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert row["label"] in ("negative", "positive")
+    assert 0.5 <= row["probability"] <= 1.0 and 1 <= row["layers_executed"] <= 4
+    lines = root / "lines.txt"
+    lines.write_text("good movie\nterrible , boring mess\n")
+    proc = dact_tf("predict", f"--model_dir={model_dir}", f"--input_file={lines}",
+                   cache=root / "cache")
+    assert len(proc.stdout.strip().splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--task=nope", "--model_dir={root}/x"], "Unknown GLUE task 'nope'"),
+        (["evaluate", "--model_dir={root}/missing"], "not a dact_tf model directory"),
+        (["train", "--task=tsv", "--train_file={root}/bad.tsv", "--eval_file={root}/bad.tsv",
+          "--header=false", "--model_dir={root}/y", "--backbone=tiny"], "bad.tsv:2"),
+        (["predict", "--model_dir={model_dir}", "--text= "], "--text is empty"),
+        (["predict", "--model_dir={model_dir}", "--input_file={root}/empty.txt"], "empty"),
+        (["train", "--task=sst2", "--data_dir={root}/nodata", "--model_dir={root}/z",
+          "--backbone=tiny"], "nodata"),
+        (["frobnicate"], "Usage: dact-tf"),
+    ],
+)
+def test_user_errors_exit_1_with_one_clear_message(trained, args, message):
+    root, model_dir = trained
+    (root / "bad.tsv").write_text("fine sentence\t0\nbroken line without a label\n")
+    (root / "empty.txt").write_text("")
+    args = [a.format(root=root, model_dir=model_dir) for a in args]
+    proc = dact_tf(*args, cache=root / "cache", check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_model_dir_of_another_run_is_refused(trained):
+    root, model_dir = trained
+    proc = dact_tf("train", "--task=sst2", f"--data_dir={builtin_sst2_dir()}",
+                   f"--model_dir={model_dir}", "--tau=0.5", *TINY,
+                   cache=root / "cache", check=False)
+    assert proc.returncode == 1
+    assert "different run" in proc.stderr
