@@ -83,6 +83,7 @@ class ModelConfig:
     halting_rule: str = "tight"
     regression_tolerance: float = 0.05
     dropout: float = 0.1
+    head_loss_weight: float = 1.0
 
 
 @dataclasses.dataclass
@@ -289,6 +290,7 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
         halting_rule=model_config.halting_rule,
         regression_tolerance=model_config.regression_tolerance,
         dropout=model_config.dropout,
+        head_loss_weight=model_config.head_loss_weight,
     )
     model.compile(optimizer=keras.optimizers.Adam(train_config.learning_rate))
     config = {
@@ -424,6 +426,19 @@ def write_json(path, results):
             json.dump(results, f, indent=2, sort_keys=True)
 
     _atomic_write(path, write)
+
+
+def is_pair_task(config):
+    """Whether a trained model (its `dact_config.json`) reads text pairs."""
+    data = config["data"]
+    if data["task"] in CUSTOM_TASKS:
+        return data.get("text_pair_column") is not None
+    return dact_data.glue_task(data["task"]).pair_feature is not None
+
+
+def copy_vocabulary(model_dir, target_dir):
+    """Copies a model directory's `vocab.txt` into `target_dir`."""
+    shutil.copyfile(os.path.join(model_dir, VOCAB_FILE), os.path.join(target_dir, VOCAB_FILE))
 
 
 def remove_model_dir(model_dir):

@@ -49,6 +49,7 @@ flags.DEFINE_float("halting_bias", 2.0, "Initial bias of the halting units.")
 flags.DEFINE_boolean("shared_heads", False, "One DACT head shared by all blocks.")
 flags.DEFINE_enum("halting_rule", "tight", ["tight", "paper", "relaxed", "never"], "Inference halting rule.")
 flags.DEFINE_float("regression_tolerance", 0.05, "Regression: largest score change early exit may cause.", lower_bound=0.0)
+flags.DEFINE_float("head_loss_weight", 1.0, "Weight of the per-block auxiliary loss that trains every head on the label (0: pure DACT).", lower_bound=0.0)
 flags.DEFINE_integer("epochs", 3, "Training epochs.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 5e-5, "Adam learning rate.", lower_bound=0.0)
 # Evaluate / predict.
@@ -92,6 +93,7 @@ def cmd_train():
         backbone=FLAGS.backbone, tau=FLAGS.tau, tau_warmup_steps=FLAGS.tau_warmup_steps,
         halting_bias=FLAGS.halting_bias, shared_heads=FLAGS.shared_heads,
         halting_rule=FLAGS.halting_rule, regression_tolerance=FLAGS.regression_tolerance,
+        head_loss_weight=FLAGS.head_loss_weight,
     )
     train_config = train_lib.TrainConfig(epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate)
     model, _, _ = train_lib.train(model_dir, _data_config(), model_config, train_config)
@@ -169,11 +171,29 @@ def cmd_predict():
 
 
 def cmd_export():
-    try:
-        from dact_tf.export import cli_export
-    except ImportError as e:
-        raise ImportError(f"export is not available in this build: {e}") from None
-    cli_export(FLAGS)
+    from dact_tf import export
+    from dact_tf import train_lib
+
+    model_dir = _require("model_dir")
+    export_dir = _require("export_dir")
+    model, preprocessor, config = train_lib.load_model_dir(model_dir)
+    if FLAGS.format == "tflite":
+        # No tokenizer: tokenization ops are not TFLite builtins (apps
+        # tokenize with the vocab.txt written next to the file).
+        os.makedirs(export_dir, exist_ok=True)
+        path = os.path.join(export_dir, f"dact_{FLAGS.quantize}.tflite")
+        export.export_tflite(model, path, quantize=FLAGS.quantize)
+        train_lib.copy_vocabulary(model_dir, export_dir)
+    else:
+        path = export.export_saved_model(
+            model,
+            export_dir,
+            version=FLAGS.version,
+            tokenizer=preprocessor.tokenizer,
+            sequence_length=config["data"]["max_seq_length"],
+            text_pair=train_lib.is_pair_task(config),
+        )
+    print(f"Exported {FLAGS.format} to {path}")
 
 
 def main(argv):

@@ -73,7 +73,8 @@ class DactEncoder(keras.layers.Layer):
         `[batch, num_outputs]`, `"predictions"` int32 `[batch]`. Regression:
         `"scores"` float32 `[batch]`. Both: `"layers_executed"` int32
         `[batch]` and `"ponder_cost"` float32 `[batch]` (`sum p_n` over the
-        blocks executed).
+        blocks executed). With `training=True` also `"block_answers"`
+        `[num_layers, batch, num_outputs]`, every block's own answer `y_n`.
 
     Example:
     >>> import keras_hub
@@ -195,11 +196,14 @@ class DactEncoder(keras.layers.Layer):
             trace = self.trace(inputs, padding_mask, training=True)
             ponder = trace["ponder_cost"]
             self.add_loss(tf.cast(self.tau, tf.float32) * tf.reduce_mean(ponder))
-            return self._outputs(
+            out = self._outputs(
                 trace["accumulated"][-1],
                 tf.fill(tf.shape(ponder), tf.constant(self.num_layers, tf.int32)),
                 ponder,
             )
+            # Each block's own answer, for auxiliary per-block losses.
+            out["block_answers"] = trace["answers"]
+            return out
         if full_depth:
             trace = self.trace(inputs, padding_mask, training=False)
             ponder = trace["ponder_cost"]

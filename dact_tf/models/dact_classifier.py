@@ -61,6 +61,13 @@ class DactClassifier(keras.Model):
         halting_slack: float, the relaxed rule's slack.
         regression_tolerance: float, the largest score change that halting
             may cause (regression).
+        head_loss_weight: float >= 0, weight of an auxiliary loss that
+            trains every block's answer `y_n` on the label directly (the
+            mean over blocks of the task loss of `y_n`). 0 is pure DACT. In
+            the DACT mixture early answers carry little weight, so their
+            heads barely learn and the model cannot exit early; this
+            deep-supervision term (a "heads first" warm-up when scheduled)
+            fixes that. Settable during training with `model.head_loss_weight`.
         **kwargs: `keras.Model` arguments (`name`, ...).
 
     Call arguments:
@@ -106,6 +113,7 @@ class DactClassifier(keras.Model):
         halting_epsilon=0.0,
         halting_slack=0.0,
         regression_tolerance=0.05,
+        head_loss_weight=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -155,6 +163,13 @@ class DactClassifier(keras.Model):
             name="dact_encoder",
         )
         self.dropout = float(dropout)
+        self.initial_head_loss_weight = _non_negative("head_loss_weight", head_loss_weight)
+        self._head_loss_weight = self.add_weight(
+            name="head_loss_weight",
+            shape=(),
+            initializer=keras.initializers.Constant(self.initial_head_loss_weight),
+            trainable=False,
+        )
         self.layers_executed_tracker = keras.metrics.Mean(name="layers_executed")
         self.ponder_cost_tracker = keras.metrics.Mean(name="ponder_cost")
         # Built at construction, like keras-hub's functional tasks, so that
@@ -176,10 +191,16 @@ class DactClassifier(keras.Model):
 
     @tau.setter
     def tau(self, value):
-        value = float(value)
-        if not value >= 0.0:
-            raise ValueError(f"`tau` must be >= 0, got {value}.")
-        self.encoder.tau.assign(value)
+        self.encoder.tau.assign(_non_negative("tau", value))
+
+    @property
+    def head_loss_weight(self):
+        """The current weight of the per-block auxiliary loss, a float."""
+        return float(keras.ops.convert_to_numpy(self._head_loss_weight))
+
+    @head_loss_weight.setter
+    def head_loss_weight(self, value):
+        self._head_loss_weight.assign(_non_negative("head_loss_weight", value))
 
     # ---------------------------------------------------------------- call
 
@@ -263,10 +284,22 @@ class DactClassifier(keras.Model):
                 tf.cast(vocab, token_ids.dtype),
                 message=f"token_ids must be < the vocabulary size {vocab}",
             ),
+            tf.debugging.assert_non_negative(
+                segment_ids, message="segment_ids must be >= 0"
+            ),
+            tf.debugging.assert_less(
+                segment_ids,
+                tf.cast(self.backbone.num_segments, segment_ids.dtype),
+                message="segment_ids must be < the number of segments "
+                f"{self.backbone.num_segments}",
+            ),
         ]
+        # Both gathers wait for the checks (on GPU a bad id would silently
+        # read zeros).
         with tf.control_dependencies(checks):
             token_ids = tf.identity(tf.cast(token_ids, tf.int32))
-        return token_ids, padding_mask, tf.cast(segment_ids, tf.int32)
+            segment_ids = tf.identity(tf.cast(segment_ids, tf.int32))
+        return token_ids, padding_mask, segment_ids
 
     def _embed(self, token_ids, segment_ids, training):
         b = self.backbone
@@ -354,10 +387,26 @@ class DactClassifier(keras.Model):
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
+        block_answers = None
         if isinstance(y_pred, dict):
+            block_answers = y_pred.get("block_answers")
             y_pred = self._main_output(y_pred)
-        return super().compute_loss(
+        loss = super().compute_loss(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        )
+        if block_answers is not None and y is not None:
+            loss = loss + self._head_loss_weight * self._block_loss(y, block_answers)
+        return loss
+
+    def _block_loss(self, y, block_answers):
+        """Mean over blocks and examples of each block's own task loss."""
+        if self.task == "regression":
+            target = tf.cast(tf.reshape(y, [1, -1]), tf.float32)
+            return tf.reduce_mean(tf.square(block_answers[..., 0] - target))
+        target = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        target = tf.broadcast_to(target[None, :], tf.shape(block_answers)[:2])
+        return tf.reduce_mean(
+            keras.losses.sparse_categorical_crossentropy(target, block_answers)
         )
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
@@ -410,6 +459,7 @@ class DactClassifier(keras.Model):
             "halting_epsilon": enc.halting_epsilon,
             "halting_slack": enc.halting_slack,
             "regression_tolerance": enc.regression_tolerance,
+            "head_loss_weight": self.initial_head_loss_weight,
         }
 
     @classmethod
@@ -417,3 +467,10 @@ class DactClassifier(keras.Model):
         config = dict(config)
         config["backbone"] = keras.layers.deserialize(config["backbone"])
         return cls(**config)
+
+
+def _non_negative(name, value):
+    value = float(value)
+    if not value >= 0.0:
+        raise ValueError(f"`{name}` must be >= 0, got {value}.")
+    return value

@@ -1,0 +1,510 @@
+"""SavedModel export of a `DactClassifier` for TensorFlow Serving.
+
+The export is a plain `tf.Module` saved with `tf.saved_model.save`, with
+explicit `tf.function` signatures, in TF Serving's layout
+`<export_dir_base>/<version>/saved_model.pb`. Reloading it needs only
+`tensorflow` (plus `tensorflow_text` for the text signatures): no dact_tf,
+Keras or keras-hub code.
+
+Two choices matter (both measured; the tests pin them):
+
+- The module tracks the model's **raw `tf.Variable`s**, not the Keras model.
+  With the Keras model tracked, the SavedModel works in TensorFlow, but
+  `tf.lite.TFLiteConverter.from_saved_model` cannot freeze Keras 3's
+  variables: it keeps them as `VAR_HANDLE`/`READ_VARIABLE` ops with no
+  initial values, and the `.tflite` file computes garbage (or fails in the
+  early-exit `WHILE`). Tracking the Keras model as well also stores the
+  weights twice (the variables file grew 2.4x on a tiny model).
+- The version folder is written to a hidden temporary folder next to it and
+  renamed into place, so TF Serving (which polls the base folder for
+  numeric subfolders) never sees a half-written version and a failed export
+  leaves nothing behind.
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from dact_tf.export.text import TextPacker
+from dact_tf.version import __version__
+
+METADATA_FILENAME = "dact_tf_metadata.json"
+VOCABULARY_FILENAME = "vocab.txt"
+ASSETS_EXTRA = "assets.extra"
+
+SERVING_DEFAULT = "serving_default"
+FULL_DEPTH = "full_depth"
+SERVE_TEXT = "serve_text"
+SERVE_TEXT_PAIR = "serve_text_pair"
+
+INPUT_KEYS = ("token_ids", "padding_mask", "segment_ids")
+CLASSIFICATION_OUTPUTS = ("probabilities", "predictions", "layers_executed")
+REGRESSION_OUTPUTS = ("scores", "layers_executed")
+
+_TMP_PREFIX = ".tmp-dact-export-"
+_VERSION_RE = re.compile(r"^[0-9]+$")
+
+
+def output_keys(task):
+    """The output names of every serving signature for `task`.
+
+    Args:
+        task: `"classification"` or `"regression"`.
+
+    Returns:
+        A tuple of str.
+
+    Example:
+    >>> output_keys("regression")
+    ('scores', 'layers_executed')
+    """
+    return REGRESSION_OUTPUTS if task == "regression" else CLASSIFICATION_OUTPUTS
+
+
+def existing_versions(export_dir_base):
+    """The integer versions already exported under `export_dir_base`.
+
+    Args:
+        export_dir_base: str, the base folder (may not exist).
+
+    Returns:
+        A sorted list of int (folders whose name is a non-negative integer).
+
+    Example:
+    >>> existing_versions("/tmp/does/not/exist")
+    []
+    """
+    if not os.path.isdir(export_dir_base):
+        return []
+    return sorted(
+        int(name)
+        for name in os.listdir(export_dir_base)
+        if _VERSION_RE.match(name)
+        and os.path.isdir(os.path.join(export_dir_base, name))
+    )
+
+
+def export_saved_model(
+    model,
+    export_dir_base,
+    version=None,
+    tokenizer=None,
+    sequence_length=None,
+    text_pair=False,
+    truncate="round_robin",
+):
+    """Exports a `DactClassifier` as a versioned SavedModel for TF Serving.
+
+    Writes `<export_dir_base>/<version>/` atomically: everything is written
+    to a hidden temporary folder in `export_dir_base` and renamed into place
+    at the end; if anything fails, the temporary folder is removed and no
+    version folder appears (earlier versions are never touched).
+
+    Signatures (all with the serving tag):
+
+    - `serving_default`: int32 `token_ids`, `padding_mask`, `segment_ids`,
+      each `[batch, seq]` (`padding_mask`: 1 for real tokens, 0 for
+      padding). Runs the per-example early-exit loop. Outputs, classification:
+      `probabilities` float32 `[batch, num_classes]`, `predictions` int32
+      `[batch]`, `layers_executed` int32 `[batch]`; regression: `scores`
+      float32 `[batch]`, `layers_executed`.
+    - `full_depth`: same inputs and outputs, every block runs (the answers
+      the early exit guarantees to match; `layers_executed` is N).
+    - `serve_text` (only with `tokenizer`): string `text` `[batch]`;
+      tokenization, `[CLS] text [SEP]` packing and truncation to
+      `sequence_length` run inside the graph (`dact_tf.export.text.
+      TextPacker`: the same ids as keras-hub's
+      `BertTextClassifierPreprocessor`, padded only to the batch's longest
+      row), then the early-exit model runs. Same outputs.
+    - `serve_text_pair` (with `tokenizer` and `text_pair=True`): string
+      `text_a`, `text_b` `[batch]`, packed as `[CLS] a [SEP] b [SEP]` with
+      segment ids 0/1.
+
+    With a tokenizer, loading the export needs the tokenizer's TF Text ops
+    (`import tensorflow_text` before `tf.saved_model.load`; in TF Serving,
+    a build that links TF Text, as the official images do with an older
+    release). The packing itself uses core ops only: keras-hub's own
+    preprocessor would add `TFText>RoundRobinTrim`, which TF Serving's
+    embedded TF Text lacks. For a server without TF Text, export without
+    `tokenizer` and tokenize on the client (`assets.extra/vocab.txt`).
+
+    Input checks run in the graph and raise `InvalidArgumentError` (HTTP
+    400 in TF Serving): token ids outside `[0, vocabulary_size)`, sequences
+    longer than the backbone's `max_sequence_length`, `padding_mask` or
+    `segment_ids` shaped unlike `token_ids`, an empty batch.
+
+    Extra files: `assets.extra/dact_tf_metadata.json` (task, label names,
+    num_layers, max_sequence_length, vocabulary size, signatures, versions)
+    and, with a tokenizer, `assets.extra/vocab.txt` (one token per line, id
+    = line number) for clients that tokenize themselves (e.g. TFLite). The
+    vocabulary is also a SavedModel asset (`assets/vocab.txt`, reachable as
+    `loaded.vocabulary_file` after `tf.saved_model.load`). TF Serving ignores
+    both extras.
+
+    Args:
+        model: a `dact_tf.models.DactClassifier` (built; weights as trained).
+        export_dir_base: str, the model's base folder (TF Serving's
+            `--model_base_path`); created if missing. Local filesystem (the
+            atomic rename needs a POSIX rename).
+        version: int >= 0 or None. None picks one more than the largest
+            existing version (1 for an empty folder). An existing version is
+            an error: versions are immutable.
+        tokenizer: None, a `keras_hub.models.BertTokenizer` (e.g. from
+            `dact_tf.models.backbones.load_backbone`), or a keras-hub
+            `BertTextClassifierPreprocessor` (then `sequence_length` and
+            `truncate` come from it). Adds the text signatures.
+        sequence_length: int, the packed length for the text signatures
+            (default and maximum: the backbone's `max_sequence_length`).
+        text_pair: bool, also export `serve_text_pair` (sentence-pair tasks
+            such as MRPC, RTE, QNLI).
+        truncate: `"round_robin"` or `"waterfall"`, how text pairs are cut to
+            `sequence_length`.
+
+    Returns:
+        str, the path of the new version folder.
+
+    Raises:
+        FileExistsError: `version` already exists.
+        ValueError: bad arguments.
+
+    Example:
+    ```python
+    path = export_saved_model(model, "/models/sst2", tokenizer=tokenizer)
+    # /models/sst2/1; then, for example:
+    # docker run -p 8501:8501 -v /models/sst2:/models/sst2 \
+    #   -e MODEL_NAME=sst2 tensorflow/serving
+    loaded = tf.saved_model.load(path)   # import tensorflow_text first
+    out = loaded.signatures["serve_text"](text=tf.constant(["a fine film"]))
+    out["predictions"], out["layers_executed"]
+    ```
+    """
+    _check_model(model)
+    export_dir_base = os.fspath(export_dir_base)
+    if version is not None:
+        version = int(version)
+        if version < 0:
+            raise ValueError(f"`version` must be >= 0, got {version}.")
+    packer = None
+    if tokenizer is not None:
+        packer = _make_packer(model, tokenizer, sequence_length, truncate)
+    elif text_pair:
+        raise ValueError("`text_pair=True` needs a `tokenizer`.")
+
+    os.makedirs(export_dir_base, exist_ok=True)
+    if version is not None and os.path.exists(
+        os.path.join(export_dir_base, str(version))
+    ):
+        raise FileExistsError(
+            f"Version {version} already exists in {export_dir_base}; "
+            "versions are immutable: pick another (or version=None)."
+        )
+    tmp_dir = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=export_dir_base)
+    try:
+        vocabulary_file = None
+        if packer is not None:
+            extra = os.path.join(tmp_dir, ASSETS_EXTRA)
+            os.makedirs(extra)
+            vocabulary_file = os.path.join(extra, VOCABULARY_FILENAME)
+            _write_vocabulary(packer.tokenizer, vocabulary_file)
+        module, signatures = build_serving_module(
+            model,
+            packer=packer,
+            text_pair=text_pair,
+            vocabulary_file=vocabulary_file,
+        )
+        tf.saved_model.save(module, tmp_dir, signatures=signatures)
+        target_version = _commit(
+            tmp_dir, export_dir_base, version, model, packer, signatures
+        )
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return os.path.join(export_dir_base, str(target_version))
+
+
+def build_serving_module(
+    model, packer=None, text_pair=False, vocabulary_file=None
+):
+    """Builds the `tf.Module` and signatures that `export_saved_model` saves.
+
+    Useful to save somewhere else (e.g. `tf.saved_model.save(module, path,
+    signatures=signatures)` on a remote filesystem) or to call the serving
+    functions in-process.
+
+    Args:
+        model: a `DactClassifier`.
+        packer: None or a `dact_tf.export.text.TextPacker`: adds
+            `serve_text`.
+        text_pair: bool, add `serve_text_pair` (needs `packer`).
+        vocabulary_file: str or None, the tokenizer's vocabulary written one
+            token a line (the SavedModel asset). None writes it to a new
+            temporary folder.
+
+    Returns:
+        `(module, signatures)`: the module (tracks the model's raw
+        `tf.Variable`s and, with a packer, the vocabulary asset) and a
+        dict from signature key to `tf.function`.
+
+    Example:
+    ```python
+    module, signatures = build_serving_module(model)
+    out = signatures["serving_default"](
+        token_ids=ids, padding_mask=mask, segment_ids=segments)
+    ```
+    """
+    _check_model(model)
+    keys = output_keys(model.task)
+    module = tf.Module(name="dact_serving")
+    # Raw tf.Variables only: see the module docstring (TFLite freezing,
+    # no duplicated weights). The Keras model is reached by closure.
+    module.dact_variables = _raw_variables(model)
+
+    def run(token_ids, padding_mask, segment_ids, full_depth):
+        out = model(
+            {
+                "token_ids": token_ids,
+                "padding_mask": tf.not_equal(padding_mask, 0),
+                "segment_ids": segment_ids,
+            },
+            training=False,
+            full_depth=full_depth,
+        )
+        return {k: tf.identity(out[k], name=k) for k in keys}
+
+    specs = [tf.TensorSpec([None, None], tf.int32, name=k) for k in INPUT_KEYS]
+
+    def predict(token_ids, padding_mask, segment_ids):
+        return run(token_ids, padding_mask, segment_ids, False)
+
+    def predict_full_depth(token_ids, padding_mask, segment_ids):
+        return run(token_ids, padding_mask, segment_ids, True)
+
+    # Attribute names matter: TFLiteConverter.from_saved_model treats an
+    # object with a `serve` attribute as a Keras `model.export()` artifact and
+    # then converts `serving_default` only.
+    module.predict = tf.function(predict, input_signature=specs)
+    module.predict_full_depth = tf.function(predict_full_depth, input_signature=specs)
+    signatures = {
+        SERVING_DEFAULT: module.predict,
+        FULL_DEPTH: module.predict_full_depth,
+    }
+    if packer is None:
+        if text_pair:
+            raise ValueError("`text_pair=True` needs a `packer`.")
+        return module, signatures
+
+    if vocabulary_file is None:
+        vocabulary_file = os.path.join(
+            tempfile.mkdtemp(prefix="dact_vocab_"), VOCABULARY_FILENAME
+        )
+        _write_vocabulary(packer.tokenizer, vocabulary_file)
+    module.vocabulary_file = tf.saved_model.Asset(vocabulary_file)
+
+    def run_text(segments):
+        f = packer(segments)
+        return run(f["token_ids"], f["padding_mask"], f["segment_ids"], False)
+
+    def predict_text(text):
+        return run_text(text)
+
+    module.predict_text = tf.function(
+        predict_text,
+        input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+    )
+    signatures[SERVE_TEXT] = module.predict_text
+    if text_pair:
+
+        def predict_text_pair(text_a, text_b):
+            return run_text((text_a, text_b))
+
+        module.predict_text_pair = tf.function(
+            predict_text_pair,
+            input_signature=[
+                tf.TensorSpec([None], tf.string, name="text_a"),
+                tf.TensorSpec([None], tf.string, name="text_b"),
+            ],
+        )
+        signatures[SERVE_TEXT_PAIR] = module.predict_text_pair
+    return module, signatures
+
+
+def read_metadata(saved_model_dir):
+    """Reads `assets.extra/dact_tf_metadata.json` of an export.
+
+    Args:
+        saved_model_dir: str, a version folder written by
+            `export_saved_model`.
+
+    Returns:
+        dict.
+
+    Example:
+    ```python
+    read_metadata("/models/sst2/1")["label_names"]  # ["negative", "positive"]
+    ```
+    """
+    path = os.path.join(saved_model_dir, ASSETS_EXTRA, METADATA_FILENAME)
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# ----------------------------------------------------------------------------
+# Helpers.
+# ----------------------------------------------------------------------------
+
+
+def _check_model(model):
+    needed = ("backbone", "encoder", "task", "num_layers", "num_classes")
+    missing = [a for a in needed if not hasattr(model, a)]
+    if missing:
+        raise TypeError(
+            "`model` must be a dact_tf DactClassifier; "
+            f"{type(model).__name__} lacks {missing}."
+        )
+    if not model.built:
+        raise ValueError("`model` is not built.")
+
+
+def _raw_variables(model):
+    seen, out = set(), []
+    for v in model.variables:
+        raw = getattr(v, "value", v)
+        if not isinstance(raw, tf.Variable):
+            raise TypeError(
+                f"Variable {getattr(v, 'path', v)} is not backed by a "
+                "tf.Variable: the model must use Keras' TensorFlow backend."
+            )
+        if id(raw) not in seen:
+            seen.add(id(raw))
+            out.append(raw)
+    return out
+
+
+def _make_packer(model, tokenizer, sequence_length, truncate):
+    max_len = int(model.backbone.max_sequence_length)
+    if hasattr(tokenizer, "tokenizer") and hasattr(tokenizer, "sequence_length"):
+        # A keras-hub preprocessor: take its tokenizer and settings.
+        given = tokenizer
+        tokenizer = given.tokenizer
+        if sequence_length is not None and int(sequence_length) != int(
+            given.sequence_length
+        ):
+            raise ValueError(
+                f"`sequence_length` {sequence_length} differs from the "
+                f"preprocessor's {given.sequence_length}."
+            )
+        sequence_length = given.sequence_length
+        truncate = getattr(given, "truncate", truncate)
+    needed = ("get_vocabulary", "cls_token_id", "sep_token_id", "pad_token_id")
+    missing = [a for a in needed if not hasattr(tokenizer, a)]
+    if missing:
+        raise TypeError(
+            "`tokenizer` must be a keras_hub BertTokenizer or a "
+            f"BertTextClassifierPreprocessor; {type(tokenizer).__name__} "
+            f"lacks {missing}."
+        )
+    length = int(sequence_length or max_len)
+    if not 3 <= length <= max_len:
+        raise ValueError(
+            f"`sequence_length` must be in [3, {max_len}] (the backbone's "
+            f"max_sequence_length), got {length}."
+        )
+    vocab_size = int(tokenizer.vocabulary_size())
+    if vocab_size > int(model.backbone.vocabulary_size):
+        raise ValueError(
+            f"The tokenizer has {vocab_size} tokens but the backbone embeds "
+            f"only {model.backbone.vocabulary_size}."
+        )
+    return TextPacker(tokenizer, length, truncate)
+
+
+def _write_vocabulary(tokenizer, path):
+    vocab = tokenizer.get_vocabulary()
+    bad = [t for t in vocab if "\n" in t or "\r" in t]
+    if bad:
+        raise ValueError(f"Tokens with line breaks cannot be written: {bad[:3]}")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(vocab) + "\n")
+
+
+def _metadata(model, version, packer, signatures):
+    backbone = model.backbone
+    meta = {
+        "format": "dact_tf SavedModel",
+        "dact_tf_version": __version__,
+        "tensorflow_version": tf.__version__,
+        "version": int(version),
+        "task": model.task,
+        "num_classes": int(model.num_classes),
+        "label_names": model.label_names,
+        "output_range": model.output_range,
+        "num_layers": int(model.num_layers),
+        "max_sequence_length": int(backbone.max_sequence_length),
+        "vocabulary_size": int(backbone.vocabulary_size),
+        "num_segments": int(getattr(backbone, "num_segments", 2)),
+        "halting_rule": model.encoder.halting_rule,
+        "signatures": sorted(signatures),
+        "inputs": {k: "int32 [batch, seq]" for k in INPUT_KEYS},
+        "outputs": list(output_keys(model.task)),
+        "input_checks": {
+            "saved_model": [
+                "0 <= token_ids < vocabulary_size",
+                "seq <= max_sequence_length",
+                "padding_mask, segment_ids shaped like token_ids",
+                "batch >= 1",
+            ],
+            "tflite": "none (no Assert builtin): validate inputs in the app",
+        },
+    }
+    if packer is not None:
+        tok = packer.tokenizer
+        meta["text"] = {
+            "vocabulary_file": f"{ASSETS_EXTRA}/{VOCABULARY_FILENAME}",
+            "sequence_length": int(packer.sequence_length),
+            "truncate": packer.truncate,
+            "lowercase": bool(getattr(tok, "lowercase", False)),
+            "strip_accents": bool(getattr(tok, "strip_accents", False)),
+            "special_tokens": {
+                name: getattr(tok, f"{name}_token_id", None)
+                for name in ("cls", "sep", "pad", "mask")
+            },
+            "needs": "import tensorflow_text before tf.saved_model.load",
+        }
+    return meta
+
+
+def _commit(tmp_dir, export_dir_base, version, model, packer, signatures):
+    """Writes the metadata into `tmp_dir` and renames it to the version folder.
+
+    Returns the version used. With `version=None`, the next free number is
+    taken; if a concurrent export takes it first, the next one is tried.
+    """
+    extra = os.path.join(tmp_dir, ASSETS_EXTRA)
+    os.makedirs(extra, exist_ok=True)
+    explicit = version is not None
+    while True:
+        if not explicit:
+            taken = [
+                int(n) for n in os.listdir(export_dir_base) if _VERSION_RE.match(n)
+            ]
+            version = max(taken) + 1 if taken else 1
+        with open(os.path.join(extra, METADATA_FILENAME), "w", encoding="utf-8") as f:
+            json.dump(_metadata(model, version, packer, signatures), f, indent=2)
+        target = os.path.join(export_dir_base, str(version))
+        if os.path.lexists(target):
+            if explicit:
+                raise FileExistsError(
+                    f"Version {version} already exists in {export_dir_base}."
+                )
+            continue  # Taken meanwhile: the next pass picks a larger number.
+        try:
+            # Atomic on POSIX: TF Serving sees no folder or the whole export.
+            os.rename(tmp_dir, target)
+            return version
+        except OSError:
+            if explicit or not os.path.lexists(target):
+                raise
