@@ -84,6 +84,7 @@ class ModelConfig:
     regression_tolerance: float = 0.05
     dropout: float = 0.1
     head_loss_weight: float = 1.0
+    pooling: str = "mean"
 
 
 @dataclasses.dataclass
@@ -291,6 +292,7 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
         regression_tolerance=model_config.regression_tolerance,
         dropout=model_config.dropout,
         head_loss_weight=model_config.head_loss_weight,
+        pooling=model_config.pooling,
     )
     model.compile(optimizer=keras.optimizers.Adam(train_config.learning_rate))
     config = {

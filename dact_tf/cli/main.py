@@ -50,6 +50,7 @@ flags.DEFINE_boolean("shared_heads", False, "One DACT head shared by all blocks.
 flags.DEFINE_enum("halting_rule", "tight", ["tight", "paper", "relaxed", "never"], "Inference halting rule.")
 flags.DEFINE_float("regression_tolerance", 0.05, "Regression: largest score change early exit may cause.", lower_bound=0.0)
 flags.DEFINE_float("head_loss_weight", 1.0, "Weight of the per-block auxiliary loss that trains every head on the label (0: pure DACT).", lower_bound=0.0)
+flags.DEFINE_enum("pooling", "mean", ["cls", "mean"], "What the DACT heads read: the first token or the mean over tokens (all-MiniLM-L6-v2 was trained with mean pooling).")
 flags.DEFINE_integer("epochs", 3, "Training epochs.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 5e-5, "Adam learning rate.", lower_bound=0.0)
 # Evaluate / predict.
@@ -93,7 +94,7 @@ def cmd_train():
         backbone=FLAGS.backbone, tau=FLAGS.tau, tau_warmup_steps=FLAGS.tau_warmup_steps,
         halting_bias=FLAGS.halting_bias, shared_heads=FLAGS.shared_heads,
         halting_rule=FLAGS.halting_rule, regression_tolerance=FLAGS.regression_tolerance,
-        head_loss_weight=FLAGS.head_loss_weight,
+        head_loss_weight=FLAGS.head_loss_weight, pooling=FLAGS.pooling,
     )
     train_config = train_lib.TrainConfig(epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate)
     model, _, _ = train_lib.train(model_dir, _data_config(), model_config, train_config)

@@ -7,6 +7,10 @@ from dact_tf import ops
 from dact_tf.layers.dact_heads import DactHeads
 
 
+#: What the heads can read from each block's output.
+POOLINGS = ("cls", "mean")
+
+
 def _check_rank(tensor, rank, name):
     if tensor.shape.rank is not None and tensor.shape.rank != rank:
         raise ValueError(
@@ -59,6 +63,10 @@ class DactEncoder(keras.layers.Layer):
         halting_slack: float >= 0, slack of `"relaxed"`.
         regression_tolerance: float > 0, the largest change of a regression
             score that halting may cause.
+        pooling: what each head reads: `"cls"` (the first token, as in the
+            paper) or `"mean"` (the mean over real tokens; right for
+            backbones trained with mean pooling, such as sentence-transformer
+            MiniLMs, whose early-block first-token vectors barely vary).
         **kwargs: base layer arguments.
 
     Call arguments:
@@ -105,10 +113,13 @@ class DactEncoder(keras.layers.Layer):
         halting_epsilon=0.0,
         halting_slack=0.0,
         regression_tolerance=0.05,
+        pooling="cls",
         **kwargs,
     ):
         super().__init__(**kwargs)
         blocks = list(blocks)
+        if pooling not in POOLINGS:
+            raise ValueError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
         if not blocks:
             raise ValueError("`blocks` must hold at least one layer.")
         if halting_rule not in ops.HALTING_RULES:
@@ -142,6 +153,7 @@ class DactEncoder(keras.layers.Layer):
         self.halting_epsilon = float(halting_epsilon)
         self.halting_slack = float(halting_slack)
         self.regression_tolerance = float(regression_tolerance)
+        self.pooling = pooling
         # Created here (not in build) so that heads-argument errors surface
         # at construction; its weights are still created in build().
         self.heads = DactHeads(
@@ -237,6 +249,14 @@ class DactEncoder(keras.layers.Layer):
             output_range=self.output_range or (0.0, 1.0),
         )
 
+    def _pool(self, hidden, padding_mask):
+        """`[batch, seq, hidden]` -> `[batch, hidden]`, what the heads read."""
+        if self.pooling == "cls":
+            return hidden[:, 0, :]
+        mask = tf.cast(padding_mask, hidden.dtype)[:, :, None]
+        total = tf.reduce_sum(hidden * mask, axis=1)
+        return total / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+
     # -------------------------------------------------------- unrolled path
 
     def trace(self, inputs, padding_mask=None, training=False):
@@ -259,11 +279,11 @@ class DactEncoder(keras.layers.Layer):
         if padding_mask is None:
             padding_mask = tf.ones(tf.shape(inputs)[:2], tf.bool)
         x = inputs
-        cls = []
+        pooled = []
         for block in self.blocks:
             x = block(x, padding_mask=padding_mask, training=training)
-            cls.append(x[:, 0, :])
-        answers, halting = self.heads(tf.stack(cls), training=training)
+            pooled.append(self._pool(x, padding_mask))
+        answers, halting = self.heads(tf.stack(pooled), training=training)
         answer, budget = ops.initial_state(tf.shape(inputs)[0], self.num_outputs)
         accumulated, budgets, halts = [], [], []
         for n in range(self.num_layers):
@@ -334,7 +354,7 @@ class DactEncoder(keras.layers.Layer):
         def body(s):
             n = s["n"]
             hidden = self._run_block(n, s["hidden"], s["mask"])
-            y, h = self.heads(hidden[:, 0, :], layer_index=n)
+            y, h = self.heads(self._pool(hidden, s["mask"]), layer_index=n)
             answer, budget = ops.accumulate(s["answer"], s["budget"], y, h)
             ponder = s["ponder"] + budget
             remaining = num_layers - 1 - n
@@ -410,6 +430,7 @@ class DactEncoder(keras.layers.Layer):
                 "halting_epsilon": self.halting_epsilon,
                 "halting_slack": self.halting_slack,
                 "regression_tolerance": self.regression_tolerance,
+                "pooling": self.pooling,
             }
         )
         return config

@@ -68,6 +68,9 @@ class DactClassifier(keras.Model):
             heads barely learn and the model cannot exit early; this
             deep-supervision term (a "heads first" warm-up when scheduled)
             fixes that. Settable during training with `model.head_loss_weight`.
+        pooling: what the heads read from each block: `"cls"` (first token,
+            the paper's choice) or `"mean"` (mean over real tokens, for
+            backbones pretrained with mean pooling like all-MiniLM-L6-v2).
         **kwargs: `keras.Model` arguments (`name`, ...).
 
     Call arguments:
@@ -114,6 +117,7 @@ class DactClassifier(keras.Model):
         halting_slack=0.0,
         regression_tolerance=0.05,
         head_loss_weight=0.0,
+        pooling="cls",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -160,6 +164,7 @@ class DactClassifier(keras.Model):
             halting_epsilon=halting_epsilon,
             halting_slack=halting_slack,
             regression_tolerance=regression_tolerance,
+            pooling=pooling,
             name="dact_encoder",
         )
         self.dropout = float(dropout)
@@ -460,6 +465,7 @@ class DactClassifier(keras.Model):
             "halting_slack": enc.halting_slack,
             "regression_tolerance": enc.regression_tolerance,
             "head_loss_weight": self.initial_head_loss_weight,
+            "pooling": enc.pooling,
         }
 
     @classmethod

@@ -78,8 +78,9 @@ def test_paper_rule_also_guaranteed_and_never_earlier():
     assert out_t["layers_executed"].numpy().mean() < out_p["layers_executed"].numpy().mean()
 
 
-def test_loop_without_halting_equals_unrolled_path():
-    encoder = make_encoder(4)
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_loop_without_halting_equals_unrolled_path(pooling):
+    encoder = make_encoder(4, pooling=pooling)
     x, mask = random_inputs(64, 4)
     loop = tf.function(lambda x, m: encoder.adaptive_forward(x, m, halting=False))(
         x, mask
@@ -112,8 +113,9 @@ def test_trace_matches_numpy_recurrence_and_loop_exits():
     )
 
 
-def test_batch_compaction_equals_running_each_example_alone():
-    encoder = make_encoder(6)
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_batch_compaction_equals_running_each_example_alone(pooling):
+    encoder = make_encoder(6, pooling=pooling)
     early = compiled(encoder)
     x, mask = random_inputs(32, 6)
     batch = early(x, mask)
@@ -184,6 +186,7 @@ def test_bad_inputs_get_clear_errors():
         (dict(tau=-1.0), "tau"),
         (dict(halting_margin=2.0), "halting_margin"),
         (dict(regression_tolerance=0.0), "regression_tolerance"),
+        (dict(pooling="max"), "pooling"),
     ],
 )
 def test_bad_arguments(kwargs, message):
@@ -191,3 +194,16 @@ def test_bad_arguments(kwargs, message):
         make_encoder(0, **kwargs)
     with pytest.raises(ValueError, match="at least one"):
         DactEncoder([], num_outputs=2)
+
+
+def test_mean_pooling_reads_only_real_tokens():
+    encoder = make_encoder(11, pooling="mean")
+    x, mask = random_inputs(8, 11)
+    # Changing padded positions must not change anything.
+    noise = tf.where(mask[:, :, None], 0.0, 100.0)
+    a = encoder(x, padding_mask=mask, full_depth=True)["probabilities"]
+    b = encoder(x + noise, padding_mask=mask, full_depth=True)["probabilities"]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    pooled = encoder._pool(x, mask).numpy()
+    m = mask.numpy()[:, :, None]
+    np.testing.assert_allclose(pooled, (x.numpy() * m).sum(1) / m.sum(1), atol=1e-5)

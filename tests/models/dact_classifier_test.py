@@ -96,7 +96,8 @@ def test_keras_save_load_round_trip(trained, tmp_path):
 def test_get_config_round_trip():
     model = DactClassifier(
         tiny_backbone(), num_classes=3, label_names=["a", "b", "c"],
-        shared_heads=True, tau=0.02, halting_rule="paper",
+        shared_heads=True, tau=0.02, halting_rule="paper", pooling="mean",
+        head_loss_weight=0.5,
     )
     clone = DactClassifier.from_config(model.get_config())
     clone.set_weights(model.get_weights())
@@ -194,3 +195,19 @@ def test_bad_construction_arguments():
     model = DactClassifier(tiny_backbone(), num_classes=2)
     with pytest.raises(ValueError, match="tau"):
         model.tau = -1.0
+
+
+def test_head_loss_weight_adds_the_mean_block_nll():
+    feats, labels = synthetic_task(16, seed=9)
+    model = DactClassifier(tiny_backbone(seed=9), num_classes=2, tau=0.0, dropout=0.0)
+    model.compile()
+    y_pred = model(feats, training=True)
+    base = float(model.compute_loss(y=labels, y_pred=y_pred))
+    model.head_loss_weight = 0.5
+    y_pred = model(feats, training=True)
+    with_heads = float(model.compute_loss(y=labels, y_pred=y_pred))
+    answers = y_pred["block_answers"].numpy()  # [N, batch, C]
+    nll = -np.log(np.clip(answers[:, np.arange(16), labels], 1e-7, 1.0)).mean()
+    np.testing.assert_allclose(with_heads - base, 0.5 * nll, rtol=1e-4)
+    with pytest.raises(ValueError, match="head_loss_weight"):
+        model.head_loss_weight = -1
