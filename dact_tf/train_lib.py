@@ -76,9 +76,9 @@ class ModelConfig:
     """What model to train (see `DactClassifier` for the meaning)."""
 
     backbone: str = backbones_lib.MINILM_SPEC
-    tau: float = 1e-3
-    tau_warmup_steps: int = 0
-    halting_bias: float = 2.0
+    tau: float = 0.06
+    tau_warmup_epochs: float = 1.0
+    halting_bias: float = 1.0
     shared_heads: bool = False
     halting_rule: str = "tight"
     regression_tolerance: float = 0.05
@@ -92,7 +92,7 @@ class TrainConfig:
     """How to train."""
 
     epochs: int = 3
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     verbose: int = 1
 
 
@@ -307,11 +307,10 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
     }
     _check_resumable(model_dir, config)
     _write_config(model_dir, config)
-    tau = (
-        dact_callbacks.LinearTauWarmup(model_config.tau, model_config.tau_warmup_steps)
-        if model_config.tau_warmup_steps
-        else dact_callbacks.ConstantTau(model_config.tau)
-    )
+    # tau grows from 0 while the heads learn to answer: with untrained heads
+    # the ponder cost alone would drive every example to halt at block 1.
+    warmup_steps = int(round(model_config.tau_warmup_epochs * _num_batches(datasets["train"])))
+    tau = dact_callbacks.LinearTauWarmup(model_config.tau, warmup_steps)
     cbs = [
         keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup"), save_freq=50),
         dact_callbacks.TauScheduler(tau),
@@ -337,6 +336,13 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
     )
     save_model_dir(model_dir, model, tokenizer, config)
     return model, preprocessor, history.history
+
+
+def _num_batches(dataset):
+    count = int(dataset.cardinality())
+    if count < 0:  # unknown: count once
+        count = sum(1 for _ in dataset)
+    return count
 
 
 def _check_resumable(model_dir, config):

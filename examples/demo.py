@@ -26,7 +26,7 @@ from absl import flags  # noqa: E402
 
 flags.DEFINE_string("model_dir", "runs/demo", "Where the model and logs go.")
 flags.DEFINE_string("backbone", "minilm_l6", "Backbone spec (see `dact-tf train --helpfull`).")
-flags.DEFINE_float("tau", 5e-3, "Ponder-cost weight.")
+flags.DEFINE_float("tau", 0.06, "Ponder-cost weight (grows from 0 over the first epoch).")
 flags.DEFINE_integer("epochs", 3, "Training epochs.")
 flags.DEFINE_integer("max_seq_length", 64, "Tokens per sentence.")
 flags.DEFINE_integer("max_train_examples", None, "Use fewer training sentences.")
@@ -49,7 +49,7 @@ def main(argv):
         max_eval_examples=FLAGS.max_eval_examples,
     )
     model_config = train_lib.ModelConfig(backbone=FLAGS.backbone, tau=FLAGS.tau)
-    train_config = train_lib.TrainConfig(epochs=FLAGS.epochs, learning_rate=5e-5)
+    train_config = train_lib.TrainConfig(epochs=FLAGS.epochs)
     print(f"Training DACT on the shipped SST-2 sample ({FLAGS.backbone}), "
           f"model_dir={FLAGS.model_dir}")
     model, preprocessor, _ = train_lib.train(

@@ -43,16 +43,16 @@ flags.DEFINE_integer("max_eval_examples", None, "Use only the first N evaluation
 flags.DEFINE_integer("seed", 0, "Random seed.")
 # Model and training.
 flags.DEFINE_string("backbone", "minilm_l6", "minilm_l6, tiny, a local Hugging Face BERT dir, or a keras-hub preset (online).")
-flags.DEFINE_float("tau", 1e-3, "Ponder-cost weight: larger means fewer blocks.", lower_bound=0.0)
-flags.DEFINE_integer("tau_warmup_steps", 0, "Grow tau linearly from 0 over this many steps.", lower_bound=0)
-flags.DEFINE_float("halting_bias", 2.0, "Initial bias of the halting units.")
+flags.DEFINE_float("tau", 0.06, "Ponder-cost weight: larger means fewer blocks.", lower_bound=0.0)
+flags.DEFINE_float("tau_warmup_epochs", 1.0, "Grow tau linearly from 0 over this many epochs (0: constant tau).", lower_bound=0.0)
+flags.DEFINE_float("halting_bias", 1.0, "Initial bias of the halting units.")
 flags.DEFINE_boolean("shared_heads", False, "One DACT head shared by all blocks.")
 flags.DEFINE_enum("halting_rule", "tight", ["tight", "paper", "relaxed", "never"], "Inference halting rule.")
 flags.DEFINE_float("regression_tolerance", 0.05, "Regression: largest score change early exit may cause.", lower_bound=0.0)
 flags.DEFINE_float("head_loss_weight", 1.0, "Weight of the per-block auxiliary loss that trains every head on the label (0: pure DACT).", lower_bound=0.0)
 flags.DEFINE_enum("pooling", "mean", ["cls", "mean"], "What the DACT heads read: the first token or the mean over tokens (all-MiniLM-L6-v2 was trained with mean pooling).")
 flags.DEFINE_integer("epochs", 3, "Training epochs.", lower_bound=1)
-flags.DEFINE_float("learning_rate", 5e-5, "Adam learning rate.", lower_bound=0.0)
+flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.", lower_bound=0.0)
 # Evaluate / predict.
 flags.DEFINE_string("output_json", None, "Write the results here as JSON.")
 flags.DEFINE_string("text", None, "predict: one text.")
@@ -91,7 +91,7 @@ def cmd_train():
 
     model_dir = _require("model_dir")
     model_config = train_lib.ModelConfig(
-        backbone=FLAGS.backbone, tau=FLAGS.tau, tau_warmup_steps=FLAGS.tau_warmup_steps,
+        backbone=FLAGS.backbone, tau=FLAGS.tau, tau_warmup_epochs=FLAGS.tau_warmup_epochs,
         halting_bias=FLAGS.halting_bias, shared_heads=FLAGS.shared_heads,
         halting_rule=FLAGS.halting_rule, regression_tolerance=FLAGS.regression_tolerance,
         head_loss_weight=FLAGS.head_loss_weight, pooling=FLAGS.pooling,
