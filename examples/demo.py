@@ -26,8 +26,8 @@ from absl import flags  # noqa: E402
 
 flags.DEFINE_string("model_dir", "runs/demo", "Where the model and logs go.")
 flags.DEFINE_string("backbone", "minilm_l6", "Backbone spec (see `dact-tf train --helpfull`).")
-flags.DEFINE_float("tau", 0.06, "Ponder-cost weight (grows from 0 over the first epoch).")
-flags.DEFINE_integer("epochs", 3, "Training epochs.")
+flags.DEFINE_float("tau", 0.15, "Ponder-cost weight (grows from 0 over the first epoch).")
+flags.DEFINE_integer("epochs", 2, "Training epochs.")
 flags.DEFINE_integer("max_seq_length", 64, "Tokens per sentence.")
 flags.DEFINE_integer("max_train_examples", None, "Use fewer training sentences.")
 flags.DEFINE_integer("max_eval_examples", None, "Use fewer dev sentences.")
