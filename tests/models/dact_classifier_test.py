@@ -211,3 +211,15 @@ def test_head_loss_weight_adds_the_mean_block_nll():
     np.testing.assert_allclose(with_heads - base, 0.5 * nll, rtol=1e-4)
     with pytest.raises(ValueError, match="head_loss_weight"):
         model.head_loss_weight = -1
+
+
+def test_keras_int8_quantization_keeps_the_guarantee():
+    model = DactClassifier(tiny_backbone(seed=3), num_classes=2, halting_bias=-0.5)
+    feats = random_features(64, seed=3)
+    before = model.predict(feats, verbose=0)
+    model.quantize("int8")
+    after = model.predict(feats, verbose=0)
+    full = model(feats, full_depth=True)
+    np.testing.assert_array_equal(after["predictions"], full["predictions"])
+    np.testing.assert_allclose(after["probabilities"], before["probabilities"], atol=0.02)
+    assert (after["layers_executed"] < model.num_layers).any()
