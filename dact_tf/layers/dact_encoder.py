@@ -253,7 +253,8 @@ class DactEncoder(keras.layers.Layer):
         """`[batch, seq, hidden]` -> `[batch, hidden]`, what the heads read."""
         if self.pooling == "cls":
             return hidden[:, 0, :]
-        mask = tf.cast(padding_mask, hidden.dtype)[:, :, None]
+        # expand_dims, not [:, :, None]: that strided slice is no TFLite builtin.
+        mask = tf.expand_dims(tf.cast(padding_mask, hidden.dtype), -1)
         total = tf.reduce_sum(hidden * mask, axis=1)
         return total / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
@@ -330,23 +331,23 @@ class DactEncoder(keras.layers.Layer):
         """
         if padding_mask is None:
             padding_mask = tf.ones(tf.shape(inputs)[:2], tf.bool)
-        num_layers = self.num_layers
+        num_layers, c = self.num_layers, self.num_outputs
         batch_size = tf.shape(inputs)[0]
-        answer, budget = ops.initial_state(batch_size, self.num_outputs)
-        # Loop state, named in one place. The first six hold active rows only.
+        answer, budget = ops.initial_state(batch_size, c)
+        # Loop state, named in one place. `hidden`, `mask`, `rows` (their
+        # original row numbers) and `carry` (packed per-row DACT state:
+        # answer [:c], budget [c], ponder cost [c + 1]) hold the active rows
+        # only; `out` holds finished rows' answer [:c], ponder cost [c] and
+        # blocks executed [c + 1]. Packing keeps the body's op count low:
+        # at batch 1 the loop's cost is per-op overhead, not arithmetic.
         state = dict(
             n=tf.constant(0, tf.int32),
             hidden=inputs,
             mask=padding_mask,
             rows=tf.range(batch_size),
-            answer=answer,
-            budget=budget,
-            ponder=tf.zeros_like(budget),
-            out_answer=tf.zeros_like(answer),
-            out_layers=tf.zeros([batch_size], tf.int32),
-            out_ponder=tf.zeros_like(budget),
+            carry=tf.concat([answer, budget[:, None], tf.zeros_like(budget)[:, None]], 1),
+            out=tf.zeros(tf.stack([batch_size, c + 2]), tf.float32),
         )
-        out_shape_answer = [batch_size, self.num_outputs]
 
         def cond(s):
             return tf.size(s["rows"]) > 0
@@ -355,8 +356,10 @@ class DactEncoder(keras.layers.Layer):
             n = s["n"]
             hidden = self._run_block(n, s["hidden"], s["mask"])
             y, h = self.heads(self._pool(hidden, s["mask"]), layer_index=n)
-            answer, budget = ops.accumulate(s["answer"], s["budget"], y, h)
-            ponder = s["ponder"] + budget
+            carry = s["carry"]
+            answer, budget = ops.accumulate(carry[:, :c], carry[:, c], y, h)
+            ponder = carry[:, c + 1] + budget
+            carry = tf.concat([answer, budget[:, None], ponder[:, None]], axis=1)
             remaining = num_layers - 1 - n
             if halting:
                 done = tf.logical_or(
@@ -364,29 +367,27 @@ class DactEncoder(keras.layers.Layer):
                 )
             else:
                 done = tf.fill(tf.shape(budget), remaining <= 0)
-            done_at = tf.where(done)[:, 0]
-            keep_at = tf.where(tf.logical_not(done))[:, 0]
-            rows_done = tf.gather(s["rows"], done_at)[:, None]
-            scatter = lambda values, shape: tf.scatter_nd(  # noqa: E731
-                rows_done, tf.gather(values, done_at), shape
+
+            def compact():
+                # Finished rows leave: scatter their results, keep the rest.
+                done_at = tf.where(done)[:, 0]
+                keep_at = tf.where(tf.logical_not(done))[:, 0]
+                finished = tf.gather(carry, done_at)
+                layers = tf.fill([tf.size(done_at), 1], tf.cast(n + 1, tf.float32))
+                finished = tf.concat([finished[:, :c], finished[:, c + 1:], layers], 1)
+                rows_done = tf.gather(s["rows"], done_at)[:, None]
+                out = s["out"] + tf.scatter_nd(rows_done, finished, tf.shape(s["out"]))
+                return (tf.gather(hidden, keep_at), tf.gather(s["mask"], keep_at),
+                        tf.gather(s["rows"], keep_at), tf.gather(carry, keep_at), out)
+
+            def unchanged():
+                return hidden, s["mask"], s["rows"], carry, s["out"]
+
+            hidden, mask, rows, carry, out = tf.cond(
+                tf.reduce_any(done), compact, unchanged
             )
             return (
-                dict(
-                    n=n + 1,
-                    hidden=tf.gather(hidden, keep_at),
-                    mask=tf.gather(s["mask"], keep_at),
-                    rows=tf.gather(s["rows"], keep_at),
-                    answer=tf.gather(answer, keep_at),
-                    budget=tf.gather(budget, keep_at),
-                    ponder=tf.gather(ponder, keep_at),
-                    out_answer=s["out_answer"]
-                    + scatter(answer, out_shape_answer),
-                    out_layers=s["out_layers"]
-                    + scatter(
-                        tf.fill(tf.shape(budget), n + 1), [batch_size]
-                    ),
-                    out_ponder=s["out_ponder"] + scatter(ponder, [batch_size]),
-                ),
+                dict(n=n + 1, hidden=hidden, mask=mask, rows=rows, carry=carry, out=out),
             )
 
         def loose(t):
@@ -402,11 +403,9 @@ class DactEncoder(keras.layers.Layer):
             shape_invariants=(invariants,),
             maximum_iterations=num_layers,
         )
-        static_batch = inputs.shape[:1]
+        out = tf.ensure_shape(final["out"], inputs.shape[:1].concatenate([c + 2]))
         return self._outputs(
-            tf.ensure_shape(final["out_answer"], static_batch.concatenate([self.num_outputs])),
-            tf.ensure_shape(final["out_layers"], static_batch),
-            tf.ensure_shape(final["out_ponder"], static_batch),
+            out[:, :c], tf.cast(out[:, c + 1], tf.int32), out[:, c]
         )
 
     # --------------------------------------------------------------- config

@@ -167,35 +167,32 @@ class DactHeads(keras.layers.Layer):
         x = self._dropout_layer(inputs, training=training)
         if layer_index is None:
             return self._call_all(x)
+        # Slicing the leading axis reads the stacked weights in place (a
+        # gather would copy them on every call, inside the early-exit loop).
         index = 0 if self.shared else layer_index
         z = self.activation(
-            tf.matmul(x, tf.gather(self.hidden_kernel, index))
-            + tf.gather(self.hidden_bias, index)
+            tf.matmul(x, self.hidden_kernel[index]) + self.hidden_bias[index]
         )
-        logits = tf.matmul(z, tf.gather(self.answer_kernel, index)) + tf.gather(
-            self.answer_bias, index
+        logits = tf.matmul(z, self.answer_kernel[index]) + self.answer_bias[index]
+        halting_logits = (
+            tf.linalg.matvec(z, self.halting_kernel[index])
+            + self.halting_bias_weight[index]
         )
-        halting_logits = tf.linalg.matvec(
-            z, tf.gather(self.halting_kernel, index)
-        ) + tf.gather(self.halting_bias_weight, index)
         return self._finish(logits, halting_logits)
 
     def _call_all(self, x):
-        # Block n uses head n, or head 0 for every block when shared.
-        heads = tf.zeros([self.num_layers], tf.int32) if self.shared else tf.range(
-            self.num_layers
+        weights = (
+            self.hidden_kernel,
+            self.hidden_bias,
+            self.answer_kernel,
+            self.answer_bias,
+            self.halting_kernel,
+            self.halting_bias_weight,
         )
-        hk, hb, ak, ab, gk, gb = (
-            tf.gather(v, heads)
-            for v in (
-                self.hidden_kernel,
-                self.hidden_bias,
-                self.answer_kernel,
-                self.answer_bias,
-                self.halting_kernel,
-                self.halting_bias_weight,
-            )
-        )
+        if self.shared:
+            # Every block uses head 0.
+            weights = [tf.repeat(v, self.num_layers, axis=0) for v in weights]
+        hk, hb, ak, ab, gk, gb = weights
         z = self.activation(tf.einsum("lbi,lih->lbh", x, hk) + hb[:, None, :])
         logits = tf.einsum("lbh,lho->lbo", z, ak) + ab[:, None, :]
         halting_logits = tf.einsum("lbh,lh->lb", z, gk) + gb[:, None]

@@ -44,7 +44,7 @@ def small_tokenizer():
     )
 
 
-def make_model(task="classification", seed=0):
+def make_model(task="classification", seed=0, pooling="cls"):
     """A random tiny DactClassifier whose heads exit at varied blocks."""
     backbone = tiny_backbone(
         num_layers=NUM_LAYERS, vocabulary_size=VOCAB_SIZE, max_len=MAX_LEN, seed=seed
@@ -56,6 +56,7 @@ def make_model(task="classification", seed=0):
             output_range=(0.0, 5.0),
             halting_bias=-2.0,
             dropout=0.0,
+            pooling=pooling,
         )
     return DactClassifier(
         backbone,
@@ -63,6 +64,7 @@ def make_model(task="classification", seed=0):
         label_names=LABELS,
         halting_bias=-2.0,
         dropout=0.0,
+        pooling=pooling,
     )
 
 

@@ -110,6 +110,18 @@ def test_tflite_from_model_regression(tmp_path):
     np.testing.assert_array_equal(got["layers_executed"], want["layers_executed"])
 
 
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_tflite_with_mean_pooling(tmp_path, task):
+    # Mean pooling must stay within builtins (a [:, :, None] slice is not).
+    model = make_model(task, seed=4, pooling="mean")
+    path = export_tflite(model, str(tmp_path / "mean.tflite"))
+    features = int32_features(48, seed=9)
+    got, want = _run(path, "serving_default", features), model(features)
+    key = "scores" if task == "regression" else "probabilities"
+    np.testing.assert_allclose(got[key], want[key], atol=1e-5)
+    np.testing.assert_array_equal(got["layers_executed"], want["layers_executed"])
+
+
 def test_tflite_has_no_input_checks(tflite_files, plain_export):
     """Bad ids are not validated in TFLite: out-of-range gathers fail."""
     ok = int32_features(1, seed=1)
