@@ -100,3 +100,32 @@ def test_model_dir_of_another_run_is_refused(trained):
                    cache=root / "cache", check=False)
     assert proc.returncode == 1
     assert "different run" in proc.stderr
+
+
+def test_killed_training_resumes_where_it_stopped(tmp_path):
+    import signal
+    import time
+
+    model_dir = tmp_path / "model"
+    args = [sys.executable, "-m", "dact_tf", "train", "--task=sst2",
+            f"--data_dir={builtin_sst2_dir()}", f"--model_dir={model_dir}",
+            "--backbone=tiny", "--max_seq_length=16", "--max_train_examples=128",
+            "--max_eval_examples=32", "--batch_size=16", "--epochs=3"]
+    env = dict(os.environ, DACT_TF_CACHE=str(tmp_path / "cache"), PYTHONPATH=REPO)
+    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first = model_dir / "checkpoints" / "epoch_01.weights.h5"
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert first.exists(), "no epoch checkpoint before the deadline"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (model_dir / "model.keras").exists()  # it really was interrupted
+    proc = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (model_dir / "model.keras").exists()
+    # history.csv is appended across runs: epoch 0 is not trained twice.
+    epochs = [line.split(",")[0] for line in
+              (model_dir / "history.csv").read_text().splitlines()[1:]]
+    assert epochs.count("0") == 1 and epochs[-1] == "2", epochs
