@@ -107,9 +107,9 @@ def _dact_point(task, tau, model_dir):
     model, pre, _ = train_lib.train(model_dir, data_config, model_config, train_config)
     _, _, _, metric_task = train_lib.task_info(data_config)
     dev = train_lib.make_datasets(data_config, pre, splits=("validation",))["validation"]
-    result = train_lib.evaluate(model, dev, metric_task)
-    full, labels = train_lib.predict_dataset(model, dev, full_depth=True)
-    early, _ = train_lib.predict_dataset(model, dev)
+    early, labels = train_lib.predict_dataset(model, dev)
+    result = train_lib.results_from_outputs(model, early, labels, metric_task)
+    full, _ = train_lib.predict_dataset(model, dev, full_depth=True)
     key = "scores" if model.task == "regression" else "predictions"
     if key == "predictions":
         result["early_equals_full_depth"] = bool((early[key] == full[key]).all())

@@ -383,6 +383,11 @@ def evaluate(model, dataset, metric_task):
         `ideal_speedup` and `num_examples`.
     """
     outputs, labels = predict_dataset(model, dataset)
+    return results_from_outputs(model, outputs, labels, metric_task)
+
+
+def results_from_outputs(model, outputs, labels, metric_task):
+    """`evaluate`'s results from outputs of `predict_dataset` (early exit)."""
     preds = outputs["scores"] if model.task == "regression" else outputs["predictions"]
     if metric_task == "custom":
         results = {"accuracy": dact_data.accuracy(labels, preds)}
@@ -447,8 +452,3 @@ def is_pair_task(config):
 def copy_vocabulary(model_dir, target_dir):
     """Copies a model directory's `vocab.txt` into `target_dir`."""
     shutil.copyfile(os.path.join(model_dir, VOCAB_FILE), os.path.join(target_dir, VOCAB_FILE))
-
-
-def remove_model_dir(model_dir):
-    """Deletes a model directory (used by tests and sweeps)."""
-    shutil.rmtree(model_dir, ignore_errors=True)

@@ -58,10 +58,10 @@ def main(argv):
     dev = train_lib.make_datasets(data_config, preprocessor, splits=("validation",))[
         "validation"
     ]
-    results = train_lib.evaluate(model, dev, "sst2")
-    full, labels = train_lib.predict_dataset(model, dev, full_depth=True)
+    early, labels = train_lib.predict_dataset(model, dev)
+    results = train_lib.results_from_outputs(model, early, labels, "sst2")
+    full, _ = train_lib.predict_dataset(model, dev, full_depth=True)
     results["full_depth_accuracy"] = float((full["predictions"] == labels).mean())
-    early, _ = train_lib.predict_dataset(model, dev)
     results["early_exit_equals_full_depth"] = bool(
         (early["predictions"] == full["predictions"]).all()
     )

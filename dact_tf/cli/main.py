@@ -64,7 +64,7 @@ flags.DEFINE_enum("format", "saved_model", ["saved_model", "tflite"], "export: t
 flags.DEFINE_integer("version", None, "export: the version number (default: next).", lower_bound=1)
 flags.DEFINE_enum("quantize", "none", ["none", "dynamic", "float16"], "export --format=tflite: quantization.")
 
-_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ConnectionError, ImportError, KeyError)
+_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ConnectionError, ImportError)
 
 
 def _require(name):
@@ -209,8 +209,7 @@ def main(argv):
     except _USER_ERRORS as e:
         if FLAGS.verbosity >= 1:
             raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"dact-tf {argv[1]}: error: {message}", file=sys.stderr)
+        print(f"dact-tf {argv[1]}: error: {e}", file=sys.stderr)
         sys.exit(1)
 
 

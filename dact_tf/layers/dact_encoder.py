@@ -35,7 +35,7 @@ class DactEncoder(keras.layers.Layer):
       leave the computation: the loop keeps only the active rows (a gather)
       and scatters finished rows' answers into the output, so easy examples
       cost nothing after they halt. Block n is picked by a balanced tree of
-      `tf.cond` (no `tf.switch_case`, which TFLite lacks); no variable is
+      `tf.cond` (a Case op would not be a TFLite builtin); no variable is
       created in the loop.
     - `full_depth=True` at inference runs every block (for checks and
       benchmarks) as a plain, unrolled graph.
