@@ -204,26 +204,21 @@ class DactEncoder(keras.layers.Layer):
             )
         if inputs.shape[0] == 0:
             raise ValueError("Got an empty batch (batch size 0).")
-        if training:
-            trace = self.trace(inputs, padding_mask, training=True)
+        if training or full_depth:
+            trace = self.trace(
+                inputs, padding_mask, training=bool(training), exit_layers=False
+            )
             ponder = trace["ponder_cost"]
-            self.add_loss(tf.cast(self.tau, tf.float32) * tf.reduce_mean(ponder))
             out = self._outputs(
                 trace["accumulated"][-1],
                 tf.fill(tf.shape(ponder), tf.constant(self.num_layers, tf.int32)),
                 ponder,
             )
-            # Each block's own answer, for auxiliary per-block losses.
-            out["block_answers"] = trace["answers"]
+            if training:
+                self.add_loss(tf.cast(self.tau, tf.float32) * tf.reduce_mean(ponder))
+                # Each block's own answer, for auxiliary per-block losses.
+                out["block_answers"] = trace["answers"]
             return out
-        if full_depth:
-            trace = self.trace(inputs, padding_mask, training=False)
-            ponder = trace["ponder_cost"]
-            return self._outputs(
-                trace["accumulated"][-1],
-                tf.fill(tf.shape(ponder), tf.constant(self.num_layers, tf.int32)),
-                ponder,
-            )
         return self.adaptive_forward(inputs, padding_mask)
 
     def _outputs(self, answer, layers_executed, ponder):
@@ -260,22 +255,25 @@ class DactEncoder(keras.layers.Layer):
 
     # -------------------------------------------------------- unrolled path
 
-    def trace(self, inputs, padding_mask=None, training=False):
+    def trace(self, inputs, padding_mask=None, training=False, exit_layers=True):
         """Runs every block and returns the whole DACT trajectory.
 
         Args:
             inputs: float `[batch, seq, hidden]`.
             padding_mask: `[batch, seq]` or None.
             training: bool.
+            exit_layers: bool, whether to apply the halting rule after every
+                block (skip it where only the trajectory is needed).
 
         Returns:
             A dict of float32 tensors, with N the number of blocks:
             `"answers"` `[N, batch, num_outputs]` (the `y_n`),
             `"halting"` `[N, batch]` (the `h_n`), `"budgets"` `[N, batch]`
             (the `p_n`), `"accumulated"` `[N, batch, num_outputs]` (the
-            `a_n`), `"ponder_cost"` `[batch]`, and `"exit_layers"` int32
-            `[batch]`: the block after which the halting rule stops each
-            example (what the early-exit loop executes).
+            `a_n`), `"ponder_cost"` `[batch]`, and (with `exit_layers`)
+            `"exit_layers"` int32 `[batch]`: the block after which the
+            halting rule stops each example (what the early-exit loop
+            executes).
         """
         if padding_mask is None:
             padding_mask = tf.ones(tf.shape(inputs)[:2], tf.bool)
@@ -291,16 +289,19 @@ class DactEncoder(keras.layers.Layer):
             answer, budget = ops.accumulate(answer, budget, answers[n], halting[n])
             accumulated.append(answer)
             budgets.append(budget)
-            halts.append(self._halts(answer, budget, self.num_layers - 1 - n))
+            if exit_layers:
+                halts.append(self._halts(answer, budget, self.num_layers - 1 - n))
         budgets = tf.stack(budgets)
-        return {
+        result = {
             "answers": answers,
             "halting": halting,
             "budgets": budgets,
             "accumulated": tf.stack(accumulated),
             "ponder_cost": ops.ponder_cost(budgets),
-            "exit_layers": ops.first_halting_layer(tf.stack(halts)),
         }
+        if exit_layers:
+            result["exit_layers"] = ops.first_halting_layer(tf.stack(halts))
+        return result
 
     # ---------------------------------------------------- early-exit loop
 
