@@ -66,6 +66,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+from benchmarks import bench_utils  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
@@ -125,10 +126,6 @@ INPUT_KEYS = ("token_ids", "padding_mask", "segment_ids")
 # ------------------------------------------------------------------ helpers
 
 
-def _median(values):
-    return float(np.median(np.asarray(values, np.float64)))
-
-
 def _mb(num_bytes):
     return num_bytes / 1e6
 
@@ -141,34 +138,11 @@ def _dir_bytes(path):
     return total
 
 
-class _NoGC:
-    """Keeps Python's garbage collector off while timing."""
-
-    def __enter__(self):
-        gc.collect()
-        self._was_enabled = gc.isenabled()
-        gc.disable()
-
-    def __exit__(self, *exc):
-        if self._was_enabled:
-            gc.enable()
-
-
-def _git(*args):
-    """Read-only git query; '' when git is unavailable."""
-    try:
-        return subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
 def _diff_sha1():
     """sha1 of `git diff HEAD -- dact_tf` ('' when clean): which code ran."""
     import hashlib
 
-    diff = _git("diff", "HEAD", "--", "dact_tf")
+    diff = bench_utils.git("diff", "HEAD", "--", "dact_tf")
     return hashlib.sha1(diff.encode()).hexdigest()[:12] if diff else ""
 
 
@@ -208,8 +182,8 @@ def environment():
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M UTC"),
         "load_average_at_start": list(os.getloadavg()),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "dact_tf_uncommitted_changes": _git("status", "--porcelain", "--", "dact_tf"),
+        "git_commit": bench_utils.git("rev-parse", "HEAD"),
+        "dact_tf_uncommitted_changes": bench_utils.git("status", "--porcelain", "--", "dact_tf"),
         "dact_tf_diff_sha1": _diff_sha1(),
     }
 
@@ -448,7 +422,7 @@ def time_backend(backend, inputs_list, reps, warmup, rng):
         for i in range(warmup):
             backend.call(sig, prepared[i % len(prepared)])
     times = {s: [] for s in SIGNATURES}
-    with _NoGC():
+    with bench_utils.NoGC():
         for p in prepared:
             per = {s: [] for s in SIGNATURES}
             for _ in range(reps):
@@ -458,7 +432,7 @@ def time_backend(backend, inputs_list, reps, warmup, rng):
                     backend.call(sig, p)
                     per[sig].append(time.perf_counter() - t0)
             for s in SIGNATURES:
-                times[s].append(_median(per[s]))
+                times[s].append(bench_utils.median(per[s]))
     return times, layers
 
 
@@ -487,7 +461,7 @@ def summarize_latency(name, batch, times, layers, n_layers):
         # Early-exit latency against blocks executed: fixed cost + per block.
         blocks = flat.astype(np.float64)
         by_blocks = {
-            int(b): 1e3 * _median(early[blocks == b])
+            int(b): 1e3 * bench_utils.median(early[blocks == b])
             for b in np.unique(flat)
         }
         out["early_exit_ms_by_blocks"] = by_blocks

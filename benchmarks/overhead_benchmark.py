@@ -50,6 +50,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+from benchmarks import bench_utils  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
@@ -129,10 +130,6 @@ TARGETS = {
 # ------------------------------------------------------------------ helpers
 
 
-def _median(values):
-    return float(np.median(np.asarray(values, np.float64)))
-
-
 def _quantile(values, q):
     return float(np.quantile(np.asarray(values, np.float64), q))
 
@@ -144,7 +141,7 @@ def _ms(seconds):
 def _stats_ms(times):
     """Median, quartiles and count of a list of seconds, in ms."""
     return {
-        "median_ms": _ms(_median(times)),
+        "median_ms": _ms(bench_utils.median(times)),
         "p25_ms": _ms(_quantile(times, 0.25)),
         "p75_ms": _ms(_quantile(times, 0.75)),
         "n": len(times),
@@ -155,19 +152,6 @@ def _timed(fn, *args):
     t0 = time.perf_counter()
     fn(*args)
     return time.perf_counter() - t0
-
-
-class _NoGC:
-    """Keeps Python's garbage collector off while timing."""
-
-    def __enter__(self):
-        gc.collect()
-        self._was_enabled = gc.isenabled()
-        gc.disable()
-
-    def __exit__(self, *exc):
-        if self._was_enabled:
-            gc.enable()
 
 
 def interleaved(variants, rounds, calls_per_round, rng, warmup):
@@ -188,7 +172,7 @@ def interleaved(variants, rounds, calls_per_round, rng, warmup):
             fn()
     times = {name: [] for name in variants}
     names = list(variants)
-    with _NoGC():
+    with bench_utils.NoGC():
         for _ in range(rounds):
             for i in rng.permutation(len(names)):
                 name = names[i]
@@ -239,20 +223,10 @@ def environment():
             "%Y-%m-%d %H:%M UTC"
         ),
         "load_average_at_start": list(os.getloadavg()),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "dact_tf_uncommitted_changes": _git(
+        "git_commit": bench_utils.git("rev-parse", "HEAD"),
+        "dact_tf_uncommitted_changes": bench_utils.git(
             "status", "--porcelain", "--", "dact_tf"),
     }
-
-
-def _git(*args):
-    """Read-only git query; '' when git is unavailable."""
-    try:
-        return subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
 
 
 # ------------------------------------------------------------------- models
@@ -555,7 +529,7 @@ def section_early_exit(fns, pool, rng):
     t_full = np.zeros_like(t_ee)
     logging.info("early exit: batch %d, %d x %d", small, len(batches),
                  FLAGS.small_passes)
-    with _NoGC():
+    with bench_utils.NoGC():
         for p in range(FLAGS.small_passes):
             for i in rng.permutation(len(batches)):
                 b = batches[i]
@@ -609,7 +583,7 @@ def section_early_exit(fns, pool, rng):
     t_full = np.zeros_like(t_ee)
     logging.info("early exit: batch %d, %d x %d", large, len(batches),
                  FLAGS.large_reps)
-    with _NoGC():
+    with bench_utils.NoGC():
         for r in range(FLAGS.large_reps):
             for i in rng.permutation(len(batches)):
                 b = batches[i]
