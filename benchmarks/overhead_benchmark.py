@@ -524,20 +524,9 @@ def section_early_exit(fns, pool, rng):
             np.sum(o_ee["predictions"].numpy() == o_full["predictions"].numpy())
         )
     layers_small = np.concatenate(layers)
-    t_ee = np.zeros([len(batches), FLAGS.small_passes])
-    t_full = np.zeros_like(t_ee)
     logging.info("early exit: batch %d, %d x %d", small, len(batches),
                  FLAGS.small_passes)
-    with bench_utils.NoGC():
-        for p in range(FLAGS.small_passes):
-            for i in rng.permutation(len(batches)):
-                b = batches[i]
-                if rng.random() < 0.5:
-                    t_ee[i, p] = _timed(ee, b)
-                    t_full[i, p] = _timed(full, b)
-                else:
-                    t_full[i, p] = _timed(full, b)
-                    t_ee[i, p] = _timed(ee, b)
+    t_ee, t_full = _interleaved_times(ee, full, batches, FLAGS.small_passes, rng)
     out[f"batch_{small}"] = _early_exit_summary(
         t_ee, t_full, layers_small, agree, n_layers,
         per_batch_layers=[l.mean() for l in layers],
@@ -578,20 +567,9 @@ def section_early_exit(fns, pool, rng):
         agree += int(
             np.sum(o_ee["predictions"].numpy() == o_full["predictions"].numpy())
         )
-    t_ee = np.zeros([len(batches), FLAGS.large_reps])
-    t_full = np.zeros_like(t_ee)
     logging.info("early exit: batch %d, %d x %d", large, len(batches),
                  FLAGS.large_reps)
-    with bench_utils.NoGC():
-        for r in range(FLAGS.large_reps):
-            for i in rng.permutation(len(batches)):
-                b = batches[i]
-                if rng.random() < 0.5:
-                    t_ee[i, r] = _timed(ee, b)
-                    t_full[i, r] = _timed(full, b)
-                else:
-                    t_full[i, r] = _timed(full, b)
-                    t_ee[i, r] = _timed(ee, b)
+    t_ee, t_full = _interleaved_times(ee, full, batches, FLAGS.large_reps, rng)
     out[f"batch_{large}"] = _early_exit_summary(
         t_ee, t_full, np.concatenate(layers), agree, n_layers,
         per_batch_layers=[l.mean() for l in layers],
@@ -600,6 +578,27 @@ def section_early_exit(fns, pool, rng):
         int(l.max()) for l in layers
     ]
     return out
+
+
+def _interleaved_times(ee, full, batches, reps, rng):
+    """Times `ee` and `full` on every batch `reps` times, in random A/B order.
+
+    Returns:
+        `(t_ee, t_full)`: seconds, arrays `[len(batches), reps]`.
+    """
+    t_ee = np.zeros([len(batches), reps])
+    t_full = np.zeros_like(t_ee)
+    with bench_utils.NoGC():
+        for r in range(reps):
+            for i in rng.permutation(len(batches)):
+                b = batches[i]
+                if rng.random() < 0.5:
+                    t_ee[i, r] = _timed(ee, b)
+                    t_full[i, r] = _timed(full, b)
+                else:
+                    t_full[i, r] = _timed(full, b)
+                    t_ee[i, r] = _timed(ee, b)
+    return t_ee, t_full
 
 
 def _early_exit_summary(t_ee, t_full, layers, agree, n_layers,
