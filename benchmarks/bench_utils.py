@@ -31,3 +31,45 @@ def git(*args):
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return ""
+
+
+def cpu_model():
+    """The CPU's model name from lscpu (or platform), for results tables."""
+    import platform
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment():
+    """What every results table records: machine, versions, load, commit."""
+    import datetime
+    import os
+    import platform
+
+    import keras
+    import keras_hub
+    import tensorflow as tf
+
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "gpus": [d.name for d in tf.config.list_logical_devices("GPU")],
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras_hub": keras_hub.__version__,
+        "numpy": np.__version__,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average_at_start": list(os.getloadavg()),
+        "git_commit": git("rev-parse", "HEAD"),
+        "dact_tf_uncommitted_changes": git("status", "--porcelain", "--", "dact_tf"),
+    }

@@ -54,13 +54,10 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import datetime  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -148,44 +145,16 @@ def _diff_sha1():
 
 def environment():
     import ai_edge_litert
-    import keras
-    import keras_hub
-    import tensorflow as tf
 
-    model_name = platform.processor() or "unknown"
-    try:
-        out = subprocess.run(
-            ["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    except (OSError, subprocess.CalledProcessError):
-        pass
     try:
         from importlib import metadata
 
         litert_version = metadata.version("ai-edge-litert")
     except Exception:  # pragma: no cover
         litert_version = getattr(ai_edge_litert, "__version__", "unknown")
-    return {
-        "cpu_model": model_name,
-        "cpu_cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "keras_hub": keras_hub.__version__,
-        "ai_edge_litert": litert_version,
-        "numpy": np.__version__,
-        "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime(
-            "%Y-%m-%d %H:%M UTC"),
-        "load_average_at_start": list(os.getloadavg()),
-        "git_commit": bench_utils.git("rev-parse", "HEAD"),
-        "dact_tf_uncommitted_changes": bench_utils.git("status", "--porcelain", "--", "dact_tf"),
-        "dact_tf_diff_sha1": _diff_sha1(),
-    }
+    env = bench_utils.environment()
+    env.update(ai_edge_litert=litert_version, dact_tf_diff_sha1=_diff_sha1())
+    return env
 
 
 # --------------------------------------------------------------------- data
@@ -564,7 +533,7 @@ def markdown(results):
         f"Python {env['python']}, TensorFlow {env['tensorflow']}, Keras "
         f"{env['keras']}, keras-hub {env['keras_hub']}, ai-edge-litert "
         f"{env['ai_edge_litert']}, NumPy {env['numpy']}. TF threads: intra "
-        f"{env['tf_intra_op_threads']} / inter {env['tf_inter_op_threads']} "
+        f"{env['intra_op_threads']} / inter {env['inter_op_threads']} "
         f"(0 = TF default); LiteRT `num_threads={results['flags']['num_threads']}` "
         "(default XNNPACK delegate). dact_tf at commit "
         f"`{env['git_commit'][:10]}`"

@@ -40,11 +40,8 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import shlex  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -193,39 +190,9 @@ def paired_ratio(times, name, base, calls_per_round):
 
 
 def environment():
-    import keras
-    import keras_hub
-    import tensorflow as tf
-
-    model_name = platform.processor() or "unknown"
-    try:
-        out = subprocess.run(
-            ["lscpu"], capture_output=True, text=True, check=True
-        ).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return {
-        "cpu_model": model_name,
-        "cpu_cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "keras_hub": keras_hub.__version__,
-        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime(
-            "%Y-%m-%d %H:%M UTC"
-        ),
-        "load_average_at_start": list(os.getloadavg()),
-        "git_commit": bench_utils.git("rev-parse", "HEAD"),
-        "dact_tf_uncommitted_changes": bench_utils.git(
-            "status", "--porcelain", "--", "dact_tf"),
-    }
+    env = bench_utils.environment()
+    env["onednn"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)")
+    return env
 
 
 # ------------------------------------------------------------------- models

@@ -21,6 +21,7 @@ if keras.backend.backend() != "tensorflow":
         f"{keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow."
     )
 
+from dact_tf import distribute  # noqa: E402
 from dact_tf import ops  # noqa: E402
 from dact_tf.layers import DactEncoder  # noqa: E402
 from dact_tf.layers import DactHeads  # noqa: E402

@@ -13,6 +13,7 @@ A *model directory* holds everything a trained model needs:
       ponder.csv           per-epoch halting statistics (PonderCostLogger)
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -27,6 +28,7 @@ import tensorflow as tf
 
 from dact_tf import callbacks as dact_callbacks
 from dact_tf import data as dact_data
+from dact_tf import distribute
 from dact_tf.models import backbones as backbones_lib
 from dact_tf.models.dact_classifier import DactClassifier
 from dact_tf.version import __version__
@@ -94,6 +96,10 @@ class TrainConfig:
     epochs: int = 3
     learning_rate: float = 1e-4
     verbose: int = 1
+    distribution_strategy: str = "default"
+    tpu_address: str = None
+    mixed_precision: str = "none"
+    jit_compile: bool = False
 
 
 # ----------------------------------------------------------------- data
@@ -258,6 +264,14 @@ def load_model_dir(model_dir):
 def train(model_dir, data_config, model_config, train_config, extra_callbacks=()):
     """Fine-tunes a DACT model; resumes an interrupted run in the same dir.
 
+    The model is built and compiled under `train_config.distribution_strategy`
+    (see `dact_tf.distribute.get_strategy`); `data_config.batch_size` is the
+    global batch, split across replicas. In a multi-worker cluster the chief
+    writes `model_dir` and every other worker writes its own copy under
+    `model_dir/workers/<type>_<index>/`. Under `train_config.mixed_precision`
+    the model computes in 16 bits with float32 variables, and the DACT math
+    stays in float32.
+
     Args:
         model_dir: str, the model directory (see the module docstring).
         data_config: `DataConfig`.
@@ -268,33 +282,46 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
     Returns:
         `(model, preprocessor, history)`; history is a dict of lists.
     """
-    os.makedirs(model_dir, exist_ok=True)
     num_classes, regression, label_names, _ = task_info(data_config)
+    strategy = distribute.get_strategy(
+        train_config.distribution_strategy, train_config.tpu_address
+    )
+    if not distribute.is_chief(strategy):
+        model_dir = os.path.join(model_dir, "workers", distribute.worker_id(strategy))
+    os.makedirs(model_dir, exist_ok=True)
     keras.utils.set_random_seed(data_config.seed)
-    backbone, tokenizer = backbones_lib.load_backbone(
-        model_config.backbone, max_sequence_length=data_config.max_seq_length,
-        seed=data_config.seed,
-    )
-    preprocessor = backbones_lib.make_preprocessor(
-        tokenizer, sequence_length=data_config.max_seq_length
-    )
-    datasets = make_datasets(data_config, preprocessor, label_names)
-    model = DactClassifier(
-        backbone,
-        num_classes=num_classes,
-        task="regression" if regression else "classification",
-        output_range=(0.0, 5.0) if regression else None,
-        label_names=label_names,
-        tau=model_config.tau,
-        halting_bias=model_config.halting_bias,
-        shared_heads=model_config.shared_heads,
-        halting_rule=model_config.halting_rule,
-        regression_tolerance=model_config.regression_tolerance,
-        dropout=model_config.dropout,
-        head_loss_weight=model_config.head_loss_weight,
-        pooling=model_config.pooling,
-    )
-    model.compile(optimizer=keras.optimizers.Adam(train_config.learning_rate))
+    policy = distribute.mixed_precision_policy(train_config.mixed_precision)
+    with strategy.scope(), _dtype_policy(policy):
+        backbone, tokenizer = backbones_lib.load_backbone(
+            model_config.backbone, max_sequence_length=data_config.max_seq_length,
+            seed=data_config.seed,
+        )
+        preprocessor = backbones_lib.make_preprocessor(
+            tokenizer, sequence_length=data_config.max_seq_length
+        )
+        model = DactClassifier(
+            backbone,
+            num_classes=num_classes,
+            task="regression" if regression else "classification",
+            output_range=(0.0, 5.0) if regression else None,
+            label_names=label_names,
+            tau=model_config.tau,
+            halting_bias=model_config.halting_bias,
+            shared_heads=model_config.shared_heads,
+            halting_rule=model_config.halting_rule,
+            regression_tolerance=model_config.regression_tolerance,
+            dropout=model_config.dropout,
+            head_loss_weight=model_config.head_loss_weight,
+            pooling=model_config.pooling,
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(train_config.learning_rate),
+            jit_compile=train_config.jit_compile,
+        )
+    datasets = {
+        split: _shard_by_data(ds)
+        for split, ds in make_datasets(data_config, preprocessor, label_names).items()
+    }
     config = {
         "format": "dact_tf.model_dir",
         "dact_tf_version": __version__,
@@ -336,6 +363,25 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
     )
     save_model_dir(model_dir, model, tokenizer, config)
     return model, preprocessor, history.history
+
+
+@contextlib.contextmanager
+def _dtype_policy(policy):
+    """Builds layers under `policy`, then restores the global policy."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _shard_by_data(dataset):
+    # The pipeline reads one file through tfds or from memory: multi-worker
+    # training shards it by element rather than by file.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 def _num_batches(dataset):

@@ -53,6 +53,11 @@ flags.DEFINE_float("head_loss_weight", 1.0, "Weight of the per-block auxiliary l
 flags.DEFINE_enum("pooling", "mean", ["cls", "mean"], "What the DACT heads read: the first token or the mean over tokens (all-MiniLM-L6-v2 was trained with mean pooling).")
 flags.DEFINE_integer("epochs", 3, "Training epochs.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.", lower_bound=0.0)
+# Scale out.
+flags.DEFINE_enum("distribution_strategy", "default", ["default", "one_device", "mirrored", "multi_worker_mirrored", "tpu"], "tf.distribute strategy for training; --batch_size is the global batch. multi_worker_mirrored reads TF_CONFIG.")
+flags.DEFINE_string("tpu", None, "--distribution_strategy=tpu: the TPU name or grpc:// address (default: local).")
+flags.DEFINE_enum("mixed_precision", "none", ["none", "auto", "mixed_float16", "mixed_bfloat16"], "Compute in 16 bits (auto: float16 on GPU, bfloat16 on CPU/TPU); DACT's halting math stays float32.")
+flags.DEFINE_boolean("jit_compile", False, "XLA-compile the training step (evaluation and early exit never use XLA).")
 # Evaluate / predict.
 flags.DEFINE_string("output_json", None, "Write the results here as JSON.")
 flags.DEFINE_string("text", None, "predict: one text.")
@@ -96,7 +101,11 @@ def cmd_train():
         halting_rule=FLAGS.halting_rule, regression_tolerance=FLAGS.regression_tolerance,
         head_loss_weight=FLAGS.head_loss_weight, pooling=FLAGS.pooling,
     )
-    train_config = train_lib.TrainConfig(epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate)
+    train_config = train_lib.TrainConfig(
+        epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
+        distribution_strategy=FLAGS.distribution_strategy, tpu_address=FLAGS.tpu,
+        mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile,
+    )
     model, _, _ = train_lib.train(model_dir, _data_config(), model_config, train_config)
     logging.info("Model written to %s", model_dir)
     print(f"Trained model written to {model_dir} ({model.num_layers} blocks).")

@@ -400,7 +400,11 @@ class DactClassifier(keras.Model):
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
         )
         if block_answers is not None and y is not None:
-            loss = loss + self._head_loss_weight * self._block_loss(y, block_answers)
+            # Keras scales its own losses by 1 / replicas (gradients are
+            # summed across replicas); this one must be scaled the same way.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            block_loss = self._block_loss(y, block_answers) / float(replicas)
+            loss = loss + self._head_loss_weight * block_loss
         return loss
 
     def _block_loss(self, y, block_answers):
@@ -422,6 +426,24 @@ class DactClassifier(keras.Model):
         return super().compute_metrics(
             x, y, self._main_output(y_pred), sample_weight=sample_weight
         )
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a tf.distribute strategy Keras builds its metrics from the
+        # first batch averaged across replicas, which fails on the boolean
+        # `padding_mask` (AddN has no bool kernel). One replica's batch has
+        # the same structure and shapes, which is all the build needs.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is None or strategy is None:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        for _, _, it in iterator:
+            data_batch = tf.nest.map_structure(
+                lambda v: strategy.experimental_local_results(v)[0]
+                if isinstance(v, tf.distribute.DistributedValues)
+                else v,
+                next(it),
+            )
+            break
+        return super()._maybe_symbolic_build(data_batch=data_batch)
 
     @contextlib.contextmanager
     def _without_jit(self):

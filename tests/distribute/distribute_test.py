@@ -1,0 +1,160 @@
+"""tf.distribute, mixed precision and XLA training (on CPU)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dact_tf import distribute
+from dact_tf.data import builtin_sst2_dir
+from dact_tf.models import backbones
+from dact_tf.models.dact_classifier import DactClassifier
+from tests import testing
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(args, env=None, timeout=300):
+    env = dict(os.environ, PYTHONPATH=REPO, **(env or {}))
+    return subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_mirrored_matches_one_device(tmp_path):
+    # Two logical CPU devices need a fresh process.
+    out = tmp_path / "report.json"
+    proc = _run([sys.executable, os.path.join(REPO, "tests/distribute/mirrored_script.py"),
+                 str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    # Same global batch, same seed and data order: the same loss curve.
+    # Tolerance: float32 sums in another order (two replicas' gradients).
+    np.testing.assert_allclose(r["losses_mirrored"], r["losses_one_device"], rtol=1e-5)
+    assert r["weights_moved"] > 0.1  # it really trained
+    assert r["weight_diff"] < 1e-5
+    for key in ("accuracy", "layers_executed", "loss", "ponder_cost"):
+        assert r["metrics_mirrored"][key] == pytest.approx(r["metrics_one_device"][key], rel=1e-5)
+    assert r["metrics_one_device"]["layers_executed"] < 3  # early exit ran per replica
+    # Checkpoints saved under one strategy load under the other.
+    assert r["cross_load_one_device"] < 1e-6
+    assert r["cross_load_mirrored"] < 1e-6
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_multi_worker_mirrored_two_processes(tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    model_dir = tmp_path / "model"
+    args = [sys.executable, "-m", "dact_tf", "train", "--task=sst2",
+            f"--data_dir={builtin_sst2_dir()}", f"--model_dir={model_dir}",
+            "--backbone=tiny", "--max_seq_length=16", "--max_train_examples=64",
+            "--max_eval_examples=32", "--batch_size=16", "--epochs=1",
+            "--distribution_strategy=multi_worker_mirrored"]
+    procs = []
+    try:
+        for index in range(2):
+            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            env = dict(os.environ, PYTHONPATH=REPO, TF_CONFIG=tf_config,
+                       DACT_TF_CACHE=str(tmp_path / f"cache{index}"))
+            procs.append(subprocess.Popen(
+                args, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                stderr=open(tmp_path / f"worker{index}.log", "w"),
+            ))
+        deadline = time.time() + 400
+        while time.time() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        codes = [p.poll() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    logs = [(tmp_path / f"worker{i}.log").read_text()[-2000:] for i in range(2)]
+    assert codes == [0, 0], logs
+    # The chief (worker 0) writes model_dir, worker 1 its own copy.
+    chief = keras.models.load_model(model_dir / "model.keras")
+    other = keras.models.load_model(model_dir / "workers" / "worker_1" / "model.keras")
+    w_chief, w_other = chief.get_weights(), other.get_weights()
+    for a, b in zip(w_chief, w_other):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # Both start from the seeded "tiny" backbone, and training moved it.
+    initial, _ = backbones.load_backbone("tiny", max_sequence_length=16, seed=0)
+    moved = [np.abs(a - b).max() for a, b in
+             zip(chief.backbone.get_weights(), initial.get_weights())]
+    assert max(moved) > 1e-4
+    assert (model_dir / "checkpoints" / "epoch_01.weights.h5").exists()
+
+
+@pytest.fixture
+def bfloat16_policy():
+    previous = keras.config.dtype_policy()
+    yield distribute.set_mixed_precision("mixed_bfloat16")
+    keras.config.set_dtype_policy(previous)
+
+
+def test_mixed_precision_keeps_the_guarantee(bfloat16_policy):
+    assert bfloat16_policy == "mixed_bfloat16"
+    model = DactClassifier(testing.tiny_backbone(num_layers=4, seed=1), num_classes=3,
+                           halting_bias=-1.0, tau=0.05)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    feats, labels = testing.synthetic_task(256, seed=5)
+    model.fit(feats, labels, batch_size=32, epochs=1, verbose=0)
+    assert model.encoder.blocks[0].compute_dtype == "bfloat16"
+    assert all(v.dtype == "float32" for v in model.trainable_variables)
+    early = model.predict(feats, batch_size=32, verbose=0)
+    full = model(feats, full_depth=True)
+    assert early["probabilities"].dtype == np.float32
+    layers = early["layers_executed"]
+    assert layers.min() < model.num_layers  # some examples exit early
+    np.testing.assert_array_equal(early["predictions"], np.asarray(full["predictions"]))
+
+
+def test_policy_names():
+    assert distribute.mixed_precision_policy("none") == "float32"
+    expected = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+    assert distribute.mixed_precision_policy("auto") == expected
+    with pytest.raises(ValueError, match="Unknown mixed precision"):
+        distribute.mixed_precision_policy("fp8")
+    with pytest.raises(ValueError, match="Unknown distribution strategy"):
+        distribute.get_strategy("horovod")
+    assert distribute.is_chief(distribute.get_strategy("one_device"))
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("{not json", "not valid JSON"),
+    ('{"cluster": {}}', "needs"),
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}',
+     "is not in the cluster"),
+])
+def test_bad_tf_config(monkeypatch, raw, message):
+    monkeypatch.setenv("TF_CONFIG", raw)
+    with pytest.raises(ValueError, match=message):
+        distribute.check_tf_config()
+
+
+def test_jit_compiled_training_step_matches_eager_graph():
+    feats, labels = testing.synthetic_task(64, seed=2)
+    results = []
+    for jit in (False, True):
+        model = DactClassifier(testing.tiny_backbone(num_layers=2, seed=4), num_classes=2,
+                               dropout=0.0, tau=0.05)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=jit)
+        history = model.fit(feats, labels, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        results.append(history.history["loss"][-1])
+    assert results[1] == pytest.approx(results[0], rel=1e-4)
