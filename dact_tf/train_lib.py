@@ -31,6 +31,7 @@ from dact_tf import data as dact_data
 from dact_tf import distribute
 from dact_tf.models import backbones as backbones_lib
 from dact_tf.models.dact_classifier import DactClassifier
+from dact_tf.ops.exit_ops import METHODS
 from dact_tf.version import __version__
 
 CONFIG_FILE = "dact_config.json"
@@ -87,6 +88,10 @@ class ModelConfig:
     dropout: float = 0.1
     head_loss_weight: float = 1.0
     pooling: str = "mean"
+    method: str = "dact"
+    patience: int = 2
+    entropy_threshold: float = 0.3
+    num_layers: int = None
 
 
 @dataclasses.dataclass
@@ -236,6 +241,12 @@ def read_config(model_dir):
             f"{model_dir} was written by dact_tf {config['dact_tf_version']}, "
             f"newer than this dact_tf {__version__}."
         )
+    method = config.get("method", "dact")
+    if method not in METHODS:
+        raise ValueError(
+            f"{model_dir} holds a {method!r} model, which this dact_tf "
+            f"{__version__} does not know (it runs {', '.join(METHODS)})."
+        )
     return config
 
 
@@ -313,11 +324,12 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
             dropout=model_config.dropout,
             head_loss_weight=model_config.head_loss_weight,
             pooling=model_config.pooling,
+            method=model_config.method,
+            patience=model_config.patience,
+            entropy_threshold=model_config.entropy_threshold,
+            num_layers=model_config.num_layers,
         )
-        model.compile(
-            optimizer=keras.optimizers.Adam(train_config.learning_rate),
-            jit_compile=train_config.jit_compile,
-        )
+        _compile(model, train_config)
     datasets = {
         split: _shard_by_data(ds)
         for split, ds in make_datasets(data_config, preprocessor, label_names).items()
@@ -325,7 +337,7 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
     config = {
         "format": "dact_tf.model_dir",
         "dact_tf_version": __version__,
-        "method": "dact",
+        "method": model_config.method,
         "lowercase": bool(getattr(tokenizer, "lowercase", True)),
         "label_names": label_names,
         "data": dataclasses.asdict(data_config),
@@ -334,35 +346,80 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
     }
     _check_resumable(model_dir, config)
     _write_config(model_dir, config)
-    # tau grows from 0 while the heads learn to answer: with untrained heads
-    # the ponder cost alone would drive every example to halt at block 1.
-    warmup_steps = int(round(model_config.tau_warmup_epochs * _num_batches(datasets["train"])))
-    tau = dact_callbacks.LinearTauWarmup(model_config.tau, warmup_steps)
-    cbs = [
-        keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup"), save_freq=50),
-        dact_callbacks.TauScheduler(tau),
-        dact_callbacks.PonderCostLogger(
-            datasets["validation"],
-            log_dir=os.path.join(model_dir, "tensorboard"),
-            csv_path=os.path.join(model_dir, "ponder.csv"),
-        ),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(model_dir, "checkpoints", "epoch_{epoch:02d}.weights.h5"),
-            save_weights_only=True,
-        ),
-        keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard")),
-        keras.callbacks.CSVLogger(os.path.join(model_dir, "history.csv"), append=True),
-        *extra_callbacks,
-    ]
-    history = model.fit(
-        datasets["train"],
-        validation_data=datasets["validation"],
-        epochs=train_config.epochs,
-        callbacks=cbs,
-        verbose=train_config.verbose,
-    )
+
+    def callbacks(stage):
+        # One backup and checkpoint series per DeeBERT stage: a resumed run
+        # continues the stage it was in.
+        suffix = "" if stage == 1 else f"_stage{stage}"
+        cbs = [
+            keras.callbacks.BackupAndRestore(
+                os.path.join(model_dir, "backup" + suffix), save_freq=50
+            ),
+            dact_callbacks.PonderCostLogger(
+                datasets["validation"],
+                log_dir=os.path.join(model_dir, "tensorboard"),
+                csv_path=os.path.join(model_dir, "ponder.csv"),
+            ),
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(model_dir, "checkpoints", f"epoch{suffix}_{{epoch:02d}}.weights.h5"),
+                save_weights_only=True,
+            ),
+            keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard" + suffix)),
+            keras.callbacks.CSVLogger(os.path.join(model_dir, "history.csv"), append=True),
+            *extra_callbacks,
+        ]
+        if model_config.method == "dact":
+            # tau grows from 0 while the heads learn to answer: with untrained
+            # heads the ponder cost alone would drive every example to halt
+            # at block 1.
+            steps = _num_batches(datasets["train"])
+            warmup = int(round(model_config.tau_warmup_epochs * steps))
+            tau = dact_callbacks.LinearTauWarmup(model_config.tau, warmup)
+            cbs.insert(1, dact_callbacks.TauScheduler(tau))
+        return cbs
+
+    def fit(stage):
+        return model.fit(
+            datasets["train"],
+            validation_data=datasets["validation"],
+            epochs=train_config.epochs,
+            callbacks=callbacks(stage),
+            verbose=train_config.verbose,
+        ).history
+
+    if model_config.method == "deebert":
+        history = _fit_deebert(model, model_dir, train_config, fit)
+    else:
+        history = fit(1)
     save_model_dir(model_dir, model, tokenizer, config)
-    return model, preprocessor, history.history
+    return model, preprocessor, history
+
+
+def _compile(model, train_config):
+    model.compile(
+        optimizer=keras.optimizers.Adam(train_config.learning_rate),
+        jit_compile=train_config.jit_compile,
+    )
+
+
+def _fit_deebert(model, model_dir, train_config, fit):
+    """DeeBERT's two stages; a finished first stage is never redone.
+
+    Stage 1 trains the whole model on the last block's loss and saves
+    `deebert_stage1.weights.h5` (atomically); stage 2 freezes the backbone
+    and trains the intermediate heads with a fresh optimizer.
+    """
+    stage1 = os.path.join(model_dir, "deebert_stage1.weights.h5")
+    history = {}
+    if os.path.exists(stage1):
+        model.load_weights(stage1)
+    else:
+        history = {f"stage1_{k}": v for k, v in fit(1).items()}
+        _atomic_write(stage1, model.save_weights)
+    model.start_second_stage()
+    _compile(model, train_config)
+    history.update({f"stage2_{k}": v for k, v in fit(2).items()})
+    return history
 
 
 @contextlib.contextmanager

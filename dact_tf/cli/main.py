@@ -51,7 +51,11 @@ flags.DEFINE_enum("halting_rule", "tight", ["tight", "paper", "relaxed", "never"
 flags.DEFINE_float("regression_tolerance", 0.05, "Regression: largest score change early exit may cause.", lower_bound=0.0)
 flags.DEFINE_float("head_loss_weight", 1.0, "Weight of the per-block auxiliary loss that trains every head on the label (0: pure DACT).", lower_bound=0.0)
 flags.DEFINE_enum("pooling", "mean", ["cls", "mean"], "What the DACT heads read: the first token or the mean over tokens (all-MiniLM-L6-v2 was trained with mean pooling).")
-flags.DEFINE_integer("epochs", 3, "Training epochs.", lower_bound=1)
+flags.DEFINE_enum("method", "dact", ["dact", "pabee", "deebert", "static"], "Early-exit method: DACT, or a baseline on the same heads, loop and exports.")
+flags.DEFINE_integer("patience", 2, "pabee: exit when the prediction held for this many blocks (evaluate/predict/export: override the trained value).", lower_bound=1)
+flags.DEFINE_float("entropy_threshold", 0.3, "deebert: exit when the prediction's entropy (nats) is below this (evaluate/predict/export: override).", lower_bound=0.0)
+flags.DEFINE_integer("num_layers", None, "Keep only the backbone's first N blocks (static truncation: --method=static --num_layers=k).", lower_bound=1)
+flags.DEFINE_integer("epochs", 3, "Training epochs (deebert: per stage).", lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.", lower_bound=0.0)
 # Scale out.
 flags.DEFINE_enum("distribution_strategy", "default", ["default", "one_device", "mirrored", "multi_worker_mirrored", "tpu"], "tf.distribute strategy for training; --batch_size is the global batch. multi_worker_mirrored reads TF_CONFIG.")
@@ -100,6 +104,8 @@ def cmd_train():
         halting_bias=FLAGS.halting_bias, shared_heads=FLAGS.shared_heads,
         halting_rule=FLAGS.halting_rule, regression_tolerance=FLAGS.regression_tolerance,
         head_loss_weight=FLAGS.head_loss_weight, pooling=FLAGS.pooling,
+        method=FLAGS.method, patience=FLAGS.patience,
+        entropy_threshold=FLAGS.entropy_threshold, num_layers=FLAGS.num_layers,
     )
     train_config = train_lib.TrainConfig(
         epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
@@ -111,11 +117,25 @@ def cmd_train():
     print(f"Trained model written to {model_dir} ({model.num_layers} blocks).")
 
 
+def _load_model():
+    """The trained model of --model_dir, with --patience/--entropy_threshold if given."""
+    from dact_tf import train_lib
+
+    model, preprocessor, config = train_lib.load_model_dir(_require("model_dir"))
+    if FLAGS["patience"].present or FLAGS["entropy_threshold"].present:
+        model.configure_exit(
+            patience=FLAGS.patience if FLAGS["patience"].present else None,
+            entropy_threshold=(
+                FLAGS.entropy_threshold if FLAGS["entropy_threshold"].present else None
+            ),
+        )
+    return model, preprocessor, config
+
+
 def cmd_evaluate():
     from dact_tf import train_lib
 
-    model_dir = _require("model_dir")
-    model, preprocessor, config = train_lib.load_model_dir(model_dir)
+    model, preprocessor, config = _load_model()
     data_config = _data_config(config["data"])
     _, _, _, metric_task = train_lib.task_info(data_config, config["label_names"])
     dataset = train_lib.make_datasets(
@@ -149,7 +169,7 @@ def cmd_predict():
 
     from dact_tf import train_lib
 
-    model_dir = _require("model_dir")
+    _require("model_dir")
     if FLAGS.input_file:
         texts, pairs = _read_lines(FLAGS.input_file)
     elif FLAGS.text is not None:
@@ -159,7 +179,7 @@ def cmd_predict():
         pairs = None if FLAGS.text_pair is None else [FLAGS.text_pair]
     else:
         raise ValueError("predict needs --text or --input_file.")
-    model, preprocessor, config = train_lib.load_model_dir(model_dir)
+    model, preprocessor, config = _load_model()
     # Pairs must go by keyword: positionally keras-hub reads the second as labels.
     x = preprocessor(x=texts if pairs is None else (texts, pairs))
     out = {k: np.asarray(v) for k, v in model.predict(x, verbose=0).items()}
@@ -186,7 +206,7 @@ def cmd_export():
 
     model_dir = _require("model_dir")
     export_dir = _require("export_dir")
-    model, preprocessor, config = train_lib.load_model_dir(model_dir)
+    model, preprocessor, config = _load_model()
     if FLAGS.format == "tflite":
         # No tokenizer: tokenization ops are not TFLite builtins (apps
         # tokenize with the vocab.txt written next to the file).

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from dact_tf import ops
 from dact_tf.layers.dact_heads import DactHeads
+from dact_tf.ops import exit_ops
 
 
 #: What the heads can read from each block's output.
@@ -40,6 +41,14 @@ class DactEncoder(keras.layers.Layer):
     - `full_depth=True` at inference runs every block (for checks and
       benchmarks) as a plain, unrolled graph.
 
+    The same layer runs the early-exit baselines (`method`, see
+    `dact_tf.ops.exit_ops`), so they share the heads, the loop, the
+    outputs and the exports: `"pabee"` exits once the prediction has held
+    for `patience` blocks, `"deebert"` once the prediction's entropy is
+    below `entropy_threshold`, `"static"` never exits early; each answers
+    with the exit block's own head (`y_n`), and training runs every block
+    without a ponder cost (the model's loss weights the blocks).
+
     Args:
         blocks: list of Keras layers called as
             `block(x, padding_mask=mask, training=training)`, mapping
@@ -67,6 +76,10 @@ class DactEncoder(keras.layers.Layer):
             paper) or `"mean"` (the mean over real tokens; right for
             backbones trained with mean pooling, such as sentence-transformer
             MiniLMs, whose early-block first-token vectors barely vary).
+        method: `"dact"` (default), `"pabee"`, `"deebert"` or `"static"`.
+        patience: int >= 1, `"pabee"`: blocks the prediction must hold.
+        entropy_threshold: float >= 0, `"deebert"`: exit below this entropy
+            (nats).
         **kwargs: base layer arguments.
 
     Call arguments:
@@ -114,10 +127,22 @@ class DactEncoder(keras.layers.Layer):
         halting_slack=0.0,
         regression_tolerance=0.05,
         pooling="cls",
+        method="dact",
+        patience=2,
+        entropy_threshold=0.3,
         **kwargs,
     ):
         super().__init__(**kwargs)
         blocks = list(blocks)
+        if method not in exit_ops.METHODS:
+            raise ValueError(f"`method` must be one of {exit_ops.METHODS}, got {method!r}.")
+        if method == "deebert" and task == "regression":
+            raise ValueError(
+                "`method='deebert'` exits on the entropy of a class distribution: "
+                "classification only (use 'pabee' or 'dact' for regression)."
+            )
+        if int(patience) != patience or patience < 1:
+            raise ValueError(f"`patience` must be an integer >= 1, got {patience}.")
         if pooling not in POOLINGS:
             raise ValueError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
         if not blocks:
@@ -131,6 +156,7 @@ class DactEncoder(keras.layers.Layer):
         _check_range("halting_margin", halting_margin, 0.0, 1.0)
         _check_range("halting_epsilon", halting_epsilon, 0.0, 1.0)
         _check_range("halting_slack", halting_slack, 0.0, 1.0)
+        _check_range("entropy_threshold", entropy_threshold, 0.0, None)
         if not float(regression_tolerance) > 0.0:
             raise ValueError(
                 "`regression_tolerance` must be > 0, got "
@@ -154,6 +180,9 @@ class DactEncoder(keras.layers.Layer):
         self.halting_slack = float(halting_slack)
         self.regression_tolerance = float(regression_tolerance)
         self.pooling = pooling
+        self.method = method
+        self.patience = int(patience)
+        self.entropy_threshold = float(entropy_threshold)
         # Created here (not in build) so that heads-argument errors surface
         # at construction; its weights are still created in build().
         self.heads = DactHeads(
@@ -209,14 +238,16 @@ class DactEncoder(keras.layers.Layer):
                 inputs, padding_mask, training=bool(training), exit_layers=False
             )
             ponder = trace["ponder_cost"]
+            dact = self.method == "dact"
             out = self._outputs(
-                trace["accumulated"][-1],
+                trace["accumulated"][-1] if dact else trace["answers"][-1],
                 tf.fill(tf.shape(ponder), tf.constant(self.num_layers, tf.int32)),
-                ponder,
+                ponder if dact else tf.zeros_like(ponder),
             )
             if training:
-                self.add_loss(tf.cast(self.tau, tf.float32) * tf.reduce_mean(ponder))
-                # Each block's own answer, for auxiliary per-block losses.
+                if dact:
+                    self.add_loss(tf.cast(self.tau, tf.float32) * tf.reduce_mean(ponder))
+                # Each block's own answer, for the per-block losses.
                 out["block_answers"] = trace["answers"]
             return out
         return self.adaptive_forward(inputs, padding_mask)
@@ -243,6 +274,37 @@ class DactEncoder(keras.layers.Layer):
             tolerance=self.regression_tolerance,
             output_range=self.output_range or (0.0, 1.0),
         )
+
+    def _initial_exit_state(self, batch_size):
+        """The two per-example state columns of the loop, before block 1.
+
+        DACT: budget 1 and ponder cost 0. PABEE: previous prediction (-1,
+        or +inf for regression: nothing agrees with it) and patience count
+        0. DeeBERT and static: unused zeros.
+        """
+        zeros = tf.zeros(tf.reshape(batch_size, [1]), tf.float32)
+        if self.method == "dact":
+            return zeros + 1.0, zeros
+        if self.method == "pabee":
+            start = float("inf") if self.task == "regression" else -1.0
+            return zeros + start, zeros
+        return zeros, zeros
+
+    def _baseline_step(self, answer, first, second):
+        """A baseline's state update and exit test after one block.
+
+        Returns:
+            `((first, second), done)`: the new state columns and `[batch]`
+            bool, whether the example exits here.
+        """
+        if self.method == "pabee":
+            first, second = exit_ops.pabee_update(
+                answer, first, second, task=self.task, tolerance=self.regression_tolerance
+            )
+            return (first, second), exit_ops.pabee_exits(second, self.patience)
+        if self.method == "deebert":
+            return (first, second), exit_ops.deebert_exits(answer, self.entropy_threshold)
+        return (first, second), tf.zeros(tf.shape(first), tf.bool)  # static
 
     def _pool(self, hidden, padding_mask):
         """`[batch, seq, hidden]` -> `[batch, hidden]`, what the heads read."""
@@ -272,8 +334,8 @@ class DactEncoder(keras.layers.Layer):
             (the `p_n`), `"accumulated"` `[N, batch, num_outputs]` (the
             `a_n`), `"ponder_cost"` `[batch]`, and (with `exit_layers`)
             `"exit_layers"` int32 `[batch]`: the block after which the
-            halting rule stops each example (what the early-exit loop
-            executes).
+            halting rule (or the baseline `method`'s exit test) stops each
+            example (what the early-exit loop executes).
         """
         if padding_mask is None:
             padding_mask = tf.ones(tf.shape(inputs)[:2], tf.bool)
@@ -285,12 +347,17 @@ class DactEncoder(keras.layers.Layer):
         answers, halting = self.heads(tf.stack(pooled), training=training)
         answer, budget = ops.initial_state(tf.shape(inputs)[0], self.num_outputs)
         accumulated, budgets, halts = [], [], []
+        state = self._initial_exit_state(tf.shape(inputs)[0])
         for n in range(self.num_layers):
             answer, budget = ops.accumulate(answer, budget, answers[n], halting[n])
             accumulated.append(answer)
             budgets.append(budget)
             if exit_layers:
-                halts.append(self._halts(answer, budget, self.num_layers - 1 - n))
+                if self.method == "dact":
+                    halts.append(self._halts(answer, budget, self.num_layers - 1 - n))
+                else:
+                    state, done = self._baseline_step(answers[n], *state)
+                    halts.append(done)
         budgets = tf.stack(budgets)
         result = {
             "answers": answers,
@@ -334,19 +401,22 @@ class DactEncoder(keras.layers.Layer):
             padding_mask = tf.ones(tf.shape(inputs)[:2], tf.bool)
         num_layers, c = self.num_layers, self.num_outputs
         batch_size = tf.shape(inputs)[0]
-        answer, budget = ops.initial_state(batch_size, c)
+        answer, _ = ops.initial_state(batch_size, c)
+        first, second = self._initial_exit_state(batch_size)
         # Loop state, named in one place. `hidden`, `mask`, `rows` (their
         # original row numbers) and `carry` (packed per-row DACT state:
         # answer [:c], budget [c], ponder cost [c + 1]) hold the active rows
-        # only; `out` holds finished rows' answer [:c], ponder cost [c] and
-        # blocks executed [c + 1]. Packing keeps the body's op count low:
+        # only (the baselines keep their own two state columns there, see
+        # `_initial_exit_state`); `out` holds finished rows' answer [:c],
+        # ponder cost [c] and blocks executed [c + 1]. Packing keeps the
+        # body's op count low:
         # at batch 1 the loop's cost is per-op overhead, not arithmetic.
         state = dict(
             n=tf.constant(0, tf.int32),
             hidden=inputs,
             mask=padding_mask,
             rows=tf.range(batch_size),
-            carry=tf.concat([answer, budget[:, None], tf.zeros_like(budget)[:, None]], 1),
+            carry=tf.concat([answer, first[:, None], second[:, None]], 1),
             out=tf.zeros(tf.stack([batch_size, c + 2]), tf.float32),
         )
 
@@ -358,16 +428,17 @@ class DactEncoder(keras.layers.Layer):
             hidden = self._run_block(n, s["hidden"], s["mask"])
             y, h = self.heads(self._pool(hidden, s["mask"]), layer_index=n)
             carry = s["carry"]
-            answer, budget = ops.accumulate(carry[:, :c], carry[:, c], y, h)
-            ponder = carry[:, c + 1] + budget
-            carry = tf.concat([answer, budget[:, None], ponder[:, None]], axis=1)
             remaining = num_layers - 1 - n
-            if halting:
-                done = tf.logical_or(
-                    self._halts(answer, budget, remaining), remaining <= 0
-                )
+            if self.method == "dact":
+                answer, budget = ops.accumulate(carry[:, :c], carry[:, c], y, h)
+                first, second = budget, carry[:, c + 1] + budget  # p_n, ponder
+                halts = self._halts(answer, budget, remaining)
             else:
-                done = tf.fill(tf.shape(budget), remaining <= 0)
+                answer = y
+                (first, second), halts = self._baseline_step(y, carry[:, c], carry[:, c + 1])
+            carry = tf.concat([answer, first[:, None], second[:, None]], axis=1)
+            last = tf.fill(tf.shape(first), remaining <= 0)
+            done = tf.logical_or(halts, last) if halting else last
 
             def compact():
                 # Finished rows leave: scatter their results, keep the rest.
@@ -405,9 +476,8 @@ class DactEncoder(keras.layers.Layer):
             maximum_iterations=num_layers,
         )
         out = tf.ensure_shape(final["out"], inputs.shape[:1].concatenate([c + 2]))
-        return self._outputs(
-            out[:, :c], tf.cast(out[:, c + 1], tf.int32), out[:, c]
-        )
+        ponder = out[:, c] if self.method == "dact" else tf.zeros_like(out[:, c])
+        return self._outputs(out[:, :c], tf.cast(out[:, c + 1], tf.int32), ponder)
 
     # --------------------------------------------------------------- config
 
@@ -431,6 +501,9 @@ class DactEncoder(keras.layers.Layer):
                 "halting_slack": self.halting_slack,
                 "regression_tolerance": self.regression_tolerance,
                 "pooling": self.pooling,
+                "method": self.method,
+                "patience": self.patience,
+                "entropy_threshold": self.entropy_threshold,
             }
         )
         return config

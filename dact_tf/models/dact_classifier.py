@@ -71,6 +71,19 @@ class DactClassifier(keras.Model):
         pooling: what the heads read from each block: `"cls"` (first token,
             the paper's choice) or `"mean"` (mean over real tokens, for
             backbones pretrained with mean pooling like all-MiniLM-L6-v2).
+        method: `"dact"` (default) or an early-exit baseline on the same
+            heads, loop and exports (see `dact_tf.ops.exit_ops`):
+            `"pabee"` (trained with the index-weighted mean of every
+            block's loss; exits when the prediction held for `patience`
+            blocks), `"deebert"` (two-stage training, see
+            `start_second_stage`; exits when the entropy of the current
+            block's prediction is below `entropy_threshold`) or `"static"`
+            (a classifier on the last kept block; no early exit).
+        patience: int >= 1, `"pabee"`'s patience.
+        entropy_threshold: float >= 0, `"deebert"`'s threshold (nats).
+        num_layers: int or None, keep only the backbone's first
+            `num_layers` blocks (static truncation; None keeps all). The
+            dropped blocks' weights stay in the backbone, frozen.
         **kwargs: `keras.Model` arguments (`name`, ...).
 
     Call arguments:
@@ -118,6 +131,10 @@ class DactClassifier(keras.Model):
         regression_tolerance=0.05,
         head_loss_weight=0.0,
         pooling="cls",
+        method="dact",
+        patience=2,
+        entropy_threshold=0.3,
+        num_layers=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -129,6 +146,21 @@ class DactClassifier(keras.Model):
             )
         if task not in ops.TASKS:
             raise ValueError(f"`task` must be one of {ops.TASKS}, got {task!r}.")
+        if method == "deebert" and shared_heads:
+            raise ValueError(
+                "`method='deebert'` trains the intermediate heads after freezing "
+                "the last one: it needs per-block heads (`shared_heads=False`)."
+            )
+        blocks = list(backbone.transformer_layers)
+        if num_layers is not None:
+            if int(num_layers) != num_layers or not 1 <= num_layers <= len(blocks):
+                raise ValueError(
+                    f"`num_layers` must be an integer in [1, {len(blocks)}] (the "
+                    f"backbone's blocks), got {num_layers}."
+                )
+            for block in blocks[num_layers:]:
+                block.trainable = False  # dropped: no gradients, no updates
+            blocks = blocks[:num_layers]
         num_outputs = 1 if task == "regression" else int(num_classes)
         if label_names is not None:
             label_names = [str(n) for n in label_names]
@@ -149,7 +181,7 @@ class DactClassifier(keras.Model):
         )
         self.label_names = label_names
         self.encoder = DactEncoder(
-            blocks=backbone.transformer_layers,
+            blocks=blocks,
             num_outputs=num_outputs,
             task=task,
             output_range=output_range,
@@ -165,8 +197,14 @@ class DactClassifier(keras.Model):
             halting_slack=halting_slack,
             regression_tolerance=regression_tolerance,
             pooling=pooling,
+            method=method,
+            patience=patience,
+            entropy_threshold=entropy_threshold,
             name="dact_encoder",
         )
+        self.kept_layers = None if num_layers is None else int(num_layers)
+        # DeeBERT trains in two stages; see `start_second_stage`.
+        self.training_stage = 1
         self.dropout = float(dropout)
         self.initial_head_loss_weight = _non_negative("head_loss_weight", head_loss_weight)
         self._head_loss_weight = self.add_weight(
@@ -197,6 +235,43 @@ class DactClassifier(keras.Model):
     @tau.setter
     def tau(self, value):
         self.encoder.tau.assign(_non_negative("tau", value))
+
+    @property
+    def method(self):
+        """`"dact"` or the baseline this model runs."""
+        return self.encoder.method
+
+    def configure_exit(self, patience=None, entropy_threshold=None):
+        """Changes a baseline's exit knob after training (no retraining).
+
+        Args:
+            patience: int >= 1, new `"pabee"` patience (None: unchanged).
+            entropy_threshold: float >= 0, new `"deebert"` threshold.
+        """
+        enc = self.encoder
+        if patience is not None:
+            if int(patience) != patience or patience < 1:
+                raise ValueError(f"`patience` must be an integer >= 1, got {patience}.")
+            enc.patience = int(patience)
+        if entropy_threshold is not None:
+            enc.entropy_threshold = _non_negative("entropy_threshold", entropy_threshold)
+        # The compiled functions baked the old values in.
+        self.predict_function = self.test_function = None
+
+    def start_second_stage(self):
+        """DeeBERT's second stage: freeze the backbone; train the exit heads.
+
+        After the first stage (the whole model trained on the last block's
+        loss), this freezes the backbone, and from then on `fit` minimises
+        the mean loss of the intermediate blocks' heads only: the last
+        block's head gets no gradient, so with a freshly compiled optimizer
+        (call `compile` again, as Keras requires after changing
+        `trainable`) the final classifier stays exactly as stage 1 left it.
+        """
+        if self.method != "deebert":
+            raise ValueError(f"Only `method='deebert'` trains in two stages, not {self.method!r}.")
+        self.backbone.trainable = False
+        self.training_stage = 2
 
     @property
     def head_loss_weight(self):
@@ -399,23 +474,34 @@ class DactClassifier(keras.Model):
         loss = super().compute_loss(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
         )
-        if block_answers is not None and y is not None:
-            # Keras scales its own losses by 1 / replicas (gradients are
-            # summed across replicas); this one must be scaled the same way.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            block_loss = self._block_loss(y, block_answers) / float(replicas)
-            loss = loss + self._head_loss_weight * block_loss
-        return loss
+        if block_answers is None or y is None or self.method == "static":
+            return loss  # evaluation, or a classifier on the last block only
+        # Keras scales its own losses by 1 / replicas (gradients are summed
+        # across replicas); the per-block losses must be scaled the same way.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        per_block = self._block_losses(y, block_answers) / float(replicas)
+        n = self.num_layers
+        if self.method == "dact":
+            return loss + self._head_loss_weight * tf.reduce_mean(per_block)
+        if self.method == "pabee":
+            # sum_n n * L_n / sum_n n; `loss` is L_N (on the main output).
+            weights = tf.range(1, n, dtype=tf.float32)
+            weighted = tf.reduce_sum(weights * per_block[:-1]) + n * loss
+            return weighted / (n * (n + 1) / 2.0)
+        # DeeBERT: stage 1 trains on the last block; stage 2 the others.
+        if self.training_stage == 1 or n == 1:
+            return loss
+        return tf.reduce_mean(per_block[:-1])
 
-    def _block_loss(self, y, block_answers):
-        """Mean over blocks and examples of each block's own task loss."""
+    def _block_losses(self, y, block_answers):
+        """`[num_layers]`: each block's own task loss, mean over examples."""
         if self.task == "regression":
             target = tf.cast(tf.reshape(y, [1, -1]), tf.float32)
-            return tf.reduce_mean(tf.square(block_answers[..., 0] - target))
+            return tf.reduce_mean(tf.square(block_answers[..., 0] - target), axis=1)
         target = tf.cast(tf.reshape(y, [-1]), tf.int32)
         target = tf.broadcast_to(target[None, :], tf.shape(block_answers)[:2])
         return tf.reduce_mean(
-            keras.losses.sparse_categorical_crossentropy(target, block_answers)
+            keras.losses.sparse_categorical_crossentropy(target, block_answers), axis=1
         )
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
@@ -488,6 +574,10 @@ class DactClassifier(keras.Model):
             "regression_tolerance": enc.regression_tolerance,
             "head_loss_weight": self.initial_head_loss_weight,
             "pooling": enc.pooling,
+            "method": enc.method,
+            "patience": enc.patience,
+            "entropy_threshold": enc.entropy_threshold,
+            "num_layers": self.kept_layers,
         }
 
     @classmethod

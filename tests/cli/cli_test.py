@@ -130,3 +130,56 @@ def test_killed_training_resumes_where_it_stopped(tmp_path):
     epochs = [line.split(",")[0] for line in
               (model_dir / "history.csv").read_text().splitlines()[1:]]
     assert epochs.count("0") == 1 and epochs[-1] == "2", epochs
+
+
+def test_baseline_methods_train_evaluate_and_override_the_exit_knob(tmp_path):
+    cache = tmp_path / "cache"
+    data = [f"--data_dir={builtin_sst2_dir()}", "--task=sst2"]
+    pabee = tmp_path / "pabee"
+    dact_tf("train", *data, f"--model_dir={pabee}", "--method=pabee", "--patience=3", *TINY,
+            cache=cache)
+    config = json.loads((pabee / "dact_config.json").read_text())
+    assert config["method"] == "pabee" and config["model"]["patience"] == 3
+    means = []
+    for patience in (1, 3):
+        out = tmp_path / f"p{patience}.json"
+        dact_tf("evaluate", f"--model_dir={pabee}", f"--patience={patience}",
+                f"--output_json={out}", cache=cache)
+        results = json.loads(out.read_text())
+        # PABEE with patience p runs at least p + 1 blocks (or all 4).
+        assert results["mean_layers_executed"] >= min(patience + 1, 4)
+        means.append(results["mean_layers_executed"])
+    assert means[0] <= means[1]
+    # DeeBERT: two stages, the first one saved for resuming.
+    deebert = tmp_path / "deebert"
+    dact_tf("train", *data, f"--model_dir={deebert}", "--method=deebert", *TINY, cache=cache)
+    assert (deebert / "deebert_stage1.weights.h5").exists()
+    assert (deebert / "checkpoints" / "epoch_stage2_01.weights.h5").exists()
+    # Static truncation keeps k blocks.
+    static = tmp_path / "static"
+    dact_tf("train", *data, f"--model_dir={static}", "--method=static", "--num_layers=2",
+            *TINY, cache=cache)
+    proc = dact_tf("predict", f"--model_dir={static}", "--text=fine", cache=cache)
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["layers_executed"] == 2
+    # Resuming a model dir with another method is refused.
+    proc = dact_tf("train", *data, f"--model_dir={static}", "--method=pabee", *TINY,
+                   cache=cache, check=False)
+    assert proc.returncode == 1 and "different run" in proc.stderr
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"method": "earlyexit9000"}, "does not know"),
+    ({"dact_tf_version": "99.0.0"}, "newer than this dact_tf"),
+])
+def test_model_dir_from_an_unknown_method_or_newer_version(trained, tmp_path, change, message):
+    import shutil
+
+    root, model_dir = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(model_dir, copy)
+    config = json.loads((copy / "dact_config.json").read_text())
+    config.update(change)
+    (copy / "dact_config.json").write_text(json.dumps(config))
+    proc = dact_tf("evaluate", f"--model_dir={copy}", cache=root / "cache", check=False)
+    assert proc.returncode == 1 and message in proc.stderr
+    assert "Traceback" not in proc.stderr

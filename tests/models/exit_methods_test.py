@@ -1,0 +1,202 @@
+"""The early-exit baselines (PABEE, DeeBERT, static) on DACT's heads and loop."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dact_tf.models.dact_classifier import DactClassifier
+from dact_tf.ops import exit_ops
+from tests import testing
+
+NUM_LAYERS = 4
+
+
+def _model(method, seed=0, task="classification", num_classes=3, **kwargs):
+    return DactClassifier(
+        testing.tiny_backbone(num_layers=NUM_LAYERS, seed=seed),
+        num_classes=num_classes,
+        task=task,
+        output_range=(0.0, 5.0) if task == "regression" else None,
+        method=method,
+        dropout=0.0,
+        **kwargs,
+    )
+
+
+def _numpy_entropy(p):
+    p = np.asarray(p, np.float64)
+    return -(p * np.log(np.maximum(p, 1e-12))).sum(-1)
+
+
+def _numpy_exits(method, answers, patience=None, threshold=None, tolerance=None,
+                 regression=False):
+    """Reference exit block (1-based) and answer per example, from `[N, b, C]` answers."""
+    n_layers, batch = answers.shape[:2]
+    exits = np.full(batch, n_layers)
+    for i in range(batch):
+        previous, count = None, 0
+        for n in range(n_layers):
+            y = answers[n, i]
+            if method == "deebert" and _numpy_entropy(y) < threshold:
+                exits[i] = n + 1
+                break
+            if method == "pabee":
+                pred = y[0] if regression else int(np.argmax(y))
+                same = previous is not None and (
+                    abs(pred - previous) < tolerance if regression else pred == previous)
+                count = count + 1 if same else 0
+                previous = pred
+                if count >= patience:
+                    exits[i] = n + 1
+                    break
+    chosen = answers[exits - 1, np.arange(batch)]
+    return exits, chosen
+
+
+def test_entropy_and_pabee_ops_against_numpy():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(4), size=16).astype("float32")
+    np.testing.assert_allclose(exit_ops.entropy(p).numpy(), _numpy_entropy(p), rtol=1e-5)
+    np.testing.assert_array_equal(
+        exit_ops.deebert_exits(p, 1.0).numpy(), _numpy_entropy(p) < 1.0)
+    # Predictions 0, 0, 1, 1, 1 -> counts 0, 1, 0, 1, 2.
+    seq = [[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9], [0.4, 0.6]]
+    previous, count, counts = tf.constant([-1.0]), tf.constant([0.0]), []
+    for y in seq:
+        previous, count = exit_ops.pabee_update(tf.constant([y]), previous, count)
+        counts.append(float(count[0]))
+    assert counts == [0.0, 1.0, 0.0, 1.0, 2.0]
+    assert exit_ops.pabee_exits(tf.constant([1.0, 2.0]), 2).numpy().tolist() == [False, True]
+
+
+@pytest.mark.parametrize("method, knob", [
+    ("pabee", {"patience": 1}),
+    ("pabee", {"patience": 2}),
+    ("deebert", None),
+    ("static", {}),
+])
+def test_early_exit_loop_matches_numpy_reference(method, knob):
+    model = _model(method, seed=1, halting_bias=0.0, num_classes=2)
+    feats = testing.random_features(64, seq_len=12, seed=7)
+    trace = model.trace(feats)
+    answers = trace["answers"].numpy()
+    if knob is None:  # DeeBERT: a threshold that splits the examples
+        ent = _numpy_entropy(answers)
+        knob = {"entropy_threshold": float(np.quantile(ent, 0.3))}
+    model.configure_exit(**knob)
+    out = model.predict(feats, batch_size=32, verbose=0)
+    exits, chosen = _numpy_exits(method, answers, patience=knob.get("patience"),
+                                 threshold=knob.get("entropy_threshold"))
+    np.testing.assert_array_equal(out["layers_executed"], exits)
+    np.testing.assert_allclose(out["probabilities"], chosen, atol=1e-5)
+    np.testing.assert_array_equal(out["predictions"], chosen.argmax(-1))
+    np.testing.assert_array_equal(out["ponder_cost"], 0.0)
+    # The trace's exits are the loop's.
+    np.testing.assert_array_equal(model.trace(feats)["exit_layers"].numpy(), exits)
+    if method == "static":
+        assert (exits == NUM_LAYERS).all()
+    else:
+        assert len(set(exits.tolist())) > 1, "the exits should vary in this test"
+    # Full depth answers with the last block's head.
+    full = model(feats, full_depth=True)
+    np.testing.assert_allclose(full["probabilities"], answers[-1], atol=1e-6)
+
+
+def test_pabee_regression_uses_the_tolerance():
+    model = _model("pabee", task="regression", regression_tolerance=0.2, patience=1)
+    feats = testing.random_features(48, seed=2)
+    answers = model.trace(feats)["answers"].numpy()
+    out = model.predict(feats, batch_size=16, verbose=0)
+    exits, chosen = _numpy_exits("pabee", answers, patience=1, tolerance=0.2,
+                                 regression=True)
+    np.testing.assert_array_equal(out["layers_executed"], exits)
+    np.testing.assert_allclose(out["scores"], chosen[:, 0], atol=1e-5)
+
+
+def test_static_truncation_keeps_the_first_blocks():
+    full = _model("dact", seed=4)
+    truncated = _model("static", seed=4, num_layers=2)
+    assert truncated.num_layers == 2
+    feats = testing.random_features(8, seed=1)
+    # The truncated model's blocks are the backbone's first two.
+    assert truncated.encoder.blocks == list(truncated.backbone.transformer_layers[:2])
+    out = truncated.predict(feats, verbose=0)
+    assert (out["layers_executed"] == 2).all()
+    trainable = {v.path for v in truncated.trainable_variables}
+    assert not any("transformer_layer_3" in p for p in trainable)
+    assert full.num_layers == NUM_LAYERS
+
+
+def _fit_once(model, feats, labels, epochs=1):
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(feats, labels, batch_size=16, epochs=epochs, verbose=0, shuffle=False)
+
+
+def test_pabee_loss_is_the_index_weighted_mean_of_block_losses():
+    model = _model("pabee", num_classes=2)
+    model.compile(optimizer="sgd")
+    feats, labels = testing.synthetic_task(16, seed=1)
+    y_pred = model(feats, training=True)
+    loss = float(model.compute_loss(x=feats, y=labels, y_pred=y_pred))
+    answers = y_pred["block_answers"].numpy()
+    per_block = [-np.log(a[np.arange(16), labels]).mean() for a in answers]
+    weights = np.arange(1, NUM_LAYERS + 1)
+    assert loss == pytest.approx((weights * per_block).sum() / weights.sum(), rel=1e-4)
+
+
+def test_deebert_second_stage_trains_only_the_exit_heads():
+    model = _model("deebert", num_classes=2)
+    feats, labels = testing.synthetic_task(64, seed=2)
+    _fit_once(model, feats, labels)
+    backbone_before = [w.copy() for w in model.backbone.get_weights()]
+    heads = model.encoder.heads
+    last_before = heads.answer_kernel.numpy()[-1].copy()
+    inner_before = heads.answer_kernel.numpy()[:-1].copy()
+    model.start_second_stage()
+    _fit_once(model, feats, labels)
+    for a, b in zip(backbone_before, model.backbone.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(heads.answer_kernel.numpy()[-1], last_before)
+    assert np.abs(heads.answer_kernel.numpy()[:-1] - inner_before).max() > 1e-4
+    with pytest.raises(ValueError, match="two stages"):
+        _model("pabee").start_second_stage()
+
+
+@pytest.mark.parametrize("method", ["pabee", "deebert", "static"])
+def test_keras_round_trip_keeps_the_method(method, tmp_path):
+    model = _model(method, num_layers=3, patience=3, entropy_threshold=0.5)
+    feats = testing.random_features(16, seed=9)
+    before = model.predict(feats, verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert loaded.method == method and loaded.num_layers == 3
+    assert loaded.encoder.patience == 3 and loaded.encoder.entropy_threshold == 0.5
+    after = loaded.predict(feats, verbose=0)
+    for key in before:
+        np.testing.assert_allclose(after[key], before[key], atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "early"}, "`method` must be one of"),
+    ({"method": "deebert", "task": "regression"}, "classification only"),
+    ({"method": "deebert", "shared_heads": True}, "per-block heads"),
+    ({"method": "pabee", "patience": 0}, "`patience` must be an integer >= 1"),
+    ({"method": "deebert", "entropy_threshold": -0.1}, "`entropy_threshold` must be >= 0"),
+    ({"method": "static", "num_layers": 9}, r"`num_layers` must be an integer in \[1, 4\]"),
+])
+def test_bad_arguments_are_rejected(kwargs, message):
+    kwargs = dict(kwargs)
+    method = kwargs.pop("method")
+    task = kwargs.pop("task", "classification")
+    with pytest.raises(ValueError, match=message):
+        _model(method, task=task, **kwargs)
+
+
+def test_configure_exit_rejects_bad_values():
+    model = _model("pabee")
+    with pytest.raises(ValueError, match="patience"):
+        model.configure_exit(patience=0)
+    with pytest.raises(ValueError, match="entropy_threshold"):
+        model.configure_exit(entropy_threshold=-1)
