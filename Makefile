@@ -30,7 +30,10 @@ test-large: venv
 	$(PY) -m pytest $(PYTEST_ARGS) --run_large tests
 
 bench: venv
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m benchmarks.overhead_benchmark
+	$(PY) -m benchmarks.distribute_benchmark
+	$(PY) -m benchmarks.soak_benchmark
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -45,6 +45,8 @@ setuptools.setup(
             "hypothesis>=6.100",
             "tensorflow-serving-api>=2.21,<2.22",
         ],
+        # Plots of the benchmark studies.
+        "bench": ["matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["dact-tf=dact_tf.cli.main:run"]},
     classifiers=[

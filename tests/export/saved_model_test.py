@@ -14,6 +14,7 @@ from dact_tf.export import existing_versions
 from dact_tf.export import export_saved_model
 from dact_tf.export import read_metadata
 from dact_tf.export import saved_model as saved_model_lib
+from dact_tf.models import DactClassifier
 from tests.export.conftest import LABELS
 from tests.export.conftest import MAX_LEN
 from tests.export.conftest import NUM_LAYERS
@@ -22,6 +23,7 @@ from tests.export.conftest import int32_features
 from tests.export.conftest import make_model
 from tests.export.conftest import run_fresh_python
 from tests.export.conftest import small_vocabulary
+from tests.testing import tiny_backbone
 
 INPUTS = ("token_ids", "padding_mask", "segment_ids")
 
@@ -351,3 +353,61 @@ def test_vocabulary_written_with_text_export(text_export):
     assert saved_model_lib.METADATA_FILENAME in os.listdir(
         os.path.join(text_export, "assets.extra")
     )
+
+
+_EXPORT_FOREVER = """
+import sys
+from tests.export.conftest import NUM_LAYERS
+from tests.testing import tiny_backbone
+from dact_tf.export import export_saved_model
+from dact_tf.models import DactClassifier
+
+model = DactClassifier(tiny_backbone(num_layers=NUM_LAYERS), num_classes=3)
+while True:  # versions 1, 2, ... until killed
+    print(export_saved_model(model, sys.argv[1]), flush=True)
+"""
+
+
+def test_export_killed_part_way_leaves_complete_versions_only(tmp_path):
+    import signal
+    import time
+
+    base = tmp_path / "exports"
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-c", _EXPORT_FOREVER, str(base)],
+                            cwd=repo, env=dict(os.environ, PYTHONPATH=repo),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        # Wait for version 1, then kill while a later version is being written.
+        assert proc.stdout.readline().strip().endswith("1"), "no first export"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if any(name.startswith(".tmp-dact-export-") for name in os.listdir(base)):
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("no export in progress to kill")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # Only whole versions are visible, and each loads and answers.
+    versions = existing_versions(str(base))
+    assert versions and versions == list(range(1, len(versions) + 1))
+    for v in versions:
+        fn = tf.saved_model.load(str(base / str(v))).signatures["serving_default"]
+        out = fn(token_ids=tf.constant([[2, 5, 3]]), padding_mask=tf.constant([[1, 1, 1]]),
+                 segment_ids=tf.constant([[0, 0, 0]]))
+        assert out["layers_executed"].shape == (1,)
+    # The killed export's leftover is hidden; the next export takes the next number.
+    classifier = DactClassifier(tiny_backbone(num_layers=2), num_classes=2)
+    path = export_saved_model(classifier, str(base))
+    assert os.path.basename(path) == str(versions[-1] + 1)
+
+
+def test_wrong_dtype_is_rejected_by_the_signature(plain_export):
+    fn = tf.saved_model.load(plain_export).signatures["serving_default"]
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="int32"):
+        fn(token_ids=tf.constant([[2.0, 5.0, 3.0]]), padding_mask=tf.constant([[1, 1, 1]]),
+           segment_ids=tf.constant([[0, 0, 0]]))
