@@ -44,8 +44,11 @@ def small_tokenizer():
     )
 
 
-def make_model(task="classification", seed=0, pooling="cls"):
-    """A random tiny DactClassifier whose heads exit at varied blocks."""
+def make_model(task="classification", seed=0, pooling="cls", **kwargs):
+    """A random tiny DactClassifier whose heads exit at varied blocks.
+
+    `kwargs` go to `DactClassifier` (e.g. `method="pabee"`).
+    """
     backbone = tiny_backbone(
         num_layers=NUM_LAYERS, vocabulary_size=VOCAB_SIZE, max_len=MAX_LEN, seed=seed
     )
@@ -57,6 +60,7 @@ def make_model(task="classification", seed=0, pooling="cls"):
             halting_bias=-2.0,
             dropout=0.0,
             pooling=pooling,
+            **kwargs,
         )
     return DactClassifier(
         backbone,
@@ -65,6 +69,7 @@ def make_model(task="classification", seed=0, pooling="cls"):
         halting_bias=-2.0,
         dropout=0.0,
         pooling=pooling,
+        **kwargs,
     )
 
 

@@ -122,6 +122,25 @@ def test_tflite_with_mean_pooling(tmp_path, task):
     np.testing.assert_array_equal(got["layers_executed"], want["layers_executed"])
 
 
+@pytest.mark.parametrize("task, kwargs", [
+    ("classification", {"method": "pabee", "patience": 1}),
+    ("regression", {"method": "pabee", "patience": 1, "regression_tolerance": 0.5}),
+    ("classification", {"method": "deebert", "entropy_threshold": 1.05}),
+    ("classification", {"method": "static", "num_layers": 2}),
+])
+def test_tflite_baselines_convert_and_match(tmp_path, task, kwargs):
+    # The baselines' exit tests stay within TFLite builtins, with the same exits.
+    model = make_model(task, seed=2, **kwargs)
+    path = export_tflite(model, str(tmp_path / "baseline.tflite"))
+    features = int32_features(48, seed=5)
+    got, want = _run(path, "serving_default", features), model(features)
+    key = "scores" if task == "regression" else "probabilities"
+    np.testing.assert_allclose(got[key], want[key], atol=1e-5)
+    np.testing.assert_array_equal(got["layers_executed"], want["layers_executed"])
+    if kwargs["method"] != "static":
+        assert len(set(np.asarray(want["layers_executed"]).tolist())) > 1
+
+
 def test_tflite_has_no_input_checks(tflite_files, plain_export):
     """Bad ids are not validated in TFLite: out-of-range gathers fail."""
     ok = int32_features(1, seed=1)
