@@ -16,7 +16,8 @@ on `--timing_examples` dev examples, interleaved (the measured speedup).
 
 Every trained model is a directory under `--out_dir/<task>/`; every
 evaluated point writes `points/<name>.json`. Finished points and models are
-skipped, so an interrupted study resumes where it stopped. Writes
+skipped, so an interrupted study resumes where it stopped. The tables hold
+every finished point under `--out_dir` (all tasks). Writes
 `results/exit_study.csv`, `EXIT_STUDY.md` and `exit_study_<task>.png`
 (metric against mean blocks executed, one curve per method) next to this
 file.
@@ -173,7 +174,6 @@ def main(argv):
     from dact_tf import train_lib
     from dact_tf.models import backbones
 
-    rows = []
     for task in FLAGS.tasks:
         _, tokenizer = backbones.load_backbone(FLAGS.backbone, max_sequence_length=FLAGS.max_seq_length)
         pre = backbones.make_preprocessor(tokenizer, sequence_length=FLAGS.max_seq_length)
@@ -189,9 +189,21 @@ def main(argv):
                     logging.info("Evaluating %s %s %s=%g", task, name, knob_name, value)
                     train_lib.write_json(path, _point(task, method, knob_name, value,
                                                       model_dir, dev, timing))
-                with open(path) as f:
-                    rows.append(json.load(f))
-                _write_outputs(rows)
+                _write_outputs(_collect_rows())
+
+
+def _collect_rows():
+    """Every finished point under --out_dir (all tasks, not only this run's)."""
+    import glob
+
+    order = {m: i for i, m in enumerate(("static", "dact", "pabee", "deebert"))}
+    tasks = list(METRIC)
+    rows = []
+    for path in glob.glob(os.path.join(FLAGS.out_dir, "*", "points", "*.json")):
+        with open(path) as f:
+            rows.append(json.load(f))
+    return sorted(rows, key=lambda r: (tasks.index(r["task"]) if r["task"] in tasks else 99,
+                                       order.get(r["method"], 9), r["value"]))
 
 
 def _with_common_baseline(rows):
@@ -231,7 +243,8 @@ def _write_outputs(rows):
     lines = [
         "# Early-exit methods on GLUE dev: DACT vs PABEE, DeeBERT, static truncation",
         "",
-        "Command (from the repository root):",
+        "Command of the last run (from the repository root; the table also holds the points "
+        "that earlier runs with other `--tasks`/`--methods` left in `--out_dir`):",
         "",
         "    PYTHONPATH=. python -m benchmarks.exit_study "
         + " ".join(shlex.quote(a) for a in sys.argv[1:]),
