@@ -39,9 +39,11 @@ def test_mirrored_matches_one_device(tmp_path):
     np.testing.assert_allclose(r["losses_mirrored"], r["losses_one_device"], rtol=1e-5)
     assert r["weights_moved"] > 0.1  # it really trained
     assert r["weight_diff"] < 1e-5
-    for key in ("accuracy", "layers_executed", "loss", "ponder_cost"):
+    for key in ("accuracy", "layers_executed", "loss", "ponder_cost", "logged_mean_layers",
+                "tau"):
         assert r["metrics_mirrored"][key] == pytest.approx(r["metrics_one_device"][key], rel=1e-5)
     assert r["metrics_one_device"]["layers_executed"] < 3  # early exit ran per replica
+    assert r["metrics_mirrored"]["tau"] == pytest.approx(0.1)  # the scheduler ran
     # Checkpoints saved under one strategy load under the other.
     assert r["cross_load_one_device"] < 1e-6
     assert r["cross_load_mirrored"] < 1e-6

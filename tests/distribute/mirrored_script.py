@@ -24,6 +24,7 @@ tf.config.set_logical_device_configuration(
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from dact_tf import callbacks as dact_callbacks  # noqa: E402
 from dact_tf import distribute  # noqa: E402
 from dact_tf.models.dact_classifier import DactClassifier  # noqa: E402
 from tests import testing  # noqa: E402
@@ -59,11 +60,20 @@ def dataset():
     return tf.data.Dataset.from_tensor_slices((FEATURES, LABELS)).batch(GLOBAL_BATCH)
 
 
-def train(strategy, weights):
+def train(strategy, weights, log_dir):
     model = build(strategy, weights)
     losses = StepLosses()
-    model.fit(dataset(), epochs=1, verbose=0, callbacks=[losses])
+    callbacks = [
+        losses,
+        # tau changes every step (a variable assigned from a callback), and
+        # the halting statistics run the early-exit loop per replica.
+        dact_callbacks.TauScheduler(dact_callbacks.LinearTauWarmup(0.1, STEPS // 2)),
+        dact_callbacks.PonderCostLogger(dataset(), log_dir=log_dir),
+    ]
+    history = model.fit(dataset(), epochs=1, verbose=0, callbacks=callbacks)
     metrics = model.evaluate(dataset(), verbose=0, return_dict=True)
+    metrics["logged_mean_layers"] = history.history["mean_layers_executed"][-1]
+    metrics["tau"] = model.tau
     return model, losses.losses, metrics
 
 
@@ -75,14 +85,14 @@ def main(out_path):
     mirrored = distribute.get_strategy("mirrored")
     assert mirrored.num_replicas_in_sync == 2, mirrored.num_replicas_in_sync
     initial = build(one).get_weights()
-    m1, losses1, metrics1 = train(one, initial)
-    m2, losses2, metrics2 = train(mirrored, initial)
+    tmp = os.path.dirname(out_path)
+    m1, losses1, metrics1 = train(one, initial, os.path.join(tmp, "tb_one"))
+    m2, losses2, metrics2 = train(mirrored, initial, os.path.join(tmp, "tb_mirrored"))
     w1, w2 = m1.get_weights(), m2.get_weights()
     weight_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(w1, w2))
     moved = max(float(np.max(np.abs(a - b))) for a, b in zip(initial, w1))
 
     # Checkpoints cross strategies: mirrored -> one device and back.
-    tmp = os.path.dirname(out_path)
     path = os.path.join(tmp, "mirrored.weights.h5")
     m2.save_weights(path)
     loaded = build(one)
