@@ -92,6 +92,7 @@ class ModelConfig:
     patience: int = 2
     entropy_threshold: float = 0.3
     num_layers: int = None
+    init_from: str = None
 
 
 @dataclasses.dataclass
@@ -330,6 +331,8 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
             num_layers=model_config.num_layers,
         )
         _compile(model, train_config)
+    if model_config.init_from:
+        _warm_start(model, model_config.init_from)
     datasets = {
         split: _shard_by_data(ds)
         for split, ds in make_datasets(data_config, preprocessor, label_names).items()
@@ -393,6 +396,31 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
         history = fit(1)
     save_model_dir(model_dir, model, tokenizer, config)
     return model, preprocessor, history
+
+
+def _warm_start(model, source):
+    """Loads the weights of another trained model with the same architecture.
+
+    `source` is a model directory, a `.keras` file or a `.weights.h5` file,
+    e.g. a `--method=static` full-depth model: a warm-up stage of plain
+    fine-tuning before DACT training. Only a fresh run warm-starts; a
+    resumed one continues from its own backup.
+    """
+    if os.path.isdir(source):
+        source = os.path.join(source, MODEL_FILE)
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"--init_from {source} does not exist.")
+    # tau and head_loss_weight are settings stored as variables: keep this
+    # run's, not the source's.
+    settings = (model.tau, model.head_loss_weight)
+    try:
+        model.load_weights(source)
+    except ValueError as e:
+        raise ValueError(
+            f"--init_from {source}: its weights do not fit this model ({e}). It must "
+            "come from the same backbone, number of classes and blocks."
+        ) from None
+    model.tau, model.head_loss_weight = settings
 
 
 def _compile(model, train_config):

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from dact_tf.data import builtin_sst2_dir
@@ -183,3 +184,23 @@ def test_model_dir_from_an_unknown_method_or_newer_version(trained, tmp_path, ch
     proc = dact_tf("evaluate", f"--model_dir={copy}", cache=root / "cache", check=False)
     assert proc.returncode == 1 and message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_warm_start_from_another_model(trained, tmp_path):
+    root, model_dir = trained
+    warm = tmp_path / "warm"
+    dact_tf("train", "--task=sst2", f"--data_dir={builtin_sst2_dir()}", f"--model_dir={warm}",
+            f"--init_from={model_dir}", "--tau=0.02", "--head_loss_weight=0.5",
+            *TINY[:-1], "--learning_rate=0", cache=root / "cache")
+    # Learning rate 0: the warm-started model is the source model.
+    import keras
+
+    source = keras.models.load_model(model_dir / "model.keras")
+    target = keras.models.load_model(warm / "model.keras")
+    for a, b in zip(source.trainable_weights, target.trainable_weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert target.head_loss_weight == 0.5  # this run's setting, not the source's
+    proc = dact_tf("train", "--task=sst2", f"--data_dir={builtin_sst2_dir()}",
+                   f"--model_dir={tmp_path / 'bad'}", f"--init_from={tmp_path / 'nothing'}",
+                   *TINY, cache=root / "cache", check=False)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
