@@ -3,7 +3,9 @@ r"""Accuracy vs blocks executed: DACT against PABEE, DeeBERT and static truncati
 For each task it trains, on the same backbone, data pipeline and budget
 (`dact_tf.train_lib.train`, what `dact-tf train --method=...` runs):
 
-- DACT at each `--taus` (one model per tau),
+- DACT at each `--taus` (one model per tau), and with `dact_warm` in
+  `--methods` also warm-started from the full-depth static model (a
+  warm-up stage of plain fine-tuning, DACT.md section 2),
 - PABEE once, evaluated at each `--patiences`,
 - DeeBERT once (two stages), evaluated at each `--entropy_thresholds`,
 - static truncation at each `--static_layers` k (one model per k; k = N is
@@ -43,12 +45,13 @@ from absl import logging  # noqa: E402
 from benchmarks import bench_utils  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+METHODS = ("static", "dact", "dact_warm", "pabee", "deebert")
 METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews_corrcoef",
           "stsb": "pearson", "qnli": "accuracy"}
 
 flags.DEFINE_string("glue_dir", "../shared/data/glue", "GLUE folder (<TASK>/{train,dev}.tsv).")
 flags.DEFINE_list("tasks", ["sst2"], "GLUE tasks.")
-flags.DEFINE_list("methods", ["static", "dact", "pabee", "deebert"], "Methods to run.")
+flags.DEFINE_list("methods", ["static", "dact", "pabee", "deebert"], f"Methods to run, from {METHODS}; dact_warm is DACT warm-started from the full-depth static model (run static first).")
 flags.DEFINE_list("taus", ["0.06", "0.15", "0.3"], "DACT: tau values.")
 flags.DEFINE_list("patiences", ["1", "2", "3", "4"], "PABEE: patience values.")
 flags.DEFINE_list("entropy_thresholds", ["0.05", "0.15", "0.3", "0.45", "0.6"], "DeeBERT: thresholds (nats).")
@@ -82,7 +85,7 @@ def _trained(task, name, model_config):
     from dact_tf import train_lib
 
     model_dir = os.path.join(FLAGS.out_dir, task, name)
-    reuse = os.path.join(FLAGS.reuse_dact_from or "", task, name)
+    reuse = os.path.join(FLAGS.reuse_dact_from or "", task, name)  # glue_study's dact_tau*
     if FLAGS.reuse_dact_from and os.path.exists(os.path.join(reuse, train_lib.MODEL_FILE)):
         model_dir = reuse
     elif not os.path.exists(os.path.join(model_dir, train_lib.MODEL_FILE)):
@@ -108,6 +111,12 @@ def _models(task):
             for tau in FLAGS.taus:
                 yield method, float(tau), f"dact_tau{float(tau):g}", train_lib.ModelConfig(
                     tau=float(tau), **common)
+        elif method == "dact_warm":
+            # A warm-up stage: DACT training starts from the full-depth static model.
+            full = os.path.join(FLAGS.out_dir, task, f"static_k{max(map(int, FLAGS.static_layers))}")
+            for tau in FLAGS.taus:
+                yield method, float(tau), f"dact_warm_tau{float(tau):g}", train_lib.ModelConfig(
+                    tau=float(tau), init_from=full, **common)
         elif method == "static":
             for k in FLAGS.static_layers:
                 yield method, int(k), f"static_k{int(k)}", train_lib.ModelConfig(
@@ -123,7 +132,7 @@ def _knobs(method, knob):
         return [("patience", int(p)) for p in FLAGS.patiences]
     if method == "deebert":
         return [("entropy_threshold", float(t)) for t in FLAGS.entropy_thresholds]
-    return [("tau" if method == "dact" else "k", knob)]
+    return [("tau" if method.startswith("dact") else "k", knob)]
 
 
 def _time_export(model, export_root, timing_batches):
@@ -196,7 +205,7 @@ def _collect_rows():
     """Every finished point under --out_dir (all tasks, not only this run's)."""
     import glob
 
-    order = {m: i for i, m in enumerate(("static", "dact", "pabee", "deebert"))}
+    order = {m: i for i, m in enumerate(METHODS)}
     tasks = list(METRIC)
     rows = []
     for path in glob.glob(os.path.join(FLAGS.out_dir, "*", "points", "*.json")):
@@ -291,7 +300,7 @@ def _plot(rows):
     for task in sorted({r["task"] for r in rows}):
         metric = METRIC.get(task, "accuracy")
         fig, ax = plt.subplots(figsize=(6, 4))
-        for method in ("static", "dact", "pabee", "deebert"):
+        for method in METHODS:
             pts = sorted((r["mean_layers_executed"], r[metric]) for r in rows
                          if r["task"] == task and r["method"] == method)
             if pts:
