@@ -526,7 +526,12 @@ def results_from_outputs(model, outputs, labels, metric_task):
         results = dict(dact_data.task_metrics(metric_task, labels, preds))
     layers = outputs["layers_executed"]
     n = model.num_layers
+    if model.method == "pabee":
+        results["patience"] = model.encoder.patience
+    elif model.method == "deebert":
+        results["entropy_threshold"] = model.encoder.entropy_threshold
     results.update(
+        method=model.method,
         mean_layers_executed=float(layers.mean()),
         num_layers=n,
         layers_histogram=np.bincount(layers, minlength=n + 1)[1:].tolist(),

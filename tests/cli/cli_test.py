@@ -54,6 +54,7 @@ def test_evaluate_and_predict(trained):
             cache=root / "cache")
     results = json.loads(out_json.read_text())
     assert results["num_examples"] == 48 and results["num_layers"] == 4
+    assert results["method"] == "dact"
     assert sum(results["layers_histogram"]) == 48
     assert results["mean_layers_executed"] >= 1.0
     assert results["mean_layers_executed"] <= 4.0
@@ -147,6 +148,7 @@ def test_baseline_methods_train_evaluate_and_override_the_exit_knob(tmp_path):
         dact_tf("evaluate", f"--model_dir={pabee}", f"--patience={patience}",
                 f"--output_json={out}", cache=cache)
         results = json.loads(out.read_text())
+        assert results["method"] == "pabee" and results["patience"] == patience
         # PABEE with patience p runs at least p + 1 blocks (or all 4).
         assert results["mean_layers_executed"] >= min(patience + 1, 4)
         means.append(results["mean_layers_executed"])
