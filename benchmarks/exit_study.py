@@ -8,6 +8,9 @@ For each task it trains, on the same backbone, data pipeline and budget
   warm-up stage of plain fine-tuning, DACT.md section 2),
 - PABEE once, evaluated at each `--patiences`,
 - DeeBERT once (two stages), evaluated at each `--entropy_thresholds`,
+- DACT's relaxed rule (`dact_relaxed`, no guarantee, no training): a
+  trained DACT model exits once its budget `p_n` is below each
+  `--relaxed_epsilons`,
 - static truncation at each `--static_layers` k (one model per k; k = N is
   the plain full-depth fine-tuned score with the same head and pooling).
 
@@ -45,7 +48,7 @@ from absl import logging  # noqa: E402
 from benchmarks import bench_utils  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-METHODS = ("static", "dact", "dact_warm", "dact_shared", "pabee", "deebert")
+METHODS = ("static", "dact", "dact_warm", "dact_shared", "dact_relaxed", "pabee", "deebert")
 METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews_corrcoef",
           "stsb": "pearson", "qnli": "accuracy"}
 
@@ -55,6 +58,8 @@ flags.DEFINE_list("methods", ["static", "dact", "pabee", "deebert"], f"Methods t
 flags.DEFINE_list("taus", ["0.06", "0.15", "0.3"], "DACT: tau values.")
 flags.DEFINE_list("patiences", ["1", "2", "3", "4"], "PABEE: patience values.")
 flags.DEFINE_list("entropy_thresholds", ["0.05", "0.15", "0.3", "0.45", "0.6"], "DeeBERT: thresholds (nats).")
+flags.DEFINE_string("relaxed_from", "dact_warm_tau0.3", "dact_relaxed: the trained DACT model (name under <out_dir>/<task>/) to evaluate with the relaxed rule.")
+flags.DEFINE_list("relaxed_epsilons", ["0.05", "0.1", "0.2", "0.3"], "dact_relaxed: exit once the budget p_n is below this (no guarantee).")
 flags.DEFINE_list("static_layers", ["1", "2", "3", "4", "6"], "Static: blocks kept.")
 flags.DEFINE_string("out_dir", "runs/exit_study", "Model directories and point results.")
 flags.DEFINE_string("reuse_dact_from", "runs/glue_study", "Reuse DACT models trained by glue_study with the same budget (<dir>/<task>/dact_tau<t>/); '' to always train.")
@@ -111,6 +116,9 @@ def _models(task):
             for tau in FLAGS.taus:
                 yield method, float(tau), f"dact_tau{float(tau):g}", train_lib.ModelConfig(
                     tau=float(tau), **common)
+        elif method == "dact_relaxed":
+            # No training: a trained DACT model with the relaxed (unguaranteed) rule.
+            yield method, None, FLAGS.relaxed_from, None
         elif method == "dact_shared":
             # One head shared by all blocks (DACT.md leaves it open).
             for tau in FLAGS.taus:
@@ -137,6 +145,8 @@ def _knobs(method, knob):
         return [("patience", int(p)) for p in FLAGS.patiences]
     if method == "deebert":
         return [("entropy_threshold", float(t)) for t in FLAGS.entropy_thresholds]
+    if method == "dact_relaxed":
+        return [("halting_epsilon", float(e)) for e in FLAGS.relaxed_epsilons]
     return [("tau" if method.startswith("dact") else "k", knob)]
 
 
@@ -172,6 +182,8 @@ def _point(task, method, knob_name, knob, model_dir, dev, timing_batches):
     model, _, _ = train_lib.load_model_dir(model_dir)
     if knob_name in ("patience", "entropy_threshold"):
         model.configure_exit(**{knob_name: knob})
+    elif knob_name == "halting_epsilon":
+        model.configure_exit(halting_rule="relaxed", halting_epsilon=knob)
     _, _, _, metric_task = train_lib.task_info(_data_config(task))
     result = train_lib.evaluate(model, dev, metric_task)
     result.update(_time_export(model, os.path.join(model_dir, "export_tmp"), timing_batches))

@@ -47,7 +47,8 @@ flags.DEFINE_float("tau", 0.06, "Ponder-cost weight: larger means fewer blocks."
 flags.DEFINE_float("tau_warmup_epochs", 1.0, "Grow tau linearly from 0 over this many epochs (0: constant tau).", lower_bound=0.0)
 flags.DEFINE_float("halting_bias", 1.0, "Initial bias of the halting units.")
 flags.DEFINE_boolean("shared_heads", False, "One DACT head shared by all blocks.")
-flags.DEFINE_enum("halting_rule", "tight", ["tight", "paper", "relaxed", "never"], "Inference halting rule.")
+flags.DEFINE_enum("halting_rule", "tight", ["tight", "paper", "relaxed", "never"], "Inference halting rule (evaluate/predict/export: override the trained one).")
+flags.DEFINE_float("halting_epsilon", None, "evaluate/predict/export with --halting_rule=relaxed: exit once the budget p_n is below this (no guarantee).", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float("regression_tolerance", 0.05, "Regression: largest score change early exit may cause.", lower_bound=0.0)
 flags.DEFINE_float("head_loss_weight", 1.0, "Weight of the per-block auxiliary loss that trains every head on the label (0: pure DACT).", lower_bound=0.0)
 flags.DEFINE_enum("pooling", "mean", ["cls", "mean"], "What the DACT heads read: the first token or the mean over tokens (all-MiniLM-L6-v2 was trained with mean pooling).")
@@ -120,17 +121,17 @@ def cmd_train():
 
 
 def _load_model():
-    """The trained model of --model_dir, with --patience/--entropy_threshold if given."""
+    """The trained model of --model_dir, with the exit flags given as overrides."""
     from dact_tf import train_lib
 
     model, preprocessor, config = train_lib.load_model_dir(_require("model_dir"))
-    if FLAGS["patience"].present or FLAGS["entropy_threshold"].present:
-        model.configure_exit(
-            patience=FLAGS.patience if FLAGS["patience"].present else None,
-            entropy_threshold=(
-                FLAGS.entropy_threshold if FLAGS["entropy_threshold"].present else None
-            ),
-        )
+    overrides = {
+        name: getattr(FLAGS, name)
+        for name in ("patience", "entropy_threshold", "halting_rule", "halting_epsilon")
+        if FLAGS[name].present
+    }
+    if overrides:
+        model.configure_exit(**overrides)
     return model, preprocessor, config
 
 

@@ -241,12 +241,18 @@ class DactClassifier(keras.Model):
         """`"dact"` or the baseline this model runs."""
         return self.encoder.method
 
-    def configure_exit(self, patience=None, entropy_threshold=None):
-        """Changes a baseline's exit knob after training (no retraining).
+    def configure_exit(
+        self, patience=None, entropy_threshold=None, halting_rule=None, halting_epsilon=None
+    ):
+        """Changes the exit criterion after training (no retraining).
 
         Args:
             patience: int >= 1, new `"pabee"` patience (None: unchanged).
             entropy_threshold: float >= 0, new `"deebert"` threshold.
+            halting_rule: DACT's rule (`"tight"`, `"paper"`, `"relaxed"`,
+                `"never"`); only the first two keep the guarantee.
+            halting_epsilon: float in [0, 1], the `"relaxed"` rule's budget
+                threshold: exit once `p_n < halting_epsilon`.
         """
         enc = self.encoder
         if patience is not None:
@@ -255,6 +261,16 @@ class DactClassifier(keras.Model):
             enc.patience = int(patience)
         if entropy_threshold is not None:
             enc.entropy_threshold = _non_negative("entropy_threshold", entropy_threshold)
+        if halting_rule is not None:
+            if halting_rule not in ops.HALTING_RULES:
+                raise ValueError(
+                    f"`halting_rule` must be one of {ops.HALTING_RULES}, got {halting_rule!r}."
+                )
+            enc.halting_rule = halting_rule
+        if halting_epsilon is not None:
+            if not 0.0 <= float(halting_epsilon) <= 1.0:
+                raise ValueError(f"`halting_epsilon` must be in [0, 1], got {halting_epsilon}.")
+            enc.halting_epsilon = float(halting_epsilon)
         # The compiled functions baked the old values in.
         self.predict_function = self.test_function = None
 

@@ -59,6 +59,11 @@ def test_evaluate_and_predict(trained):
     assert results["mean_layers_executed"] >= 1.0
     assert results["mean_layers_executed"] <= 4.0
     assert 0.0 <= results["accuracy"] <= 1.0
+    # The relaxed rule overrides the trained one: with epsilon 1 every example
+    # stops after block 1 (its budget p_1 = h_1 < 1).
+    dact_tf("evaluate", f"--model_dir={model_dir}", f"--output_json={out_json}",
+            "--halting_rule=relaxed", "--halting_epsilon=1.0", cache=root / "cache")
+    assert json.loads(out_json.read_text())["mean_layers_executed"] == 1.0
     proc = dact_tf("predict", f"--model_dir={model_dir}", "--text=a gripping , funny film .",
                    cache=root / "cache")
     row = json.loads(proc.stdout.strip().splitlines()[-1])

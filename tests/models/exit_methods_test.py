@@ -200,3 +200,18 @@ def test_configure_exit_rejects_bad_values():
         model.configure_exit(patience=0)
     with pytest.raises(ValueError, match="entropy_threshold"):
         model.configure_exit(entropy_threshold=-1)
+    with pytest.raises(ValueError, match="halting_rule"):
+        model.configure_exit(halting_rule="sometimes")
+    with pytest.raises(ValueError, match="halting_epsilon"):
+        model.configure_exit(halting_epsilon=1.5)
+
+
+def test_dact_relaxed_epsilon_exits_at_the_budget_threshold():
+    model = _model("dact", halting_bias=0.0)
+    feats = testing.random_features(32, seed=4)
+    budgets = model.trace(feats)["budgets"].numpy()  # [N, batch], decreasing
+    model.configure_exit(halting_rule="relaxed", halting_epsilon=0.3)
+    out = model.predict(feats, verbose=0)
+    expected = np.where((budgets < 0.3).any(0), (budgets < 0.3).argmax(0) + 1, NUM_LAYERS)
+    np.testing.assert_array_equal(out["layers_executed"], expected)
+    assert len(set(expected.tolist())) > 1
