@@ -48,13 +48,14 @@ from absl import logging  # noqa: E402
 from benchmarks import bench_utils  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-METHODS = ("static", "dact", "dact_warm", "dact_shared", "dact_relaxed", "pabee", "deebert")
+METHODS = ("static", "dact", "dact_warm", "dact_frozen", "dact_shared", "dact_relaxed", "pabee",
+           "deebert")
 METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews_corrcoef",
           "stsb": "pearson", "qnli": "accuracy"}
 
 flags.DEFINE_string("glue_dir", "../shared/data/glue", "GLUE folder (<TASK>/{train,dev}.tsv).")
 flags.DEFINE_list("tasks", ["sst2"], "GLUE tasks.")
-flags.DEFINE_list("methods", ["static", "dact", "pabee", "deebert"], f"Methods to run, from {METHODS}; dact_warm is DACT warm-started from the full-depth static model (run static first), dact_shared DACT with one head shared by all blocks.")
+flags.DEFINE_list("methods", ["static", "dact", "pabee", "deebert"], f"Methods to run, from {METHODS}; dact_warm is DACT warm-started from the full-depth static model (run static first), dact_frozen the same with the backbone frozen (heads only), dact_shared DACT with one head shared by all blocks.")
 flags.DEFINE_list("taus", ["0.06", "0.15", "0.3"], "DACT: tau values.")
 flags.DEFINE_list("patiences", ["1", "2", "3", "4"], "PABEE: patience values.")
 flags.DEFINE_list("entropy_thresholds", ["0.05", "0.15", "0.3", "0.45", "0.6"], "DeeBERT: thresholds (nats).")
@@ -124,12 +125,14 @@ def _models(task):
             for tau in FLAGS.taus:
                 yield method, float(tau), f"dact_shared_tau{float(tau):g}", train_lib.ModelConfig(
                     tau=float(tau), shared_heads=True, **common)
-        elif method == "dact_warm":
-            # A warm-up stage: DACT training starts from the full-depth static model.
+        elif method in ("dact_warm", "dact_frozen"):
+            # A warm-up stage: DACT training starts from the full-depth static
+            # model; dact_frozen then trains the DACT heads only.
             full = os.path.join(FLAGS.out_dir, task, f"static_k{max(map(int, FLAGS.static_layers))}")
             for tau in FLAGS.taus:
-                yield method, float(tau), f"dact_warm_tau{float(tau):g}", train_lib.ModelConfig(
-                    tau=float(tau), init_from=full, **common)
+                yield method, float(tau), f"{method}_tau{float(tau):g}", train_lib.ModelConfig(
+                    tau=float(tau), init_from=full, freeze_backbone=method == "dact_frozen",
+                    **common)
         elif method == "static":
             for k in FLAGS.static_layers:
                 yield method, int(k), f"static_k{int(k)}", train_lib.ModelConfig(

@@ -93,6 +93,7 @@ class ModelConfig:
     entropy_threshold: float = 0.3
     num_layers: int = None
     init_from: str = None
+    freeze_backbone: bool = False
 
 
 @dataclasses.dataclass
@@ -330,6 +331,9 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
             entropy_threshold=model_config.entropy_threshold,
             num_layers=model_config.num_layers,
         )
+        if model_config.freeze_backbone:
+            # Train the heads only (e.g. on a warm-started, fine-tuned backbone).
+            model.backbone.trainable = False
         _compile(model, train_config)
     if model_config.init_from:
         _warm_start(model, model_config.init_from)

@@ -57,6 +57,7 @@ flags.DEFINE_integer("patience", 2, "pabee: exit when the prediction held for th
 flags.DEFINE_float("entropy_threshold", 0.3, "deebert: exit when the prediction's entropy (nats) is below this (evaluate/predict/export: override).", lower_bound=0.0)
 flags.DEFINE_integer("num_layers", None, "Keep only the backbone's first N blocks (static truncation: --method=static --num_layers=k).", lower_bound=1)
 flags.DEFINE_integer("epochs", 3, "Training epochs (deebert: per stage).", lower_bound=1)
+flags.DEFINE_boolean("freeze_backbone", False, "Train the heads only; with --init_from a fine-tuned model, DACT learns to halt on fixed features (like DeeBERT's second stage).")
 flags.DEFINE_string("init_from", None, "Warm start: a trained model dir (or .keras / .weights.h5) with the same architecture, e.g. a --method=static full-depth model.")
 flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.", lower_bound=0.0)
 # Scale out.
@@ -108,7 +109,7 @@ def cmd_train():
         head_loss_weight=FLAGS.head_loss_weight, pooling=FLAGS.pooling,
         method=FLAGS.method, patience=FLAGS.patience,
         entropy_threshold=FLAGS.entropy_threshold, num_layers=FLAGS.num_layers,
-        init_from=FLAGS.init_from,
+        init_from=FLAGS.init_from, freeze_backbone=FLAGS.freeze_backbone,
     )
     train_config = train_lib.TrainConfig(
         epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
