@@ -207,6 +207,17 @@ def test_warm_start_from_another_model(trained, tmp_path):
     for a, b in zip(source.trainable_weights, target.trainable_weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert target.head_loss_weight == 0.5  # this run's setting, not the source's
+    # --freeze_backbone trains the heads only.
+    frozen = tmp_path / "frozen"
+    dact_tf("train", "--task=sst2", f"--data_dir={builtin_sst2_dir()}", f"--model_dir={frozen}",
+            f"--init_from={model_dir}", "--freeze_backbone", *TINY[:-1],
+            "--learning_rate=1e-2", cache=root / "cache")
+    heads = keras.models.load_model(frozen / "model.keras")
+    for a, b in zip(source.backbone.weights, heads.backbone.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    moved = np.abs(heads.encoder.heads.answer_kernel.numpy()
+                   - source.encoder.heads.answer_kernel.numpy()).max()
+    assert moved > 1e-4
     proc = dact_tf("train", "--task=sst2", f"--data_dir={builtin_sst2_dir()}",
                    f"--model_dir={tmp_path / 'bad'}", f"--init_from={tmp_path / 'nothing'}",
                    *TINY, cache=root / "cache", check=False)
