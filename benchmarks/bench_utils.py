@@ -73,3 +73,25 @@ def environment():
         "git_commit": git("rev-parse", "HEAD"),
         "dact_tf_uncommitted_changes": git("status", "--porcelain", "--", "dact_tf"),
     }
+
+
+NOTES_HEADING = "\n## Notes"
+
+
+def write_generated_markdown(path, text):
+    """Writes a generated results file, keeping its hand-written notes.
+
+    Everything from a `## Notes` heading on in the existing file is kept
+    after the newly generated `text`, so rerunning a study never loses the
+    analysis written under its table.
+    """
+    import os
+
+    notes = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        if NOTES_HEADING in old:
+            notes = old[old.index(NOTES_HEADING):]
+    with open(path, "w") as f:
+        f.write(text.rstrip("\n") + "\n" + notes)

@@ -25,6 +25,8 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
+from benchmarks import bench_utils  # noqa: E402
+
 flags.DEFINE_string("glue_dir", "../shared/data/glue", "GLUE folder (<TASK>/{train,dev}.tsv).")
 flags.DEFINE_list("tasks", ["sst2", "mrpc", "rte", "cola", "stsb"], "GLUE tasks.")
 flags.DEFINE_list("taus", ["0.03", "0.06", "0.1"], "DACT tau values.")
@@ -174,8 +176,7 @@ def _write_tables(rows):
         lines.append(f"| {r['task']} | {r['method']} | {tau} | {metrics} | "
                      f"{r['mean_layers_executed']:.2f} / {r['num_layers']} | "
                      f"{r['ideal_speedup']:.2f}x | {r['num_examples']} |")
-    with open(FLAGS.results_md, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    bench_utils.write_generated_markdown(FLAGS.results_md, "\n".join(lines))
 
 
 if __name__ == "__main__":
