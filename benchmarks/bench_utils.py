@@ -95,3 +95,9 @@ def write_generated_markdown(path, text):
             notes = old[old.index(NOTES_HEADING):]
     with open(path, "w") as f:
         f.write(text.rstrip("\n") + "\n" + notes)
+
+
+def apply_quick(flag_values, **values):
+    """Sets `--quick` smoke-run values on absl `flag_values` (names are flags)."""
+    for name, value in values.items():
+        setattr(flag_values, name, value)

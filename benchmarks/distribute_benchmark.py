@@ -131,15 +131,17 @@ def render_markdown(results):
         f"round; {results['rounds']} interleaved rounds; the table gives the median round. "
         "Ratios are against `one_device` from the same run.",
         "",
-        "| config | strategy | replicas | dtype policy | XLA | examples/s | vs one_device |",
-        "|---|---|---:|---|---|---:|---:|",
+        "| config | strategy | replicas | dtype policy | XLA | examples/s (median) | rounds min-max | vs one_device |",
+        "|---|---|---:|---|---|---:|---:|---:|",
     ]
     base = results["points"].get("one_device", {}).get("examples_per_second")
     for name, p in results["points"].items():
         ratio = f"{p['examples_per_second'] / base:.2f}x" if base else "n/a"
+        per_round = [results["batch_size"] * results["steps"] / t for t in p["round_s"]]
         lines.append(
             f"| {name} | {p['strategy']} | {p['replicas']} | {p['policy']} | "
-            f"{'yes' if p['jit_compile'] else 'no'} | {p['examples_per_second']:.1f} | {ratio} |"
+            f"{'yes' if p['jit_compile'] else 'no'} | {p['examples_per_second']:.1f} | "
+            f"{min(per_round):.1f}-{max(per_round):.1f} | {ratio} |"
         )
     lines += ["", *results.get("notes", [])]
     return "\n".join(lines) + "\n"

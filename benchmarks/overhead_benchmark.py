@@ -811,12 +811,12 @@ def write_markdown(path, block):
 
 
 def _apply_quick():
-    for name, value in dict(
+    bench_utils.apply_quick(
+        FLAGS,
         small_rounds=4, small_calls_per_round=2, large_rounds=2, train_rounds=2,
         train_warmup=1, pool_size=48, small_passes=1, large_batches=2,
         large_reps=1, calibration_size=64, small_warmup=2, large_warmup=1,
-    ).items():
-        setattr(FLAGS, name, value)
+    )
 
 
 def main(argv):

@@ -500,10 +500,10 @@ def markdown(results):
 
 
 def _apply_quick():
-    for name, value in dict(
+    bench_utils.apply_quick(
+        FLAGS,
         duration_s=4.0, slice_s=1.0, warmup_s=1.0, num_requests=24,
-    ).items():
-        setattr(FLAGS, name, value)
+    )
 
 
 def main(argv):
