@@ -359,9 +359,7 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
         # continues the stage it was in.
         suffix = "" if stage == 1 else f"_stage{stage}"
         cbs = [
-            keras.callbacks.BackupAndRestore(
-                os.path.join(model_dir, "backup" + suffix), save_freq=50
-            ),
+            _Backup(os.path.join(model_dir, "backup" + suffix), save_freq=50),
             dact_callbacks.PonderCostLogger(
                 datasets["validation"],
                 log_dir=os.path.join(model_dir, "tensorboard"),
@@ -425,6 +423,20 @@ def _warm_start(model, source):
             "come from the same backbone, number of classes and blocks."
         ) from None
     model.tau, model.head_loss_weight = settings
+
+
+class _Backup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that saves every `save_freq` batches *and* at every epoch end.
+
+    Keras saves either per epoch or per N batches; with N batches alone an
+    epoch shorter than N is never backed up, and a run killed after it
+    would start over.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self._batches_seen_since_last_saving = 0
+        self._save_model()
 
 
 def _compile(model, train_config):

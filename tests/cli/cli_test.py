@@ -122,11 +122,16 @@ def test_killed_training_resumes_where_it_stopped(tmp_path):
     env = dict(os.environ, DACT_TF_CACHE=str(tmp_path / "cache"), PYTHONPATH=REPO)
     proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    first = model_dir / "checkpoints" / "epoch_01.weights.h5"
+    history = model_dir / "history.csv"
+
+    def epochs_logged():
+        return history.read_text().count("\n") - 1 if history.exists() else 0
+
     deadline = time.time() + 240
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert first.exists(), "no epoch checkpoint before the deadline"
+    # Kill once epoch 0 is logged (its backup is written before the log).
+    while epochs_logged() < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert epochs_logged() >= 1, "epoch 0 did not finish before the deadline"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (model_dir / "model.keras").exists()  # it really was interrupted
