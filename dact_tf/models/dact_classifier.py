@@ -490,13 +490,17 @@ class DactClassifier(keras.Model):
         loss = super().compute_loss(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
         )
-        if block_answers is None or y is None or self.method == "static":
-            return loss  # evaluation, or a classifier on the last block only
+        n = self.num_layers
+        last_block_only = self.method == "static" or (
+            # DeeBERT: stage 1 trains on the last block; stage 2 the others.
+            self.method == "deebert" and (self.training_stage == 1 or n == 1)
+        )
+        if block_answers is None or y is None or last_block_only:
+            return loss  # evaluation, or a loss on the last block's answer only
         # Keras scales its own losses by 1 / replicas (gradients are summed
         # across replicas); the per-block losses must be scaled the same way.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         per_block = self._block_losses(y, block_answers) / float(replicas)
-        n = self.num_layers
         if self.method == "dact":
             return loss + self._head_loss_weight * tf.reduce_mean(per_block)
         if self.method == "pabee":
@@ -504,10 +508,7 @@ class DactClassifier(keras.Model):
             weights = tf.range(1, n, dtype=tf.float32)
             weighted = tf.reduce_sum(weights * per_block[:-1]) + n * loss
             return weighted / (n * (n + 1) / 2.0)
-        # DeeBERT: stage 1 trains on the last block; stage 2 the others.
-        if self.training_stage == 1 or n == 1:
-            return loss
-        return tf.reduce_mean(per_block[:-1])
+        return tf.reduce_mean(per_block[:-1])  # DeeBERT stage 2
 
     def _block_losses(self, y, block_answers):
         """`[num_layers]`: each block's own task loss, mean over examples."""
