@@ -69,6 +69,7 @@ flags.DEFINE_integer("max_train_examples", 1000, "Training examples per task.")
 flags.DEFINE_integer("max_seq_length", 64, "Tokens per example.")
 flags.DEFINE_integer("epochs", 2, "Epochs (DeeBERT: per stage).")
 flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.")
+flags.DEFINE_float("tau_warmup_epochs", 1.0, "DACT: epochs over which tau ramps up linearly from 0.")
 flags.DEFINE_integer("timing_examples", 256, "Dev examples timed per point (batch 32).")
 flags.DEFINE_integer("timing_repeats", 3, "Interleaved timing repeats (best of).")
 flags.DEFINE_string("results_md", os.path.join(HERE, "EXIT_STUDY.md"), "Markdown table.")
@@ -111,7 +112,7 @@ def _models(task):
     """`(method, knob, model name, ModelConfig)` per model to train."""
     from dact_tf import train_lib
 
-    common = dict(backbone=FLAGS.backbone)
+    common = dict(backbone=FLAGS.backbone, tau_warmup_epochs=FLAGS.tau_warmup_epochs)
     for method in FLAGS.methods:
         if method == "dact":
             for tau in FLAGS.taus:
@@ -282,7 +283,8 @@ def _write_outputs(rows):
         f"{', '.join(env['gpus']) or 'no GPU'}; {env['date_utc']}; commit "
         f"`{env['git_commit'][:10]}`. Backbone `{FLAGS.backbone}`; the first "
         f"{FLAGS.max_train_examples} training rows, {FLAGS.epochs} epochs (DeeBERT: per stage), "
-        f"sequence length {FLAGS.max_seq_length}, Adam {FLAGS.learning_rate:g}; full dev sets.",
+        f"sequence length {FLAGS.max_seq_length}, Adam {FLAGS.learning_rate:g}, DACT's tau ramped "
+        f"up over {FLAGS.tau_warmup_epochs:g} epochs; full dev sets.",
         "",
         "Columns: *blocks*, mean blocks executed on dev; *ideal*, N / blocks; *measured*, the "
         "exported SavedModel's `serving_default` against the same export's `full_depth` "
