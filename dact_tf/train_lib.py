@@ -536,10 +536,7 @@ def evaluate(model, dataset, metric_task):
 def results_from_outputs(model, outputs, labels, metric_task):
     """`evaluate`'s results from outputs of `predict_dataset` (early exit)."""
     preds = outputs["scores"] if model.task == "regression" else outputs["predictions"]
-    if metric_task == "custom":
-        results = {"accuracy": dact_data.accuracy(labels, preds)}
-    else:
-        results = dict(dact_data.task_metrics(metric_task, labels, preds))
+    results = _task_metrics(metric_task, labels, preds)
     layers = outputs["layers_executed"]
     n = model.num_layers
     if model.method == "pabee":
@@ -555,6 +552,117 @@ def results_from_outputs(model, outputs, labels, metric_task):
         num_examples=int(len(layers)),
     )
     return results
+
+
+def _task_metrics(metric_task, labels, preds):
+    if metric_task == "custom":
+        return {"accuracy": dact_data.accuracy(labels, preds)}
+    return dict(dact_data.task_metrics(metric_task, labels, preds))
+
+
+def per_block_report(model, dataset, metric_task):
+    """Where a model's accuracy goes, block by block: heads vs halting.
+
+    Runs every block on `dataset` (`model.trace`) and reports, for each block
+    n, the task metric of the block's own answer `y_n`; for DACT also the
+    metric of the accumulated answer `a_n` (the model's output is `a_N`),
+    the mean halting value `h_n` and the mean budget `p_n`; and how many
+    examples the exit rule stops after block n, with their accuracy
+    (regression: mean absolute error) at exit and of `y_n` alone. Heads that
+    are good while `a_N` is not mean the halting, not the heads, costs
+    accuracy (see `benchmarks/EXIT_STUDY.md`).
+
+    Args:
+        model: a `DactClassifier` (any `method`; its current exit settings).
+        dataset: `(features, labels)` batches, as `make_datasets` gives.
+        metric_task: the metric task name of `task_info` (a GLUE task,
+            `"classification"`, `"regression"` or `"custom"`).
+
+    Returns:
+        A dict: `num_layers`, `num_examples`, `method` and `blocks`, a list of
+        dicts with keys `block` (1-based), `head` (metrics of `y_n`),
+        `exits`, `exit_accuracy` or `exit_mae` (None where no example exits),
+        `exit_head_accuracy` or `exit_head_mae`, and for DACT `accumulated`
+        (metrics of `a_n`), `mean_halting` and `mean_budget`.
+
+    Example:
+    ```python
+    report = train_lib.per_block_report(model, dev, "sst2")
+    print(train_lib.format_per_block(report))
+    ```
+    """
+    fn = tf.function(model.trace)
+    keys = ("answers", "accumulated", "halting", "budgets", "exit_layers")
+    parts, labels = {k: [] for k in keys}, []
+    for features, y in dataset:
+        trace = fn(features)
+        for k in keys:
+            parts[k].append(trace[k].numpy())
+        labels.append(y.numpy())
+    if not labels:
+        raise ValueError("per_block_report got an empty dataset.")
+    axis = {"exit_layers": 0}
+    t = {k: np.concatenate(v, axis=axis.get(k, 1)) for k, v in parts.items()}
+    labels = np.concatenate(labels)
+    n, count = model.num_layers, len(labels)
+    regression = model.task == "regression"
+    dact = model.method == "dact"
+
+    def preds(answers):  # [..., batch, C] -> predictions
+        return answers[..., 0] if regression else answers.argmax(-1)
+
+    def subset_score(pred, rows):
+        if regression:
+            return float(np.abs(pred[rows] - labels[rows]).mean())
+        return float((pred[rows] == labels[rows]).mean())
+
+    # What the early-exit loop returns: a_exit for DACT, y_exit otherwise.
+    exit_index = t["exit_layers"] - 1
+    final = t["accumulated"] if dact else t["answers"]
+    output = preds(final[exit_index, np.arange(count)])
+    suffix = "mae" if regression else "accuracy"
+    blocks = []
+    for i in range(n):
+        head = preds(t["answers"][i])
+        rows = exit_index == i
+        row = {
+            "block": i + 1,
+            "head": _task_metrics(metric_task, labels, head),
+            "exits": int(rows.sum()),
+            f"exit_{suffix}": subset_score(output, rows) if rows.any() else None,
+            f"exit_head_{suffix}": subset_score(head, rows) if rows.any() else None,
+        }
+        if dact:
+            row["accumulated"] = _task_metrics(metric_task, labels, preds(t["accumulated"][i]))
+            row["mean_halting"] = float(t["halting"][i].mean())
+            row["mean_budget"] = float(t["budgets"][i].mean())
+        blocks.append(row)
+    return {"method": model.method, "num_layers": n, "num_examples": count, "blocks": blocks}
+
+
+def format_per_block(report):
+    """`per_block_report`'s result as a Markdown table (one row per block)."""
+    first = report["blocks"][0]
+    metric = next(iter(first["head"]))
+    suffix = "mae" if "exit_mae" in first else "accuracy"
+    dact = "accumulated" in first
+    header = ["block", f"head {metric}"]
+    header += [f"a_n {metric}", "mean h_n", "mean p_n"] if dact else []
+    header += ["exits", f"exit {suffix}", f"head {suffix} at exit"]
+
+    def fmt(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in report["blocks"]:
+        cells = [str(row["block"]), fmt(row["head"][metric])]
+        if dact:
+            cells += [fmt(row["accumulated"][metric]), fmt(row["mean_halting"]),
+                      fmt(row["mean_budget"])]
+        cells += [str(row["exits"]), fmt(row[f"exit_{suffix}"]),
+                  fmt(row[f"exit_head_{suffix}"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def measure_speedup(model, dataset, repeats=3):

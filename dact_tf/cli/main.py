@@ -67,6 +67,7 @@ flags.DEFINE_enum("mixed_precision", "none", ["none", "auto", "mixed_float16", "
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the training step (evaluation and early exit never use XLA).")
 # Evaluate / predict.
 flags.DEFINE_string("output_json", None, "Write the results here as JSON.")
+flags.DEFINE_boolean("per_block", False, "evaluate: also report every block's own metric, DACT's accumulated answer and halting, and where examples exit (is it the heads or the halting that costs accuracy?).")
 flags.DEFINE_string("text", None, "predict: one text.")
 flags.DEFINE_string("text_pair", None, "predict: the second text, for pair tasks.")
 flags.DEFINE_string("input_file", None, "predict: a file with one text per line (pairs: tab-separated).")
@@ -146,6 +147,9 @@ def cmd_evaluate():
         data_config, preprocessor, config["label_names"], splits=("validation",)
     )["validation"]
     results = train_lib.evaluate(model, dataset, metric_task)
+    if FLAGS.per_block:
+        results["per_block"] = train_lib.per_block_report(model, dataset, metric_task)
+        print(train_lib.format_per_block(results["per_block"]))
     print(json.dumps(results, indent=2, sort_keys=True))
     if FLAGS.output_json:
         train_lib.write_json(FLAGS.output_json, results)

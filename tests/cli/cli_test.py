@@ -50,10 +50,15 @@ def test_train_writes_a_complete_model_dir(trained):
 def test_evaluate_and_predict(trained):
     root, model_dir = trained
     out_json = root / "eval.json"
-    dact_tf("evaluate", f"--model_dir={model_dir}", f"--output_json={out_json}",
-            cache=root / "cache")
+    proc = dact_tf("evaluate", f"--model_dir={model_dir}", f"--output_json={out_json}",
+                   "--per_block", cache=root / "cache")
     results = json.loads(out_json.read_text())
     assert results["num_examples"] == 48 and results["num_layers"] == 4
+    # --per_block: one row per block, the same exits as the early-exit loop.
+    blocks = results["per_block"]["blocks"]
+    assert [b["exits"] for b in blocks] == results["layers_histogram"]
+    assert blocks[-1]["accumulated"]["accuracy"] >= 0.0
+    assert "| block | head accuracy | a_n accuracy |" in proc.stdout
     assert results["method"] == "dact"
     assert sum(results["layers_histogram"]) == 48
     assert results["mean_layers_executed"] >= 1.0

@@ -223,3 +223,62 @@ def test_keras_int8_quantization_keeps_the_guarantee():
     np.testing.assert_array_equal(after["predictions"], full["predictions"])
     np.testing.assert_allclose(after["probabilities"], before["probabilities"], atol=0.02)
     assert (after["layers_executed"] < model.num_layers).any()
+
+
+def _numpy_accumulate(answers, halting):
+    """DACT.md section 1 in NumPy: a_n and p_n from y_n and h_n."""
+    a, p = np.zeros_like(answers[0]), np.ones(answers.shape[1])
+    accumulated, budgets = [], []
+    for y, h in zip(answers, halting):
+        a = p[:, None] * y + (1 - p[:, None]) * a
+        p = p * h
+        accumulated.append(a)
+        budgets.append(p)
+    return np.stack(accumulated), np.stack(budgets)
+
+
+def test_per_block_report_matches_the_loop_and_a_numpy_reference(trained):
+    from dact_tf import train_lib
+
+    model, _, feats, labels = trained
+    data = dataset(feats, labels)
+    report = train_lib.per_block_report(model, data, "classification")
+    blocks = report["blocks"]
+    assert report["num_examples"] == len(labels) and len(blocks) == model.num_layers
+    # Exits are the early-exit loop's (an independent code path), and the
+    # exit accuracies add up to its accuracy.
+    preds = model.predict(data, verbose=0)
+    hist = np.bincount(preds["layers_executed"], minlength=model.num_layers + 1)[1:]
+    assert [b["exits"] for b in blocks] == hist.tolist()
+    correct = sum(b["exits"] * b["exit_accuracy"] for b in blocks if b["exits"])
+    np.testing.assert_allclose(correct / len(labels), (preds["predictions"] == labels).mean())
+    # Heads, a_n and p_n against NumPy from the per-block answers and halting.
+    trace = model.trace(feats)
+    answers, halting = trace["answers"].numpy(), trace["halting"].numpy()
+    accumulated, budgets = _numpy_accumulate(answers, halting)
+    full = tf.function(lambda f: model(f, full_depth=True))(feats)["predictions"].numpy()
+    np.testing.assert_allclose(blocks[-1]["accumulated"]["accuracy"], (full == labels).mean())
+    for i, b in enumerate(blocks):
+        np.testing.assert_allclose(b["head"]["accuracy"],
+                                   (answers[i].argmax(-1) == labels).mean())
+        np.testing.assert_allclose(b["accumulated"]["accuracy"],
+                                   (accumulated[i].argmax(-1) == labels).mean())
+        np.testing.assert_allclose(b["mean_budget"], budgets[i].mean(), rtol=1e-5)
+        np.testing.assert_allclose(b["mean_halting"], halting[i].mean(), rtol=1e-5)
+    table = train_lib.format_per_block(report).splitlines()
+    assert len(table) == 2 + model.num_layers and table[0].startswith("| block | head accuracy")
+
+
+def test_per_block_report_of_a_baseline_and_bad_input():
+    from dact_tf import train_lib
+
+    feats, labels = synthetic_task(96, seed=3)
+    model = DactClassifier(tiny_backbone(seed=3), num_classes=2, method="pabee", patience=1)
+    report = train_lib.per_block_report(model, dataset(feats, labels), "classification")
+    preds = model.predict(dataset(feats, labels), verbose=0)
+    hist = np.bincount(preds["layers_executed"], minlength=model.num_layers + 1)[1:]
+    assert [b["exits"] for b in report["blocks"]] == hist.tolist()
+    assert "accumulated" not in report["blocks"][0]  # DACT only
+    assert "a_n" not in train_lib.format_per_block(report)
+    with pytest.raises(ValueError, match="empty dataset"):
+        train_lib.per_block_report(model, dataset(feats, labels).take(0), "classification")
