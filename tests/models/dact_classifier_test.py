@@ -138,6 +138,18 @@ def test_regression():
     full = model(feats, full_depth=True)["scores"].numpy()
     assert np.abs(out["scores"] - full).max() <= 0.1 + 1e-5
     del rng
+    # The per-block report of a regression model: Pearson per block, and the
+    # exits' mean absolute errors add up to the early-exit loop's.
+    from dact_tf import train_lib
+
+    blocks = train_lib.per_block_report(model, dataset(feats, scores), "regression")["blocks"]
+    hist = np.bincount(out["layers_executed"], minlength=model.num_layers + 1)[1:]
+    assert [b["exits"] for b in blocks] == hist.tolist()
+    total = sum(b["exits"] * b["exit_mae"] for b in blocks if b["exits"])
+    np.testing.assert_allclose(total / len(scores), np.abs(out["scores"] - scores).mean(),
+                               rtol=1e-5)
+    assert {"pearson", "spearman"} <= set(blocks[0]["head"]) and "mean_budget" in blocks[0]
+    assert "exit mae" in train_lib.format_per_block({"blocks": blocks})
 
 
 def test_inputs_default_mask_and_segments():
