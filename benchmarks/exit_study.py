@@ -48,14 +48,15 @@ from absl import logging  # noqa: E402
 from benchmarks import bench_utils  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-METHODS = ("static", "dact", "dact_warm", "dact_frozen", "dact_shared", "dact_relaxed", "pabee",
-           "deebert")
+METHODS = ("static", "dact", "dact_warm", "dact_conf", "dact_frozen", "dact_shared", "dact_relaxed",
+           "pabee", "deebert")
 METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews_corrcoef",
           "stsb": "pearson", "qnli": "accuracy"}
 
 flags.DEFINE_string("glue_dir", "../shared/data/glue", "GLUE folder (<TASK>/{train,dev}.tsv).")
 flags.DEFINE_list("tasks", ["sst2"], "GLUE tasks.")
-flags.DEFINE_list("methods", ["static", "dact", "pabee", "deebert"], f"Methods to run, from {METHODS}; dact_warm is DACT warm-started from the full-depth static model (run static first), dact_frozen the same with the backbone frozen (heads only), dact_shared DACT with one head shared by all blocks.")
+flags.DEFINE_list("methods", ["static", "dact", "pabee", "deebert"], f"Methods to run, from {METHODS}; dact_warm is DACT warm-started from the full-depth static model (run static first), dact_frozen the same with the backbone frozen (heads only), dact_conf the same as dact_warm with halting units that also read their answer's confidence (--halting_confidence), dact_shared DACT with one head shared by all blocks.")
+flags.DEFINE_float("halting_confidence", -4.0, "dact_conf: the initial weight of each halting unit on its answer's confidence.")
 flags.DEFINE_list("taus", ["0.06", "0.15", "0.3"], "DACT: tau values.")
 flags.DEFINE_list("patiences", ["1", "2", "3", "4"], "PABEE: patience values.")
 flags.DEFINE_list("entropy_thresholds", ["0.05", "0.15", "0.3", "0.45", "0.6"], "DeeBERT: thresholds (nats).")
@@ -126,14 +127,16 @@ def _models(task):
             for tau in FLAGS.taus:
                 yield method, float(tau), f"dact_shared_tau{float(tau):g}", train_lib.ModelConfig(
                     tau=float(tau), shared_heads=True, **common)
-        elif method in ("dact_warm", "dact_frozen"):
+        elif method in ("dact_warm", "dact_frozen", "dact_conf"):
             # A warm-up stage: DACT training starts from the full-depth static
-            # model; dact_frozen then trains the DACT heads only.
+            # model; dact_frozen then trains the DACT heads only; dact_conf's
+            # halting units also read their answer's confidence.
             full = os.path.join(FLAGS.out_dir, task, f"static_k{max(map(int, FLAGS.static_layers))}")
+            confidence = FLAGS.halting_confidence if method == "dact_conf" else 0.0
             for tau in FLAGS.taus:
                 yield method, float(tau), f"{method}_tau{float(tau):g}", train_lib.ModelConfig(
                     tau=float(tau), init_from=full, freeze_backbone=method == "dact_frozen",
-                    **common)
+                    halting_confidence=confidence, **common)
         elif method == "static":
             for k in FLAGS.static_layers:
                 yield method, int(k), f"static_k{int(k)}", train_lib.ModelConfig(

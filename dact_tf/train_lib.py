@@ -82,6 +82,7 @@ class ModelConfig:
     tau: float = 0.06
     tau_warmup_epochs: float = 1.0
     halting_bias: float = 1.0
+    halting_confidence: float = 0.0
     shared_heads: bool = False
     halting_rule: str = "tight"
     regression_tolerance: float = 0.05
@@ -320,6 +321,7 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
             label_names=label_names,
             tau=model_config.tau,
             halting_bias=model_config.halting_bias,
+            halting_confidence=model_config.halting_confidence,
             shared_heads=model_config.shared_heads,
             halting_rule=model_config.halting_rule,
             regression_tolerance=model_config.regression_tolerance,

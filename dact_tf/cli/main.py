@@ -46,6 +46,7 @@ flags.DEFINE_string("backbone", "minilm_l6", "minilm_l6, tiny, a local Hugging F
 flags.DEFINE_float("tau", 0.06, "Ponder-cost weight: larger means fewer blocks.", lower_bound=0.0)
 flags.DEFINE_float("tau_warmup_epochs", 1.0, "Grow tau linearly from 0 over this many epochs (0: constant tau).", lower_bound=0.0)
 flags.DEFINE_float("halting_bias", 1.0, "Initial bias of the halting units.")
+flags.DEFINE_float("halting_confidence", 0.0, "DACT, classification: 0 (the paper's halting units) or the initial weight of each halting unit on its own answer's confidence (e.g. -4: confident answers start halting).")
 flags.DEFINE_boolean("shared_heads", False, "One DACT head shared by all blocks.")
 flags.DEFINE_enum("halting_rule", "tight", ["tight", "paper", "relaxed", "never"], "Inference halting rule (evaluate/predict/export: override the trained one).")
 flags.DEFINE_float("halting_epsilon", None, "evaluate/predict/export with --halting_rule=relaxed: exit once the budget p_n is below this (no guarantee).", lower_bound=0.0, upper_bound=1.0)
@@ -105,7 +106,8 @@ def cmd_train():
     model_dir = _require("model_dir")
     model_config = train_lib.ModelConfig(
         backbone=FLAGS.backbone, tau=FLAGS.tau, tau_warmup_epochs=FLAGS.tau_warmup_epochs,
-        halting_bias=FLAGS.halting_bias, shared_heads=FLAGS.shared_heads,
+        halting_bias=FLAGS.halting_bias, halting_confidence=FLAGS.halting_confidence,
+        shared_heads=FLAGS.shared_heads,
         halting_rule=FLAGS.halting_rule, regression_tolerance=FLAGS.regression_tolerance,
         head_loss_weight=FLAGS.head_loss_weight, pooling=FLAGS.pooling,
         method=FLAGS.method, patience=FLAGS.patience,

@@ -61,6 +61,9 @@ class DactEncoder(keras.layers.Layer):
         head_activation: the heads' hidden activation.
         shared_heads: bool, one head for all blocks.
         halting_bias: float, initial bias of the halting units.
+        halting_confidence: float, classification only: 0 (the paper's
+            halting units) or the initial weight with which each halting
+            unit also reads its answer's confidence (see `DactHeads`).
         head_dropout: float, dropout on the first-token vector in training.
         tau: float >= 0, the weight of the ponder cost. Stored in a
             non-trainable variable so callbacks can change it during `fit`.
@@ -119,6 +122,7 @@ class DactEncoder(keras.layers.Layer):
         head_activation="tanh",
         shared_heads=False,
         halting_bias=2.0,
+        halting_confidence=0.0,
         head_dropout=0.0,
         tau=1e-3,
         halting_rule="tight",
@@ -172,6 +176,7 @@ class DactEncoder(keras.layers.Layer):
         self.head_activation = head_activation
         self.shared_heads = bool(shared_heads)
         self.halting_bias = float(halting_bias)
+        self.halting_confidence = float(halting_confidence)
         self.head_dropout = float(head_dropout)
         self.initial_tau = float(tau)
         self.halting_rule = halting_rule
@@ -194,6 +199,7 @@ class DactEncoder(keras.layers.Layer):
             task=task,
             output_range=output_range,
             halting_bias=halting_bias,
+            halting_confidence=halting_confidence,
             dropout=head_dropout,
             name="heads",
         )
@@ -493,6 +499,7 @@ class DactEncoder(keras.layers.Layer):
                 "head_activation": self.head_activation,
                 "shared_heads": self.shared_heads,
                 "halting_bias": self.halting_bias,
+                "halting_confidence": self.halting_confidence,
                 "head_dropout": self.head_dropout,
                 "tau": self.initial_tau,
                 "halting_rule": self.halting_rule,

@@ -38,6 +38,15 @@ class DactHeads(keras.layers.Layer):
             the ponder cost then teaches it to halt.
         dropout: float, dropout on the first-token vector during training.
         kernel_initializer: initializer of the kernels.
+        halting_confidence: float, classification only (0 for the paper's
+            heads). When nonzero, each halting unit also reads its own
+            answer's confidence `c_n = (max_c y_n[c] - 1/C) / (1 - 1/C)`:
+            `h_n = sigmoid(W_h z_n + b_h + v_n c_n)`, with a trainable `v_n`
+            per head starting at this value (negative: confident answers
+            start halting). A linear `W_h z_n` cannot express "confident in
+            either class" (`|logit difference|` is not linear in `z_n`);
+            this term can. The recurrence, ponder cost and guarantee are
+            unchanged.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -74,6 +83,7 @@ class DactHeads(keras.layers.Layer):
         halting_bias=2.0,
         dropout=0.0,
         kernel_initializer="glorot_uniform",
+        halting_confidence=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -101,6 +111,11 @@ class DactHeads(keras.layers.Layer):
                 )
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {dropout}.")
+        if float(halting_confidence) != 0.0 and task != "classification":
+            raise ValueError(
+                "`halting_confidence` needs a classification task (an answer "
+                f"with a confidence), got task={task!r}."
+            )
         self.num_layers = int(num_layers)
         self.num_outputs = int(num_outputs)
         self.hidden_dim = None if hidden_dim is None else int(hidden_dim)
@@ -113,6 +128,7 @@ class DactHeads(keras.layers.Layer):
         self.halting_bias = float(halting_bias)
         self.dropout = float(dropout)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.halting_confidence = float(halting_confidence)
         self._dropout_layer = keras.layers.Dropout(self.dropout)
 
     @property
@@ -152,16 +168,27 @@ class DactHeads(keras.layers.Layer):
             shape=(k,),
             initializer=keras.initializers.Constant(self.halting_bias),
         )
+        self.confidence_weight = None
+        if self.halting_confidence:
+            self.confidence_weight = self.add_weight(
+                name="halting_confidence",
+                shape=(k,),
+                initializer=keras.initializers.Constant(self.halting_confidence),
+            )
 
-    def _finish(self, logits, halting_logits):
+    def _finish(self, logits, halting_logits, confidence_weight=None):
         logits = tf.cast(logits, tf.float32)
-        halting = tf.sigmoid(tf.cast(halting_logits, tf.float32))
+        halting_logits = tf.cast(halting_logits, tf.float32)
         if self.task == "regression":
             lo, hi = self.output_range
             answers = lo + (hi - lo) * tf.sigmoid(logits)
         else:
             answers = tf.nn.softmax(logits, axis=-1)
-        return answers, halting
+        if confidence_weight is not None:
+            c = float(self.num_outputs)
+            confidence = (tf.reduce_max(answers, axis=-1) - 1.0 / c) * (c / (c - 1.0))
+            halting_logits += tf.cast(confidence_weight, tf.float32) * confidence
+        return answers, tf.sigmoid(halting_logits)
 
     def call(self, inputs, layer_index=None, training=None):
         x = self._dropout_layer(inputs, training=training)
@@ -178,7 +205,8 @@ class DactHeads(keras.layers.Layer):
             tf.linalg.matvec(z, self.halting_kernel[index])
             + self.halting_bias_weight[index]
         )
-        return self._finish(logits, halting_logits)
+        conf = None if self.confidence_weight is None else self.confidence_weight[index]
+        return self._finish(logits, halting_logits, conf)
 
     def _call_all(self, x):
         weights = (
@@ -196,7 +224,24 @@ class DactHeads(keras.layers.Layer):
         z = self.activation(tf.einsum("lbi,lih->lbh", x, hk) + hb[:, None, :])
         logits = tf.einsum("lbh,lho->lbo", z, ak) + ab[:, None, :]
         halting_logits = tf.einsum("lbh,lh->lb", z, gk) + gb[:, None]
-        return self._finish(logits, halting_logits)
+        conf = None
+        if self.confidence_weight is not None:
+            conf = self.confidence_weight
+            if self.shared:
+                conf = tf.repeat(conf, self.num_layers, axis=0)
+            conf = conf[:, None]
+        return self._finish(logits, halting_logits, conf)
+
+    def load_own_variables(self, store):
+        # Heads saved without the confidence term (e.g. a full-depth model to
+        # warm-start from) load into heads with it; it keeps its initial value.
+        own = self._trainable_variables + self._non_trainable_variables
+        if self.confidence_weight is not None and len(store.keys()) == len(own) - 1:
+            rest = [v for v in own if v is not self.confidence_weight]
+            for i, variable in enumerate(rest):
+                variable.assign(store[str(i)])
+            return
+        super().load_own_variables(store)
 
     def compute_output_shape(self, input_shape, layer_index=None):
         return (
@@ -220,6 +265,7 @@ class DactHeads(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
+                "halting_confidence": self.halting_confidence,
             }
         )
         return config

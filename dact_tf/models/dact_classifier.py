@@ -51,6 +51,10 @@ class DactClassifier(keras.Model):
         head_activation: the heads' hidden activation.
         shared_heads: bool, share one head across blocks.
         halting_bias: float, initial bias of the halting units.
+        halting_confidence: float, classification with `method="dact"`: 0
+            (the paper's halting units) or the initial weight with which each
+            halting unit also reads its own answer's confidence, e.g. -4:
+            confident answers start halting (see `DactHeads`).
         dropout: float, dropout on the first-token vector before each head.
         tau: float >= 0, the ponder-cost weight (change it with `model.tau`
             or `dact_tf.callbacks.TauScheduler`).
@@ -122,6 +126,7 @@ class DactClassifier(keras.Model):
         head_activation="tanh",
         shared_heads=False,
         halting_bias=2.0,
+        halting_confidence=0.0,
         dropout=0.1,
         tau=1e-3,
         halting_rule="tight",
@@ -189,6 +194,7 @@ class DactClassifier(keras.Model):
             head_activation=head_activation,
             shared_heads=shared_heads,
             halting_bias=halting_bias,
+            halting_confidence=halting_confidence,
             head_dropout=dropout,
             tau=tau,
             halting_rule=halting_rule,
@@ -582,6 +588,7 @@ class DactClassifier(keras.Model):
             "head_activation": enc.head_activation,
             "shared_heads": enc.shared_heads,
             "halting_bias": enc.halting_bias,
+            "halting_confidence": enc.halting_confidence,
             "dropout": self.dropout,
             "tau": enc.initial_tau,
             "halting_rule": enc.halting_rule,

@@ -208,14 +208,18 @@ def test_warm_start_from_another_model(trained, tmp_path):
     warm = tmp_path / "warm"
     dact_tf("train", "--task=sst2", f"--data_dir={builtin_sst2_dir()}", f"--model_dir={warm}",
             f"--init_from={model_dir}", "--tau=0.02", "--head_loss_weight=0.5",
-            *TINY[:-1], "--learning_rate=0", cache=root / "cache")
-    # Learning rate 0: the warm-started model is the source model.
+            "--halting_confidence=-2", *TINY[:-1], "--learning_rate=0", cache=root / "cache")
+    # Learning rate 0: the warm-started model is the source model, plus the
+    # confidence weights of its halting units (the source has none) at -2.
     import keras
 
     source = keras.models.load_model(model_dir / "model.keras")
     target = keras.models.load_model(warm / "model.keras")
-    for a, b in zip(source.trainable_weights, target.trainable_weights):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    extra = {v.path: v.numpy() for v in target.trainable_weights}
+    for v in source.trainable_weights:
+        np.testing.assert_array_equal(v.numpy(), extra.pop(v.path))
+    assert list(extra) == [target.encoder.heads.confidence_weight.path]
+    np.testing.assert_array_equal(target.encoder.heads.confidence_weight.numpy(), [-2.0] * 4)
     assert target.head_loss_weight == 0.5  # this run's setting, not the source's
     # --freeze_backbone trains the heads only.
     frozen = tmp_path / "frozen"

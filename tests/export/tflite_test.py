@@ -119,6 +119,8 @@ def test_tflite_from_model_regression(tmp_path):
     ("regression", {"method": "pabee", "patience": 1, "regression_tolerance": 0.5}),
     ("classification", {"method": "deebert", "entropy_threshold": 1.05}),
     ("classification", {"method": "static", "num_layers": 2}),
+    # Halting units that read their answer's confidence (a REDUCE_MAX).
+    ("classification", {"halting_confidence": -3.0}),
 ])
 def test_tflite_variants_convert_and_match(tmp_path, task, kwargs):
     model = make_model(task, seed=4 if "pooling" in kwargs else 2, **kwargs)

@@ -42,9 +42,13 @@ def compiled(encoder, **call_kwargs):
     )
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_guarantee_early_exit_equals_full_depth(seed):
-    encoder = make_encoder(seed)
+@pytest.mark.parametrize("seed, kwargs", [
+    (0, {}), (1, {}), (2, {}),
+    # Halting units that also read their answer's confidence.
+    (3, {"halting_confidence": -2.0}),
+])
+def test_guarantee_early_exit_equals_full_depth(seed, kwargs):
+    encoder = make_encoder(seed, **kwargs)
     early, full = compiled(encoder), compiled(encoder, full_depth=True)
     x, mask = random_inputs(2048, seed)
     ref = full(x, mask)

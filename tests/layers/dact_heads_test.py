@@ -13,18 +13,28 @@ def _numpy_head(heads, x, index):
     w = {v.path.split("/")[-1]: v.numpy() for v in heads.weights}
     z = np.tanh(x @ w["hidden_kernel"][i] + w["hidden_bias"][i])
     logits = z @ w["answer_kernel"][i] + w["answer_bias"][i]
-    h = 1 / (1 + np.exp(-(z @ w["halting_kernel"][i] + w["halting_bias"][i])))
+    halting_logits = z @ w["halting_kernel"][i] + w["halting_bias"][i]
+    if "halting_confidence" in w:
+        probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        c = logits.shape[-1]
+        confidence = (probs.max(-1) - 1 / c) * c / (c - 1)
+        halting_logits = halting_logits + w["halting_confidence"][i] * confidence
+    h = 1 / (1 + np.exp(-halting_logits))
     return logits, h
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_heads_match_numpy_and_stacked_call(shared):
-    heads = DactHeads(num_layers=3, num_outputs=4, hidden_dim=5, shared=shared)
+@pytest.mark.parametrize("shared, confidence", [(False, 0.0), (True, 0.0), (False, -3.0),
+                                                (True, -3.0)])
+def test_heads_match_numpy_and_stacked_call(shared, confidence):
+    heads = DactHeads(num_layers=3, num_outputs=4, hidden_dim=5, shared=shared,
+                      halting_confidence=confidence)
     rng = np.random.default_rng(0)
     x_all = rng.normal(size=(3, 6, 8)).astype("float32")
     y_all, h_all = run_layer_test(
-        heads, tf.constant(x_all), num_trainable_weights=6
+        heads, tf.constant(x_all), num_trainable_weights=7 if confidence else 6
     )
+    if confidence:  # the confidence weights start where they were asked to
+        np.testing.assert_allclose(heads.confidence_weight, [confidence] * (1 if shared else 3))
     assert y_all.shape == (3, 6, 4) and h_all.shape == (3, 6)
     k = 1 if shared else 3
     assert heads.hidden_kernel.shape == (k, 8, 5)
@@ -63,8 +73,25 @@ def test_halting_bias_initialisation():
         (dict(num_layers=2, num_outputs=1, task="regression", output_range=(5, 0)), "lo < hi"),
         (dict(num_layers=2, num_outputs=2, task="ranking"), "task"),
         (dict(num_layers=2, num_outputs=2, dropout=1.5), "dropout"),
+        (dict(num_layers=2, num_outputs=1, task="regression", output_range=(0, 5),
+              halting_confidence=-1.0), "halting_confidence"),
     ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DactHeads(**kwargs)
+
+
+def test_confident_answers_halt_more():
+    """With a negative confidence weight, a confident answer gets a lower h."""
+    heads = DactHeads(1, 2, hidden_dim=4, halting_confidence=-4.0, halting_bias=1.0)
+    heads.build((None, 3))
+    for v in (heads.hidden_kernel, heads.halting_kernel):
+        v.assign(tf.zeros_like(v))  # z = 0: the confidence term alone moves h
+    heads.answer_bias.assign([[0.0, 0.0]])
+    _, unsure = heads(tf.zeros([1, 3]), layer_index=0)
+    heads.answer_bias.assign([[0.0, 6.0]])
+    _, sure = heads(tf.zeros([1, 3]), layer_index=0)
+    np.testing.assert_allclose(unsure, 1 / (1 + np.exp(-1.0)), rtol=1e-6)
+    conf = (1 / (1 + np.exp(-6.0)) - 0.5) * 2
+    np.testing.assert_allclose(sure, 1 / (1 + np.exp(-(1.0 - 4.0 * conf))), rtol=1e-5)
