@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 flags.DEFINE_list("models", None, "Trained model directories.", required=True)
 flags.DEFINE_string("glue_dir", "../shared/data/glue", "GLUE folder (<TASK>/{train,dev}.tsv).")
-flags.DEFINE_boolean("train_rows", True, "Also report on the training rows the model saw.")
+flags.DEFINE_integer("train_rows", 1000, "Also report on up to this many of the training rows the model was trained on (0: dev only).", lower_bound=0)
 flags.DEFINE_list("entropy_thresholds", ["0.3", "0.5", "0.6", "0.65", "0.68"], "DACT models: the entropy rule on the same heads (nats).")
 flags.DEFINE_string("results_md", os.path.join(HERE, "EXIT_ANATOMY.md"), "Markdown report.")
 FLAGS = flags.FLAGS
@@ -73,12 +73,15 @@ def _section(model_dir):
     _, _, _, metric_task = train_lib.task_info(data_config, config["label_names"])
     splits = ("validation", "train") if FLAGS.train_rows else ("validation",)
     datasets = train_lib.make_datasets(data_config, preprocessor, config["label_names"], splits)
+    if FLAGS.train_rows:  # a shuffled sample of the rows it was trained on
+        datasets["train"] = datasets["train"].unbatch().take(FLAGS.train_rows).batch(
+            data_config.batch_size)
     lines = [f"## `{model_dir}` ({model.method}, {_knob(config)})", ""]
     for split in splits:
         logging.info("%s: %s", model_dir, split)
         report = train_lib.per_block_report(model, datasets[split], metric_task)
         name = ("dev" if split == "validation"
-                else f"the {report['num_examples']} training rows it was trained on")
+                else f"{report['num_examples']} of the training rows it was trained on")
         lines += [f"On {name}:", "", train_lib.format_per_block(report), ""]
         if model.method == "dact" and model.task != "regression":
             thresholds = [float(s) for s in FLAGS.entropy_thresholds]

@@ -5,7 +5,9 @@ For each task it trains, on the same backbone, data pipeline and budget
 
 - DACT at each `--taus` (one model per tau), and with `dact_warm` in
   `--methods` also warm-started from the full-depth static model (a
-  warm-up stage of plain fine-tuning, DACT.md section 2),
+  warm-up stage of plain fine-tuning, DACT.md section 2); `dact_conf` is
+  `dact_warm` with halting units that also read their answer's confidence
+  (`--halting_confidence`),
 - PABEE once, evaluated at each `--patiences`,
 - DeeBERT once (two stages), evaluated at each `--entropy_thresholds`,
 - DACT's relaxed rule (`dact_relaxed`, no guarantee, no training): a
