@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from dact_tf.models import DactClassifier
 from tests.testing import dataset
+from tests.testing import numpy_dact
 from tests.testing import random_features
 from tests.testing import slice_features
 from tests.testing import synthetic_task
@@ -237,18 +238,6 @@ def test_keras_int8_quantization_keeps_the_guarantee():
     assert (after["layers_executed"] < model.num_layers).any()
 
 
-def _numpy_accumulate(answers, halting):
-    """DACT.md section 1 in NumPy: a_n and p_n from y_n and h_n."""
-    a, p = np.zeros_like(answers[0]), np.ones(answers.shape[1])
-    accumulated, budgets = [], []
-    for y, h in zip(answers, halting):
-        a = p[:, None] * y + (1 - p[:, None]) * a
-        p = p * h
-        accumulated.append(a)
-        budgets.append(p)
-    return np.stack(accumulated), np.stack(budgets)
-
-
 def test_per_block_report_matches_the_loop_and_a_numpy_reference(trained):
     from dact_tf import train_lib
 
@@ -267,7 +256,7 @@ def test_per_block_report_matches_the_loop_and_a_numpy_reference(trained):
     # Heads, a_n and p_n against NumPy from the per-block answers and halting.
     trace = model.trace(feats)
     answers, halting = trace["answers"].numpy(), trace["halting"].numpy()
-    accumulated, budgets = _numpy_accumulate(answers, halting)
+    accumulated, budgets = numpy_dact(answers, halting)
     full = tf.function(lambda f: model(f, full_depth=True))(feats)["predictions"].numpy()
     np.testing.assert_allclose(blocks[-1]["accumulated"]["accuracy"], (full == labels).mean())
     for i, b in enumerate(blocks):
