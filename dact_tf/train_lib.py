@@ -572,7 +572,7 @@ def per_block_report(model, dataset, metric_task):
     examples the exit rule stops after block n, with their accuracy
     (regression: mean absolute error) at exit and of `y_n` alone. Heads that
     are good while `a_N` is not mean the halting, not the heads, costs
-    accuracy (see `benchmarks/EXIT_STUDY.md`).
+    accuracy (see `benchmarks/EXIT_ANATOMY.md`).
 
     Args:
         model: a `DactClassifier` (any `method`; its current exit settings).
@@ -593,6 +593,18 @@ def per_block_report(model, dataset, metric_task):
     print(train_lib.format_per_block(report))
     ```
     """
+    trace, labels = trace_dataset(model, dataset)
+    return per_block_from_trace(model, trace, labels, metric_task)
+
+
+def trace_dataset(model, dataset):
+    """Runs `model.trace` (every block, inference) over a dataset.
+
+    Returns:
+        `(trace, labels)`: the trace dict of `DactEncoder.trace` as NumPy
+        arrays concatenated over batches (`exit_layers` `[examples]`, the
+        others `[num_layers, examples, ...]`), and the labels.
+    """
     fn = tf.function(model.trace)
     keys = ("answers", "accumulated", "halting", "budgets", "exit_layers")
     parts, labels = {k: [] for k in keys}, []
@@ -602,10 +614,13 @@ def per_block_report(model, dataset, metric_task):
             parts[k].append(trace[k].numpy())
         labels.append(y.numpy())
     if not labels:
-        raise ValueError("per_block_report got an empty dataset.")
-    axis = {"exit_layers": 0}
-    t = {k: np.concatenate(v, axis=axis.get(k, 1)) for k, v in parts.items()}
-    labels = np.concatenate(labels)
+        raise ValueError("Got an empty dataset: nothing to trace.")
+    trace = {k: np.concatenate(v, axis=0 if k == "exit_layers" else 1) for k, v in parts.items()}
+    return trace, np.concatenate(labels)
+
+
+def per_block_from_trace(model, trace, labels, metric_task):
+    """`per_block_report`'s result from `trace_dataset`'s output."""
     n, count = model.num_layers, len(labels)
     regression = model.task == "regression"
     dact = model.method == "dact"
@@ -619,13 +634,13 @@ def per_block_report(model, dataset, metric_task):
         return float((pred[rows] == labels[rows]).mean())
 
     # What the early-exit loop returns: a_exit for DACT, y_exit otherwise.
-    exit_index = t["exit_layers"] - 1
-    final = t["accumulated"] if dact else t["answers"]
+    exit_index = trace["exit_layers"] - 1
+    final = trace["accumulated"] if dact else trace["answers"]
     output = preds(final[exit_index, np.arange(count)])
     suffix = "mae" if regression else "accuracy"
     blocks = []
     for i in range(n):
-        head = preds(t["answers"][i])
+        head = preds(trace["answers"][i])
         rows = exit_index == i
         row = {
             "block": i + 1,
@@ -635,9 +650,9 @@ def per_block_report(model, dataset, metric_task):
             f"exit_head_{suffix}": subset_score(head, rows) if rows.any() else None,
         }
         if dact:
-            row["accumulated"] = _task_metrics(metric_task, labels, preds(t["accumulated"][i]))
-            row["mean_halting"] = float(t["halting"][i].mean())
-            row["mean_budget"] = float(t["budgets"][i].mean())
+            row["accumulated"] = _task_metrics(metric_task, labels, preds(trace["accumulated"][i]))
+            row["mean_halting"] = float(trace["halting"][i].mean())
+            row["mean_budget"] = float(trace["budgets"][i].mean())
         blocks.append(row)
     return {"method": model.method, "num_layers": n, "num_examples": count, "blocks": blocks}
 

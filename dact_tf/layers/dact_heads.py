@@ -209,27 +209,24 @@ class DactHeads(keras.layers.Layer):
         return self._finish(logits, halting_logits, conf)
 
     def _call_all(self, x):
-        weights = (
+        weights = [
             self.hidden_kernel,
             self.hidden_bias,
             self.answer_kernel,
             self.answer_bias,
             self.halting_kernel,
             self.halting_bias_weight,
-        )
+        ]
+        if self.confidence_weight is not None:
+            weights.append(self.confidence_weight)
         if self.shared:
             # Every block uses head 0.
             weights = [tf.repeat(v, self.num_layers, axis=0) for v in weights]
-        hk, hb, ak, ab, gk, gb = weights
+        hk, hb, ak, ab, gk, gb = weights[:6]
         z = self.activation(tf.einsum("lbi,lih->lbh", x, hk) + hb[:, None, :])
         logits = tf.einsum("lbh,lho->lbo", z, ak) + ab[:, None, :]
         halting_logits = tf.einsum("lbh,lh->lb", z, gk) + gb[:, None]
-        conf = None
-        if self.confidence_weight is not None:
-            conf = self.confidence_weight
-            if self.shared:
-                conf = tf.repeat(conf, self.num_layers, axis=0)
-            conf = conf[:, None]
+        conf = weights[6][:, None] if len(weights) > 6 else None
         return self._finish(logits, halting_logits, conf)
 
     def load_own_variables(self, store):
