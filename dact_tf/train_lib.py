@@ -8,6 +8,9 @@ A *model directory* holds everything a trained model needs:
       model.keras          the final model (written atomically)
       backup/              Keras BackupAndRestore state: an interrupted run resumes here
       checkpoints/         one `.weights.h5` per epoch
+      best/                the best epoch's weights on the held-out rows
+      stage1/              DACT's default recipe: the full-depth stage-1 model dir
+      calibration.json     with --target_blocks: the halting-bias shift and blocks
       tensorboard/         Keras TensorBoard logs, plus dact/ halting summaries
       history.csv          per-epoch fit logs (appended across resumed runs)
       ponder.csv           per-epoch halting statistics (PonderCostLogger)
@@ -20,15 +23,18 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 
 import keras
 import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from dact_tf import calibration
 from dact_tf import callbacks as dact_callbacks
 from dact_tf import data as dact_data
 from dact_tf import distribute
+from dact_tf import optimization
 from dact_tf.models import backbones as backbones_lib
 from dact_tf.models.dact_classifier import DactClassifier
 from dact_tf.ops.exit_ops import METHODS
@@ -37,6 +43,7 @@ from dact_tf.version import __version__
 CONFIG_FILE = "dact_config.json"
 MODEL_FILE = "model.keras"
 VOCAB_FILE = "vocab.txt"
+STAGE1_DIR = "stage1"
 CUSTOM_TASKS = ("tsv", "csv")
 
 
@@ -57,6 +64,16 @@ class DataConfig:
         batch_size: examples per batch.
         max_train_examples, max_eval_examples: keep only the first ones.
         seed: shuffling seed.
+        padding: `"bucket"` (training batches of similar lengths, each cut
+            to its longest example; evaluation batches cut, in order),
+            `"batch"` (every batch cut to its longest example) or
+            `"max_length"` (every batch padded to `max_seq_length`). See
+            `dact_tf.data.pipeline`.
+        holdout_fraction: the fraction of the training rows held out (not
+            trained on) to pick the best epoch and calibrate
+            `target_blocks`; 0 holds none (then the evaluation set is the
+            validation data, as in dact_tf < 0.9).
+        max_holdout_examples: at most this many rows are held out.
     """
 
     task: str = "sst2"
@@ -72,11 +89,28 @@ class DataConfig:
     max_train_examples: int = None
     max_eval_examples: int = None
     seed: int = 0
+    padding: str = "bucket"
+    holdout_fraction: float = 0.1
+    max_holdout_examples: int = 1000
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    """What model to train (see `DactClassifier` for the meaning)."""
+    """What model to train (see `DactClassifier` for the meaning).
+
+    These are the defaults of `dact-tf train` and of `train()`: the recipe
+    the study in `benchmarks/STUDY.md` chose. Beyond `DactClassifier`'s
+    arguments:
+
+    - `full_depth_stage`: DACT only: first fine-tune the plain full-depth
+      model (stage 1, kept in `model_dir/stage1/`, the same recipe), then
+      train DACT from it (stage 2). Ignored with `init_from`.
+    - `target_blocks`: DACT only: after training, shift the halting biases
+      so that the mean blocks executed on the held-out training rows is
+      this (see `dact_tf.calibration`); None keeps what training learned.
+    - `init_from`: warm start from another trained model.
+    - `freeze_backbone`: train the heads only.
+    """
 
     backbone: str = backbones_lib.MINILM_SPEC
     tau: float = 0.06
@@ -95,14 +129,28 @@ class ModelConfig:
     num_layers: int = None
     init_from: str = None
     freeze_backbone: bool = False
+    distill_weight: float = 1.0
+    full_depth_stage: bool = True
+    target_blocks: float = None
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """How to train."""
+    """How to train.
+
+    The default recipe is standard BERT fine-tuning: AdamW (weight decay
+    0.01, none on biases and LayerNorm), the learning rate warming up over
+    the first 10% of the steps and decaying linearly to 0, and the weights
+    of the best epoch on the held-out training rows kept (`keep_best_epoch`).
+    `optimizer="adam"` is dact_tf's first recipe (constant Adam, last epoch).
+    """
 
     epochs: int = 3
     learning_rate: float = 1e-4
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    keep_best_epoch: bool = True
     verbose: int = 1
     distribution_strategy: str = "default"
     tpu_address: str = None
@@ -154,36 +202,115 @@ def make_datasets(data_config, preprocessor, label_names=None, splits=("train", 
         preprocessor: a keras-hub BERT text classifier preprocessor.
         label_names: custom data only: the label order to use (from a
             trained model), None to derive it from the training file.
-        splits: any of `"train"`, `"validation"`.
+        splits: any of `"train"`, `"holdout"` (the training rows held out,
+            see `DataConfig.holdout_fraction`; `"train"` then excludes them)
+            and `"validation"` (the evaluation set).
 
     Returns:
-        A dict split -> `tf.data.Dataset` of `(features, labels)`.
+        A dict split -> `tf.data.Dataset` of `(features, labels)`; the
+        train and holdout datasets' row counts are in
+        `dataset_sizes(data_config)`.
     """
     out = {}
+    train_padding = data_config.padding
+    eval_padding = "max_length" if train_padding == "max_length" else "batch"
     common = dict(batch_size=data_config.batch_size, seed=data_config.seed)
     for split in splits:
-        train = split == "train"
+        train = split in ("train", "holdout")
         limit = data_config.max_train_examples if train else data_config.max_eval_examples
+        shuffle = split == "train"
+        padding = train_padding if shuffle else eval_padding
         if data_config.task in CUSTOM_TASKS:
             path = data_config.train_file if train else data_config.eval_file
             if not path:
                 flag = "--train_file" if train else "--eval_file"
                 raise ValueError(f"--task={data_config.task} needs {flag}.")
             examples = _custom_examples(data_config, path, label_names)
+            if train:
+                examples = _select_rows(examples, limit, data_config, split)
+                limit = None
             out[split] = dact_data.make_dataset_from_examples(
-                examples, preprocessor, shuffle=train, max_examples=limit, **common
+                examples, preprocessor, shuffle=shuffle, max_examples=limit,
+                padding=padding, **common
             )
         else:
-            out[split] = dact_data.glue_dataset(
-                data_config.task,
-                split,
-                preprocessor,
-                glue_dir=data_config.data_dir,
-                shuffle=train,
-                max_examples=limit,
-                **common,
+            task = dact_data.glue_task(data_config.task)
+            features = dact_data.load_glue(
+                task, "train" if train else "validation", glue_dir=data_config.data_dir
+            )
+            if train:
+                features = _select_features(features, limit, data_config, split)
+                limit = None
+            out[split] = dact_data.make_dataset_from_features(
+                features, preprocessor, text_key=task.text_feature,
+                pair_key=task.pair_feature, regression=task.is_regression,
+                shuffle=shuffle, max_examples=limit, padding=padding, **common
             )
     return out
+
+
+#: Fixed seed of the holdout split: every method and seed holds out the same rows.
+_HOLDOUT_SEED = 20211
+
+def _holdout_mask(num_rows, data_config):
+    """`[num_rows]` bool, True for the rows held out of training."""
+    count = int(round(num_rows * float(data_config.holdout_fraction)))
+    count = min(count, int(data_config.max_holdout_examples or 0))
+    if data_config.holdout_fraction > 0 and count < 1 and num_rows > 1:
+        count = 1
+    mask = np.zeros(num_rows, bool)
+    if count:
+        if count >= num_rows:
+            raise ValueError(
+                f"--holdout_fraction={data_config.holdout_fraction} would hold out all "
+                f"{num_rows} training rows."
+            )
+        mask[np.random.default_rng(_HOLDOUT_SEED).permutation(num_rows)[:count]] = True
+    return mask
+
+
+def _select_rows(examples, limit, data_config, split):
+    count = len(examples) if limit is None else min(limit, len(examples))
+    mask = _holdout_mask(count, data_config)
+    keep = np.flatnonzero(mask if split == "holdout" else ~mask)
+    if not len(keep):
+        raise ValueError(f"No rows left for the {split!r} split.")
+    pick = lambda column: None if column is None else tuple(column[i] for i in keep)  # noqa: E731
+    return dataclasses.replace(
+        examples, texts=pick(examples.texts), pairs=pick(examples.pairs),
+        labels=np.asarray(examples.labels)[keep],
+    )
+
+
+def _select_features(features, limit, data_config, split):
+    if limit is not None:
+        features = features.take(limit)
+    count = int(features.cardinality())
+    if count < 0:
+        count = sum(1 for _ in features)
+    mask = tf.constant(_holdout_mask(count, data_config))
+    if split == "holdout":
+        if not bool(tf.reduce_any(mask)):
+            raise ValueError("No rows are held out (--holdout_fraction=0).")
+        keep = lambda i, _: mask[i]  # noqa: E731
+    else:
+        keep = lambda i, _: tf.logical_not(mask[i])  # noqa: E731
+    return features.enumerate().filter(keep).map(lambda _, x: x)
+
+
+def dataset_sizes(data_config, label_names=None):
+    """`(train_rows, holdout_rows)` of a data config (after the holdout split)."""
+    if data_config.task in CUSTOM_TASKS:
+        total = len(_custom_examples(data_config, data_config.train_file, label_names))
+    else:
+        features = dact_data.load_glue(data_config.task, "train", glue_dir=data_config.data_dir)
+        total = int(features.cardinality())
+        if total < 0:
+            total = sum(1 for _ in features)
+    if data_config.max_train_examples is not None:
+        total = min(total, data_config.max_train_examples)
+    holdout = int(_holdout_mask(total, data_config).sum())
+    return total - holdout, holdout
 
 
 # --------------------------------------------------------------- model dir
@@ -278,6 +405,12 @@ def load_model_dir(model_dir):
 def train(model_dir, data_config, model_config, train_config, extra_callbacks=()):
     """Fine-tunes a DACT model; resumes an interrupted run in the same dir.
 
+    The default recipe (`ModelConfig`, `TrainConfig`): stage 1 fine-tunes
+    the plain full-depth model (`model_dir/stage1/`), stage 2 trains DACT
+    from it with self-distillation; both with AdamW, warm-up and linear
+    decay, keeping the best epoch on rows held out of the training data.
+    Every stage resumes from its own backup; a finished stage is not redone.
+
     The model is built and compiled under `train_config.distribution_strategy`
     (see `dact_tf.distribute.get_strategy`); `data_config.batch_size` is the
     global batch, split across replicas. In a multi-worker cluster the chief
@@ -294,8 +427,29 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
         extra_callbacks: more Keras callbacks.
 
     Returns:
-        `(model, preprocessor, history)`; history is a dict of lists.
+        `(model, preprocessor, history)`; history is a dict of lists (and,
+        with `target_blocks`, `"calibration"`: the result of
+        `dact_tf.calibration.calibrate_halting_bias`).
     """
+    dact = model_config.method == "dact"
+    if model_config.target_blocks is not None and not dact:
+        raise ValueError("--target_blocks sets DACT's halting; it needs --method=dact.")
+    if model_config.target_blocks is not None and not data_config.holdout_fraction:
+        raise ValueError("--target_blocks is calibrated on held-out rows: set --holdout_fraction > 0.")
+    if dact and model_config.full_depth_stage and not model_config.init_from:
+        stage1_dir = os.path.join(model_dir, STAGE1_DIR)
+        if not os.path.exists(os.path.join(stage1_dir, MODEL_FILE)):
+            if train_config.verbose:
+                print(f"Stage 1 of 2: plain full-depth fine-tuning ({stage1_dir})")
+            train(stage1_dir, data_config, full_depth_config(model_config), train_config,
+                  extra_callbacks)
+            keras.backend.clear_session()
+        if train_config.verbose:
+            print("Stage 2 of 2: DACT, from the stage-1 model")
+        model_config = dataclasses.replace(model_config, init_from=stage1_dir)
+        stored = dataclasses.replace(model_config, init_from=None)
+    else:
+        stored = model_config
     num_classes, regression, label_names, _ = task_info(data_config)
     strategy = distribute.get_strategy(
         train_config.distribution_strategy, train_config.tpu_address
@@ -321,12 +475,13 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
             label_names=label_names,
             tau=model_config.tau,
             halting_bias=model_config.halting_bias,
-            halting_confidence=model_config.halting_confidence,
+            halting_confidence=model_config.halting_confidence if dact else 0.0,
             shared_heads=model_config.shared_heads,
             halting_rule=model_config.halting_rule,
             regression_tolerance=model_config.regression_tolerance,
             dropout=model_config.dropout,
             head_loss_weight=model_config.head_loss_weight,
+            distill_weight=model_config.distill_weight if dact else 0.0,
             pooling=model_config.pooling,
             method=model_config.method,
             patience=model_config.patience,
@@ -336,13 +491,22 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
         if model_config.freeze_backbone:
             # Train the heads only (e.g. on a warm-started, fine-tuned backbone).
             model.backbone.trainable = False
-        _compile(model, train_config)
+    holdout = bool(data_config.holdout_fraction)
+    train_rows, _ = dataset_sizes(data_config, label_names)
+    steps_per_epoch = max(1, -(-train_rows // data_config.batch_size))
+    total_steps = steps_per_epoch * train_config.epochs
+    with strategy.scope():
+        _compile(model, train_config, total_steps)
     if model_config.init_from:
         _warm_start(model, model_config.init_from)
+    splits = ("train", "holdout", "validation") if holdout else ("train", "validation")
     datasets = {
         split: _shard_by_data(ds)
-        for split, ds in make_datasets(data_config, preprocessor, label_names).items()
+        for split, ds in make_datasets(data_config, preprocessor, label_names, splits).items()
     }
+    # Model selection and the halting logs read held-out training rows,
+    # never the evaluation set.
+    selection = datasets["holdout" if holdout else "validation"]
     config = {
         "format": "dact_tf.model_dir",
         "dact_tf_version": __version__,
@@ -350,11 +514,12 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
         "lowercase": bool(getattr(tokenizer, "lowercase", True)),
         "label_names": label_names,
         "data": dataclasses.asdict(data_config),
-        "model": dataclasses.asdict(model_config),
+        "model": dataclasses.asdict(stored),
         "train": dataclasses.asdict(train_config),
     }
     _check_resumable(model_dir, config)
     _write_config(model_dir, config)
+    monitor = ("val_mae", "min") if regression else ("val_accuracy", "max")
 
     def callbacks(stage):
         # One backup and checkpoint series per DeeBERT stage: a resumed run
@@ -363,7 +528,7 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
         cbs = [
             _Backup(os.path.join(model_dir, "backup" + suffix), save_freq=50),
             dact_callbacks.PonderCostLogger(
-                datasets["validation"],
+                selection,
                 log_dir=os.path.join(model_dir, "tensorboard"),
                 csv_path=os.path.join(model_dir, "ponder.csv"),
             ),
@@ -375,31 +540,69 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
             keras.callbacks.CSVLogger(os.path.join(model_dir, "history.csv"), append=True),
             *extra_callbacks,
         ]
-        if model_config.method == "dact":
+        if train_config.keep_best_epoch:
+            # After the checkpoint/backup callbacks: they save the epoch as
+            # trained; this restores the best one when training ends.
+            cbs.append(dact_callbacks.KeepBestEpoch(
+                *monitor, os.path.join(model_dir, "best" + suffix)))
+        if dact:
             # tau grows from 0 while the heads learn to answer: with untrained
             # heads the ponder cost alone would drive every example to halt
             # at block 1.
-            steps = _num_batches(datasets["train"])
-            warmup = int(round(model_config.tau_warmup_epochs * steps))
+            warmup = int(round(model_config.tau_warmup_epochs * steps_per_epoch))
             tau = dact_callbacks.LinearTauWarmup(model_config.tau, warmup)
             cbs.insert(1, dact_callbacks.TauScheduler(tau))
         return cbs
 
     def fit(stage):
+        with warnings.catch_warnings():
+            # Bucketed batches have no known count: Keras learns it in the
+            # first epoch and warns that the data "ran out" (it did not).
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
+            return _fit(stage)
+
+    def _fit(stage):
         return model.fit(
             datasets["train"],
-            validation_data=datasets["validation"],
+            validation_data=selection,
             epochs=train_config.epochs,
             callbacks=callbacks(stage),
             verbose=train_config.verbose,
         ).history
 
     if model_config.method == "deebert":
-        history = _fit_deebert(model, model_dir, train_config, fit)
+        # DeeBERT's stage 1 is plain full-depth fine-tuning: a model to
+        # warm-start from already is that stage.
+        history = _fit_deebert(model, model_dir, train_config, fit, total_steps,
+                               stage1_done=bool(model_config.init_from))
     else:
         history = fit(1)
+    if model_config.target_blocks is not None:
+        result = calibration.calibrate_halting_bias(
+            model, datasets["holdout"], model_config.target_blocks
+        )
+        result["holdout_layers_executed"] = float(
+            dact_callbacks.halting_statistics(model, datasets["holdout"])["mean_layers_executed"]
+        )
+        history["calibration"] = result
+        write_json(os.path.join(model_dir, "calibration.json"), result)
     save_model_dir(model_dir, model, tokenizer, config)
     return model, preprocessor, history
+
+
+def full_depth_config(model_config):
+    """The stage-1 model of the default DACT recipe: a plain full-depth fine-tune.
+
+    The same backbone, pooling and dropout, trained on the last block's
+    answer only (`method="static"` with every block): the "full depth"
+    baseline of the study.
+    """
+    return dataclasses.replace(
+        model_config, method="static", num_layers=None, head_loss_weight=0.0,
+        distill_weight=0.0, halting_confidence=0.0, full_depth_stage=False,
+        target_blocks=None, init_from=None, freeze_backbone=False,
+    )
 
 
 def _warm_start(model, source):
@@ -418,7 +621,11 @@ def _warm_start(model, source):
     # run's, not the source's.
     settings = (model.tau, model.head_loss_weight)
     try:
-        model.load_weights(source)
+        with warnings.catch_warnings():
+            # A `.keras` file carries its optimizer's state, which a warm
+            # start does not want.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(source)
     except ValueError as e:
         raise ValueError(
             f"--init_from {source}: its weights do not fit this model ({e}). It must "
@@ -441,14 +648,18 @@ class _Backup(keras.callbacks.BackupAndRestore):
         self._save_model()
 
 
-def _compile(model, train_config):
+def _compile(model, train_config, total_steps):
     model.compile(
-        optimizer=keras.optimizers.Adam(train_config.learning_rate),
+        optimizer=optimization.make_optimizer(
+            train_config.optimizer, train_config.learning_rate, total_steps=total_steps,
+            warmup_fraction=train_config.warmup_fraction,
+            weight_decay=train_config.weight_decay,
+        ),
         jit_compile=train_config.jit_compile,
     )
 
 
-def _fit_deebert(model, model_dir, train_config, fit):
+def _fit_deebert(model, model_dir, train_config, fit, total_steps, stage1_done=False):
     """DeeBERT's two stages; a finished first stage is never redone.
 
     Stage 1 trains the whole model on the last block's loss and saves
@@ -457,13 +668,15 @@ def _fit_deebert(model, model_dir, train_config, fit):
     """
     stage1 = os.path.join(model_dir, "deebert_stage1.weights.h5")
     history = {}
-    if os.path.exists(stage1):
+    if stage1_done:
+        pass  # warm-started from a fine-tuned full-depth model
+    elif os.path.exists(stage1):
         model.load_weights(stage1)
     else:
         history = {f"stage1_{k}": v for k, v in fit(1).items()}
         _atomic_write(stage1, model.save_weights)
     model.start_second_stage()
-    _compile(model, train_config)
+    _compile(model, train_config, total_steps)
     history.update({f"stage2_{k}": v for k, v in fit(2).items()})
     return history
 
@@ -514,7 +727,8 @@ def _check_resumable(model_dir, config):
 
 def predict_dataset(model, dataset, full_depth=False):
     """Runs the model over a dataset; returns `(outputs dict, labels)`."""
-    fn = tf.function(lambda f: model(f, training=False, full_depth=full_depth))
+    fn = tf.function(lambda f: model(f, training=False, full_depth=full_depth),
+                     reduce_retracing=True)
     outputs, labels = {}, []
     for features, y in dataset:
         for key, value in fn(features).items():
@@ -605,7 +819,7 @@ def trace_dataset(model, dataset):
         arrays concatenated over batches (`exit_layers` `[examples]`, the
         others `[num_layers, examples, ...]`), and the labels.
     """
-    fn = tf.function(model.trace)
+    fn = tf.function(model.trace, reduce_retracing=True)
     keys = ("answers", "accumulated", "halting", "budgets", "exit_layers")
     parts, labels = {k: [] for k in keys}, []
     for features, y in dataset:

@@ -1,5 +1,6 @@
 """Callbacks for training DACT models with `model.fit`."""
 
+from dact_tf.callbacks.best_epoch import KeepBestEpoch
 from dact_tf.callbacks.ponder_logger import PonderCostLogger
 from dact_tf.callbacks.ponder_logger import halting_statistics
 from dact_tf.callbacks.tau_scheduler import ConstantTau

@@ -41,6 +41,9 @@ flags.DEFINE_integer("batch_size", 32, "Examples per batch.", lower_bound=1)
 flags.DEFINE_integer("max_train_examples", None, "Use only the first N training examples.", lower_bound=1)
 flags.DEFINE_integer("max_eval_examples", None, "Use only the first N evaluation examples.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_enum("padding", "bucket", ["bucket", "batch", "max_length"], "bucket: training batches of similar lengths, every batch cut to its longest example (fast); batch: cut only; max_length: pad to --max_seq_length.")
+flags.DEFINE_float("holdout_fraction", 0.1, "Fraction of the training rows held out to pick the best epoch and calibrate --target_blocks (0: none).", lower_bound=0.0, upper_bound=0.5)
+flags.DEFINE_integer("max_holdout_examples", 1000, "At most this many training rows are held out.", lower_bound=1)
 # Model and training.
 flags.DEFINE_string("backbone", "minilm_l6", "minilm_l6, tiny, a local Hugging Face BERT dir, or a keras-hub preset (online).")
 flags.DEFINE_float("tau", 0.06, "Ponder-cost weight: larger means fewer blocks.", lower_bound=0.0)
@@ -60,7 +63,14 @@ flags.DEFINE_integer("num_layers", None, "Keep only the backbone's first N block
 flags.DEFINE_integer("epochs", 3, "Training epochs (deebert: per stage).", lower_bound=1)
 flags.DEFINE_boolean("freeze_backbone", False, "Train the heads only; with --init_from a fine-tuned model, DACT learns to halt on fixed features (like DeeBERT's second stage).")
 flags.DEFINE_string("init_from", None, "Warm start: a trained model dir (or .keras / .weights.h5) with the same architecture, e.g. a --method=static full-depth model.")
-flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.", lower_bound=0.0)
+flags.DEFINE_float("learning_rate", 1e-4, "Peak learning rate (adamw: after warm-up, then linear decay to 0; adam: constant).", lower_bound=0.0)
+flags.DEFINE_enum("optimizer", "adamw", ["adamw", "adam"], "adamw: AdamW, warm-up and linear decay (the recipe); adam: constant Adam (dact_tf's first recipe).")
+flags.DEFINE_float("weight_decay", 0.01, "adamw: decoupled weight decay (none on biases and LayerNorm).", lower_bound=0.0)
+flags.DEFINE_float("warmup_fraction", 0.1, "adamw: fraction of the steps spent warming the learning rate up.", lower_bound=0.0, upper_bound=0.99)
+flags.DEFINE_boolean("keep_best_epoch", True, "Keep the weights of the best epoch on the held-out training rows (not the last epoch's).")
+flags.DEFINE_float("distill_weight", 1.0, "DACT: weight of the self-distillation of every head and accumulated answer towards the deepest head (0: off).", lower_bound=0.0)
+flags.DEFINE_boolean("full_depth_stage", True, "DACT: first fine-tune the plain full-depth model (kept in MODEL_DIR/stage1), then train DACT from it. Ignored with --init_from.")
+flags.DEFINE_float("target_blocks", None, "DACT: after training, set the halting so that the mean blocks executed on the held-out rows is this (e.g. 3 of 6).", lower_bound=1.0)
 # Scale out.
 flags.DEFINE_enum("distribution_strategy", "default", ["default", "one_device", "mirrored", "multi_worker_mirrored", "tpu"], "tf.distribute strategy for training; --batch_size is the global batch. multi_worker_mirrored reads TF_CONFIG.")
 flags.DEFINE_string("tpu", None, "--distribution_strategy=tpu: the TPU name or grpc:// address (default: local).")
@@ -113,9 +123,13 @@ def cmd_train():
         method=FLAGS.method, patience=FLAGS.patience,
         entropy_threshold=FLAGS.entropy_threshold, num_layers=FLAGS.num_layers,
         init_from=FLAGS.init_from, freeze_backbone=FLAGS.freeze_backbone,
+        distill_weight=FLAGS.distill_weight if FLAGS.method == "dact" else 0.0,
+        full_depth_stage=FLAGS.full_depth_stage, target_blocks=FLAGS.target_blocks,
     )
     train_config = train_lib.TrainConfig(
         epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
+        optimizer=FLAGS.optimizer, weight_decay=FLAGS.weight_decay,
+        warmup_fraction=FLAGS.warmup_fraction, keep_best_epoch=FLAGS.keep_best_epoch,
         distribution_strategy=FLAGS.distribution_strategy, tpu_address=FLAGS.tpu,
         mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile,
     )

@@ -15,6 +15,17 @@ later be put in front of an exported model.
 Order of operations: `take(max_examples)` (the first examples, in file
 order), then `shuffle` (re-shuffled each epoch, seeded), `batch`, tokenize,
 `prefetch`.
+
+Padding (`padding=`): `"max_length"` pads every batch to the preprocessor's
+`sequence_length` S; `"batch"` (dynamic padding) cuts each batch to its
+longest example, in the same order; `"bucket"` also groups examples of
+similar length into the same batch (length bucketing: tokenize, then
+`group_by_window` on the length, then cut), which changes the order of the
+examples and the make-up of the batches, so it is for training. A BERT's
+output for an example does not depend on the padding after it (attention and
+mean pooling are masked), so all three give the same model outputs per
+example; `"batch"` and `"bucket"` just compute far fewer padded positions
+(SST-2's training phrases average about 13 tokens against S = 64).
 """
 
 import tensorflow as tf
@@ -22,6 +33,10 @@ import tensorflow as tf
 from dact_tf.data import glue as glue_lib
 
 _DEFAULT_SHUFFLE_BUFFER = 100_000
+#: Accepted values of the `padding` argument.
+PADDINGS = ("max_length", "batch", "bucket")
+# "bucket": upper bounds (tokens) of the length buckets below S.
+_BUCKET_BOUNDARIES = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384)
 
 
 def make_dataset(
@@ -38,6 +53,7 @@ def make_dataset(
     max_examples=None,
     drop_remainder=False,
     prefetch=True,
+    padding="max_length",
 ):
     """Builds batched model inputs from texts (or text pairs) and labels.
 
@@ -59,6 +75,10 @@ def make_dataset(
         max_examples: int or None. Keep only the first `max_examples`.
         drop_remainder: bool. Drop a last, smaller batch.
         prefetch: bool. Prefetch batches (`tf.data.AUTOTUNE`).
+        padding: one of `PADDINGS`: `"max_length"` (every batch `[B, S]`),
+            `"batch"` (each batch cut to its longest example) or `"bucket"`
+            (examples grouped by length, then cut; reorders examples: for
+            training). See the module docstring.
 
     Returns:
         `tf.data.Dataset` of `(inputs, labels)` as described in the module
@@ -101,6 +121,7 @@ def make_dataset(
         max_examples=max_examples,
         drop_remainder=drop_remainder,
         prefetch=prefetch,
+        padding=padding,
     )
 
 
@@ -254,7 +275,10 @@ def _finish(
     max_examples=None,
     drop_remainder=False,
     prefetch=True,
+    padding="max_length",
 ):
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if max_examples is not None:
@@ -273,7 +297,6 @@ def _finish(
         dataset = dataset.shuffle(
             shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True
         )
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     label_dtype = tf.float32 if regression else tf.int32
 
     def tokenize(*columns):
@@ -286,9 +309,40 @@ def _finish(
         }
         return inputs, tf.cast(labels, label_dtype)
 
-    dataset = dataset.map(
-        tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
+    if padding == "bucket":
+        # Tokenize in large batches (fast), then regroup single examples by
+        # length into batches of `batch_size`.
+        dataset = dataset.batch(max(256, batch_size))
+        dataset = dataset.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        dataset = dataset.unbatch()
+
+        def bucket(inputs, labels):
+            length = tf.reduce_sum(tf.cast(inputs["padding_mask"], tf.int32))
+            bounds = tf.constant(_BUCKET_BOUNDARIES, tf.int32)
+            return tf.reduce_sum(tf.cast(length > bounds, tf.int64))
+
+        dataset = dataset.group_by_window(
+            key_func=bucket,
+            reduce_func=lambda _, window: window.batch(batch_size, drop_remainder=drop_remainder),
+            window_size=batch_size,
+        )
+        dataset = dataset.map(_cut_to_longest, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        dataset = dataset.map(
+            tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+        if padding == "batch":
+            dataset = dataset.map(
+                _cut_to_longest, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            )
     if prefetch:
         dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return dataset
+
+
+def _cut_to_longest(inputs, labels):
+    """Cuts a batch's features to its longest example (right padding)."""
+    length = tf.reduce_max(tf.reduce_sum(tf.cast(inputs["padding_mask"], tf.int32), axis=1))
+    length = tf.maximum(length, 1)
+    return {key: value[:, :length] for key, value in inputs.items()}, labels

@@ -253,8 +253,11 @@ class DactEncoder(keras.layers.Layer):
             if training:
                 if dact:
                     self.add_loss(tf.cast(self.tau, tf.float32) * tf.reduce_mean(ponder))
-                # Each block's own answer, for the per-block losses.
+                # Each block's own answer (and DACT's accumulated answers),
+                # for the per-block losses.
                 out["block_answers"] = trace["answers"]
+                if dact:
+                    out["block_accumulated"] = trace["accumulated"]
             return out
         return self.adaptive_forward(inputs, padding_mask)
 

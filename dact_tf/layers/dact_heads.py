@@ -229,6 +229,14 @@ class DactHeads(keras.layers.Layer):
         conf = weights[6][:, None] if len(weights) > 6 else None
         return self._finish(logits, halting_logits, conf)
 
+    def shift_halting_bias(self, shift):
+        """Adds `shift` to every halting unit's bias (negative: halt earlier).
+
+        Used by `dact_tf.calibration.calibrate_halting_bias` to move a trained
+        model to a compute budget; the halting guarantee is unaffected.
+        """
+        self.halting_bias_weight.assign(self.halting_bias_weight + float(shift))
+
     def load_own_variables(self, store):
         # Heads saved without the confidence term (e.g. a full-depth model to
         # warm-start from) load into heads with it; it keeps its initial value.

@@ -72,6 +72,15 @@ class DactClassifier(keras.Model):
             heads barely learn and the model cannot exit early; this
             deep-supervision term (a "heads first" warm-up when scheduled)
             fixes that. Settable during training with `model.head_loss_weight`.
+        distill_weight: float >= 0, DACT only: weight of a self-distillation
+            loss that pulls every block's answer `y_n` (n < N) and every
+            accumulated answer `a_n` (n = 1..N) towards the deepest head's
+            answer `y_N` (held fixed: no gradient flows into the teacher),
+            as FastBERT trains its exits: the mean KL divergence
+            `KL(y_N || .)` for classification, the mean squared difference
+            for regression (see `distillation_loss`). It keeps `a_n` close
+            to the full-depth answer at every block, which is what an early
+            exit returns. 0 (the paper's form) turns it off.
         pooling: what the heads read from each block: `"cls"` (first token,
             the paper's choice) or `"mean"` (mean over real tokens, for
             backbones pretrained with mean pooling like all-MiniLM-L6-v2).
@@ -135,6 +144,7 @@ class DactClassifier(keras.Model):
         halting_slack=0.0,
         regression_tolerance=0.05,
         head_loss_weight=0.0,
+        distill_weight=0.0,
         pooling="cls",
         method="dact",
         patience=2,
@@ -213,6 +223,12 @@ class DactClassifier(keras.Model):
         self.training_stage = 1
         self.dropout = float(dropout)
         self.initial_head_loss_weight = _non_negative("head_loss_weight", head_loss_weight)
+        self.distill_weight = _non_negative("distill_weight", distill_weight)
+        if self.distill_weight and method != "dact":
+            raise ValueError(
+                f"`distill_weight` trains DACT's accumulated answers; `method={method!r}` "
+                "has none (use 0)."
+            )
         self._head_loss_weight = self.add_weight(
             name="head_loss_weight",
             shape=(),
@@ -224,6 +240,12 @@ class DactClassifier(keras.Model):
         # Built at construction, like keras-hub's functional tasks, so that
         # weights exist for `model.tau`, checkpoints and `.keras` loading.
         self.encoder.build((None, None, backbone.hidden_dim))
+        if method != "dact":
+            # The baselines never read the halting units: keep them out of
+            # training (no "gradients do not exist" warnings).
+            heads = self.encoder.heads
+            for variable in (heads.halting_kernel, heads.halting_bias_weight):
+                variable.trainable = False
         self.built = True
 
     # ---------------------------------------------------------- properties
@@ -489,9 +511,10 @@ class DactClassifier(keras.Model):
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
-        block_answers = None
+        block_answers = block_accumulated = None
         if isinstance(y_pred, dict):
             block_answers = y_pred.get("block_answers")
+            block_accumulated = y_pred.get("block_accumulated")
             y_pred = self._main_output(y_pred)
         loss = super().compute_loss(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
@@ -508,7 +531,14 @@ class DactClassifier(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         per_block = self._block_losses(y, block_answers) / float(replicas)
         if self.method == "dact":
-            return loss + self._head_loss_weight * tf.reduce_mean(per_block)
+            loss = loss + self._head_loss_weight * tf.reduce_mean(per_block)
+            if self.distill_weight and block_accumulated is not None:
+                distill = ops.distillation_loss(
+                    block_answers, block_accumulated, task=self.task,
+                    output_range=self.output_range,
+                )
+                loss = loss + self.distill_weight * distill / float(replicas)
+            return loss
         if self.method == "pabee":
             # sum_n n * L_n / sum_n n; `loss` is L_N (on the main output).
             weights = tf.range(1, n, dtype=tf.float32)
@@ -597,6 +627,7 @@ class DactClassifier(keras.Model):
             "halting_slack": enc.halting_slack,
             "regression_tolerance": enc.regression_tolerance,
             "head_loss_weight": self.initial_head_loss_weight,
+            "distill_weight": self.distill_weight,
             "pooling": enc.pooling,
             "method": enc.method,
             "patience": enc.patience,

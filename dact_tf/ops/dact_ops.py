@@ -194,3 +194,45 @@ def first_halting_layer(halts):
     )
     first = tf.argmax(tf.cast(forced, tf.int32), axis=0, output_type=tf.int32)
     return first + 1
+
+
+def distillation_loss(block_answers, accumulated, task="classification", output_range=None):
+    """Self-distillation of every answer towards the deepest head's.
+
+    The teacher is the last block's own answer `t = y_N`, held fixed
+    (`tf.stop_gradient`). With `D(t, x)` the KL divergence `KL(t || x) =
+    sum_c t_c (log t_c - log x_c)` for classification, or the squared
+    difference `((t - x) / (hi - lo))^2` for regression:
+
+        loss = ( mean_{n<N} D(t, y_n) + mean_{n<=N} D(t, a_n) ) / 2
+
+    averaged over examples (with N == 1 the first mean is 0). Early heads
+    learn the full-depth answer (FastBERT's self-distillation), and the
+    accumulated answers `a_n`, which an early exit returns, are kept close
+    to it at every block.
+
+    Args:
+        block_answers: float `[N, batch, num_outputs]`, the `y_n`.
+        accumulated: float `[N, batch, num_outputs]`, the `a_n`.
+        task: `"classification"` or `"regression"`.
+        output_range: `(lo, hi)` for regression (None: `(0, 1)`).
+
+    Returns:
+        A float32 scalar.
+    """
+    if task not in TASKS:
+        raise ValueError(f"`task` must be one of {TASKS}, got {task!r}.")
+    answers = tf.cast(block_answers, tf.float32)
+    accumulated = tf.cast(accumulated, tf.float32)
+    teacher = tf.stop_gradient(answers[-1])
+
+    def divergence(x):  # [n, batch, outputs] -> [n, batch]
+        if task == "regression":
+            lo, hi = output_range or (0.0, 1.0)
+            return tf.reduce_sum(tf.square((teacher - x) / float(hi - lo)), axis=-1)
+        eps = 1e-7
+        log_t = tf.math.log(teacher + eps)
+        return tf.reduce_sum(teacher * (log_t - tf.math.log(x + eps)), axis=-1)
+
+    heads = tf.reduce_mean(divergence(answers[:-1])) if block_answers.shape[0] != 1 else 0.0
+    return (heads + tf.reduce_mean(divergence(accumulated))) / 2.0

@@ -162,3 +162,65 @@ def test_glue_regression_and_custom_features(preprocessor, tmp_path):
     x, y = next(ds.as_numpy_iterator())
     assert y.dtype == np.int32 and list(y) == [1, 0]
     assert x["token_ids"].shape == (2, SEQ)
+
+
+@pytest.mark.parametrize("padding", ["batch", "bucket"])
+def test_dynamic_padding_keeps_every_example_and_cuts_batches(preprocessor, padding):
+    texts = [" ".join(["word"] * (1 + i % 13)) + f" {i}" for i in range(70)]
+    labels = [i % 2 for i in range(70)]
+    fixed = pipeline.make_dataset(texts, labels, preprocessor, batch_size=8)
+    cut = pipeline.make_dataset(texts, labels, preprocessor, batch_size=8, padding=padding,
+                                shuffle=padding == "bucket", seed=3)
+
+    def rows(ds):
+        out = []
+        for x, y in ds.as_numpy_iterator():
+            for ids, seg, mask, label in zip(x["token_ids"], x["segment_ids"],
+                                             x["padding_mask"], y):
+                out.append((tuple(ids[mask]), tuple(seg[mask]), int(label)))
+        return out
+
+    assert sorted(rows(cut)) == sorted(rows(fixed))
+    widths = []
+    for x, _ in cut.as_numpy_iterator():
+        lengths = x["padding_mask"].sum(axis=1)
+        assert x["token_ids"].shape[1] == lengths.max()  # cut to the longest
+        widths.append((x["token_ids"].shape[1] - lengths).mean())
+    if padding == "batch":
+        assert rows(cut) == rows(fixed)  # same order
+    else:
+        # Grouping by length leaves less padding than cutting alone.
+        batch = pipeline.make_dataset(texts, labels, preprocessor, batch_size=8,
+                                      padding="batch", shuffle=True, seed=3)
+        cut_only = [(x["token_ids"].shape[1] - x["padding_mask"].sum(1)).mean()
+                    for x, _ in batch.as_numpy_iterator()]
+        assert np.mean(widths) < np.mean(cut_only)
+
+
+def test_bucketed_training_data_give_the_same_metrics_as_padded():
+    import keras
+
+    from dact_tf import train_lib
+    from dact_tf.data import builtin_sst2_dir
+    from dact_tf.models.dact_classifier import DactClassifier
+
+    backbone, tokenizer = backbones.load_backbone("tiny", max_sequence_length=32)
+    pre = backbones.make_preprocessor(tokenizer, 32)
+    keras.utils.set_random_seed(0)
+    model = DactClassifier(backbone, num_classes=2, pooling="mean", dropout=0.0,
+                           halting_bias=0.0)
+    results = {}
+    for padding in ("max_length", "bucket"):
+        config = train_lib.DataConfig(task="sst2", data_dir=builtin_sst2_dir(), max_seq_length=32,
+                                      max_train_examples=96, max_eval_examples=96, padding=padding)
+        # Training rows come shuffled and (bucket) regrouped; the others in order.
+        ds = train_lib.make_datasets(config, pre, splits=("train", "holdout", "validation"))
+        results[padding] = [train_lib.evaluate(model, d, "sst2") for d in ds.values()]
+    for padded, bucketed in zip(results["max_length"], results["bucket"]):
+        assert padded["accuracy"] == bucketed["accuracy"]
+        assert padded["layers_histogram"] == bucketed["layers_histogram"]
+
+
+def test_unknown_padding_is_refused(preprocessor):
+    with pytest.raises(ValueError, match="padding"):
+        pipeline.make_dataset(TEXTS, LABELS, preprocessor, padding="dynamic")

@@ -1,0 +1,375 @@
+r"""The accuracy-per-block study: DACT's default recipe against the baselines.
+
+For each task and seed it trains, on the same backbone, data, held-out rows
+and fine-tuning recipe (`dact_tf.train_lib.train`: AdamW, warm-up, linear
+decay, best epoch on held-out training rows):
+
+- `full`: plain full-depth fine-tuning (`--method=static`, every block). It
+  is also stage 1 of the DACT recipe and of DeeBERT, so those two start from
+  it instead of training it again;
+- `static`: static truncation to k blocks (`--static_layers`);
+- `dact`: the default recipe of `dact-tf train` (stage 2 from `full`), at
+  its own trained halting (`knob=default`) and calibrated after training to
+  each of `--target_blocks` on the held-out rows (`knob=target<K>`, the same
+  trained model; see `dact_tf.calibration`);
+- `dact_paper`: the paper's form (loss on `a_N` plus the ponder cost, no
+  per-block or distillation loss, no stage 1), default tau, and calibrated
+  to the same targets;
+- `pabee` (one model, each of `--patiences`) and `deebert` (stage 2 from
+  `full`, each of `--entropy_thresholds`).
+
+Every point is evaluated on the task's dev set (never used for training or
+model selection). For each DACT model the mean blocks under the paper's
+halting rule are also recorded (`paper_rule_blocks`): the tight rule gives
+the same predictions and never more blocks.
+
+The study is resumable per point: models live under `--out_dir/<task>/seed<s>/`
+and every finished point is a JSON file under `--out_dir/points/`; a re-run
+skips finished points and models. After each point the CSV (one row per
+task, method, knob, seed) and `STUDY.md`'s generated part are rewritten,
+and with `--commit` they are committed to git at once (a long run may be
+interrupted). Plots (metric vs mean blocks, mean and std over seeds) come
+from `--plot_only`.
+
+Usage (from the repository root):
+    PYTHONPATH=. python -m benchmarks.study --glue_dir=../shared/data/glue \
+        --tasks=sst2,mrpc,stsb,rte,cola --seeds=0,1,2 --commit
+"""
+
+import csv
+import glob
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from benchmarks import bench_utils  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+METHODS = ("full", "static", "dact", "dact_paper", "pabee", "deebert",
+           # Variants of the recipe, for choosing it (see RECIPE.md).
+           "dact_nodistill", "dact_conf", "dact_onestage")
+METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews_corrcoef",
+          "stsb": "pearson", "qnli": "accuracy"}
+SEQ_LENGTH = {"sst2": 64, "cola": 64}  # pair tasks: 128
+CSV_KEYS = ("task", "method", "knob", "seed", "train_examples", "metric_name", "metric",
+            "mean_layers_executed", "backbone_layers", "accuracy", "paper_rule_blocks",
+            "holdout_metric", "layers_histogram", "epochs", "train_seconds", "model_dir")
+
+flags.DEFINE_string("glue_dir", "../shared/data/glue", "GLUE folder (<TASK>/{train,dev}.tsv).")
+flags.DEFINE_list("tasks", ["sst2"], "GLUE tasks, in the order to run.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+flags.DEFINE_list("methods", ["full", "dact", "static", "pabee", "deebert", "dact_paper"],
+                  f"Methods, in the order to run, from {METHODS}.")
+flags.DEFINE_list("static_layers", ["1", "2", "3"], "static: blocks kept.")
+flags.DEFINE_list("target_blocks", ["1.5", "2", "2.5", "3"], "DACT: calibrated mean blocks.")
+flags.DEFINE_list("patiences", ["1", "2", "3"], "PABEE: patience values.")
+flags.DEFINE_list("entropy_thresholds", ["0.1", "0.2", "0.3", "0.45"], "DeeBERT: thresholds (nats).")
+flags.DEFINE_string("schedule", None, "Comma-separated task:seed:method items to run in this order instead of the tasks x seeds x methods product (e.g. sst2:0:full,sst2:0:dact).")
+flags.DEFINE_string("out_dir", "runs/study", "Model directories and finished points.")
+flags.DEFINE_string("backbone", "minilm_l6", "Backbone spec.")
+flags.DEFINE_integer("max_train_examples", None, "Training rows per task (None: all).")
+flags.DEFINE_integer("epochs", 3, "Epochs per training stage.")
+flags.DEFINE_float("learning_rate", None, "Peak learning rate (None: the TrainConfig default).")
+flags.DEFINE_integer("batch_size", 32, "Batch size.")
+flags.DEFINE_boolean("commit", False, "git-commit the CSV and STUDY.md after every finished point.")
+flags.DEFINE_boolean("plot_only", False, "Only rewrite the tables and plots from finished points.")
+flags.DEFINE_string("results_csv", os.path.join(HERE, "results", "study.csv"), "The CSV.")
+flags.DEFINE_string("results_md", os.path.join(HERE, "STUDY.md"), "The Markdown tables.")
+FLAGS = flags.FLAGS
+
+
+def _data_config(task, seed):
+    from dact_tf import train_lib
+
+    return train_lib.DataConfig(
+        task=task, data_dir=FLAGS.glue_dir, max_seq_length=SEQ_LENGTH.get(task, 128),
+        batch_size=FLAGS.batch_size, max_train_examples=FLAGS.max_train_examples, seed=int(seed),
+    )
+
+
+def _train_config():
+    from dact_tf import train_lib
+
+    kwargs = dict(epochs=FLAGS.epochs, verbose=2)
+    if FLAGS.learning_rate:
+        kwargs["learning_rate"] = FLAGS.learning_rate
+    return train_lib.TrainConfig(**kwargs)
+
+
+def _model_dir(task, seed, name):
+    return os.path.join(FLAGS.out_dir, task, f"seed{seed}", name)
+
+
+def _model_configs(task, seed, method):
+    """`(model name, ModelConfig)` of each model `method` needs, in order."""
+    from dact_tf import train_lib
+
+    base = train_lib.ModelConfig(backbone=FLAGS.backbone)
+    full = _model_dir(task, seed, "full")
+    if method == "full":
+        return [("full", train_lib.full_depth_config(base))]
+    if method == "static":
+        return [(f"static_k{int(k)}", train_lib.dataclasses.replace(
+            train_lib.full_depth_config(base), num_layers=int(k))) for k in FLAGS.static_layers]
+    if method == "dact":  # the default recipe; stage 1 is the `full` model
+        return [("dact", train_lib.dataclasses.replace(base, init_from=full))]
+    if method == "dact_nodistill":  # dact_tf 0.8's recipe, warm-started
+        return [(method, train_lib.dataclasses.replace(base, init_from=full, distill_weight=0.0))]
+    if method == "dact_conf":  # halting units that read their answer's confidence
+        return [(method, train_lib.dataclasses.replace(
+            base, init_from=full, halting_confidence=-4.0))]
+    if method == "dact_onestage":  # no stage 1
+        return [(method, train_lib.dataclasses.replace(base, full_depth_stage=False))]
+    if method == "dact_paper":
+        return [("dact_paper", train_lib.dataclasses.replace(
+            base, head_loss_weight=0.0, distill_weight=0.0, halting_confidence=0.0,
+            full_depth_stage=False))]
+    if method == "pabee":
+        return [("pabee", train_lib.dataclasses.replace(
+            base, method="pabee", distill_weight=0.0, halting_confidence=0.0))]
+    if method == "deebert":  # stage 1 is the `full` model
+        return [("deebert", train_lib.dataclasses.replace(
+            base, method="deebert", init_from=full, distill_weight=0.0, halting_confidence=0.0))]
+    raise app.UsageError(f"Unknown method {method!r}; use some of {METHODS}.")
+
+
+def _train(task, seed, name, model_config):
+    from dact_tf import train_lib
+
+    model_dir = _model_dir(task, seed, name)
+    if os.path.exists(os.path.join(model_dir, train_lib.MODEL_FILE)):
+        return model_dir
+    if model_config.init_from and not os.path.exists(
+            os.path.join(model_config.init_from, train_lib.MODEL_FILE)):
+        _train(task, seed, "full", _model_configs(task, seed, "full")[0][1])
+    logging.info("Training %s seed %s %s", task, seed, name)
+    start = time.time()
+    import keras
+
+    keras.backend.clear_session()
+    train_lib.train(model_dir, _data_config(task, seed), model_config, _train_config())
+    train_lib.write_json(os.path.join(model_dir, "train_seconds.json"),
+                         {"seconds": time.time() - start})
+    return model_dir
+
+
+def _knobs(method, name):
+    if method == "pabee":
+        return [(f"patience{int(p)}", {"patience": int(p)}) for p in FLAGS.patiences]
+    if method == "deebert":
+        return [(f"entropy{float(t):g}", {"entropy_threshold": float(t)})
+                for t in FLAGS.entropy_thresholds]
+    if method.startswith("dact"):
+        return [("default", {})] + [(f"target{float(k):g}", {"target_blocks": float(k)})
+                                    for k in FLAGS.target_blocks]
+    if method == "static":
+        return [(name.split("_k")[1], {})]
+    return [("", {})]
+
+
+def _point(task, seed, method, knob, settings, model_dir, datasets, metric_task):
+    from dact_tf import calibration
+    from dact_tf import train_lib
+
+    model, _, config = train_lib.load_model_dir(model_dir)
+    result = {}
+    if "target_blocks" in settings:
+        cal = calibration.calibrate_halting_bias(model, datasets["holdout"],
+                                                 settings["target_blocks"])
+        result["calibration"] = cal
+    elif settings:
+        model.configure_exit(**settings)
+    dev = train_lib.evaluate(model, datasets["validation"], metric_task)
+    holdout = train_lib.evaluate(model, datasets["holdout"], metric_task)
+    metric_name = METRIC[task]
+    result.update(
+        task=task, method=method, knob=knob, seed=int(seed),
+        train_examples=train_lib.dataset_sizes(_data_config(task, seed))[0],
+        metric_name=metric_name, metric=dev[metric_name],
+        mean_layers_executed=dev["mean_layers_executed"], backbone_layers=dev["num_layers"],
+        accuracy=dev.get("accuracy"), holdout_metric=holdout[metric_name],
+        layers_histogram=" ".join(map(str, dev["layers_histogram"])),
+        epochs=config["train"]["epochs"], model_dir=model_dir, dev=dev,
+    )
+    if model.method == "dact":
+        model.configure_exit(halting_rule="paper")
+        result["paper_rule_blocks"] = train_lib.evaluate(
+            model, datasets["validation"], metric_task)["mean_layers_executed"]
+    seconds = os.path.join(model_dir, "train_seconds.json")
+    if os.path.exists(seconds):
+        with open(seconds) as f:
+            result["train_seconds"] = round(json.load(f)["seconds"])
+    return result
+
+
+def _schedule():
+    if FLAGS.schedule:
+        return [tuple(item.split(":")) for item in FLAGS.schedule.split(",")]
+    return [(t, s, m) for t in FLAGS.tasks for s in FLAGS.seeds for m in FLAGS.methods]
+
+
+def main(argv):
+    del argv
+    from dact_tf import train_lib
+    from dact_tf.models import backbones
+
+    if not FLAGS.plot_only:
+        datasets_cache = {}
+        for task, seed, method in _schedule():
+            for name, model_config in _model_configs(task, seed, method):
+                todo = [(k, s) for k, s in _knobs(method, name)
+                        if not os.path.exists(_point_path(task, seed, method, k))]
+                if not todo:
+                    continue
+                model_dir = _train(task, seed, name, model_config)
+                key = (task, seed)
+                if key not in datasets_cache:
+                    _, tokenizer = backbones.load_backbone(FLAGS.backbone, max_sequence_length=8)
+                    data_config = _data_config(task, seed)
+                    pre = backbones.make_preprocessor(
+                        tokenizer, sequence_length=data_config.max_seq_length)
+                    datasets_cache = {key: train_lib.make_datasets(
+                        data_config, pre, splits=("holdout", "validation"))}
+                metric_task = train_lib.task_info(_data_config(task, seed))[3]
+                for knob, settings in todo:
+                    logging.info("Evaluating %s seed %s %s %s", task, seed, method, knob)
+                    result = _point(task, seed, method, knob, settings, model_dir,
+                                    datasets_cache[key], metric_task)
+                    train_lib.write_json(_point_path(task, seed, method, knob), result)
+                    _write_outputs(_collect_rows(), plots=False)
+                    if FLAGS.commit:
+                        _commit(f"Study point: {task} seed {seed} {method} {knob or ''}: "
+                                f"{result['metric_name']} {result['metric']:.4f} at "
+                                f"{result['mean_layers_executed']:.2f} blocks")
+    _write_outputs(_collect_rows(), plots=True)
+    if FLAGS.commit:
+        _commit("Study: tables and plots")
+
+
+def _point_path(task, seed, method, knob):
+    name = f"{task}_seed{seed}_{method}" + (f"_{knob}" if knob else "") + ".json"
+    return os.path.join(FLAGS.out_dir, "points", name)
+
+
+def _collect_rows():
+    rows = []
+    for path in sorted(glob.glob(os.path.join(FLAGS.out_dir, "points", "*.json"))):
+        with open(path) as f:
+            rows.append(json.load(f))
+    tasks, methods = list(METRIC), list(METHODS)
+    return sorted(rows, key=lambda r: (tasks.index(r["task"]), methods.index(r["method"]),
+                                       r["knob"], r["seed"]))
+
+
+def _commit(message):
+    paths = [FLAGS.results_csv, FLAGS.results_md] + glob.glob(os.path.join(HERE, "study_*.png"))
+    paths = [p for p in paths if os.path.exists(p)]
+    for _ in range(5):  # another git command may hold the index lock
+        added = subprocess.run(["git", "add", "--", *paths], capture_output=True)
+        done = subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths],
+                              capture_output=True, text=True)
+        if added.returncode == 0 and (done.returncode == 0 or "nothing" in done.stdout):
+            return
+        time.sleep(3)
+    logging.warning("Could not commit the study point: %s", done.stderr)
+
+
+def _groups(rows):
+    """`{(task, method, knob): [rows over seeds]}`."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["method"], r["knob"]), []).append(r)
+    return groups
+
+
+def _mean_std(values):
+    import numpy as np
+
+    values = np.asarray(values, float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def _write_outputs(rows, plots):
+    os.makedirs(os.path.dirname(FLAGS.results_csv), exist_ok=True)
+    with open(FLAGS.results_csv, "w", newline="") as f:
+        w = csv.DictWriter(f, CSV_KEYS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    env = bench_utils.environment()
+    lines = [
+        "# Accuracy per block: DACT's default recipe vs full depth, static truncation, "
+        "PABEE and DeeBERT",
+        "",
+        "Generated by `benchmarks/study.py` from the finished points (the per-seed rows are in "
+        "`results/study.csv`). Command of the last run, from the repository root:",
+        "",
+        "    PYTHONPATH=. python -m benchmarks.study "
+        + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "",
+        f"Machine: {env['cpu_model']}, {env['cpu_cores']} cores, "
+        f"{', '.join(env['gpus']) or 'no GPU'}; last written {env['date_utc']}. Backbone "
+        f"`{FLAGS.backbone}`; full training sets (less 10% held out for model selection, at "
+        "most 1,000 rows), GLUE dev sets for every figure; sequence length 64 (SST-2, CoLA) or "
+        "128 (pairs). Mean ± std over the seeds listed (n).",
+        "",
+        "| task | method | knob | n | metric | mean blocks | held-out metric |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (task, method, knob), group in _groups(rows).items():
+        m, s = _mean_std([r["metric"] for r in group])
+        b, bs = _mean_std([r["mean_layers_executed"] for r in group])
+        h, _ = _mean_std([r["holdout_metric"] for r in group])
+        lines.append(
+            f"| {task} | {method} | {knob or '-'} | {len(group)} | "
+            f"{group[0]['metric_name']} {m:.4f} ± {s:.4f} | {b:.2f} ± {bs:.2f} | {h:.4f} |"
+        )
+    bench_utils.write_generated_markdown(FLAGS.results_md, "\n".join(lines))
+    if plots:
+        _plot(rows)
+
+
+def _plot(rows):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logging.warning("matplotlib is not installed (pip install -e .[bench]): no plot.")
+        return
+    groups = _groups(rows)
+    for task in sorted({r["task"] for r in rows}):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for method in METHODS:
+            pts = []
+            for (t, m, _), group in groups.items():
+                if t == task and m == method:
+                    y, ys = _mean_std([r["metric"] for r in group])
+                    x, xs = _mean_std([r["mean_layers_executed"] for r in group])
+                    pts.append((x, y, xs, ys))
+            if pts:
+                pts.sort()
+                xs, ys, xe, ye = zip(*pts)
+                ax.errorbar(xs, ys, xerr=xe, yerr=ye, marker="o", capsize=3, label=method,
+                            linestyle="-" if method.startswith(("static", "dact")) else ":")
+        ax.set_xlabel("mean blocks executed (dev)")
+        ax.set_ylabel(f"dev {METRIC[task]}")
+        ax.set_title(f"{task}: {METRIC[task]} vs compute ({FLAGS.backbone}, mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(HERE, f"study_{task}.png"), dpi=120)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,98 @@
+"""The fine-tuning recipe: AdamW with warm-up and linear decay.
+
+Standard BERT fine-tuning practice (Devlin et al., 2019): AdamW with
+decoupled weight decay (not on biases and LayerNorm scales), the learning
+rate rising linearly from 0 over the first steps, then falling linearly to 0
+at the end of training. A constant learning rate, the first recipe dact_tf
+used, lost full depth up to 2.4 points in its second epoch.
+"""
+
+import keras
+
+#: Optimizers `make_optimizer` builds.
+OPTIMIZERS = ("adamw", "adam")
+# Variables whose names contain these get no weight decay.
+_NO_DECAY = ("bias", "gamma", "beta", "layer_norm", "layernorm", "embeddings_layer_norm")
+
+
+@keras.saving.register_keras_serializable(package="dact_tf")
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """A learning rate that rises linearly to `peak`, then falls linearly to 0.
+
+        lr(step) = peak * step / warmup_steps                 step < warmup_steps
+        lr(step) = peak * (total - step) / (total - warmup)   after, never < 0
+
+    Args:
+        peak: float > 0, the learning rate at the end of the warm-up.
+        warmup_steps: int >= 0, the steps of the linear warm-up.
+        total_steps: int >= 1, the steps of the whole training run.
+
+    Example:
+    >>> schedule = WarmupLinearDecay(1e-4, warmup_steps=10, total_steps=100)
+    >>> float(schedule(5)), float(schedule(10)), float(schedule(100))
+    (5e-05, 0.0001, 0.0)
+    """
+
+    def __init__(self, peak, warmup_steps, total_steps):
+        if not float(peak) > 0.0:
+            raise ValueError(f"`peak` must be > 0, got {peak}.")
+        if int(total_steps) < 1 or not 0 <= int(warmup_steps) <= int(total_steps):
+            raise ValueError(
+                "Need 0 <= warmup_steps <= total_steps and total_steps >= 1, got "
+                f"warmup_steps={warmup_steps}, total_steps={total_steps}."
+            )
+        self.peak = float(peak)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warmup = float(max(self.warmup_steps, 1))
+        rising = self.peak * step / warmup
+        decay_steps = float(max(self.total_steps - self.warmup_steps, 1))
+        falling = self.peak * (float(self.total_steps) - step) / decay_steps
+        lr = keras.ops.where(step < float(self.warmup_steps), rising, falling)
+        return keras.ops.maximum(lr, 0.0)
+
+    def get_config(self):
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }
+
+
+def make_optimizer(name, learning_rate, total_steps=None, warmup_fraction=0.1, weight_decay=0.01):
+    """The optimizer of a fine-tuning run.
+
+    Args:
+        name: `"adamw"` (the recipe: AdamW, warm-up, linear decay) or
+            `"adam"` (Adam at a constant learning rate, no decay: dact_tf's
+            first recipe, kept to reproduce old results).
+        learning_rate: float > 0, the peak (adamw) or constant (adam) rate.
+        total_steps: int, the run's optimizer steps (adamw).
+        warmup_fraction: float in [0, 1), the fraction of `total_steps`
+            spent warming up (adamw).
+        weight_decay: float >= 0, AdamW's decoupled weight decay; biases and
+            LayerNorm parameters are excluded.
+
+    Returns:
+        A `keras.optimizers.Optimizer`.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {name!r}.")
+    if not float(learning_rate) > 0.0:
+        raise ValueError(f"`learning_rate` must be > 0, got {learning_rate}.")
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if not 0.0 <= float(warmup_fraction) < 1.0:
+        raise ValueError(f"`warmup_fraction` must be in [0, 1), got {warmup_fraction}.")
+    if not float(weight_decay) >= 0.0:
+        raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
+    total_steps = max(int(total_steps or 1), 1)
+    schedule = WarmupLinearDecay(
+        learning_rate, int(round(warmup_fraction * total_steps)), total_steps
+    )
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=float(weight_decay))
+    optimizer.exclude_from_weight_decay(var_names=list(_NO_DECAY))
+    return optimizer

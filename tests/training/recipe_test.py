@@ -1,0 +1,205 @@
+"""Tests of the training recipe: distillation, AdamW schedule, best epoch, holdout, two stages."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dact_tf import ops
+from dact_tf import optimization
+from dact_tf import train_lib
+from dact_tf.callbacks import KeepBestEpoch
+from dact_tf.data import builtin_sst2_dir
+from dact_tf.models.dact_classifier import DactClassifier
+from tests.testing import synthetic_task
+from tests.testing import tiny_backbone
+
+
+def numpy_distillation(answers, accumulated, regression=False, span=1.0):
+    answers = np.asarray(answers, np.float64)
+    accumulated = np.asarray(accumulated, np.float64)
+    teacher = answers[-1]
+
+    def div(x):
+        if regression:
+            return (((teacher - x) / span) ** 2).sum(-1)
+        return (teacher * (np.log(teacher + 1e-7) - np.log(x + 1e-7))).sum(-1)
+
+    heads = np.mean([div(a).mean() for a in answers[:-1]]) if len(answers) > 1 else 0.0
+    return (heads + np.mean([div(a).mean() for a in accumulated])) / 2
+
+
+def test_distillation_loss_matches_its_formula():
+    rng = np.random.default_rng(0)
+    answers = rng.dirichlet(np.ones(3), size=(4, 5)).astype("float32")
+    accumulated = rng.dirichlet(np.ones(3), size=(4, 5)).astype("float32")
+    got = float(ops.distillation_loss(answers, accumulated))
+    np.testing.assert_allclose(got, numpy_distillation(answers, accumulated), rtol=1e-5)
+    # Regression: squared differences scaled by the range.
+    scores = rng.uniform(0, 5, size=(3, 5, 1)).astype("float32")
+    acc = rng.uniform(0, 5, size=(3, 5, 1)).astype("float32")
+    got = float(ops.distillation_loss(scores, acc, task="regression", output_range=(0, 5)))
+    np.testing.assert_allclose(got, numpy_distillation(scores, acc, True, 5.0), rtol=1e-5)
+    # One block: only a_1 against y_1; identical answers cost nothing.
+    same = answers[:1]
+    assert abs(float(ops.distillation_loss(same, same))) < 1e-6
+
+
+def test_distillation_gradient_does_not_reach_the_teacher():
+    rng = np.random.default_rng(1)
+    answers = tf.Variable(rng.dirichlet(np.ones(2), size=(3, 4)), dtype=tf.float32)
+    accumulated = tf.Variable(rng.dirichlet(np.ones(2), size=(3, 4)), dtype=tf.float32)
+    with tf.GradientTape() as tape:
+        loss = ops.distillation_loss(answers, accumulated)
+    grad_answers, grad_accumulated = tape.gradient(loss, [answers, accumulated])
+    np.testing.assert_array_equal(grad_answers.numpy()[-1], 0.0)  # the teacher y_N
+    assert np.abs(grad_answers.numpy()[:-1]).min() > 0  # students y_1..y_{N-1}
+    assert np.abs(grad_accumulated.numpy()).min() > 0  # every a_n
+
+
+def test_model_adds_the_weighted_distillation_loss():
+    feats, labels = synthetic_task(16, seed=4)
+    model = DactClassifier(tiny_backbone(seed=4), num_classes=2, tau=0.0, dropout=0.0)
+    model.compile()
+    y_pred = model(feats, training=True)
+    base = float(model.compute_loss(y=labels, y_pred=y_pred))
+    distilled = DactClassifier(tiny_backbone(seed=4), num_classes=2, tau=0.0, dropout=0.0,
+                               distill_weight=0.7)
+    distilled.set_weights(model.get_weights())
+    distilled.compile()
+    y_pred = distilled(feats, training=True)
+    got = float(distilled.compute_loss(y=labels, y_pred=y_pred))
+    expected = 0.7 * numpy_distillation(y_pred["block_answers"], y_pred["block_accumulated"])
+    np.testing.assert_allclose(got - base, expected, rtol=1e-4)
+    assert distilled.get_config()["distill_weight"] == 0.7
+    with pytest.raises(ValueError, match="distill_weight"):
+        DactClassifier(tiny_backbone(), num_classes=2, method="pabee", distill_weight=1.0)
+
+
+def test_warmup_linear_decay_schedule():
+    schedule = optimization.WarmupLinearDecay(1e-3, warmup_steps=10, total_steps=110)
+    values = [float(schedule(s)) for s in (0, 5, 10, 60, 110, 200)]
+    np.testing.assert_allclose(values, [0.0, 5e-4, 1e-3, 5e-4, 0.0, 0.0], atol=1e-9)
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert clone.get_config() == schedule.get_config()
+    with pytest.raises(ValueError, match="warmup_steps"):
+        optimization.WarmupLinearDecay(1e-3, warmup_steps=20, total_steps=10)
+    with pytest.raises(ValueError, match="optimizer"):
+        optimization.make_optimizer("sgd", 1e-3)
+
+
+def test_adamw_decays_kernels_but_not_biases_or_layer_norms():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.LayerNormalization()])
+    optimizer = optimization.make_optimizer("adamw", 0.1, total_steps=2, warmup_fraction=0.0,
+                                            weight_decay=0.5)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    optimizer.apply_gradients([(tf.zeros_like(v), v) for v in model.trainable_variables])
+    after = {v.path: v.numpy() for v in model.trainable_variables}
+    for v, old in zip(model.trainable_variables, before):
+        if "kernel" in v.path:
+            assert np.abs(after[v.path] - old).max() > 1e-3, v.path  # decayed
+        else:
+            np.testing.assert_array_equal(after[v.path], old)  # bias, gamma, beta
+
+
+def _tiny_model():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def test_keep_best_epoch_restores_the_best_weights_across_a_resume(tmp_path):
+    model = _tiny_model()
+    cb = KeepBestEpoch("val_accuracy", "max", str(tmp_path))
+    cb.set_model(model)
+    cb.on_train_begin()
+    snapshots = []
+    for epoch, score in enumerate([0.5, 0.7, 0.6]):
+        model.set_weights([w + 1.0 for w in model.get_weights()])
+        snapshots.append(model.get_weights())
+        cb.on_epoch_end(epoch, {"val_accuracy": score})
+    # Interrupted here; a resumed run with a new callback keeps the record.
+    resumed = KeepBestEpoch("val_accuracy", "max", str(tmp_path))
+    resumed.set_model(model)
+    resumed.on_train_begin()
+    assert resumed.best == 0.7 and resumed.best_epoch == 1
+    model.set_weights([w + 1.0 for w in model.get_weights()])
+    resumed.on_epoch_end(3, {"val_accuracy": 0.65})
+    resumed.on_train_end()
+    for got, want in zip(model.get_weights(), snapshots[1]):
+        np.testing.assert_array_equal(got, want)
+    with open(tmp_path / "best_epoch.json") as f:
+        assert json.load(f)["epoch"] == 1
+    with pytest.raises(ValueError, match="val_missing"):
+        bad = KeepBestEpoch("val_missing", "max", str(tmp_path / "x"))
+        bad.set_model(model)
+        bad.on_epoch_end(0, {"val_accuracy": 1.0})
+
+
+def _data_config(**kwargs):
+    values = dict(task="sst2", data_dir=builtin_sst2_dir(), max_seq_length=16,
+                  max_train_examples=120, max_eval_examples=40, batch_size=16)
+    values.update(kwargs)
+    return train_lib.DataConfig(**values)
+
+
+def _rows(dataset, tokenizer_vocab=None):
+    rows = []
+    for x, y in dataset:
+        for ids, mask, label in zip(x["token_ids"].numpy(), x["padding_mask"].numpy(), y.numpy()):
+            rows.append((tuple(ids[mask]), int(label)))
+    return rows
+
+
+def test_holdout_rows_are_disjoint_from_training_and_the_same_for_every_seed():
+    from dact_tf.models import backbones
+
+    pre = backbones.make_preprocessor(backbones.tiny_tokenizer(), 16)
+    splits = {}
+    for seed in (0, 1):
+        ds = train_lib.make_datasets(_data_config(seed=seed), pre, splits=("train", "holdout"))
+        splits[seed] = {k: _rows(v) for k, v in ds.items()}
+    everything = train_lib.make_datasets(_data_config(holdout_fraction=0.0, padding="batch"), pre,
+                                         splits=("train",))["train"]
+    allrows = sorted(_rows(everything))
+    train, holdout = splits[0]["train"], splits[0]["holdout"]
+    assert len(holdout) == 12 and len(train) == 108
+    assert sorted(train + holdout) == allrows  # a partition of the first 120 rows
+    assert sorted(splits[1]["holdout"]) == sorted(holdout)  # seed-independent
+    assert train_lib.dataset_sizes(_data_config()) == (108, 12)
+
+
+def test_train_runs_both_stages_keeps_the_best_epoch_and_lands_on_target_blocks(tmp_path):
+    model_dir = tmp_path / "run"
+    data = _data_config()
+    model, pre, history = train_lib.train(
+        str(model_dir), data,
+        train_lib.ModelConfig(backbone="tiny", target_blocks=2.0),
+        train_lib.TrainConfig(epochs=2, learning_rate=1e-3, verbose=0),
+    )
+    assert (model_dir / "stage1" / "model.keras").exists()  # stage 1 kept
+    assert (model_dir / "best" / "best.weights.h5").exists()
+    stage1 = train_lib.read_config(str(model_dir / "stage1"))
+    assert stage1["method"] == "static" and stage1["model"]["head_loss_weight"] == 0.0
+    config = train_lib.read_config(str(model_dir))
+    assert config["model"]["init_from"] is None  # the stored config is the user's
+    cal = history["calibration"]
+    holdout = train_lib.make_datasets(data, pre, splits=("holdout",))["holdout"]
+    reloaded, _, _ = train_lib.load_model_dir(str(model_dir))
+    blocks = train_lib.evaluate(reloaded, holdout, "sst2")["mean_layers_executed"]
+    assert abs(blocks - 2.0) <= 0.5, (blocks, cal)
+    assert abs(cal["holdout_layers_executed"] - blocks) < 1e-6
+    # The calibrated model keeps the guarantee.
+    early, _ = train_lib.predict_dataset(reloaded, holdout)
+    full, _ = train_lib.predict_dataset(reloaded, holdout, full_depth=True)
+    np.testing.assert_array_equal(early["predictions"], full["predictions"])
+    # A re-run resumes nothing and trains no stage 1 again.
+    mtime = os.path.getmtime(model_dir / "stage1" / "model.keras")
+    with pytest.raises(ValueError, match="target_blocks"):
+        train_lib.train(str(tmp_path / "bad"), data,
+                        train_lib.ModelConfig(backbone="tiny", method="pabee", target_blocks=2.0),
+                        train_lib.TrainConfig(epochs=1, verbose=0))
+    assert os.path.getmtime(model_dir / "stage1" / "model.keras") == mtime
