@@ -23,7 +23,7 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         lr(step) = peak * (total - step) / (total - warmup)   after, never < 0
 
     Args:
-        peak: float > 0, the learning rate at the end of the warm-up.
+        peak: float >= 0, the learning rate at the end of the warm-up.
         warmup_steps: int >= 0, the steps of the linear warm-up.
         total_steps: int >= 1, the steps of the whole training run.
 
@@ -34,8 +34,8 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, peak, warmup_steps, total_steps):
-        if not float(peak) > 0.0:
-            raise ValueError(f"`peak` must be > 0, got {peak}.")
+        if not float(peak) >= 0.0:
+            raise ValueError(f"`peak` must be >= 0, got {peak}.")
         if int(total_steps) < 1 or not 0 <= int(warmup_steps) <= int(total_steps):
             raise ValueError(
                 "Need 0 <= warmup_steps <= total_steps and total_steps >= 1, got "
@@ -69,7 +69,7 @@ def make_optimizer(name, learning_rate, total_steps=None, warmup_fraction=0.1, w
         name: `"adamw"` (the recipe: AdamW, warm-up, linear decay) or
             `"adam"` (Adam at a constant learning rate, no decay: dact_tf's
             first recipe, kept to reproduce old results).
-        learning_rate: float > 0, the peak (adamw) or constant (adam) rate.
+        learning_rate: float >= 0, the peak (adamw) or constant (adam) rate.
         total_steps: int, the run's optimizer steps (adamw).
         warmup_fraction: float in [0, 1), the fraction of `total_steps`
             spent warming up (adamw).
@@ -81,8 +81,8 @@ def make_optimizer(name, learning_rate, total_steps=None, warmup_fraction=0.1, w
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {name!r}.")
-    if not float(learning_rate) > 0.0:
-        raise ValueError(f"`learning_rate` must be > 0, got {learning_rate}.")
+    if not float(learning_rate) >= 0.0:
+        raise ValueError(f"`learning_rate` must be >= 0, got {learning_rate}.")
     if name == "adam":
         return keras.optimizers.Adam(learning_rate)
     if not 0.0 <= float(warmup_fraction) < 1.0:

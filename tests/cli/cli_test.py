@@ -236,3 +236,18 @@ def test_warm_start_from_another_model(trained, tmp_path):
                    f"--model_dir={tmp_path / 'bad'}", f"--init_from={tmp_path / 'nothing'}",
                    *TINY, cache=root / "cache", check=False)
     assert proc.returncode == 1 and "does not exist" in proc.stderr
+
+
+def test_help_lists_the_commands_and_each_commands_own_flags(tmp_path):
+    top = dact_tf("--help", cache=tmp_path)
+    assert top.returncode == 0
+    for command in ("train", "evaluate", "predict", "export"):
+        assert f"  {command} " in top.stdout
+    train = dact_tf("train", "--help", cache=tmp_path)
+    assert train.returncode == 0
+    for text in ("Data:", "Model:", "Training:", "--target_blocks", "--learning_rate (default: '0.0001')"):
+        assert text in train.stdout
+    export = dact_tf("export", "--help", cache=tmp_path)
+    assert "--export_dir" in export.stdout and "--learning_rate" not in export.stdout
+    bare = dact_tf(cache=tmp_path, check=False)
+    assert bare.returncode == 1 and "Commands:" in bare.stdout
