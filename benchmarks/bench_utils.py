@@ -101,3 +101,18 @@ def apply_quick(flag_values, **values):
     """Sets `--quick` smoke-run values on absl `flag_values` (names are flags)."""
     for name, value in values.items():
         setattr(flag_values, name, value)
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or None (with a warning) if missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from absl import logging
+
+        logging.warning("matplotlib is not installed (pip install -e .[bench]): no plot.")
+        return None
+    return plt

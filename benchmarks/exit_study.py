@@ -314,13 +314,8 @@ def _write_outputs(rows):
 
 
 def _plot(rows):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logging.warning("matplotlib is not installed (pip install -e .[bench]): no plot.")
+    plt = bench_utils.pyplot()
+    if plt is None:
         return
     for task in sorted({r["task"] for r in rows}):
         metric = METRIC.get(task, "accuracy")

@@ -8,13 +8,14 @@ decay, best epoch on held-out training rows):
   is also stage 1 of the DACT recipe and of DeeBERT, so those two start from
   it instead of training it again;
 - `static`: static truncation to k blocks (`--static_layers`);
-- `dact`: the default recipe of `dact-tf train` (stage 2 from `full`), at
-  its own trained halting (`knob=default`) and calibrated after training to
-  each of `--target_blocks` on the held-out rows (`knob=target<K>`, the same
-  trained model; see `dact_tf.calibration`);
+- `dact`: the default recipe of `dact-tf train` (stage 2 from `full`,
+  self-distillation, tau steered to the default target of half the blocks
+  and the halting calibrated to it on the held-out rows: `knob=default`),
+  and the same trained model re-calibrated after training to each of
+  `--target_blocks` (`knob=target<K>`; see `dact_tf.calibration`);
 - `dact_paper`: the paper's form (loss on `a_N` plus the ponder cost, no
-  per-block or distillation loss, no stage 1), default tau, and calibrated
-  to the same targets;
+  per-block or distillation loss, no stage 1, no target: tau decides), and
+  calibrated after training to the same targets;
 - `pabee` (one model, each of `--patiences`) and `deebert` (stage 2 from
   `full`, each of `--entropy_thresholds`).
 
@@ -56,7 +57,7 @@ from benchmarks import bench_utils  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = ("full", "static", "dact", "dact_paper", "pabee", "deebert",
            # Variants of the recipe, for choosing it (see RECIPE.md).
-           "dact_nodistill", "dact_conf", "dact_onestage")
+           "dact_nodistill", "dact_conf", "dact_noconf", "dact_onestage")
 METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews_corrcoef",
           "stsb": "pearson", "qnli": "accuracy"}
 SEQ_LENGTH = {"sst2": 64, "cola": 64}  # pair tasks: 128
@@ -70,7 +71,7 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_list("methods", ["full", "dact", "static", "pabee", "deebert", "dact_paper"],
                   f"Methods, in the order to run, from {METHODS}.")
 flags.DEFINE_list("static_layers", ["1", "2", "3"], "static: blocks kept.")
-flags.DEFINE_list("target_blocks", ["1.5", "2", "2.5", "3"], "DACT: calibrated mean blocks.")
+flags.DEFINE_list("target_blocks", ["1.5", "2", "2.5", "4"], "DACT: mean blocks to re-calibrate the trained model to (its default is half the blocks).")
 flags.DEFINE_list("patiences", ["1", "2", "3"], "PABEE: patience values.")
 flags.DEFINE_list("entropy_thresholds", ["0.1", "0.2", "0.3", "0.45"], "DeeBERT: thresholds (nats).")
 flags.DEFINE_string("schedule", None, "Comma-separated task:seed:method items to run in this order instead of the tasks x seeds x methods product (e.g. sst2:0:full,sst2:0:dact).")
@@ -80,6 +81,8 @@ flags.DEFINE_integer("max_train_examples", None, "Training rows per task (None: 
 flags.DEFINE_integer("epochs", 3, "Epochs per training stage.")
 flags.DEFINE_float("learning_rate", None, "Peak learning rate (None: the TrainConfig default).")
 flags.DEFINE_integer("batch_size", 32, "Batch size.")
+flags.DEFINE_string("mixed_precision", "none", "Training precision (TrainConfig.mixed_precision): e.g. mixed_bfloat16, about 2x faster on CPUs with AVX512-BF16; DACT's halting math stays float32.")
+flags.DEFINE_string("epochs_per_task", "", "Overrides of --epochs per task, e.g. sst2:1.")
 flags.DEFINE_boolean("commit", False, "git-commit the CSV and STUDY.md after every finished point.")
 flags.DEFINE_boolean("plot_only", False, "Only rewrite the tables and plots from finished points.")
 flags.DEFINE_string("results_csv", os.path.join(HERE, "results", "study.csv"), "The CSV.")
@@ -96,10 +99,12 @@ def _data_config(task, seed):
     )
 
 
-def _train_config():
+def _train_config(task):
     from dact_tf import train_lib
 
-    kwargs = dict(epochs=FLAGS.epochs, verbose=2)
+    epochs = dict(item.split(":") for item in FLAGS.epochs_per_task.split(",") if item)
+    kwargs = dict(epochs=int(epochs.get(task, FLAGS.epochs)), verbose=2,
+                  mixed_precision=FLAGS.mixed_precision)
     if FLAGS.learning_rate:
         kwargs["learning_rate"] = FLAGS.learning_rate
     return train_lib.TrainConfig(**kwargs)
@@ -127,12 +132,15 @@ def _model_configs(task, seed, method):
     if method == "dact_conf":  # halting units that read their answer's confidence
         return [(method, train_lib.dataclasses.replace(
             base, init_from=full, halting_confidence=-4.0))]
+    if method == "dact_noconf":  # the paper's halting units, in the default recipe
+        return [(method, train_lib.dataclasses.replace(
+            base, init_from=full, halting_confidence=0.0))]
     if method == "dact_onestage":  # no stage 1
         return [(method, train_lib.dataclasses.replace(base, full_depth_stage=False))]
     if method == "dact_paper":
         return [("dact_paper", train_lib.dataclasses.replace(
             base, head_loss_weight=0.0, distill_weight=0.0, halting_confidence=0.0,
-            full_depth_stage=False))]
+            full_depth_stage=False, target_blocks=0, tau_warmup_epochs=1.0))]
     if method == "pabee":
         return [("pabee", train_lib.dataclasses.replace(
             base, method="pabee", distill_weight=0.0, halting_confidence=0.0))]
@@ -156,7 +164,7 @@ def _train(task, seed, name, model_config):
     import keras
 
     keras.backend.clear_session()
-    train_lib.train(model_dir, _data_config(task, seed), model_config, _train_config())
+    train_lib.train(model_dir, _data_config(task, seed), model_config, _train_config(task))
     train_lib.write_json(os.path.join(model_dir, "train_seconds.json"),
                          {"seconds": time.time() - start})
     return model_dir
@@ -338,13 +346,8 @@ def _write_outputs(rows, plots):
 
 
 def _plot(rows):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logging.warning("matplotlib is not installed (pip install -e .[bench]): no plot.")
+    plt = bench_utils.pyplot()
+    if plt is None:
         return
     groups = _groups(rows)
     for task in sorted({r["task"] for r in rows}):

@@ -102,21 +102,27 @@ class ModelConfig:
     the study in `benchmarks/STUDY.md` chose. Beyond `DactClassifier`'s
     arguments:
 
+    - `halting_confidence`: DACT, classification (ignored for regression):
+      each halting unit also reads its own answer's confidence, with this
+      initial weight (0: the paper's halting units).
     - `full_depth_stage`: DACT only: first fine-tune the plain full-depth
       model (stage 1, kept in `model_dir/stage1/`, the same recipe), then
       train DACT from it (stage 2). Ignored with `init_from`.
-    - `target_blocks`: DACT only: after training, shift the halting biases
-      so that the mean blocks executed on the held-out training rows is
-      this (see `dact_tf.calibration`); None keeps what training learned.
+    - `target_blocks`: DACT only: the mean number of blocks to run. During
+      training tau is steered towards it (`TargetBlocksTau`); after training
+      the halting biases are shifted so that the mean blocks executed on
+      the held-out training rows is this (`dact_tf.calibration`). None
+      (default) is half the backbone's blocks; 0 lets tau alone decide
+      (the paper's way).
     - `init_from`: warm start from another trained model.
     - `freeze_backbone`: train the heads only.
     """
 
     backbone: str = backbones_lib.MINILM_SPEC
     tau: float = 0.06
-    tau_warmup_epochs: float = 1.0
+    tau_warmup_epochs: float = 0.3
     halting_bias: float = 1.0
-    halting_confidence: float = 0.0
+    halting_confidence: float = -4.0
     shared_heads: bool = False
     halting_rule: str = "tight"
     regression_tolerance: float = 0.05
@@ -146,7 +152,7 @@ class TrainConfig:
     """
 
     epochs: int = 3
-    learning_rate: float = 1e-4
+    learning_rate: float = 5e-5
     optimizer: str = "adamw"
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
@@ -432,10 +438,13 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
         `dact_tf.calibration.calibrate_halting_bias`).
     """
     dact = model_config.method == "dact"
-    if model_config.target_blocks is not None and not dact:
+    if model_config.target_blocks and not dact:
         raise ValueError("--target_blocks sets DACT's halting; it needs --method=dact.")
-    if model_config.target_blocks is not None and not data_config.holdout_fraction:
-        raise ValueError("--target_blocks is calibrated on held-out rows: set --holdout_fraction > 0.")
+    if dact and model_config.target_blocks != 0 and not data_config.holdout_fraction:
+        raise ValueError(
+            "DACT's --target_blocks is calibrated on held-out rows: set --holdout_fraction > 0, "
+            "or --target_blocks=0 to let tau alone decide."
+        )
     if dact and model_config.full_depth_stage and not model_config.init_from:
         stage1_dir = os.path.join(model_dir, STAGE1_DIR)
         if not os.path.exists(os.path.join(stage1_dir, MODEL_FILE)):
@@ -475,7 +484,9 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
             label_names=label_names,
             tau=model_config.tau,
             halting_bias=model_config.halting_bias,
-            halting_confidence=model_config.halting_confidence if dact else 0.0,
+            # Confidence-reading halting units need a class distribution.
+            halting_confidence=(
+                model_config.halting_confidence if dact and not regression else 0.0),
             shared_heads=model_config.shared_heads,
             halting_rule=model_config.halting_rule,
             regression_tolerance=model_config.regression_tolerance,
@@ -492,6 +503,14 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
             # Train the heads only (e.g. on a warm-started, fine-tuned backbone).
             model.backbone.trainable = False
     holdout = bool(data_config.holdout_fraction)
+    target = None
+    if dact and model_config.target_blocks != 0:
+        target = model_config.target_blocks or model.num_layers / 2.0
+        if not 1.0 <= target <= model.num_layers:
+            raise ValueError(
+                f"--target_blocks must be in [1, {model.num_layers}] (the model's blocks), "
+                f"got {target:g}."
+            )
     train_rows, _ = dataset_sizes(data_config, label_names)
     steps_per_epoch = max(1, -(-train_rows // data_config.batch_size))
     total_steps = steps_per_epoch * train_config.epochs
@@ -548,10 +567,15 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
         if dact:
             # tau grows from 0 while the heads learn to answer: with untrained
             # heads the ponder cost alone would drive every example to halt
-            # at block 1.
+            # at block 1. With a compute target, tau is then steered towards it.
             warmup = int(round(model_config.tau_warmup_epochs * steps_per_epoch))
-            tau = dact_callbacks.LinearTauWarmup(model_config.tau, warmup)
-            cbs.insert(1, dact_callbacks.TauScheduler(tau))
+            if target is None:
+                tau = dact_callbacks.TauScheduler(
+                    dact_callbacks.LinearTauWarmup(model_config.tau, warmup))
+            else:
+                tau = dact_callbacks.TargetBlocksTau(
+                    target, model_config.tau, warmup, data=selection.take(4))
+            cbs.insert(1, tau)
         return cbs
 
     def fit(stage):
@@ -578,10 +602,8 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
                                stage1_done=bool(model_config.init_from))
     else:
         history = fit(1)
-    if model_config.target_blocks is not None:
-        result = calibration.calibrate_halting_bias(
-            model, datasets["holdout"], model_config.target_blocks
-        )
+    if target is not None:
+        result = calibration.calibrate_halting_bias(model, datasets["holdout"], target)
         result["holdout_layers_executed"] = float(
             dact_callbacks.halting_statistics(model, datasets["holdout"])["mean_layers_executed"]
         )

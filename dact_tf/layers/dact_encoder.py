@@ -97,8 +97,11 @@ class DactEncoder(keras.layers.Layer):
         `[batch, num_outputs]`, `"predictions"` int32 `[batch]`. Regression:
         `"scores"` float32 `[batch]`. Both: `"layers_executed"` int32
         `[batch]` and `"ponder_cost"` float32 `[batch]` (`sum p_n` over the
-        blocks executed). With `training=True` also `"block_answers"`
-        `[num_layers, batch, num_outputs]`, every block's own answer `y_n`.
+        blocks executed). With `training=True` every block runs, and
+        `"layers_executed"` is where the exit rule would stop each example;
+        also `"block_answers"` `[num_layers, batch, num_outputs]`, every
+        block's own answer `y_n`, and for DACT `"block_accumulated"`, the
+        `a_n`.
 
     Example:
     >>> import keras_hub
@@ -240,14 +243,22 @@ class DactEncoder(keras.layers.Layer):
         if inputs.shape[0] == 0:
             raise ValueError("Got an empty batch (batch size 0).")
         if training or full_depth:
+            # Training runs every block; its `layers_executed` is where the
+            # exit rule would stop each training example (what the progress
+            # bar and `dact_tf.callbacks.TargetBlocksTau` read).
             trace = self.trace(
-                inputs, padding_mask, training=bool(training), exit_layers=False
+                inputs, padding_mask, training=bool(training), exit_layers=bool(training)
             )
             ponder = trace["ponder_cost"]
             dact = self.method == "dact"
+            layers = (
+                trace["exit_layers"]
+                if training
+                else tf.fill(tf.shape(ponder), tf.constant(self.num_layers, tf.int32))
+            )
             out = self._outputs(
                 trace["accumulated"][-1] if dact else trace["answers"][-1],
-                tf.fill(tf.shape(ponder), tf.constant(self.num_layers, tf.int32)),
+                layers,
                 ponder if dact else tf.zeros_like(ponder),
             )
             if training:

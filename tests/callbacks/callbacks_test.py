@@ -157,3 +157,46 @@ def test_halting_statistics_ponder_matches_trace_and_rejects_empty():
     assert stats["num_examples"] == 40
     with pytest.raises(ValueError, match="no data"):
         halting_statistics(model, [])
+
+
+class _FakeDact:
+    """Just what TargetBlocksTau reads and writes on a model."""
+
+    def __init__(self):
+        import types
+
+        self.tau = 0.0
+        self.num_layers = 6
+        self.optimizer = types.SimpleNamespace(iterations=tf.Variable(0, dtype=tf.int64))
+        self.layers_executed_tracker = keras.metrics.Mean()
+
+
+def test_target_blocks_tau_ramps_then_steers_towards_the_target():
+    from dact_tf.callbacks import TargetBlocksTau
+
+    model = _FakeDact()
+    cb = TargetBlocksTau(3.0, initial_tau=0.1, warmup_steps=10, interval=1, gain=0.5)
+    cb.set_model(model)
+    cb.on_epoch_begin(0)
+    taus = []
+    for step in range(40):
+        model.optimizer.iterations.assign(step)
+        cb.on_train_batch_begin(step)
+        # The model exits after 5 blocks: too many, tau must grow.
+        model.layers_executed_tracker.update_state([5.0, 5.0])
+        cb.on_train_batch_end(step)
+        taus.append(model.tau)
+    np.testing.assert_allclose(taus[:10], np.arange(10) / 10 * 0.1, rtol=1e-6)  # warm-up
+    assert all(b > a for a, b in zip(taus[10:20], taus[11:21]))  # then up, step by step
+    assert max(taus) <= 10.0  # bounded
+    high = model.tau
+    for step in range(40, 200):
+        model.optimizer.iterations.assign(step)
+        model.layers_executed_tracker.update_state([1.0, 1.0])  # too few: down
+        cb.on_train_batch_end(step)
+    assert model.tau < high
+    logs = {}
+    cb.on_epoch_end(0, logs)
+    assert logs["tau"] == model.tau
+    with pytest.raises(ValueError, match="initial_tau"):
+        TargetBlocksTau(3.0, initial_tau=0.0, warmup_steps=1)

@@ -245,7 +245,7 @@ def test_help_lists_the_commands_and_each_commands_own_flags(tmp_path):
         assert f"  {command} " in top.stdout
     train = dact_tf("train", "--help", cache=tmp_path)
     assert train.returncode == 0
-    for text in ("Data:", "Model:", "Training:", "--target_blocks", "--learning_rate (default: '0.0001')"):
+    for text in ("Data:", "Model:", "Training:", "--target_blocks", "--learning_rate (default: '5e-05')"):
         assert text in train.stdout
     export = dact_tf("export", "--help", cache=tmp_path)
     assert "--export_dir" in export.stdout and "--learning_rate" not in export.stdout
