@@ -103,7 +103,8 @@ def _data_config(stored=None):
     from dact_tf import train_lib
 
     names = [f.name for f in train_lib.dataclasses.fields(train_lib.DataConfig)]
-    values = dict(stored or {})
+    # A model dir from an older dact_tf lacks the newer fields: their defaults.
+    values = {**train_lib.dataclasses.asdict(train_lib.DataConfig()), **(stored or {})}
     for name in names:
         if stored is None or FLAGS[name].present:
             values[name] = getattr(FLAGS, name)

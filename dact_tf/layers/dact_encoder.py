@@ -431,6 +431,9 @@ class DactEncoder(keras.layers.Layer):
         # ponder cost [c] and blocks executed [c + 1]. Packing keeps the
         # body's op count low:
         # at batch 1 the loop's cost is per-op overhead, not arithmetic.
+        # The loop variable keeps one dtype: the blocks' compute dtype (a
+        # model loaded under mixed precision can get float32 embeddings).
+        inputs = tf.cast(inputs, self.blocks[0].compute_dtype)
         state = dict(
             n=tf.constant(0, tf.int32),
             hidden=inputs,

@@ -125,6 +125,22 @@ def test_mixed_precision_keeps_the_guarantee(bfloat16_policy):
     layers = early["layers_executed"]
     assert layers.min() < model.num_layers  # some examples exit early
     np.testing.assert_array_equal(early["predictions"], np.asarray(full["predictions"]))
+    return model, feats, early
+
+
+def test_mixed_precision_model_reloads_and_exits_early(bfloat16_policy, tmp_path):
+    # A reloaded mixed-precision model can feed float32 embeddings to bfloat16
+    # blocks; the early-exit loop must still run and give the same answers.
+    model, feats, early = test_mixed_precision_keeps_the_guarantee(bfloat16_policy)
+    model.save(tmp_path / "m.keras")
+    keras.config.set_dtype_policy("float32")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    again = loaded.predict(feats, batch_size=32, verbose=0)
+    full = loaded(feats, full_depth=True)
+    np.testing.assert_array_equal(again["predictions"], np.asarray(full["predictions"]))
+    np.testing.assert_array_equal(again["predictions"], early["predictions"])
+    # bfloat16 rounding may move a borderline exit by a block, no more.
+    assert np.abs(again["layers_executed"] - early["layers_executed"]).max() <= 1
 
 
 def test_policy_names():
