@@ -28,4 +28,5 @@ from dact_tf.layers import DactEncoder  # noqa: E402
 from dact_tf.layers import DactHeads  # noqa: E402
 from dact_tf.version import __version__  # noqa: E402
 from dact_tf import callbacks  # noqa: E402
+from dact_tf import calibration  # noqa: E402
 from dact_tf.models import DactClassifier  # noqa: E402

@@ -203,3 +203,27 @@ def test_train_runs_both_stages_keeps_the_best_epoch_and_lands_on_target_blocks(
                         train_lib.ModelConfig(backbone="tiny", method="pabee", target_blocks=2.0),
                         train_lib.TrainConfig(epochs=1, verbose=0))
     assert os.path.getmtime(model_dir / "stage1" / "model.keras") == mtime
+
+
+def test_the_recipe_pieces_compose_in_a_plain_keras_fit(tmp_path):
+    """The README's "Using it from Python" recipe, on a tiny model."""
+    import dact_tf
+
+    feats, labels = synthetic_task(192, seed=6)
+    train = tf.data.Dataset.from_tensor_slices((feats, labels)).batch(32)
+    heldout = tf.data.Dataset.from_tensor_slices(
+        synthetic_task(64, seed=7)).batch(32)
+    model = dact_tf.DactClassifier(tiny_backbone(seed=6), num_classes=2, pooling="mean",
+                                   head_loss_weight=1.0, distill_weight=1.0,
+                                   halting_confidence=-4.0, tau=0.06)
+    epochs, steps = 3, 3 * 6
+    model.compile(optimizer=dact_tf.optimization.make_optimizer("adamw", 1e-3, total_steps=steps))
+    model.fit(train, validation_data=heldout, epochs=epochs, verbose=0, callbacks=[
+        dact_tf.callbacks.TargetBlocksTau(2.0, initial_tau=0.06, warmup_steps=steps // 10,
+                                          data=heldout.take(1), interval=2),
+        dact_tf.callbacks.KeepBestEpoch("val_accuracy", "max", str(tmp_path / "best")),
+    ])
+    result = dact_tf.calibration.calibrate_halting_bias(model, heldout, target_blocks=2.0)
+    blocks = train_lib.evaluate(model, heldout, "classification")["mean_layers_executed"]
+    assert abs(blocks - 2.0) <= 0.5 and blocks == pytest.approx(result["mean_layers_executed"])
+    assert (tmp_path / "best" / "best.weights.h5").exists()
