@@ -573,8 +573,15 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
                 tau = dact_callbacks.TauScheduler(
                     dact_callbacks.LinearTauWarmup(model_config.tau, warmup))
             else:
+                # About 40 measurements of the blocks (on 2 held-out batches)
+                # after the warm-up, however short or long the run.
+                # A small gain: tau may move about e^6 over a run at a
+                # persistent half-depth error, smoothly (a sudden jump can
+                # collapse every example onto block 1).
+                interval = max(1, (total_steps - warmup) // 40)
                 tau = dact_callbacks.TargetBlocksTau(
-                    target, model_config.tau, warmup, data=selection.take(4))
+                    target, model_config.tau, warmup, data=selection.take(2),
+                    interval=interval, gain=0.3)
             cbs.insert(1, tau)
         return cbs
 

@@ -204,11 +204,16 @@ def test_model_dir_from_an_unknown_method_or_newer_version(trained, tmp_path, ch
 
 
 def test_warm_start_from_another_model(trained, tmp_path):
-    root, model_dir = trained
+    root, _ = trained
+    # A source whose halting units do not read their confidence.
+    model_dir = tmp_path / "source"
+    dact_tf("train", "--task=sst2", f"--data_dir={builtin_sst2_dir()}", f"--model_dir={model_dir}",
+            "--halting_confidence=0", "--full_depth_stage=false", *TINY, cache=root / "cache")
     warm = tmp_path / "warm"
     dact_tf("train", "--task=sst2", f"--data_dir={builtin_sst2_dir()}", f"--model_dir={warm}",
             f"--init_from={model_dir}", "--tau=0.02", "--head_loss_weight=0.5",
-            "--halting_confidence=-2", *TINY[:-1], "--learning_rate=0", cache=root / "cache")
+            "--halting_confidence=-2", "--target_blocks=0", *TINY[:-1], "--learning_rate=0",
+            cache=root / "cache")
     # Learning rate 0: the warm-started model is the source model, plus the
     # confidence weights of its halting units (the source has none) at -2.
     import keras
