@@ -291,9 +291,7 @@ def _select_rows(examples, limit, data_config, split):
 def _select_features(features, limit, data_config, split):
     if limit is not None:
         features = features.take(limit)
-    count = int(features.cardinality())
-    if count < 0:
-        count = sum(1 for _ in features)
+    count = _count(features)
     mask = tf.constant(_holdout_mask(count, data_config))
     if split == "holdout":
         if not bool(tf.reduce_any(mask)):
@@ -304,15 +302,19 @@ def _select_features(features, limit, data_config, split):
     return features.enumerate().filter(keep).map(lambda _, x: x)
 
 
+def _count(dataset):
+    """The number of elements of a dataset (counted once if unknown)."""
+    count = int(dataset.cardinality())
+    return count if count >= 0 else sum(1 for _ in dataset)
+
+
 def dataset_sizes(data_config, label_names=None):
     """`(train_rows, holdout_rows)` of a data config (after the holdout split)."""
     if data_config.task in CUSTOM_TASKS:
         total = len(_custom_examples(data_config, data_config.train_file, label_names))
     else:
         features = dact_data.load_glue(data_config.task, "train", glue_dir=data_config.data_dir)
-        total = int(features.cardinality())
-        if total < 0:
-            total = sum(1 for _ in features)
+        total = _count(features)
     if data_config.max_train_examples is not None:
         total = min(total, data_config.max_train_examples)
     holdout = int(_holdout_mask(total, data_config).sum())
@@ -727,13 +729,6 @@ def _shard_by_data(dataset):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
-
-
-def _num_batches(dataset):
-    count = int(dataset.cardinality())
-    if count < 0:  # unknown: count once
-        count = sum(1 for _ in dataset)
-    return count
 
 
 def _check_resumable(model_dir, config):

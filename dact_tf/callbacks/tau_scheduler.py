@@ -42,7 +42,7 @@ class LinearTauWarmup:
     """tau grows linearly from `initial` to `target` over `warmup_steps`.
 
     Starting with a small tau lets the heads learn to answer before the
-    ponder cost pushes them to halt (one of the training variants DACT.md
+    ponder cost pushes them to halt (one of the training variants the paper
     leaves open).
 
     Args:

@@ -6,7 +6,7 @@ skip the remaining blocks. Layers call these functions; nothing re-derives
 them. All functions work in float32 whatever the model's compute dtype, so the
 halting guarantee holds under mixed precision.
 
-Notation (see DACT.md / arXiv:2109.11745):
+Notation (Eyzaguirre et al., arXiv:2109.11745):
 
     a_0 = 0,  p_0 = 1
     a_n = p_{n-1} * y_n + (1 - p_{n-1}) * a_{n-1}

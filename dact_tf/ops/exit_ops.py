@@ -2,7 +2,7 @@
 
 The baselines share DACT's per-block heads, its early-exit loop and its
 exports; only the per-example state carried from block to block and the
-exit test differ (see DACT.md section 6):
+exit test differ (DeeBERT: Xin et al., ACL 2020; PABEE: Zhou et al., NeurIPS 2020):
 
 - `"static"`: a classifier on the last of the first k blocks; never exits
   early (k is the number of blocks the model keeps).
