@@ -37,6 +37,8 @@ setuptools.setup(
         "safetensors>=0.4",
         "importlib_resources>=6",
         "numpy>=1.26",
+        # `dact-tf evaluate --plot_dir` and the benchmark plots.
+        "matplotlib>=3.8",
     ],
     extras_require={
         "dev": [
@@ -45,8 +47,8 @@ setuptools.setup(
             "hypothesis>=6.100",
             "tensorflow-serving-api>=2.21,<2.22",
         ],
-        # Plots of the benchmark studies.
-        "bench": ["matplotlib>=3.8"],
+        # Kept for old install commands: matplotlib is now a dependency.
+        "bench": [],
     },
     entry_points={"console_scripts": ["dact-tf=dact_tf.cli.main:run"]},
     classifiers=[

@@ -9,6 +9,13 @@ they provably cannot change the prediction.
 
 import os
 
+from dact_tf.cli import quiet as _quiet
+
+# The `dact-tf` command (and the demo) hide TensorFlow's start-up noise; this
+# must happen before TensorFlow is imported. Library users are not affected.
+if _quiet.is_command_line():
+    _quiet.install()
+
 # dact_tf builds TensorFlow graphs (tf.while_loop, SavedModel, TFLite): it
 # needs Keras on the TensorFlow backend.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")

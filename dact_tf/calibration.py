@@ -14,24 +14,10 @@ of `dact_tf.ops`) on the recorded trace.
 """
 
 import numpy as np
-import tensorflow as tf
 
-from dact_tf import ops
+from dact_tf import analysis
 
 _MAX_SHIFT = 30.0
-
-
-def _trace(model, dataset):
-    fn = tf.function(model.trace, reduce_retracing=True)
-    answers, halting = [], []
-    for batch in dataset:
-        features = batch[0] if isinstance(batch, tuple) else batch
-        trace = fn(features)
-        answers.append(trace["answers"].numpy())
-        halting.append(trace["halting"].numpy())
-    if not answers:
-        raise ValueError("Calibration got no data.")
-    return np.concatenate(answers, axis=1), np.concatenate(halting, axis=1)
 
 
 def exit_layers_for_shift(model, answers, halting_logits, shift):
@@ -46,15 +32,8 @@ def exit_layers_for_shift(model, answers, halting_logits, shift):
     Returns:
         int `[rows]`, 1-based blocks.
     """
-    enc = model.encoder
-    n = model.num_layers
-    halting = tf.sigmoid(tf.constant(halting_logits + shift, tf.float32))
-    answer, budget = ops.initial_state(answers.shape[1], answers.shape[2])
-    halts = []
-    for i in range(n):
-        answer, budget = ops.accumulate(answer, budget, answers[i], halting[i])
-        halts.append(enc._halts(answer, budget, n - 1 - i))
-    return ops.first_halting_layer(tf.stack(halts)).numpy()
+    trace = {"answers": answers, "halting_logits": halting_logits}
+    return analysis.replay_exits(model, trace, shift)[0]
 
 
 def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=True):
@@ -87,7 +66,8 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
     n = model.num_layers
     if not 1.0 <= float(target_blocks) <= n:
         raise ValueError(f"`target_blocks` must be in [1, {n}], got {target_blocks}.")
-    answers, halting = _trace(model, dataset)
+    trace, _ = analysis.trace_dataset(model, dataset)
+    answers, halting = trace["answers"], trace["halting"]
     halting = np.clip(halting.astype(np.float64), 1e-12, 1 - 1e-12)
     logits = np.log(halting) - np.log1p(-halting)
 

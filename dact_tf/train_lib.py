@@ -30,15 +30,23 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from dact_tf import analysis
 from dact_tf import calibration
 from dact_tf import callbacks as dact_callbacks
 from dact_tf import data as dact_data
 from dact_tf import distribute
 from dact_tf import optimization
+from dact_tf import progress
 from dact_tf.models import backbones as backbones_lib
 from dact_tf.models.dact_classifier import DactClassifier
 from dact_tf.ops.exit_ops import METHODS
 from dact_tf.version import __version__
+
+# The per-block analysis lives in `dact_tf.analysis`; these names stay here.
+from dact_tf.analysis import format_per_block  # noqa: F401
+from dact_tf.analysis import per_block_from_trace  # noqa: F401
+from dact_tf.analysis import per_block_report  # noqa: F401
+from dact_tf.analysis import trace_dataset  # noqa: F401
 
 CONFIG_FILE = "dact_config.json"
 MODEL_FILE = "model.keras"
@@ -149,6 +157,12 @@ class TrainConfig:
     the first 10% of the steps and decaying linearly to 0, and the weights
     of the best epoch on the held-out training rows kept (`keep_best_epoch`).
     `optimizer="adam"` is dact_tf's first recipe (constant Adam, last epoch).
+
+    `keep_checkpoints` is how many per-epoch weight files stay in
+    `MODEL_DIR/checkpoints` (the newest; 0: none; the resume backup and the
+    best epoch are kept apart). `log_every_steps` writes the training
+    scalars (loss, metrics, tau) to TensorBoard every that many optimizer
+    steps (0: once an epoch); held-out scalars go under `validation/`.
     """
 
     epochs: int = 3
@@ -162,6 +176,8 @@ class TrainConfig:
     tpu_address: str = None
     mixed_precision: str = "none"
     jit_compile: bool = False
+    keep_checkpoints: int = 1
+    log_every_steps: int = 20
 
 
 # ----------------------------------------------------------------- data
@@ -553,14 +569,15 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
                 log_dir=os.path.join(model_dir, "tensorboard"),
                 csv_path=os.path.join(model_dir, "ponder.csv"),
             ),
-            keras.callbacks.ModelCheckpoint(
-                os.path.join(model_dir, "checkpoints", f"epoch{suffix}_{{epoch:02d}}.weights.h5"),
-                save_weights_only=True,
-            ),
-            keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard" + suffix)),
+            keras.callbacks.TensorBoard(
+                os.path.join(model_dir, "tensorboard" + suffix),
+                update_freq=train_config.log_every_steps or "epoch"),
             keras.callbacks.CSVLogger(os.path.join(model_dir, "history.csv"), append=True),
             *extra_callbacks,
         ]
+        if train_config.keep_checkpoints:
+            cbs[2:2] = _epoch_checkpoints(os.path.join(model_dir, "checkpoints"), suffix,
+                                          train_config.keep_checkpoints)
         if train_config.keep_best_epoch:
             # After the checkpoint/backup callbacks: they save the epoch as
             # trained; this restores the best one when training ends.
@@ -580,10 +597,15 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
                 # A small gain: tau may move about e^6 over a run at a
                 # persistent half-depth error, smoothly (a sudden jump can
                 # collapse every example onto block 1).
+                # tau stays within [tau / 30, 3 tau]: on small data (2,000
+                # SST-2 rows) an unbounded controller drove tau 10x up and
+                # collapsed training accuracy to 0.61; the final calibration
+                # reaches the target from wherever the bound leaves it.
                 interval = max(1, (total_steps - warmup) // 40)
                 tau = dact_callbacks.TargetBlocksTau(
                     target, model_config.tau, warmup, data=selection.take(2),
-                    interval=interval, gain=0.3)
+                    interval=interval, gain=0.3,
+                    tau_range=(model_config.tau / 30, 3 * model_config.tau))
             cbs.insert(1, tau)
         return cbs
 
@@ -620,6 +642,22 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
         write_json(os.path.join(model_dir, "calibration.json"), result)
     save_model_dir(model_dir, model, tokenizer, config)
     return model, preprocessor, history
+
+
+def _epoch_checkpoints(directory, suffix, keep):
+    """A per-epoch weights checkpoint, and a callback keeping only the newest `keep`."""
+    pattern = f"epoch{suffix}_{{epoch:02d}}.weights.h5"
+
+    def prune(epoch, logs=None):
+        del logs
+        for old in range(epoch + 1 - keep):
+            path = os.path.join(directory, pattern.format(epoch=old + 1))
+            if os.path.exists(path):
+                os.remove(path)
+
+    return [keras.callbacks.ModelCheckpoint(os.path.join(directory, pattern),
+                                            save_weights_only=True),
+            keras.callbacks.LambdaCallback(on_epoch_end=prune)]
 
 
 def full_depth_config(model_config):
@@ -749,34 +787,46 @@ def _check_resumable(model_dir, config):
 # --------------------------------------------------------------- evaluate
 
 
-def predict_dataset(model, dataset, full_depth=False):
-    """Runs the model over a dataset; returns `(outputs dict, labels)`."""
+def predict_dataset(model, dataset, full_depth=False, verbose=0):
+    """Runs the model over a dataset; returns `(outputs dict, labels)`.
+
+    Args:
+        model: a `DactClassifier`.
+        dataset: `(features, labels)` batches.
+        full_depth: bool, run every block (no early exit).
+        verbose: 0 (silent) or 1 (a progress counter on stderr).
+    """
     fn = tf.function(lambda f: model(f, training=False, full_depth=full_depth),
                      reduce_retracing=True)
     outputs, labels = {}, []
-    for features, y in dataset:
+    label = "Predicting (full depth)" if full_depth else "Predicting"
+    for features, y in progress.iterate(dataset, verbose, label):
         for key, value in fn(features).items():
             outputs.setdefault(key, []).append(value.numpy())
         labels.append(y.numpy())
+    if not labels:
+        raise ValueError("Got an empty dataset: nothing to predict.")
     return {k: np.concatenate(v) for k, v in outputs.items()}, np.concatenate(labels)
 
 
-def evaluate(model, dataset, metric_task):
+def evaluate(model, dataset, metric_task, verbose=0):
     """The task metrics and the blocks executed of a model on a dataset.
+
+    `verbose=1` shows a progress counter on stderr.
 
     Returns:
         A dict: the task metric(s), `mean_layers_executed`, `num_layers`,
         `layers_histogram` (examples per number of blocks 1..N),
         `ideal_speedup` and `num_examples`.
     """
-    outputs, labels = predict_dataset(model, dataset)
+    outputs, labels = predict_dataset(model, dataset, verbose=verbose)
     return results_from_outputs(model, outputs, labels, metric_task)
 
 
 def results_from_outputs(model, outputs, labels, metric_task):
     """`evaluate`'s results from outputs of `predict_dataset` (early exit)."""
     preds = outputs["scores"] if model.task == "regression" else outputs["predictions"]
-    results = _task_metrics(metric_task, labels, preds)
+    results = analysis.task_metrics(metric_task, labels, preds)
     layers = outputs["layers_executed"]
     n = model.num_layers
     if model.method == "pabee":
@@ -794,147 +844,31 @@ def results_from_outputs(model, outputs, labels, metric_task):
     return results
 
 
-def _task_metrics(metric_task, labels, preds):
-    if metric_task == "custom":
-        return {"accuracy": dact_data.accuracy(labels, preds)}
-    return dict(dact_data.task_metrics(metric_task, labels, preds))
-
-
-def per_block_report(model, dataset, metric_task):
-    """Where a model's accuracy goes, block by block: heads vs halting.
-
-    Runs every block on `dataset` (`model.trace`) and reports, for each block
-    n, the task metric of the block's own answer `y_n`; for DACT also the
-    metric of the accumulated answer `a_n` (the model's output is `a_N`),
-    the mean halting value `h_n` and the mean budget `p_n`; and how many
-    examples the exit rule stops after block n, with their accuracy
-    (regression: mean absolute error) at exit and of `y_n` alone. Heads that
-    are good while `a_N` is not mean the halting, not the heads, costs
-    accuracy (see `benchmarks/EXIT_ANATOMY.md`).
+def measure_speedup(model, dataset, repeats=3, verbose=0):
+    """Wall-clock time of early exit vs full depth over a dataset (same run).
 
     Args:
-        model: a `DactClassifier` (any `method`; its current exit settings).
-        dataset: `(features, labels)` batches, as `make_datasets` gives.
-        metric_task: the metric task name of `task_info` (a GLUE task,
-            `"classification"`, `"regression"` or `"custom"`).
-
-    Returns:
-        A dict: `num_layers`, `num_examples`, `method` and `blocks`, a list of
-        dicts with keys `block` (1-based), `head` (metrics of `y_n`),
-        `exits`, `exit_accuracy` or `exit_mae` (None where no example exits),
-        `exit_head_accuracy` or `exit_head_mae`, and for DACT `accumulated`
-        (metrics of `a_n`), `mean_halting` and `mean_budget`.
-
-    Example:
-    ```python
-    report = train_lib.per_block_report(model, dev, "sst2")
-    print(train_lib.format_per_block(report))
-    ```
-    """
-    trace, labels = trace_dataset(model, dataset)
-    return per_block_from_trace(model, trace, labels, metric_task)
-
-
-def trace_dataset(model, dataset):
-    """Runs `model.trace` (every block, inference) over a dataset.
-
-    Returns:
-        `(trace, labels)`: the trace dict of `DactEncoder.trace` as NumPy
-        arrays concatenated over batches (`exit_layers` `[examples]`, the
-        others `[num_layers, examples, ...]`), and the labels.
-    """
-    fn = tf.function(model.trace, reduce_retracing=True)
-    keys = ("answers", "accumulated", "halting", "budgets", "exit_layers")
-    parts, labels = {k: [] for k in keys}, []
-    for features, y in dataset:
-        trace = fn(features)
-        for k in keys:
-            parts[k].append(trace[k].numpy())
-        labels.append(y.numpy())
-    if not labels:
-        raise ValueError("Got an empty dataset: nothing to trace.")
-    trace = {k: np.concatenate(v, axis=0 if k == "exit_layers" else 1) for k, v in parts.items()}
-    return trace, np.concatenate(labels)
-
-
-def per_block_from_trace(model, trace, labels, metric_task):
-    """`per_block_report`'s result from `trace_dataset`'s output."""
-    n, count = model.num_layers, len(labels)
-    regression = model.task == "regression"
-    dact = model.method == "dact"
-
-    def preds(answers):  # [..., batch, C] -> predictions
-        return answers[..., 0] if regression else answers.argmax(-1)
-
-    def subset_score(pred, rows):
-        if regression:
-            return float(np.abs(pred[rows] - labels[rows]).mean())
-        return float((pred[rows] == labels[rows]).mean())
-
-    # What the early-exit loop returns: a_exit for DACT, y_exit otherwise.
-    exit_index = trace["exit_layers"] - 1
-    final = trace["accumulated"] if dact else trace["answers"]
-    output = preds(final[exit_index, np.arange(count)])
-    suffix = "mae" if regression else "accuracy"
-    blocks = []
-    for i in range(n):
-        head = preds(trace["answers"][i])
-        rows = exit_index == i
-        row = {
-            "block": i + 1,
-            "head": _task_metrics(metric_task, labels, head),
-            "exits": int(rows.sum()),
-            f"exit_{suffix}": subset_score(output, rows) if rows.any() else None,
-            f"exit_head_{suffix}": subset_score(head, rows) if rows.any() else None,
-        }
-        if dact:
-            row["accumulated"] = _task_metrics(metric_task, labels, preds(trace["accumulated"][i]))
-            row["mean_halting"] = float(trace["halting"][i].mean())
-            row["mean_budget"] = float(trace["budgets"][i].mean())
-        blocks.append(row)
-    return {"method": model.method, "num_layers": n, "num_examples": count, "blocks": blocks}
-
-
-def format_per_block(report):
-    """`per_block_report`'s result as a Markdown table (one row per block)."""
-    first = report["blocks"][0]
-    metric = next(iter(first["head"]))
-    suffix = "mae" if "exit_mae" in first else "accuracy"
-    dact = "accumulated" in first
-    header = ["block", f"head {metric}"]
-    header += [f"a_n {metric}", "mean h_n", "mean p_n"] if dact else []
-    header += ["exits", f"exit {suffix}", f"head {suffix} at exit"]
-
-    def fmt(value):
-        return "-" if value is None else f"{value:.3f}"
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in report["blocks"]:
-        cells = [str(row["block"]), fmt(row["head"][metric])]
-        if dact:
-            cells += [fmt(row["accumulated"][metric]), fmt(row["mean_halting"]),
-                      fmt(row["mean_budget"])]
-        cells += [str(row["exits"]), fmt(row[f"exit_{suffix}"]),
-                  fmt(row[f"exit_head_{suffix}"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def measure_speedup(model, dataset, repeats=3):
-    """Wall-clock time of early exit vs full depth over a dataset (same run).
+        model: a `DactClassifier`.
+        dataset: batches of `features` or `(features, labels)`.
+        repeats: int, timed passes of each (after one warm-up pass each).
+        verbose: 0 or 1 (a progress counter on stderr, one step a pass).
 
     Returns:
         A dict with `early_exit_s`, `full_depth_s` (best of `repeats`, both
         measured interleaved) and `speedup`.
     """
-    batches = [features for features, _ in dataset]
+    batches = [b[0] if isinstance(b, tuple) else b for b in dataset]
     early = tf.function(lambda f: model(f, training=False), reduce_retracing=True)
     full = tf.function(lambda f: model(f, full_depth=True), reduce_retracing=True)
+    bar = progress.Progress(f"Timing early exit vs full depth ({len(batches)} batches)",
+                            total=2 * (repeats + 1), unit="passes") if verbose else None
 
     def run(fn):
         start = time.perf_counter()
         for features in batches:
             fn(features)["layers_executed"].numpy()
+        if bar:
+            bar.update()
         return time.perf_counter() - start
 
     run(early), run(full)  # trace and warm up
@@ -942,6 +876,8 @@ def measure_speedup(model, dataset, repeats=3):
     for _ in range(repeats):
         times["early"].append(run(early))
         times["full"].append(run(full))
+    if bar:
+        bar.close()
     e, f = min(times["early"]), min(times["full"])
     return {"early_exit_s": e, "full_depth_s": f, "speedup": f / e}
 

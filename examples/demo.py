@@ -24,6 +24,8 @@ Run again with the same flags to resume an interrupted run.
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Hide TensorFlow's start-up and device logs (`--verbosity=0` shows them).
+os.environ.setdefault("DACT_TF_QUIET", "1")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -42,6 +44,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     from dact_tf import data
+    from dact_tf import plots
     from dact_tf import train_lib
 
     data_config = train_lib.DataConfig(
@@ -69,16 +72,18 @@ def main(argv):
     dev = train_lib.make_datasets(data_config, preprocessor, splits=("validation",))[
         "validation"
     ]
-    early, labels = train_lib.predict_dataset(model, dev)
+    early, labels = train_lib.predict_dataset(model, dev, verbose=1)
     results = train_lib.results_from_outputs(model, early, labels, "sst2")
-    full, _ = train_lib.predict_dataset(model, dev, full_depth=True)
+    full, _ = train_lib.predict_dataset(model, dev, full_depth=True, verbose=1)
     results["full_depth_accuracy"] = float((full["predictions"] == labels).mean())
     results["early_exit_equals_full_depth"] = bool(
         (early["predictions"] == full["predictions"]).all()
     )
-    results["speed_batch32"] = train_lib.measure_speedup(model, dev)
+    results["speed_batch32"] = train_lib.measure_speedup(model, dev, verbose=1)
     one = dev.unbatch().take(FLAGS.batch1_examples).batch(1)
-    results["speed_batch1"] = train_lib.measure_speedup(model, one, repeats=2)
+    results["speed_batch1"] = train_lib.measure_speedup(model, one, repeats=2, verbose=1)
+    plot_dir = os.path.join(FLAGS.model_dir, "plots")
+    plots.write_model_report(model, dev, "sst2", plot_dir, verbose=1)
     train_lib.write_json(os.path.join(FLAGS.model_dir, "demo_results.json"), results)
 
     n = results["num_layers"]
@@ -94,8 +99,12 @@ def main(argv):
         s = results[name]
         print(f"measured speedup, {name[6:]:8s} {s['speedup']:.2f}x "
               f"({s['full_depth_s']:.2f}s -> {s['early_exit_s']:.2f}s)")
-    print(f"\nModel: {FLAGS.model_dir}  (try: dact-tf predict --model_dir={FLAGS.model_dir} "
-          '--text="a gripping , funny film .")')
+    print(f"\nModel: {FLAGS.model_dir}; accuracy against blocks: {plot_dir}/accuracy_vs_blocks.png")
+    print("The `dact-tf` command is in the set-up's virtualenv; try:")
+    print(f"  .venv/bin/dact-tf predict --model_dir={FLAGS.model_dir} "
+          '--text="a gripping , funny film ."')
+    print(f"  .venv/bin/dact-tf evaluate --model_dir={FLAGS.model_dir}   "
+          "(the same figures, from the saved model)")
 
 
 if __name__ == "__main__":

@@ -81,13 +81,13 @@ class PonderCostLogger(keras.callbacks.Callback):
     each block, and a histogram of blocks executed (see
     `halting_statistics`). It writes them to TensorBoard (`log_dir`) and
     appends a row to a CSV file (`csv_path`), and adds
-    `mean_layers_executed` and `ideal_speedup` to the epoch logs, so later
-    callbacks (CSVLogger, progress bars) see them.
+    `val_mean_layers_executed` and `val_ideal_speedup` to the epoch logs, so
+    later callbacks (CSVLogger, TensorBoard, progress bars) see them.
 
     Args:
         data: a `tf.data.Dataset` of features or `(features, labels)`.
         log_dir: str or None, the TensorBoard directory (written under
-            `log_dir/dact`).
+            `log_dir/validation`, tags `dact/...`).
         csv_path: str or None, the CSV file; rows are appended, so a resumed
             run continues the same file.
         max_batches: int or None, limit the batches read per epoch.
@@ -112,7 +112,7 @@ class PonderCostLogger(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self.log_dir and self._writer is None:
             self._writer = tf.summary.create_file_writer(
-                os.path.join(self.log_dir, "dact")
+                os.path.join(self.log_dir, "validation")
             )
 
     def on_epoch_end(self, epoch, logs=None):
@@ -120,8 +120,10 @@ class PonderCostLogger(keras.callbacks.Callback):
         stats["epoch"] = epoch
         self.history.append(stats)
         if logs is not None:
-            logs["mean_layers_executed"] = stats["mean_layers_executed"]
-            logs["ideal_speedup"] = stats["ideal_speedup"]
+            # Measured on held-out data: `val_` keys (Keras' TensorBoard
+            # callback writes them under `validation/`).
+            logs["val_mean_layers_executed"] = stats["mean_layers_executed"]
+            logs["val_ideal_speedup"] = stats["ideal_speedup"]
         if self._writer is not None:
             self._write_summaries(epoch, stats)
         if self.csv_path:
@@ -134,19 +136,19 @@ class PonderCostLogger(keras.callbacks.Callback):
 
     def _write_summaries(self, epoch, stats):
         with self._writer.as_default(step=epoch):
-            tf.summary.scalar("ponder_cost", stats["ponder_cost"])
-            tf.summary.scalar("mean_layers_executed", stats["mean_layers_executed"])
-            tf.summary.scalar("ideal_speedup", stats["ideal_speedup"])
+            tf.summary.scalar("dact/ponder_cost", stats["ponder_cost"])
+            tf.summary.scalar("dact/mean_layers_executed", stats["mean_layers_executed"])
+            tf.summary.scalar("dact/ideal_speedup", stats["ideal_speedup"])
             for n, (h, r) in enumerate(
                 zip(stats["halting_mean"], stats["exit_rate"]), start=1
             ):
-                tf.summary.scalar(f"halting_mean/block_{n:02d}", h)
-                tf.summary.scalar(f"exit_rate/block_{n:02d}", r)
+                tf.summary.scalar(f"dact/halting_mean/block_{n:02d}", h)
+                tf.summary.scalar(f"dact/exit_rate/block_{n:02d}", r)
             exits = np.repeat(
                 np.arange(1, stats["num_layers"] + 1), stats["layers_histogram"]
             )
             tf.summary.histogram(
-                "layers_executed", exits, buckets=stats["num_layers"]
+                "dact/layers_executed", exits, buckets=stats["num_layers"]
             )
         self._writer.flush()
 

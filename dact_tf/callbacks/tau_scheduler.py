@@ -141,6 +141,10 @@ class TauScheduler(keras.callbacks.Callback):
         if self.update == "batch":
             self._set(int(self.model.optimizer.iterations.numpy()))
 
+    def on_train_batch_end(self, batch, logs=None):
+        if logs is not None:  # per-step TensorBoard scalars see tau
+            logs["tau"] = self.model.tau
+
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["tau"] = self.model.tau
@@ -216,6 +220,11 @@ class TargetBlocksTau(keras.callbacks.Callback):
         self.blocks = blocks if self.blocks is None else 0.9 * self.blocks + 0.1 * blocks
 
     def on_train_batch_end(self, batch, logs=None):
+        self._steer()
+        if logs is not None:  # per-step TensorBoard scalars see tau
+            logs["tau"] = self.model.tau
+
+    def _steer(self):
         if self.data is None:
             self._training_estimate()
         step = self._step()

@@ -67,6 +67,8 @@ flags.DEFINE_float("learning_rate", 5e-5, "Peak learning rate (adamw: after warm
 flags.DEFINE_enum("optimizer", "adamw", ["adamw", "adam"], "adamw: AdamW, warm-up and linear decay (the recipe); adam: constant Adam (dact_tf's first recipe).")
 flags.DEFINE_float("weight_decay", 0.01, "adamw: decoupled weight decay (none on biases and LayerNorm).", lower_bound=0.0)
 flags.DEFINE_float("warmup_fraction", 0.1, "adamw: fraction of the steps spent warming the learning rate up.", lower_bound=0.0, upper_bound=0.99)
+flags.DEFINE_integer("keep_checkpoints", 1, "How many per-epoch checkpoints to keep in MODEL_DIR/checkpoints (the newest; 0: none).", lower_bound=0)
+flags.DEFINE_integer("log_every_steps", 20, "Write training scalars (loss, metrics, tau) to TensorBoard every N steps (0: once an epoch).", lower_bound=0)
 flags.DEFINE_boolean("keep_best_epoch", True, "Keep the weights of the best epoch on the held-out training rows (not the last epoch's).")
 flags.DEFINE_float("distill_weight", 1.0, "DACT: weight of the self-distillation of every head and accumulated answer towards the deepest head (0: off).", lower_bound=0.0)
 flags.DEFINE_boolean("full_depth_stage", True, "DACT: first fine-tune the plain full-depth model (kept in MODEL_DIR/stage1), then train DACT from it. Ignored with --init_from.")
@@ -79,6 +81,7 @@ flags.DEFINE_boolean("jit_compile", False, "XLA-compile the training step (evalu
 # Evaluate / predict.
 flags.DEFINE_string("output_json", None, "Write the results here as JSON.")
 flags.DEFINE_boolean("per_block", False, "evaluate: also report every block's own metric, DACT's accumulated answer and halting, and where examples exit (is it the heads or the halting that costs accuracy?).")
+flags.DEFINE_string("plot_dir", None, "evaluate: write the model's accuracy-vs-blocks plot (per-block heads, the exit knob's curve replayed without retraining, this model, full depth), the exit histogram and their CSVs here.")
 flags.DEFINE_string("text", None, "predict: one text.")
 flags.DEFINE_string("text_pair", None, "predict: the second text, for pair tasks.")
 flags.DEFINE_string("input_file", None, "predict: a file with one text per line (pairs: tab-separated).")
@@ -133,6 +136,7 @@ def cmd_train():
         warmup_fraction=FLAGS.warmup_fraction, keep_best_epoch=FLAGS.keep_best_epoch,
         distribution_strategy=FLAGS.distribution_strategy, tpu_address=FLAGS.tpu,
         mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile,
+        keep_checkpoints=FLAGS.keep_checkpoints, log_every_steps=FLAGS.log_every_steps,
     )
     model, _, _ = train_lib.train(model_dir, _data_config(), model_config, train_config)
     logging.info("Model written to %s", model_dir)
@@ -163,10 +167,17 @@ def cmd_evaluate():
     dataset = train_lib.make_datasets(
         data_config, preprocessor, config["label_names"], splits=("validation",)
     )["validation"]
-    results = train_lib.evaluate(model, dataset, metric_task)
+    results = train_lib.evaluate(model, dataset, metric_task, verbose=1)
     if FLAGS.per_block:
-        results["per_block"] = train_lib.per_block_report(model, dataset, metric_task)
+        results["per_block"] = train_lib.per_block_report(model, dataset, metric_task,
+                                                          verbose=1)
         print(train_lib.format_per_block(results["per_block"]))
+    if FLAGS.plot_dir:
+        from dact_tf import plots
+
+        written = plots.write_model_report(model, dataset, metric_task, FLAGS.plot_dir, verbose=1)
+        results["plots"] = {k: v for k, v in written.items() if isinstance(v, str)}
+        print(f"Plots and CSVs written to {FLAGS.plot_dir}", file=sys.stderr)
     print(json.dumps(results, indent=2, sort_keys=True))
     if FLAGS.output_json:
         train_lib.write_json(FLAGS.output_json, results)
@@ -190,8 +201,6 @@ def _read_lines(path):
 
 
 def cmd_predict():
-    import numpy as np
-
     from dact_tf import train_lib
 
     _require("model_dir")
@@ -205,9 +214,14 @@ def cmd_predict():
     else:
         raise ValueError("predict needs --text or --input_file.")
     model, preprocessor, config = _load_model()
+    import tensorflow as tf
+
+    rows_in = tf.data.Dataset.from_tensor_slices(
+        texts if pairs is None else (texts, pairs)).batch(FLAGS.batch_size)
     # Pairs must go by keyword: positionally keras-hub reads the second as labels.
-    x = preprocessor(x=texts if pairs is None else (texts, pairs))
-    out = {k: np.asarray(v) for k, v in model.predict(x, verbose=0).items()}
+    rows_in = rows_in.map(lambda *t: (preprocessor(x=t[0] if len(t) == 1 else t),
+                                      tf.zeros(tf.shape(t[0])[:1])))
+    out, _ = train_lib.predict_dataset(model, rows_in, verbose=int(len(texts) > FLAGS.batch_size))
     rows = []
     for i, text in enumerate(texts):
         row = {"text": text, "layers_executed": int(out["layers_executed"][i]),
@@ -232,6 +246,10 @@ def cmd_export():
     model_dir = _require("model_dir")
     export_dir = _require("export_dir")
     model, preprocessor, config = _load_model()
+    from dact_tf import progress
+
+    bar = progress.Progress(f"Exporting {FLAGS.format} (tracing the early-exit graph)",
+                            total=1, unit="files")
     if FLAGS.format == "tflite":
         # No tokenizer: tokenization ops are not TFLite builtins (apps
         # tokenize with the vocab.txt written next to the file).
@@ -248,6 +266,8 @@ def cmd_export():
             sequence_length=config["data"]["max_seq_length"],
             text_pair=train_lib.is_pair_task(config),
         )
+    bar.update()
+    bar.close()
     print(f"Exported {FLAGS.format} to {path}")
 
 
@@ -291,11 +311,11 @@ COMMAND_FLAGS = {
                   "entropy_threshold", "halting_rule", "regression_tolerance", "init_from",
                   "freeze_backbone"],
         "Training": ["epochs", "learning_rate", "optimizer", "weight_decay", "warmup_fraction",
-                     "keep_best_epoch"],
+                     "keep_best_epoch", "keep_checkpoints", "log_every_steps"],
         "Scale out": ["distribution_strategy", "tpu", "mixed_precision", "jit_compile"],
     },
     "evaluate": {
-        "Where": ["model_dir", "output_json", "per_block"],
+        "Where": ["model_dir", "output_json", "per_block", "plot_dir"],
         "Data (default: what the model was trained with)": [
             "task", "data_dir", "eval_file", "max_eval_examples", "batch_size"],
         "Exit (override the trained setting)": _EXIT,

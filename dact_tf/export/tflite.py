@@ -30,9 +30,9 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 
 import tensorflow as tf
-from absl import logging
 
 from dact_tf.export import saved_model as saved_model_lib
 
@@ -309,11 +309,10 @@ def _convert_first_that_works(saved_model_dir, signatures, quantize):
     except ValueError as e:
         if len(signatures) == 1:
             raise
-        logging.warning(
-            "TFLite conversion of %s failed (%s); converting %r alone.",
-            list(signatures),
-            str(e).splitlines()[0],
-            signatures[0],
+        warnings.warn(
+            f"TFLite conversion of {list(signatures)} failed "
+            f"({str(e).splitlines()[0]}); converting {signatures[0]!r} alone.",
+            stacklevel=2,
         )
         return convert_saved_model(saved_model_dir, signatures[:1], quantize)
 

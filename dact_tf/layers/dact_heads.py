@@ -45,7 +45,9 @@ class DactHeads(keras.layers.Layer):
             per head starting at this value (negative: confident answers
             start halting). A linear `W_h z_n` cannot express "confident in
             either class" (`|logit difference|` is not linear in `z_n`);
-            this term can. The recurrence, ponder cost and guarantee are
+            this term can. `c_n` enters as a constant (no gradient): the
+            ponder cost trains the halting unit, never the answer's
+            confidence. The recurrence, ponder cost and guarantee are
             unchanged.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
@@ -186,7 +188,12 @@ class DactHeads(keras.layers.Layer):
             answers = tf.nn.softmax(logits, axis=-1)
         if confidence_weight is not None:
             c = float(self.num_outputs)
-            confidence = (tf.reduce_max(answers, axis=-1) - 1.0 / c) * (c / (c - 1.0))
+            # The halting unit reads the confidence but cannot shape it: with
+            # the gradient through it, the ponder cost made early heads
+            # confidently wrong to halt sooner (chance accuracy on a small
+            # training set).
+            confidence = tf.stop_gradient(
+                (tf.reduce_max(answers, axis=-1) - 1.0 / c) * (c / (c - 1.0)))
             halting_logits += tf.cast(confidence_weight, tf.float32) * confidence
         return answers, tf.sigmoid(halting_logits)
 

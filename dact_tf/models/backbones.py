@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 import zipfile
 
 import keras
@@ -671,9 +672,9 @@ def _check_hf_bert_config(config, path):
         )
     eps = config.get("layer_norm_eps", 1e-12)
     if not np.isclose(eps, 1e-12, rtol=0, atol=1e-10):
-        logging.warning(
-            "%s/config.json has layer_norm_eps=%g; keras-hub's BertBackbone "
-            "uses 1e-12.", path, eps,
+        warnings.warn(
+            f"{path}/config.json has layer_norm_eps={eps:g}; keras-hub's BertBackbone "
+            "uses 1e-12 (outputs will differ slightly from the original).", stacklevel=2,
         )
 
 
@@ -770,9 +771,9 @@ def _read_hf_casing(path):
             lowercase = normalizer.get("lowercase")
             strip_accents = normalizer.get("strip_accents")
     if lowercase is None:
-        logging.warning(
-            "%s says nothing about lowercasing; assuming an uncased model.",
-            path,
+        warnings.warn(
+            f"{path} says nothing about lowercasing; assuming an uncased model.",
+            stacklevel=2,
         )
         lowercase = True
     if strip_accents is None:

@@ -90,7 +90,7 @@ def test_tau_scheduler_per_epoch():
 
 def _read_events(log_dir):
     scalars, histograms = {}, {}
-    for path in glob.glob(os.path.join(log_dir, "dact", "events.*")):
+    for path in glob.glob(os.path.join(log_dir, "validation", "events.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 tensor = tf.make_ndarray(value.tensor)
@@ -123,7 +123,7 @@ def test_ponder_cost_logger_writes_tensorboard_and_csv(tmp_path):
     assert len(stats["halting_mean"]) == n
     assert all(0 < h < 1 for h in stats["halting_mean"])
     # Logs reach later callbacks and the History.
-    assert history.history["mean_layers_executed"][-1] == stats["mean_layers_executed"]
+    assert history.history["val_mean_layers_executed"][-1] == stats["mean_layers_executed"]
     with open(tmp_path / "fit.csv") as f:
         assert "mean_layers_executed" in f.readline()
     # CSV: a header and one row per epoch.
@@ -135,10 +135,10 @@ def test_ponder_cost_logger_writes_tensorboard_and_csv(tmp_path):
     assert {f"exit_rate_{i}" for i in range(1, n + 1)} <= set(rows[0])
     # TensorBoard: scalars per epoch, per-block curves and the histogram.
     scalars, histograms = _read_events(log_dir)
-    assert len(scalars["ponder_cost"]) == 2
-    assert scalars["mean_layers_executed"][-1] == pytest.approx(stats["mean_layers_executed"])
-    assert scalars[f"exit_rate/block_{n:02d}"][-1] == pytest.approx(stats["exit_rate"][-1])
-    assert "layers_executed" in histograms
+    assert len(scalars["dact/ponder_cost"]) == 2
+    assert scalars["dact/mean_layers_executed"][-1] == pytest.approx(stats["mean_layers_executed"])
+    assert scalars[f"dact/exit_rate/block_{n:02d}"][-1] == pytest.approx(stats["exit_rate"][-1])
+    assert "dact/layers_executed" in histograms
     # A resumed run appends to the same CSV without a second header.
     model.fit(dataset(feats, labels), epochs=1, verbose=0,
               callbacks=[PonderCostLogger(val, csv_path=csv_path)])

@@ -256,3 +256,25 @@ def test_help_lists_the_commands_and_each_commands_own_flags(tmp_path):
     assert "--export_dir" in export.stdout and "--learning_rate" not in export.stdout
     bare = dact_tf(cache=tmp_path, check=False)
     assert bare.returncode == 1 and "Commands:" in bare.stdout
+
+
+def test_a_quiet_run_prints_no_tensorflow_noise_and_plots_the_model(trained):
+    root, model_dir = trained
+    plot_dir = root / "plots"
+    proc = dact_tf("evaluate", f"--model_dir={model_dir}", f"--plot_dir={plot_dir}",
+                   cache=root / "cache")
+    results = json.loads(proc.stdout)  # stdout is the JSON alone
+    lines = proc.stderr.splitlines()
+    # Progress lines and the plots' folder only: no start-up or device logs.
+    assert len(lines) <= 4, proc.stderr
+    assert not [line for line in lines if "cuInit" in line or "oneDNN" in line
+                or line.startswith(("I0000", "W0000", "E0000", "WARNING: All log"))]
+    assert any(line.startswith("Predicting: ") for line in lines)
+    for name in ("accuracy_vs_blocks.png", "exit_histogram.png", "per_block.csv",
+                 "exit_curve.csv"):
+        assert (plot_dir / name).exists(), name
+    assert results["plots"]["plot"].endswith("accuracy_vs_blocks.png")
+    # --verbosity brings TensorFlow's own logs back.
+    loud = dact_tf("evaluate", f"--model_dir={model_dir}", "--verbosity=0",
+                   cache=root / "cache")
+    assert len(loud.stderr.splitlines()) > len(lines)

@@ -72,7 +72,7 @@ def train(strategy, weights, log_dir):
     ]
     history = model.fit(dataset(), epochs=1, verbose=0, callbacks=callbacks)
     metrics = model.evaluate(dataset(), verbose=0, return_dict=True)
-    metrics["logged_mean_layers"] = history.history["mean_layers_executed"][-1]
+    metrics["logged_mean_layers"] = history.history["val_mean_layers_executed"][-1]
     metrics["tau"] = model.tau
     return model, losses.losses, metrics
 

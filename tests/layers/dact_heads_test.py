@@ -95,3 +95,20 @@ def test_confident_answers_halt_more():
     np.testing.assert_allclose(unsure, 1 / (1 + np.exp(-1.0)), rtol=1e-6)
     conf = (1 / (1 + np.exp(-6.0)) - 0.5) * 2
     np.testing.assert_allclose(sure, 1 / (1 + np.exp(-(1.0 - 4.0 * conf))), rtol=1e-5)
+
+
+def test_the_halting_unit_reads_the_confidence_but_does_not_train_it():
+    """The ponder cost must not make answers confident to halt sooner."""
+    heads = DactHeads(2, 3, hidden_dim=4, halting_confidence=-4.0)
+    x = tf.random.stateless_normal([5, 6], seed=[1, 2])
+    heads.build(x.shape)
+    with tf.GradientTape() as tape:
+        _, halting = heads(x, layer_index=1)
+        loss = tf.reduce_sum(halting)
+    grads = tape.gradient(loss, [heads.answer_kernel, heads.answer_bias,
+                                 heads.confidence_weight, heads.halting_kernel])
+    # The answer's weights get no gradient from the halting value ...
+    assert grads[0] is None or not np.any(grads[0].numpy())
+    assert grads[1] is None or not np.any(grads[1].numpy())
+    # ... while the halting unit's own weights (and the confidence weight) do.
+    assert np.any(grads[2].numpy()[1]) and np.any(grads[3].numpy()[1])

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from dact_tf import analysis
 from dact_tf import calibration
 from dact_tf import train_lib
 from dact_tf.models.dact_classifier import DactClassifier
@@ -33,7 +34,8 @@ def test_simulated_exits_equal_the_loop_for_any_shift():
     feats, labels = synthetic_task(64, seed=5)
     model = DactClassifier(tiny_backbone(seed=5), num_classes=2, dropout=0.0, halting_bias=0.5)
     data = dataset(feats, labels)
-    answers, halting = calibration._trace(model, data)
+    trace, _ = analysis.trace_dataset(model, data)
+    answers, halting = trace["answers"], trace["halting"]
     logits = np.log(halting) - np.log1p(-halting)
     for shift in (-3.0, 0.0, 2.0):
         simulated = calibration.exit_layers_for_shift(model, answers, logits, shift)

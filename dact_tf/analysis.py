@@ -1,0 +1,269 @@
+"""Where a trained model's accuracy goes: per-block reports and exit curves.
+
+Everything here starts from one pass of the model over a dataset that runs
+every block (`trace_dataset`): the heads' answers `y_n`, DACT's halting
+values `h_n`, budgets `p_n` and accumulated answers `a_n`. From that trace,
+`per_block_report` tells heads from halting, and `exit_curve` replays the
+exit rule at other settings of the method's knob (DACT: a common shift of
+the halting biases, as `dact_tf.calibration` applies; PABEE: the patience;
+DeeBERT: the entropy threshold) to give accuracy against mean blocks
+without retraining or re-running the backbone.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from dact_tf import data as dact_data
+from dact_tf import ops
+from dact_tf import progress
+
+
+def task_metrics(metric_task, labels, preds):
+    """The metrics of `metric_task` (a GLUE task, "classification",
+    "regression" or "custom") as a dict."""
+    if metric_task == "custom":
+        return {"accuracy": dact_data.accuracy(labels, preds)}
+    return dict(dact_data.task_metrics(metric_task, labels, preds))
+
+
+def per_block_report(model, dataset, metric_task, verbose=0):
+    """Where a model's accuracy goes, block by block: heads vs halting.
+
+    Runs every block on `dataset` (`model.trace`) and reports, for each block
+    n, the task metric of the block's own answer `y_n`; for DACT also the
+    metric of the accumulated answer `a_n` (the model's output is `a_N`),
+    the mean halting value `h_n` and the mean budget `p_n`; and how many
+    examples the exit rule stops after block n, with their accuracy
+    (regression: mean absolute error) at exit and of `y_n` alone. Heads that
+    are good while `a_N` is not mean the halting, not the heads, costs
+    accuracy (see `benchmarks/EXIT_ANATOMY.md`).
+
+    Args:
+        model: a `DactClassifier` (any `method`; its current exit settings).
+        dataset: `(features, labels)` batches, as `make_datasets` gives.
+        metric_task: the metric task name of `task_info` (a GLUE task,
+            `"classification"`, `"regression"` or `"custom"`).
+        verbose: 0 or 1 (a progress counter on stderr).
+
+    Returns:
+        A dict: `num_layers`, `num_examples`, `method` and `blocks`, a list of
+        dicts with keys `block` (1-based), `head` (metrics of `y_n`),
+        `exits`, `exit_accuracy` or `exit_mae` (None where no example exits),
+        `exit_head_accuracy` or `exit_head_mae`, and for DACT `accumulated`
+        (metrics of `a_n`), `mean_halting` and `mean_budget`.
+
+    Example:
+    ```python
+    report = analysis.per_block_report(model, dev, "sst2")
+    print(analysis.format_per_block(report))
+    ```
+    """
+    trace, labels = trace_dataset(model, dataset, verbose=verbose)
+    return per_block_from_trace(model, trace, labels, metric_task)
+
+
+def trace_dataset(model, dataset, verbose=0):
+    """Runs `model.trace` (every block, inference) over a dataset.
+
+    Args:
+        model: a `DactClassifier`.
+        dataset: batches of `(features, labels)` or of features alone.
+        verbose: 0 or 1 (a progress counter on stderr).
+
+    Returns:
+        `(trace, labels)`: the trace dict of `DactEncoder.trace` as NumPy
+        arrays concatenated over batches (`exit_layers` `[examples]`, the
+        others `[num_layers, examples, ...]`), and the labels (None for
+        features alone).
+    """
+    fn = tf.function(model.trace, reduce_retracing=True)
+    keys = ("answers", "accumulated", "halting", "budgets", "exit_layers")
+    parts, labels = {k: [] for k in keys}, []
+    for batch in progress.iterate(dataset, verbose, "Tracing every block"):
+        features, y = batch if isinstance(batch, tuple) else (batch, None)
+        trace = fn(features)
+        for k in keys:
+            parts[k].append(trace[k].numpy())
+        if y is not None:
+            labels.append(y.numpy())
+    if not parts["answers"]:
+        raise ValueError("Got an empty dataset: nothing to trace.")
+    trace = {k: np.concatenate(v, axis=0 if k == "exit_layers" else 1) for k, v in parts.items()}
+    return trace, (np.concatenate(labels) if labels else None)
+
+
+def per_block_from_trace(model, trace, labels, metric_task):
+    """`per_block_report`'s result from `trace_dataset`'s output."""
+    n, count = model.num_layers, len(labels)
+    regression = model.task == "regression"
+    dact = model.method == "dact"
+
+    def preds(answers):  # [..., batch, C] -> predictions
+        return answers[..., 0] if regression else answers.argmax(-1)
+
+    def subset_score(pred, rows):
+        if regression:
+            return float(np.abs(pred[rows] - labels[rows]).mean())
+        return float((pred[rows] == labels[rows]).mean())
+
+    # What the early-exit loop returns: a_exit for DACT, y_exit otherwise.
+    exit_index = trace["exit_layers"] - 1
+    final = trace["accumulated"] if dact else trace["answers"]
+    output = preds(final[exit_index, np.arange(count)])
+    suffix = "mae" if regression else "accuracy"
+    blocks = []
+    for i in range(n):
+        head = preds(trace["answers"][i])
+        rows = exit_index == i
+        row = {
+            "block": i + 1,
+            "head": task_metrics(metric_task, labels, head),
+            "exits": int(rows.sum()),
+            f"exit_{suffix}": subset_score(output, rows) if rows.any() else None,
+            f"exit_head_{suffix}": subset_score(head, rows) if rows.any() else None,
+        }
+        if dact:
+            row["accumulated"] = task_metrics(metric_task, labels, preds(trace["accumulated"][i]))
+            row["mean_halting"] = float(trace["halting"][i].mean())
+            row["mean_budget"] = float(trace["budgets"][i].mean())
+        blocks.append(row)
+    return {"method": model.method, "num_layers": n, "num_examples": count, "blocks": blocks}
+
+
+def format_per_block(report):
+    """`per_block_report`'s result as a Markdown table (one row per block)."""
+    first = report["blocks"][0]
+    metric = next(iter(first["head"]))
+    suffix = "mae" if "exit_mae" in first else "accuracy"
+    dact = "accumulated" in first
+    header = ["block", f"head {metric}"]
+    header += [f"a_n {metric}", "mean h_n", "mean p_n"] if dact else []
+    header += ["exits", f"exit {suffix}", f"head {suffix} at exit"]
+
+    def fmt(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in report["blocks"]:
+        cells = [str(row["block"]), fmt(row["head"][metric])]
+        if dact:
+            cells += [fmt(row["accumulated"][metric]), fmt(row["mean_halting"]),
+                      fmt(row["mean_budget"])]
+        cells += [str(row["exits"]), fmt(row[f"exit_{suffix}"]),
+                  fmt(row[f"exit_head_{suffix}"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    legend = [
+        "",
+        f"head {metric}: block n's own head y_n, as if every row stopped there.",
+    ]
+    if dact:
+        legend += [
+            f"a_n {metric}: DACT's accumulated answer after block n (the model answers a_exit).",
+            "mean h_n: the halting value (1: keep going); mean p_n: the budget left, the",
+            "  product h_1...h_n (small: later blocks can barely change a_n).",
+        ]
+    legend += [
+        f"exits: rows the exit rule stops after block n; exit {suffix}: of the model's answer",
+        f"  on those rows; head {suffix} at exit: of y_n alone on the same rows.",
+    ]
+    return "\n".join(lines + legend)
+
+
+def predictions(model, answers):
+    """Predictions (classes, or regression scores) from answers `[..., outputs]`."""
+    return answers[..., 0] if model.task == "regression" else answers.argmax(-1)
+
+
+def replay_exits(model, trace, shift=0.0):
+    """The exit block and answer of every row, replayed on a trace.
+
+    Runs only the exit rule (and for DACT the recurrence) of `model` on the
+    recorded answers, with its current exit settings; for DACT the halting
+    biases are taken as moved by `shift` (`shift=0`: the model as it is).
+
+    Args:
+        model: the `DactClassifier` the trace came from.
+        trace: `trace_dataset`'s trace (DACT: `"halting_logits"` may stand
+            in for `"halting"`).
+        shift: float, DACT only: a common shift of the halting biases, or
+            `[N]` floats, one per block.
+
+    Returns:
+        `(exit_layers, answers)`: int `[rows]` 1-based blocks, and float
+        `[rows, outputs]` what the early exit returns for each row.
+    """
+    enc = model.encoder
+    answers = trace["answers"]
+    n, rows = answers.shape[0], answers.shape[1]
+    if model.method == "dact":
+        logits = trace.get("halting_logits")
+        if logits is None:
+            halting = np.clip(trace["halting"].astype(np.float64), 1e-12, 1 - 1e-12)
+            logits = np.log(halting) - np.log1p(-halting)
+        logits = logits + np.reshape(np.asarray(shift, np.float64), (-1, 1))
+        h = tf.sigmoid(tf.constant(logits, tf.float32))
+        answer, budget = ops.initial_state(rows, answers.shape[2])
+        outputs, halts = [], []
+        for i in range(n):
+            answer, budget = ops.accumulate(answer, budget, answers[i], h[i])
+            outputs.append(answer)
+            halts.append(enc._halts(answer, budget, n - 1 - i))
+        outputs = tf.stack(outputs).numpy()
+    else:
+        state = enc._initial_exit_state(rows)
+        halts = []
+        for i in range(n):
+            state, done = enc._baseline_step(tf.constant(answers[i]), *state)
+            halts.append(done)
+        outputs = answers
+    exits = ops.first_halting_layer(tf.stack(halts)).numpy()
+    return exits, outputs[exits - 1, np.arange(rows)]
+
+
+#: The knob `exit_curve` sweeps for each method, and its settings.
+_DACT_SHIFTS = tuple(np.round(np.arange(-12.0, 12.01, 0.5), 2))
+_DEEBERT_THRESHOLDS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def exit_curve(model, trace, labels, metric_task):
+    """Metric against mean blocks over the method's knob, without retraining.
+
+    DACT: the halting biases shifted together (what
+    `calibration.calibrate_halting_bias` sets); PABEE: patience 1..N;
+    DeeBERT: entropy thresholds (nats); static truncation has no knob.
+    Every point is what the early exit would return with that setting
+    (replayed on `trace`, see `replay_exits`).
+
+    Returns:
+        A list of dicts with `knob` (its name), `value`,
+        `mean_layers_executed` and the task metrics, sorted by blocks; empty
+        for static truncation.
+    """
+    enc = model.encoder
+    if model.method == "dact":
+        settings = [("halting_bias_shift", float(s), {"shift": float(s)}) for s in _DACT_SHIFTS]
+    elif model.method == "pabee":
+        settings = [("patience", p, {}) for p in range(1, model.num_layers + 1)]
+    elif model.method == "deebert":
+        settings = [("entropy_threshold", t, {}) for t in _DEEBERT_THRESHOLDS]
+    else:
+        return []
+    saved = (enc.patience, enc.entropy_threshold)
+    points, seen = [], set()
+    try:
+        for knob, value, kwargs in settings:
+            if knob == "patience":
+                enc.patience = value
+            elif knob == "entropy_threshold":
+                enc.entropy_threshold = value
+            exits, outputs = replay_exits(model, trace, **kwargs)
+            key = tuple(np.bincount(exits, minlength=model.num_layers + 1))
+            if key in seen:  # the same exits as a neighbouring setting
+                continue
+            seen.add(key)
+            point = {"knob": knob, "value": value, "mean_layers_executed": float(exits.mean())}
+            point.update(task_metrics(metric_task, labels, predictions(model, outputs)))
+            points.append(point)
+    finally:
+        enc.patience, enc.entropy_threshold = saved
+    return sorted(points, key=lambda p: p["mean_layers_executed"])
