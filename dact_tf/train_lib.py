@@ -7,11 +7,13 @@ A *model directory* holds everything a trained model needs:
       vocab.txt            the tokenizer's vocabulary (predict/export need no backbone)
       model.keras          the final model (written atomically)
       backup/              Keras BackupAndRestore state: an interrupted run resumes here
-      checkpoints/         one `.weights.h5` per epoch
-      best/                the best epoch's weights on the held-out rows
+      checkpoints/         the last --keep_checkpoints epochs' `.weights.h5`
+      best/                the best epoch on the held-out rows (its weights only
+                           while training: then they are model.keras's)
       stage1/              DACT's default recipe: the full-depth stage-1 model dir
       calibration.json     with --target_blocks: the halting-bias shift and blocks
-      tensorboard/         Keras TensorBoard logs, plus dact/ halting summaries
+      tensorboard/         TensorBoard: train/ (every --log_every_steps steps) and
+                           validation/ (held-out rows, with dact/ halting curves)
       history.csv          per-epoch fit logs (appended across resumed runs)
       ponder.csv           per-epoch halting statistics (PonderCostLogger)
 """
@@ -641,6 +643,13 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
         history["calibration"] = result
         write_json(os.path.join(model_dir, "calibration.json"), result)
     save_model_dir(model_dir, model, tokenizer, config)
+    # The best epoch's weights are in model.keras now; their copy (kept for
+    # a resume) would only double the directory's size.
+    # (best*/best_epoch.json stays: which epoch was kept.)
+    for name in os.listdir(model_dir):
+        path = os.path.join(model_dir, name, "best.weights.h5")
+        if (name == "best" or name.startswith("best_stage")) and os.path.exists(path):
+            os.remove(path)
     return model, preprocessor, history
 
 

@@ -181,7 +181,9 @@ def test_train_runs_both_stages_keeps_the_best_epoch_and_lands_on_target_blocks(
         train_lib.TrainConfig(epochs=2, learning_rate=1e-3, verbose=0),
     )
     assert (model_dir / "stage1" / "model.keras").exists()  # stage 1 kept
-    assert (model_dir / "best" / "best.weights.h5").exists()
+    # The kept epoch is recorded; its weights copy goes once model.keras has them.
+    assert (model_dir / "best" / "best_epoch.json").exists()
+    assert not (model_dir / "best" / "best.weights.h5").exists()
     stage1 = train_lib.read_config(str(model_dir / "stage1"))
     assert stage1["method"] == "static" and stage1["model"]["head_loss_weight"] == 0.0
     config = train_lib.read_config(str(model_dir))
