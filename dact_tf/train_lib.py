@@ -543,6 +543,14 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
         split: _shard_by_data(ds)
         for split, ds in make_datasets(data_config, preprocessor, label_names, splits).items()
     }
+    if int(datasets["train"].cardinality()) < 0 and not isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # Length buckets make the number of batches depend on the data (not
+        # on the order): count it once, so every epoch's bar has an ETA.
+        count = sum(1 for _ in progress.iterate(
+            datasets["train"], train_config.verbose, "Preparing the training batches"))
+        datasets["train"] = datasets["train"].apply(
+            tf.data.experimental.assert_cardinality(count))
     # Model selection and the halting logs read held-out training rows,
     # never the evaluation set.
     selection = datasets["holdout" if holdout else "validation"]
