@@ -89,6 +89,7 @@ flags.DEFINE_string("input_file", None, "predict: a file with one text per line 
 flags.DEFINE_string("export_dir", None, "export: base directory (versions go in BASE/N).")
 flags.DEFINE_enum("format", "saved_model", ["saved_model", "tflite"], "export: the format.")
 flags.DEFINE_integer("version", None, "export: the version number (default: next).", lower_bound=1)
+flags.DEFINE_boolean("text_signatures", True, "export --format=saved_model: add the string-input signatures serve_text(_pair) (TF Text ops in the graph). --notext_signatures: token-id signatures only, which any TensorFlow (saved_model_cli, servers without TF Text) loads; vocab.txt still goes to assets.extra/.")
 flags.DEFINE_enum("quantize", "none", ["none", "dynamic", "float16"], "export --format=tflite: quantization.")
 
 _USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ConnectionError, ImportError)
@@ -265,6 +266,7 @@ def cmd_export():
             tokenizer=preprocessor.tokenizer,
             sequence_length=config["data"]["max_seq_length"],
             text_pair=train_lib.is_pair_task(config),
+            text_signatures=FLAGS.text_signatures,
         )
     bar.update()
     bar.close()
@@ -325,7 +327,7 @@ COMMAND_FLAGS = {
         "Exit (override the trained setting)": _EXIT,
     },
     "export": {
-        "Where": ["model_dir", "export_dir", "format", "version", "quantize"],
+        "Where": ["model_dir", "export_dir", "format", "version", "quantize", "text_signatures"],
         "Exit (override the trained setting)": _EXIT,
     },
 }

@@ -96,6 +96,7 @@ def export_saved_model(
     sequence_length=None,
     text_pair=False,
     truncate="round_robin",
+    text_signatures=True,
 ):
     """Exports a `DactClassifier` as a versioned SavedModel for TF Serving.
 
@@ -163,6 +164,10 @@ def export_saved_model(
             such as MRPC, RTE, QNLI).
         truncate: `"round_robin"` or `"waterfall"`, how text pairs are cut to
             `sequence_length`.
+        text_signatures: bool. False exports the token-id signatures only
+            (no TF Text op in the graph: `saved_model_cli run` and servers
+            without TF Text load it) and, given a `tokenizer`, still writes
+            `assets.extra/vocab.txt` for clients that tokenize themselves.
 
     Returns:
         str, the path of the new version folder.
@@ -193,6 +198,9 @@ def export_saved_model(
         packer = _make_packer(model, tokenizer, sequence_length, truncate)
     elif text_pair:
         raise ValueError("`text_pair=True` needs a `tokenizer`.")
+    vocabulary_only = None
+    if not text_signatures:
+        vocabulary_only, packer, text_pair = (packer.tokenizer if packer else None), None, False
 
     os.makedirs(export_dir_base, exist_ok=True)
     if version is not None and os.path.exists(
@@ -205,11 +213,13 @@ def export_saved_model(
     tmp_dir = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=export_dir_base)
     try:
         vocabulary_file = None
-        if packer is not None:
+        if packer is not None or vocabulary_only is not None:
             extra = os.path.join(tmp_dir, ASSETS_EXTRA)
             os.makedirs(extra)
-            vocabulary_file = os.path.join(extra, VOCABULARY_FILENAME)
-            _write_vocabulary(packer.tokenizer, vocabulary_file)
+            path = os.path.join(extra, VOCABULARY_FILENAME)
+            _write_vocabulary(packer.tokenizer if packer else vocabulary_only, path)
+            if packer is not None:
+                vocabulary_file = path
         module, signatures = build_serving_module(
             model,
             packer=packer,

@@ -278,3 +278,25 @@ def test_a_quiet_run_prints_no_tensorflow_noise_and_plots_the_model(trained):
     loud = dact_tf("evaluate", f"--model_dir={model_dir}", "--verbosity=0",
                    cache=root / "cache")
     assert len(loud.stderr.splitlines()) > len(lines)
+
+
+def test_export_without_text_signatures_runs_in_saved_model_cli(trained):
+    """The README's `saved_model_cli run` command works as written."""
+    root, model_dir = trained
+    export_dir = root / "plain_export"
+    dact_tf("export", f"--model_dir={model_dir}", f"--export_dir={export_dir}",
+            "--notext_signatures", cache=root / "cache")
+    version = export_dir / "1"
+    assert (version / "assets.extra" / "vocab.txt").exists()
+    graph = (version / "saved_model.pb").read_bytes()
+    for op in (b"RegexSplitWithOffsets", b"FastWordpieceTokenizeWithOffsets", b"CaseFoldUTF8"):
+        assert op not in graph
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    run = subprocess.run(
+        [cli, "run", "--dir", str(version), "--tag_set", "serve",
+         "--signature_def", "serving_default", "--input_exprs",
+         "token_ids=[[2, 30, 3]];padding_mask=[[1, 1, 1]];segment_ids=[[0, 0, 0]]"],
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Result for output key layers_executed" in run.stdout
+    assert "Result for output key predictions" in run.stdout

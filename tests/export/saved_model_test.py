@@ -411,3 +411,17 @@ def test_wrong_dtype_is_rejected_by_the_signature(plain_export):
     with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="int32"):
         fn(token_ids=tf.constant([[2.0, 5.0, 3.0]]), padding_mask=tf.constant([[1, 1, 1]]),
            segment_ids=tf.constant([[0, 0, 0]]))
+
+
+def test_token_id_export_keeps_the_vocabulary_but_no_text_signature(classifier, tmp_path):
+    from tests.export.conftest import small_tokenizer
+
+    path = export_saved_model(classifier, str(tmp_path), tokenizer=small_tokenizer(),
+                              text_pair=True, text_signatures=False)
+    meta = read_metadata(path)
+    assert sorted(meta["signatures"]) == ["full_depth", "serving_default"]
+    vocab = os.path.join(path, "assets.extra", "vocab.txt")
+    with open(vocab, encoding="utf-8") as f:
+        assert len(f.read().splitlines()) == small_tokenizer().vocabulary_size()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        assert b"WordpieceTokenize" not in f.read()
