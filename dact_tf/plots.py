@@ -9,11 +9,15 @@ model once over a dataset (every block) and writes into DIR:
   halting biases shifted together; PABEE: patience; DeeBERT: entropy
   threshold), the model at its current setting, and full depth;
 - `exit_histogram.png`: how many rows exit after each block;
-- `per_block.csv` and `exit_curve.csv`: the numbers behind both.
+- the anytime curve: every row capped at k blocks (`serve_budget`, `dact-tf
+  evaluate --max_layers`);
+- `per_block.csv`, `exit_curve.csv` and `budget_curve.csv`: the numbers.
 """
 
 import csv
 import os
+
+import numpy as np
 
 from dact_tf import analysis
 
@@ -57,7 +61,7 @@ def write_model_report(model, dataset, metric_task, directory, verbose=0, title=
 
     Returns:
         A dict: the paths written (`plot`, `histogram`, `per_block_csv`,
-        `exit_curve_csv`), and `metric`, `mean_layers_executed` of the
+        `exit_curve_csv`, `budget_csv`), and `metric`, `mean_layers_executed` of the
         operating point and `full_depth_metric`.
 
     Example:
@@ -76,8 +80,18 @@ def write_model_report(model, dataset, metric_task, directory, verbose=0, title=
     n = model.num_layers
     exits, outputs = analysis.replay_exits(model, trace)
     here = analysis.task_metrics(metric_task, labels, analysis.predictions(model, outputs))
-    final = trace["accumulated" if model.method == "dact" else "answers"][-1]
-    full = analysis.task_metrics(metric_task, labels, analysis.predictions(model, final))
+    answers = trace["accumulated" if model.method == "dact" else "answers"]
+    full = analysis.task_metrics(metric_task, labels, analysis.predictions(model, answers[-1]))
+    # Anytime answers: every row capped at k blocks (`serve_budget`).
+    budget = []
+    for k in range(1, n + 1):
+        stop = np.minimum(exits, k)
+        capped = answers[stop - 1, np.arange(len(labels))]
+        point = {"max_layers": k, "mean_layers_executed": float(stop.mean()),
+                 "exact_fraction": float((exits <= k).mean())}
+        point[metric] = analysis.task_metrics(
+            metric_task, labels, analysis.predictions(model, capped))[metric]
+        budget.append(point)
 
     rows = []
     for row in report["blocks"]:
@@ -90,12 +104,15 @@ def write_model_report(model, dataset, metric_task, directory, verbose=0, title=
     paths = {
         "per_block_csv": os.path.join(directory, "per_block.csv"),
         "exit_curve_csv": os.path.join(directory, "exit_curve.csv"),
+        "budget_csv": os.path.join(directory, "budget_curve.csv"),
         "plot": os.path.join(directory, f"{metric}_vs_blocks.png"),
         "histogram": os.path.join(directory, "exit_histogram.png"),
     }
     _write_csv(paths["per_block_csv"], rows, list(rows[0]))
     _write_csv(paths["exit_curve_csv"], curve,
                ["knob", "value", "mean_layers_executed", metric])
+    _write_csv(paths["budget_csv"], budget,
+               ["max_layers", "mean_layers_executed", "exact_fraction", metric])
 
     name = {"dact": "DACT", "pabee": "PABEE", "deebert": "DeeBERT"}.get(model.method,
                                                                        model.method)
@@ -106,6 +123,8 @@ def write_model_report(model, dataset, metric_task, directory, verbose=0, title=
     if curve:
         ax.plot([p["mean_layers_executed"] for p in curve], [p[metric] for p in curve], ".-",
                 label=f"{name}, over {curve[0]['knob'].replace('_', ' ')}")
+    ax.plot([p["mean_layers_executed"] for p in budget], [p[metric] for p in budget], "^:",
+            color="C2", label="capped at k blocks (serve_budget)")
     ax.plot([float(exits.mean())], [here[metric]], "*", markersize=14, color="C3",
             label=f"this model: {here[metric]:.3f} at {exits.mean():.2f} blocks")
     ax.axhline(full[metric], color="k", linewidth=0.8, linestyle=":",

@@ -804,7 +804,7 @@ def _check_resumable(model_dir, config):
 # --------------------------------------------------------------- evaluate
 
 
-def predict_dataset(model, dataset, full_depth=False, verbose=0):
+def predict_dataset(model, dataset, full_depth=False, verbose=0, max_layers=None):
     """Runs the model over a dataset; returns `(outputs dict, labels)`.
 
     Args:
@@ -812,9 +812,20 @@ def predict_dataset(model, dataset, full_depth=False, verbose=0):
         dataset: `(features, labels)` batches.
         full_depth: bool, run every block (no early exit).
         verbose: 0 (silent) or 1 (a progress counter on stderr).
+        max_layers: None, or int >= 1: cap every row at this many blocks
+            (anytime answers; adds the output `exact`).
     """
-    fn = tf.function(lambda f: model(f, training=False, full_depth=full_depth),
-                     reduce_retracing=True)
+    if max_layers is None:
+        def call(f):
+            return model(f, training=False, full_depth=full_depth)
+    else:
+        if int(max_layers) < 1:
+            raise ValueError(f"max_layers must be >= 1, got {max_layers}.")
+
+        def call(f):
+            rows = tf.shape(f["token_ids"])[:1]
+            return model(f, training=False, max_layers=tf.fill(rows, int(max_layers)))
+    fn = tf.function(call, reduce_retracing=True)
     outputs, labels = {}, []
     label = "Predicting (full depth)" if full_depth else "Predicting"
     for features, y in progress.iterate(dataset, verbose, label):
@@ -826,18 +837,25 @@ def predict_dataset(model, dataset, full_depth=False, verbose=0):
     return {k: np.concatenate(v) for k, v in outputs.items()}, np.concatenate(labels)
 
 
-def evaluate(model, dataset, metric_task, verbose=0):
+def evaluate(model, dataset, metric_task, verbose=0, max_layers=None):
     """The task metrics and the blocks executed of a model on a dataset.
 
-    `verbose=1` shows a progress counter on stderr.
+    `verbose=1` shows a progress counter on stderr. With `max_layers=K`
+    every row is capped at K blocks (anytime answers) and the results add
+    `max_layers` and `exact_fraction`, the fraction of rows that finished
+    by the exit rule within the cap (their answer is the uncapped one).
 
     Returns:
         A dict: the task metric(s), `mean_layers_executed`, `num_layers`,
         `layers_histogram` (examples per number of blocks 1..N),
         `ideal_speedup` and `num_examples`.
     """
-    outputs, labels = predict_dataset(model, dataset, verbose=verbose)
-    return results_from_outputs(model, outputs, labels, metric_task)
+    outputs, labels = predict_dataset(model, dataset, verbose=verbose, max_layers=max_layers)
+    results = results_from_outputs(model, outputs, labels, metric_task)
+    if max_layers is not None:
+        results.update(max_layers=int(max_layers),
+                       exact_fraction=float(outputs["exact"].mean()))
+    return results
 
 
 def results_from_outputs(model, outputs, labels, metric_task):

@@ -81,6 +81,7 @@ flags.DEFINE_boolean("jit_compile", False, "XLA-compile the training step (evalu
 # Evaluate / predict.
 flags.DEFINE_string("output_json", None, "Write the results here as JSON.")
 flags.DEFINE_boolean("per_block", False, "evaluate: also report every block's own metric, DACT's accumulated answer and halting, and where examples exit (is it the heads or the halting that costs accuracy?).")
+flags.DEFINE_list("max_layers", None, "evaluate: also report the metric with every row capped at K blocks (anytime answers under a budget), for each K given (e.g. 1,2,3), with the fraction of rows whose answer is exact (finished by the exit rule within the cap).")
 flags.DEFINE_string("plot_dir", None, "evaluate: write the model's accuracy-vs-blocks plot (per-block heads, the exit knob's curve replayed without retraining, this model, full depth), the exit histogram and their CSVs here.")
 flags.DEFINE_string("text", None, "predict: one text.")
 flags.DEFINE_string("text_pair", None, "predict: the second text, for pair tasks.")
@@ -173,6 +174,17 @@ def cmd_evaluate():
         results["per_block"] = train_lib.per_block_report(model, dataset, metric_task,
                                                           verbose=1)
         print(train_lib.format_per_block(results["per_block"]))
+    if FLAGS.max_layers:
+        caps = []
+        for value in FLAGS.max_layers:
+            if not value.strip().isdigit() or int(value) < 1:
+                raise ValueError(f"--max_layers takes integers >= 1, got {value!r}.")
+            caps.append(int(value))
+        results["budgets"] = [
+            {k: v for k, v in train_lib.evaluate(model, dataset, metric_task, verbose=1,
+                                                 max_layers=cap).items()
+             if k not in ("method", "num_layers", "num_examples")}
+            for cap in caps]
     if FLAGS.plot_dir:
         from dact_tf import plots
 
@@ -317,7 +329,7 @@ COMMAND_FLAGS = {
         "Scale out": ["distribution_strategy", "tpu", "mixed_precision", "jit_compile"],
     },
     "evaluate": {
-        "Where": ["model_dir", "output_json", "per_block", "plot_dir"],
+        "Where": ["model_dir", "output_json", "per_block", "plot_dir", "max_layers"],
         "Data (default: what the model was trained with)": [
             "task", "data_dir", "eval_file", "max_eval_examples", "batch_size"],
         "Exit (override the trained setting)": _EXIT,

@@ -39,6 +39,7 @@ ASSETS_EXTRA = "assets.extra"
 SERVING_DEFAULT = "serving_default"
 FULL_DEPTH = "full_depth"
 SERVE_TEXT = "serve_text"
+SERVE_BUDGET = "serve_budget"
 SERVE_TEXT_PAIR = "serve_text_pair"
 
 INPUT_KEYS = ("token_ids", "padding_mask", "segment_ids")
@@ -115,6 +116,12 @@ def export_saved_model(
       float32 `[batch]`, `layers_executed`.
     - `full_depth`: same inputs and outputs, every block runs (the answers
       the early exit guarantees to match; `layers_executed` is N).
+    - `serve_budget`: the token-id inputs plus int32 `max_layers` `[batch]`
+      (>= 1), a cap on each row's blocks (anytime answers under a latency
+      budget: DACT's accumulated answer, a baseline's last head). The usual
+      outputs plus bool `exact` `[batch]`: the row finished by the exit rule
+      within its cap, so its answer is the uncapped one (DACT: the
+      full-depth prediction).
     - `serve_text` (only with `tokenizer`): string `text` `[batch]`;
       tokenization, `[CLS] text [SEP]` packing and truncation to
       `sequence_length` run inside the graph (`dact_tf.export.text.
@@ -273,7 +280,7 @@ def build_serving_module(
     # no duplicated weights). The Keras model is reached by closure.
     module.dact_variables = _raw_variables(model)
 
-    def run(token_ids, padding_mask, segment_ids, full_depth):
+    def run(token_ids, padding_mask, segment_ids, full_depth, max_layers=None):
         out = model(
             {
                 "token_ids": token_ids,
@@ -282,8 +289,10 @@ def build_serving_module(
             },
             training=False,
             full_depth=full_depth,
+            max_layers=max_layers,
         )
-        return {k: tf.identity(out[k], name=k) for k in keys}
+        names = keys if max_layers is None else tuple(keys) + ("exact",)
+        return {k: tf.identity(out[k], name=k) for k in names}
 
     specs = [tf.TensorSpec([None, None], tf.int32, name=k) for k in INPUT_KEYS]
 
@@ -298,9 +307,16 @@ def build_serving_module(
     # then converts `serving_default` only.
     module.predict = tf.function(predict, input_signature=specs)
     module.predict_full_depth = tf.function(predict_full_depth, input_signature=specs)
+
+    def predict_budget(token_ids, padding_mask, segment_ids, max_layers):
+        return run(token_ids, padding_mask, segment_ids, False, max_layers)
+
+    module.predict_budget = tf.function(
+        predict_budget, input_signature=specs + [tf.TensorSpec([None], tf.int32, "max_layers")])
     signatures = {
         SERVING_DEFAULT: module.predict,
         FULL_DEPTH: module.predict_full_depth,
+        SERVE_BUDGET: module.predict_budget,
     }
     if packer is None:
         if text_pair:

@@ -226,7 +226,8 @@ class DactEncoder(keras.layers.Layer):
 
     # ------------------------------------------------------------------ call
 
-    def call(self, inputs, padding_mask=None, training=None, full_depth=False):
+    def call(self, inputs, padding_mask=None, training=None, full_depth=False,
+             max_layers=None):
         _check_rank(inputs, 3, "inputs")
         if padding_mask is None:
             padding_mask = tf.ones(tf.shape(inputs)[:2], tf.bool)
@@ -242,6 +243,9 @@ class DactEncoder(keras.layers.Layer):
             )
         if inputs.shape[0] == 0:
             raise ValueError("Got an empty batch (batch size 0).")
+        if max_layers is not None and (training or full_depth):
+            raise ValueError("`max_layers` caps the early exit at inference; it cannot be "
+                             "combined with training or full_depth.")
         if training or full_depth:
             # Training runs every block; its `layers_executed` is where the
             # exit rule would stop each training example (what the progress
@@ -270,7 +274,7 @@ class DactEncoder(keras.layers.Layer):
                 if dact:
                     out["block_accumulated"] = trace["accumulated"]
             return out
-        return self.adaptive_forward(inputs, padding_mask)
+        return self.adaptive_forward(inputs, padding_mask, max_layers=max_layers)
 
     def _outputs(self, answer, layers_executed, ponder):
         out = {"layers_executed": layers_executed, "ponder_cost": ponder}
@@ -405,7 +409,7 @@ class DactEncoder(keras.layers.Layer):
 
         return subtree(0, self.num_layers)()
 
-    def adaptive_forward(self, inputs, padding_mask=None, halting=True):
+    def adaptive_forward(self, inputs, padding_mask=None, halting=True, max_layers=None):
         """Inference with per-example early exit, in a `tf.while_loop`.
 
         Args:
@@ -413,6 +417,14 @@ class DactEncoder(keras.layers.Layer):
             padding_mask: `[batch, seq]` or None.
             halting: bool; False runs the same loop to full depth (for
                 checks: it must equal the unrolled path).
+            max_layers: None, or int `[batch]` (>= 1): a per-row cap on the
+                blocks (anytime inference under a latency budget). A row cut
+                by its cap answers with what it has: DACT's accumulated
+                `a_n` (a valid answer after any block), a baseline's last
+                `y_n`. Adds `exact`, bool `[batch]`: True where the row
+                finished by the exit rule (or at the last block) before or
+                at its cap, so its answer is the uncapped one (for DACT the
+                full-depth prediction, by the guarantee).
 
         Returns:
             The dict described in the class docstring.
@@ -434,13 +446,32 @@ class DactEncoder(keras.layers.Layer):
         # The loop variable keeps one dtype: the blocks' compute dtype (a
         # model loaded under mixed precision can get float32 embeddings).
         inputs = tf.cast(inputs, self.blocks[0].compute_dtype)
+        columns = [answer, first[:, None], second[:, None]]
+        capped = max_layers is not None
+        if capped:
+            # The cap rides in the packed state (column c + 2) and `exact`
+            # in the output (column c + 2); small ints are exact in float32.
+            max_layers = tf.convert_to_tensor(max_layers)
+            if max_layers.dtype not in (tf.int32, tf.int64):
+                raise TypeError(f"`max_layers` must be int32, got {max_layers.dtype.name}.")
+            max_layers = tf.cast(max_layers, tf.int32)
+            _check_rank(max_layers, 1, "max_layers")
+            checks = [
+                tf.debugging.assert_equal(
+                    tf.shape(max_layers)[0], batch_size,
+                    message="`max_layers` must have one entry per row of the batch."),
+                tf.debugging.assert_greater_equal(
+                    max_layers, 1, message="`max_layers` must be >= 1 for every row."),
+            ]
+            with tf.control_dependencies(checks):
+                columns.append(tf.cast(max_layers, tf.float32)[:, None])
         state = dict(
             n=tf.constant(0, tf.int32),
             hidden=inputs,
             mask=padding_mask,
             rows=tf.range(batch_size),
-            carry=tf.concat([answer, first[:, None], second[:, None]], 1),
-            out=tf.zeros(tf.stack([batch_size, c + 2]), tf.float32),
+            carry=tf.concat(columns, 1),
+            out=tf.zeros(tf.stack([batch_size, c + 2 + int(capped)]), tf.float32),
         )
 
         def cond(s):
@@ -459,9 +490,15 @@ class DactEncoder(keras.layers.Layer):
             else:
                 answer = y
                 (first, second), halts = self._baseline_step(y, carry[:, c], carry[:, c + 1])
-            carry = tf.concat([answer, first[:, None], second[:, None]], axis=1)
+            columns = [answer, first[:, None], second[:, None]]
             last = tf.fill(tf.shape(first), remaining <= 0)
             done = tf.logical_or(halts, last) if halting else last
+            if capped:
+                cap = carry[:, c + 2]
+                exact = tf.cast(done, tf.float32)[:, None]
+                done = tf.logical_or(done, tf.cast(n + 1, tf.float32) >= cap)
+                columns.append(cap[:, None])
+            carry = tf.concat(columns, axis=1)
 
             def compact():
                 # Finished rows leave: scatter their results, keep the rest.
@@ -469,7 +506,10 @@ class DactEncoder(keras.layers.Layer):
                 keep_at = tf.where(tf.logical_not(done))[:, 0]
                 finished = tf.gather(carry, done_at)
                 layers = tf.fill([tf.size(done_at), 1], tf.cast(n + 1, tf.float32))
-                finished = tf.concat([finished[:, :c], finished[:, c + 1:], layers], 1)
+                parts = [finished[:, :c], finished[:, c + 1:c + 2], layers]
+                if capped:
+                    parts.append(tf.gather(exact, done_at))
+                finished = tf.concat(parts, 1)
                 rows_done = tf.gather(s["rows"], done_at)[:, None]
                 out = s["out"] + tf.scatter_nd(rows_done, finished, tf.shape(s["out"]))
                 return (tf.gather(hidden, keep_at), tf.gather(s["mask"], keep_at),
@@ -498,9 +538,12 @@ class DactEncoder(keras.layers.Layer):
             shape_invariants=(invariants,),
             maximum_iterations=num_layers,
         )
-        out = tf.ensure_shape(final["out"], inputs.shape[:1].concatenate([c + 2]))
+        out = tf.ensure_shape(final["out"], inputs.shape[:1].concatenate([c + 2 + int(capped)]))
         ponder = out[:, c] if self.method == "dact" else tf.zeros_like(out[:, c])
-        return self._outputs(out[:, :c], tf.cast(out[:, c + 1], tf.int32), ponder)
+        result = self._outputs(out[:, :c], tf.cast(out[:, c + 1], tf.int32), ponder)
+        if capped:
+            result["exact"] = out[:, c + 2] > 0.5
+        return result
 
     # --------------------------------------------------------------- config
 

@@ -106,6 +106,9 @@ class DactClassifier(keras.Model):
             `token_ids` tensor alone.
         training: bool.
         full_depth: bool, at inference run every block (no early exit).
+        max_layers: None, or int32 `[batch]`: at inference, cap each row at
+            this many blocks (anytime answers under a latency budget; see
+            `DactEncoder.adaptive_forward`); adds the bool output `exact`.
 
     Returns:
         The dict of `DactEncoder`.
@@ -434,11 +437,12 @@ class DactClassifier(keras.Model):
         x = b.embeddings_layer_norm(x)
         return b.embeddings_dropout(x, training=training)
 
-    def call(self, inputs, training=None, full_depth=False):
+    def call(self, inputs, training=None, full_depth=False, max_layers=None):
         token_ids, padding_mask, segment_ids = self._standardize_inputs(inputs)
         x = self._embed(token_ids, segment_ids, training)
+        kwargs = {} if max_layers is None else {"max_layers": max_layers}
         return self.encoder(
-            x, padding_mask=padding_mask, training=training, full_depth=full_depth
+            x, padding_mask=padding_mask, training=training, full_depth=full_depth, **kwargs
         )
 
     def trace(self, inputs):

@@ -95,6 +95,12 @@ def test_write_model_report_writes_plots_and_csvs_that_match_the_model(tmp_path)
     with open(paths["exit_curve_csv"]) as f:
         curve = list(csv.DictReader(f))
     assert curve[0]["knob"] == "halting_bias_shift" and len(curve) >= 2
+    with open(paths["budget_csv"]) as f:
+        budget = list(csv.DictReader(f))
+    assert [int(r["max_layers"]) for r in budget] == [1, 2, 3, 4]
+    capped = train_lib.evaluate(model, data, "classification", max_layers=2)
+    assert float(budget[1]["accuracy"]) == pytest.approx(capped["accuracy"])
+    assert float(budget[1]["exact_fraction"]) == pytest.approx(capped["exact_fraction"])
     shift0 = [r for r in curve if float(r["value"]) == 0.0]
     if shift0:  # kept unless a neighbouring shift gave the same exits
         assert float(shift0[0]["accuracy"]) == pytest.approx(real["accuracy"])

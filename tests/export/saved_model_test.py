@@ -51,6 +51,11 @@ FRESH_LOAD = textwrap.dedent(
     for key in ("serving_default", "full_depth"):
         out = loaded.signatures[key](**{k: tf.constant(v) for k, v in features.items()})
         results.update({key + "/" + k: v.numpy() for k, v in out.items()})
+    caps = (np.arange(len(features["token_ids"])) % 4 + 1).astype(np.int32)
+    out = loaded.signatures["serve_budget"](
+        max_layers=tf.constant(caps), **{k: tf.constant(v) for k, v in features.items()})
+    results.update({"serve_budget/" + k: v.numpy() for k, v in out.items()})
+    results["caps"] = caps
     # Batch 1: the loop must give each example the same answer alone.
     single = [
         loaded.signatures["serving_default"](
@@ -112,7 +117,7 @@ def test_layout_metadata_and_sizes(plain_export, classifier):
     assert meta["max_sequence_length"] == MAX_LEN
     assert meta["vocabulary_size"] == VOCAB_SIZE
     assert meta["version"] == 1
-    assert meta["signatures"] == ["full_depth", "serving_default"]
+    assert meta["signatures"] == ["full_depth", "serve_budget", "serving_default"]
     # Each weight stored once (tracking the Keras model too would double it).
     weights_bytes = sum(w.numpy().nbytes for w in classifier.weights)
     data = os.path.join(plain_export, "variables", "variables.data-00000-of-00001")
@@ -123,16 +128,20 @@ def test_fresh_process_signatures(fresh):
     info, _ = fresh
     assert info["modules"] == []  # Neither dact_tf, keras-hub nor TF Text.
     signatures = info["signatures"]
-    assert sorted(signatures) == ["full_depth", "serving_default"]
+    assert sorted(signatures) == ["full_depth", "serve_budget", "serving_default"]
     for key in signatures:
-        assert signatures[key]["inputs"] == {
-            k: ["int32", [None, None]] for k in INPUTS
-        }
-        assert signatures[key]["outputs"] == {
+        expected = {k: ["int32", [None, None]] for k in INPUTS}
+        if key == "serve_budget":
+            expected["max_layers"] = ["int32", [None]]
+        assert signatures[key]["inputs"] == expected
+        outputs = {
             "probabilities": ["float32", [None, len(LABELS)]],
             "predictions": ["int32", [None]],
             "layers_executed": ["int32", [None]],
         }
+        if key == "serve_budget":
+            outputs["exact"] = ["bool", [None]]
+        assert signatures[key]["outputs"] == outputs
 
 
 def test_fresh_process_matches_keras_and_exits_early(fresh, classifier, features):
@@ -282,7 +291,7 @@ def test_failed_export_leaves_no_version(plain_export, classifier, monkeypatch):
 
 def test_versions_increment_and_are_immutable(classifier, tmp_path, monkeypatch):
     def fake_save(obj, export_dir, signatures=None, options=None):
-        assert sorted(signatures) == ["full_depth", "serving_default"]
+        assert sorted(signatures) == ["full_depth", "serve_budget", "serving_default"]
         with open(os.path.join(export_dir, "saved_model.pb"), "wb") as f:
             f.write(b"fake")
 
@@ -345,7 +354,7 @@ def test_vocabulary_written_with_text_export(text_export):
             assert f.read().splitlines() == small_vocabulary()
     meta = read_metadata(text_export)
     assert meta["signatures"] == [
-        "full_depth", "serve_text", "serve_text_pair", "serving_default"
+        "full_depth", "serve_budget", "serve_text", "serve_text_pair", "serving_default"
     ]
     assert meta["text"]["sequence_length"] == MAX_LEN
     assert meta["text"]["special_tokens"] == {"cls": 2, "sep": 3, "pad": 0, "mask": 4}
@@ -419,9 +428,37 @@ def test_token_id_export_keeps_the_vocabulary_but_no_text_signature(classifier, 
     path = export_saved_model(classifier, str(tmp_path), tokenizer=small_tokenizer(),
                               text_pair=True, text_signatures=False)
     meta = read_metadata(path)
-    assert sorted(meta["signatures"]) == ["full_depth", "serving_default"]
+    assert sorted(meta["signatures"]) == ["full_depth", "serve_budget", "serving_default"]
     vocab = os.path.join(path, "assets.extra", "vocab.txt")
     with open(vocab, encoding="utf-8") as f:
         assert len(f.read().splitlines()) == small_tokenizer().vocabulary_size()
     with open(os.path.join(path, "saved_model.pb"), "rb") as f:
         assert b"WordpieceTokenize" not in f.read()
+
+
+def test_serve_budget_caps_each_row_and_flags_the_exact_answers(fresh, classifier, features):
+    _, out = fresh
+    caps = out["caps"]
+    layers = out["serve_budget/layers_executed"]
+    early = out["serving_default/layers_executed"]
+    np.testing.assert_array_equal(layers, np.minimum(early, caps))
+    # Rows that finished within their cap answer exactly as full depth ...
+    exact = out["serve_budget/exact"]
+    np.testing.assert_array_equal(exact, early <= caps)
+    assert exact.any() and not exact.all()
+    np.testing.assert_array_equal(out["serve_budget/predictions"][exact],
+                                  out["full_depth/predictions"][exact])
+    # ... and every row as the Keras model under the same caps.
+    keras_out = classifier(features, max_layers=caps)
+    np.testing.assert_array_equal(out["serve_budget/predictions"], keras_out["predictions"])
+    np.testing.assert_allclose(out["serve_budget/probabilities"], keras_out["probabilities"],
+                               atol=1e-5)
+
+
+def test_serve_budget_rejects_bad_caps(plain_export, features):
+    fn = tf.saved_model.load(plain_export).signatures["serve_budget"]
+    batch = {k: tf.constant(v[:4]) for k, v in features.items()}
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_layers"):
+        fn(max_layers=tf.constant([1, 0, 2, 3]), **batch)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_layers"):
+        fn(max_layers=tf.constant([1, 2]), **batch)
