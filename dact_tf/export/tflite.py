@@ -37,7 +37,8 @@ import tensorflow as tf
 from dact_tf.export import saved_model as saved_model_lib
 
 QUANTIZE_MODES = ("none", "dynamic", "float16")
-TFLITE_SIGNATURES = (saved_model_lib.SERVING_DEFAULT, saved_model_lib.FULL_DEPTH)
+TFLITE_SIGNATURES = (saved_model_lib.SERVING_DEFAULT, saved_model_lib.FULL_DEPTH,
+                     saved_model_lib.SERVE_BUDGET)
 
 _VARIABLE_OPS = ("VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE")
 _MAX_MESSAGE = 3000
@@ -53,9 +54,11 @@ def export_tflite(
 
     Converts the token-id signatures with
     `tf.lite.TFLiteConverter.from_saved_model`, builtin ops only: by default
-    `serving_default` (early exit) and `full_depth` as a second signature.
-    If the pair does not convert, `serving_default` alone is converted and a
-    warning logged. The result is checked before it is written:
+    `serving_default` (early exit), `full_depth` and `serve_budget` (the
+    token-id inputs plus int32 `max_layers` `[batch]`, a per-row cap; adds
+    the bool output `exact`); the weights are stored once. If they do not
+    convert together, `serving_default` alone is converted and a warning
+    given. The result is checked before it is written:
 
     - no Flex (`SELECT_TF_OPS`) or other custom op (they would not run in
       ai-edge-litert): `ValueError` naming them;
@@ -206,7 +209,7 @@ def tflite_ops(model):
     Example:
     ```python
     ops = tflite_ops("/tmp/sst2.tflite")
-    ops["WHILE"]  # 1
+    ops["WHILE"]  # 2: serving_default and serve_budget
     ```
     """
     schema = _schema()
@@ -241,7 +244,7 @@ def tflite_signatures(model):
 
     Example:
     ```python
-    tflite_signatures("/tmp/sst2.tflite")  # ["serving_default", "full_depth"]
+    tflite_signatures("/tmp/sst2.tflite")  # ["full_depth", "serve_budget", "serving_default"]
     ```
     """
     fb = _schema().Model.GetRootAs(_read(model), 0)
@@ -267,7 +270,7 @@ def check_tflite_model(model):
 
     Example:
     ```python
-    check_tflite_model("/tmp/sst2.tflite")["WHILE"]  # 1
+    check_tflite_model("/tmp/sst2.tflite")["WHILE"]  # 2
     ```
     """
     ops = tflite_ops(model)
