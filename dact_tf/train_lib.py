@@ -37,6 +37,7 @@ from dact_tf import calibration
 from dact_tf import callbacks as dact_callbacks
 from dact_tf import data as dact_data
 from dact_tf import distribute
+from dact_tf import files
 from dact_tf import optimization
 from dact_tf import progress
 from dact_tf.models import backbones as backbones_lib
@@ -350,6 +351,7 @@ def _atomic_write(path, write):
     os.close(fd)
     try:
         write(tmp)
+        files.publish(tmp)  # mkstemp's 0600 -> what the umask gives (0644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -428,7 +430,73 @@ def load_model_dir(model_dir):
 # ------------------------------------------------------------------ train
 
 
+#: TrainConfig fields a resumed run may change: they do not change what is
+#: trained (output, logging, where it runs).
+_RESUME_FREE = ("verbose", "keep_checkpoints", "log_every_steps", "distribution_strategy",
+                "tpu_address", "jit_compile")
+
+
+def _stored_model_config(model_config):
+    """The model config `train` stores (DACT's stage 1 is not the user's init_from)."""
+    if (model_config.method == "dact" and model_config.full_depth_stage
+            and not model_config.init_from):
+        return dataclasses.replace(model_config, init_from=None)
+    return model_config
+
+
+def _check_same_run(model_dir, data_config, model_config, train_config):
+    """Refuses a re-run whose flags change what the directory's run trains.
+
+    Returns True when the directory holds this run, finished.
+    """
+    if not os.path.exists(os.path.join(model_dir, CONFIG_FILE)):
+        return False
+    old = read_config(model_dir)
+    new = {"data": dataclasses.asdict(data_config),
+           "model": dataclasses.asdict(_stored_model_config(model_config)),
+           "train": dataclasses.asdict(train_config)}
+    for part in ("data", "model", "train"):
+        stored = old.get(part) or {}
+        for key, value in new[part].items():
+            if part == "train" and key in _RESUME_FREE:
+                continue
+            if key in stored and stored[key] != value:
+                finished = os.path.exists(os.path.join(model_dir, MODEL_FILE))
+                hint = (" A finished run is not extended: train a new --model_dir with "
+                        f"--init_from={model_dir}." if finished and key == "epochs" else
+                        " Re-run with the stored value to resume, or use another --model_dir.")
+                raise ValueError(
+                    f"--{key}={value} differs from the run in {model_dir} "
+                    f"(trained with {key}={stored[key]}).{hint}")
+    return os.path.exists(os.path.join(model_dir, MODEL_FILE))
+
+
 def train(model_dir, data_config, model_config, train_config, extra_callbacks=()):
+    """Fine-tunes a model into `model_dir`, resuming or reusing what is there.
+
+    A directory holding this same run, finished, is not trained again: its
+    model is loaded and returned (with an empty history). A re-run whose
+    data, model or training flags differ from the stored run is refused
+    with a `ValueError` naming the flag; a directory another live process
+    is training into is refused too (`dact_tf.files.ModelDirLock`).
+    See `_train` for what training does.
+    """
+    if _check_same_run(model_dir, data_config, model_config, train_config):
+        if train_config.verbose:
+            print(f"{model_dir} already holds this finished run: nothing to train "
+                  "(delete the folder to train again).")
+        model, preprocessor, _ = load_model_dir(model_dir)
+        return model, preprocessor, {}
+    os.makedirs(model_dir, exist_ok=True)
+    if train_config.distribution_strategy == "multi_worker_mirrored":
+        # The workers of one cluster share the directory by design (only the
+        # chief writes it): no lock between them.
+        return _train(model_dir, data_config, model_config, train_config, extra_callbacks)
+    with files.ModelDirLock(model_dir):
+        return _train(model_dir, data_config, model_config, train_config, extra_callbacks)
+
+
+def _train(model_dir, data_config, model_config, train_config, extra_callbacks=()):
     """Fine-tunes a DACT model; resumes an interrupted run in the same dir.
 
     The default recipe (`ModelConfig`, `TrainConfig`): stage 1 fine-tunes

@@ -20,7 +20,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 
 COMMANDS = ("train", "evaluate", "predict", "export")
 
@@ -140,9 +139,9 @@ def cmd_train():
         mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile,
         keep_checkpoints=FLAGS.keep_checkpoints, log_every_steps=FLAGS.log_every_steps,
     )
-    model, _, _ = train_lib.train(model_dir, _data_config(), model_config, train_config)
-    logging.info("Model written to %s", model_dir)
-    print(f"Trained model written to {model_dir} ({model.num_layers} blocks).")
+    model, _, history = train_lib.train(model_dir, _data_config(), model_config, train_config)
+    if history:
+        print(f"Trained model written to {model_dir} ({model.num_layers} blocks).")
 
 
 def _load_model():

@@ -29,6 +29,8 @@ import tempfile
 
 import tensorflow as tf
 
+from dact_tf import files
+
 from dact_tf.export.text import TextPacker
 from dact_tf.version import __version__
 
@@ -528,6 +530,9 @@ def _commit(tmp_dir, export_dir_base, version, model, packer, signatures):
                 )
             continue  # Taken meanwhile: the next pass picks a larger number.
         try:
+            # mkdtemp made the folder private (0700): a server running as
+            # another user must read it, so it gets the umask's permissions.
+            files.publish(tmp_dir)
             # Atomic on POSIX: TF Serving sees no folder or the whole export.
             os.rename(tmp_dir, target)
             return version

@@ -34,6 +34,8 @@ import warnings
 
 import tensorflow as tf
 
+from dact_tf import files
+
 from dact_tf.export import saved_model as saved_model_lib
 
 QUANTIZE_MODES = ("none", "dynamic", "float16")
@@ -368,6 +370,7 @@ def _write_atomically(path, content):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(content)
+        files.publish(tmp)  # mkstemp's 0600 -> what the umask gives
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

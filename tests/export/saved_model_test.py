@@ -462,3 +462,24 @@ def test_serve_budget_rejects_bad_caps(plain_export, features):
         fn(max_layers=tf.constant([1, 0, 2, 3]), **batch)
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_layers"):
         fn(max_layers=tf.constant([1, 2]), **batch)
+
+
+def test_exports_honour_the_umask(classifier, tmp_path):
+    """A TF Serving container running as another user must read the export."""
+    import stat
+
+    from dact_tf.export import export_tflite
+
+    old = os.umask(0o022)
+    try:
+        path = export_saved_model(classifier, str(tmp_path / "sm"))
+        tfl = export_tflite(path, str(tmp_path / "m.tflite"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o755
+    for root, dirs, names in os.walk(path):
+        for d in dirs:
+            assert stat.S_IMODE(os.stat(os.path.join(root, d)).st_mode) == 0o755, d
+        for n in names:
+            assert stat.S_IMODE(os.stat(os.path.join(root, n)).st_mode) == 0o644, n
+    assert stat.S_IMODE(os.stat(tfl).st_mode) == 0o644
