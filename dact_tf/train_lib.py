@@ -466,8 +466,8 @@ def _check_same_run(model_dir, data_config, model_config, train_config):
                         f"--init_from={model_dir}." if finished and key == "epochs" else
                         " Re-run with the stored value to resume, or use another --model_dir.")
                 raise ValueError(
-                    f"--{key}={value} differs from the run in {model_dir} "
-                    f"(trained with {key}={stored[key]}).{hint}")
+                    f"{model_dir} holds a different run: --{key}={value} differs "
+                    f"(it was trained with {key}={stored[key]}).{hint}")
     return os.path.exists(os.path.join(model_dir, MODEL_FILE))
 
 
