@@ -102,8 +102,23 @@ def _require(name):
     return value
 
 
+_PATH_FLAGS = ("data_dir", "train_file", "eval_file")
+
+
+def _is_builtin(path):
+    from dact_tf import data
+
+    builtin = os.path.realpath(os.path.dirname(data.builtin_sst2_dir()))
+    return os.path.realpath(path).startswith(builtin + os.sep)
+
+
 def _data_config(stored=None):
-    """A DataConfig from the flags; flags not given keep the stored values."""
+    """A DataConfig from the flags; flags not given keep the stored values.
+
+    A model directory is data, not instructions: a file or folder path it
+    stores (the training data's) is not opened unless it is the data
+    shipped with dact_tf; other paths must be given again as flags.
+    """
     from dact_tf import train_lib
 
     names = [f.name for f in train_lib.dataclasses.fields(train_lib.DataConfig)]
@@ -112,7 +127,19 @@ def _data_config(stored=None):
     for name in names:
         if stored is None or FLAGS[name].present:
             values[name] = getattr(FLAGS, name)
-    return train_lib.DataConfig(**{k: values[k] for k in names})
+        elif name in _PATH_FLAGS and values[name] and not _is_builtin(str(values[name])):
+            values[name] = None  # stored, not given: not opened on the directory's word
+    config = train_lib.DataConfig(**{k: values[k] for k in names})
+    if stored is not None:
+        custom = config.task in train_lib.CUSTOM_TASKS
+        needed = "eval_file" if custom else "data_dir"
+        if not getattr(config, needed) and stored.get(needed):
+            raise ValueError(
+                f"The model was trained with --{needed}={stored[needed]}; paths stored in a "
+                f"model directory are not opened on its word: pass --{needed} to evaluate "
+                "on that data" + ("." if custom else " (or leave it unset for tensorflow-"
+                                                     "datasets, online)."))
+    return config
 
 
 def cmd_train():

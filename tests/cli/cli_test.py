@@ -300,3 +300,21 @@ def test_export_without_text_signatures_runs_in_saved_model_cli(trained):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "Result for output key layers_executed" in run.stdout
     assert "Result for output key predictions" in run.stdout
+
+
+def test_paths_stored_in_a_model_dir_are_not_opened_on_its_word(trained, tmp_path):
+    """A crafted dact_config.json cannot make evaluate read (and print) other files."""
+    import shutil
+
+    root, model_dir = trained
+    crafted = tmp_path / "crafted"
+    shutil.copytree(model_dir, crafted)
+    secret = tmp_path / "secret.tsv"
+    secret.write_text("sentence\tlabel\nTOP SECRET LINE\tnot-a-label\n")
+    config = json.loads((crafted / "dact_config.json").read_text())
+    config["data"].update(task="tsv", eval_file=str(secret), train_file=str(secret))
+    (crafted / "dact_config.json").write_text(json.dumps(config))
+    proc = dact_tf("evaluate", f"--model_dir={crafted}", cache=root / "cache", check=False)
+    assert proc.returncode == 1
+    assert "--eval_file" in proc.stderr and "TOP SECRET" not in proc.stderr + proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1
