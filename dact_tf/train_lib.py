@@ -417,7 +417,15 @@ def load_model_dir(model_dir):
             f"{model_path} is missing: training did not finish. Run the same "
             "`dact-tf train` command again to resume it."
         )
-    model = keras.models.load_model(model_path, safe_mode=True)
+    try:
+        model = keras.models.load_model(model_path, safe_mode=True)
+    except Exception as e:  # a truncated or foreign file: zip, h5 or config errors
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"{model_path} is not a readable dact_tf model ({type(e).__name__}: {first}). "
+            "Train it again (delete the folder), or restore the file."
+        ) from None
+    _check_model_matches(model, config, model_path)
     tokenizer = keras_hub.models.BertTokenizer(
         vocabulary=os.path.join(model_dir, VOCAB_FILE), lowercase=config["lowercase"]
     )
@@ -425,6 +433,26 @@ def load_model_dir(model_dir):
         tokenizer, sequence_length=config["data"]["max_seq_length"]
     )
     return model, preprocessor, config
+
+
+def _check_model_matches(model, config, model_path):
+    """Refuses a model file of another kind than its directory's config."""
+    if not isinstance(model, DactClassifier):
+        raise ValueError(f"{model_path} holds a {type(model).__name__}, not a dact_tf model.")
+    method = config.get("method", "dact")
+    labels = config.get("label_names")
+    regression = (config.get("data", {}).get("task") == "stsb")
+    problems = []
+    if model.method != method:
+        problems.append(f"method {model.method!r}, the config says {method!r}")
+    if regression != (model.task == "regression"):
+        problems.append(f"task {model.task!r}, the config's data is "
+                        f"{'regression' if regression else 'classification'}")
+    elif labels and model.task != "regression" and model.num_classes != len(labels):
+        problems.append(f"{model.num_classes} classes, the config names {len(labels)} labels")
+    if problems:
+        raise ValueError(f"{model_path} does not belong to its directory: "
+                         + "; ".join(problems) + ".")
 
 
 # ------------------------------------------------------------------ train

@@ -92,7 +92,8 @@ flags.DEFINE_integer("version", None, "export: the version number (default: next
 flags.DEFINE_boolean("text_signatures", True, "export --format=saved_model: add the string-input signatures serve_text(_pair) (TF Text ops in the graph). --notext_signatures: token-id signatures only, which any TensorFlow (saved_model_cli, servers without TF Text) loads; vocab.txt still goes to assets.extra/.")
 flags.DEFINE_enum("quantize", "none", ["none", "dynamic", "float16"], "export --format=tflite: quantization.")
 
-_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ConnectionError, ImportError)
+_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                FileExistsError, PermissionError, ConnectionError, ImportError)
 
 
 def _require(name):

@@ -318,3 +318,42 @@ def test_paths_stored_in_a_model_dir_are_not_opened_on_its_word(trained, tmp_pat
     assert proc.returncode == 1
     assert "--eval_file" in proc.stderr and "TOP SECRET" not in proc.stderr + proc.stdout
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "not a readable dact_tf model"),
+    ("other_kind", "does not belong to its directory"),
+])
+def test_a_damaged_or_foreign_model_file_is_refused(trained, tmp_path, damage, message):
+    import shutil
+
+    root, model_dir = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(model_dir, copy)
+    if damage == "truncate":
+        data = (copy / "model.keras").read_bytes()
+        (copy / "model.keras").write_bytes(data[: len(data) // 2])
+    else:  # the directory says 2 labels; give it a 3-class model file
+        config = json.loads((copy / "dact_config.json").read_text())
+        config["label_names"] = ["a", "b", "c"]
+        (copy / "dact_config.json").write_text(json.dumps(config))
+    proc = dact_tf("evaluate", f"--model_dir={copy}", cache=root / "cache", check=False)
+    assert proc.returncode == 1, proc.stdout
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_file_system_mistakes_end_in_one_line(trained, tmp_path):
+    root, model_dir = trained
+    existing = tmp_path / "exports"
+    dact_tf("export", f"--model_dir={model_dir}", f"--export_dir={existing}", "--version=3",
+            "--notext_signatures", cache=root / "cache")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for args in (["export", f"--model_dir={model_dir}", f"--export_dir={existing}",
+                  "--version=3", "--notext_signatures"],
+                 ["export", f"--model_dir={model_dir}", f"--export_dir={a_file}",
+                  "--notext_signatures"]):
+        proc = dact_tf(*args, cache=root / "cache", check=False)
+        assert proc.returncode == 1, args
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
