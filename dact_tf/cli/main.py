@@ -254,6 +254,17 @@ def cmd_predict():
     else:
         raise ValueError("predict needs --text or --input_file.")
     model, preprocessor, config = _load_model()
+    pair_model = train_lib.is_pair_task(config)
+    if pair_model and pairs is None:
+        raise ValueError("This model reads sentence pairs: give --text and --text_pair, or "
+                         "tab-separated pairs in --input_file.")
+    if not pair_model and pairs is not None:
+        where = "--text_pair" if FLAGS.text_pair is not None else (
+            f"{FLAGS.input_file}: a tab in a line")
+        raise ValueError(f"This model reads single sentences, but {where} gives a second one "
+                         "(it would be ignored).")
+    if pairs is not None and not all(p.strip() for p in pairs):
+        raise ValueError("Every pair needs a second sentence (an empty one was given).")
     import tensorflow as tf
 
     rows_in = tf.data.Dataset.from_tensor_slices(

@@ -269,6 +269,19 @@ def rows_to_examples(
     columns = [("text", text_column)]
     if text_pair_column is not None:
         columns.append(("text pair", text_pair_column))
+    if rows:  # one column read twice (e.g. the label as the text, or -1 and 1 of 2)
+        width = len(rows[0][1])
+        used = {}
+        for what, column in columns + [("label", label_column)]:
+            if -width <= column < width:
+                index = column % width
+                if index in used:
+                    raise ValueError(
+                        f"{path}: the {what} column ({column}) is the {used[index]} column "
+                        f"too (column {index} of {width}): the model would "
+                        + ("read its own labels." if what == "label" else "read one text twice.")
+                    )
+                used[index] = what
     for line_number, fields in rows:
         for what, column in columns:
             try:
@@ -290,6 +303,11 @@ def rows_to_examples(
                 f"{path}:{line_number}: no label column {label_column} "
                 f"(the row has {len(fields)})."
             ) from None
+    for line_number, raw in raw_labels:
+        if not raw:
+            raise ValueError(f"{path}:{line_number}: empty label.")
+    if not regression and label_names is None:
+        _refuse_real_valued_labels(raw_labels, path)
     if regression:
         labels = np.empty(len(raw_labels), np.float32)
         for i, (line_number, raw) in enumerate(raw_labels):
@@ -330,6 +348,21 @@ def rows_to_examples(
         label_names=names,
         source=path,
     )
+
+
+def _refuse_real_valued_labels(raw_labels, path):
+    """Classification labels that are real numbers (scores) would become classes."""
+    for line_number, raw in raw_labels:
+        try:
+            value = float(raw)
+        except ValueError:
+            return  # names, not numbers
+        if not np.isfinite(value) or value != int(value) or raw.lower() in ("nan", "inf"):
+            raise ValueError(
+                f"{path}:{line_number}: label {raw!r} is a real number, not a class name: "
+                "custom data is classification (each distinct label a class); for scores, "
+                "round them into classes first."
+            )
 
 
 def sort_label_names(names):

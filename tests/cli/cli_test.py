@@ -357,3 +357,14 @@ def test_file_system_mistakes_end_in_one_line(trained, tmp_path):
         assert proc.returncode == 1, args
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_predict_refuses_a_second_sentence_for_a_single_sentence_model(trained, tmp_path):
+    root, model_dir = trained
+    lines = tmp_path / "lines.txt"
+    lines.write_text("a fine film\tand a second sentence\n")
+    for args in (["--text=a fine film", "--text_pair=another"], [f"--input_file={lines}"]):
+        proc = dact_tf("predict", f"--model_dir={model_dir}", *args, cache=root / "cache",
+                       check=False)
+        assert proc.returncode == 1 and "single sentences" in proc.stderr, proc.stderr
+        assert proc.stdout == ""

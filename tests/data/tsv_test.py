@@ -226,3 +226,27 @@ def test_balanced_subset_is_balanced_sorted_and_seeded():
     np.testing.assert_array_equal(np.bincount(labels[first]), [10, 10, 10])
     with pytest.raises(ValueError, match="fewer than per_class=25"):
         tsv.balanced_subset_indices(labels, 25, seed=0)
+
+
+@pytest.mark.parametrize("columns, message", [
+    (dict(text_column=0, label_column=0), "would read its own labels"),
+    (dict(text_column=1, label_column=1), "would read its own labels"),
+    (dict(text_column=0, label_column=-2), "would read its own labels"),
+    (dict(text_column=0, text_pair_column=-2, label_column=1), "read one text twice"),
+])
+def test_a_column_read_twice_is_refused(columns, message):
+    rows = [(2, ["good film", "1"]), (3, ["bad", "0"])]
+    with pytest.raises(ValueError, match=message):
+        tsv.rows_to_examples(rows, path="f.tsv", **columns)
+
+
+@pytest.mark.parametrize("label, message", [
+    ("", "f.tsv:3: empty label"),
+    ("0.5", "f.tsv:3: label '0.5' is a real number"),
+    ("nan", "is a real number"),
+    ("-inf", "is a real number"),
+])
+def test_empty_and_real_valued_labels_are_refused(label, message):
+    rows = [(2, ["a fine film", "1"]), (3, ["a bad one", label])]
+    with pytest.raises(ValueError, match=message):
+        tsv.rows_to_examples(rows, path="f.tsv", text_column=0, label_column=1)
