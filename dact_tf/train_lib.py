@@ -1031,6 +1031,9 @@ def is_pair_task(config):
     return dact_data.glue_task(data["task"]).pair_feature is not None
 
 
-def copy_vocabulary(model_dir, target_dir):
-    """Copies a model directory's `vocab.txt` into `target_dir`."""
-    shutil.copyfile(os.path.join(model_dir, VOCAB_FILE), os.path.join(target_dir, VOCAB_FILE))
+def copy_vocabulary(model_dir, target):
+    """Copies a model directory's `vocab.txt` to `target` (a file, or a folder
+    to hold `vocab.txt`), with the umask's permissions."""
+    if os.path.isdir(target):
+        target = os.path.join(target, VOCAB_FILE)
+    _atomic_write(target, lambda tmp: shutil.copyfile(os.path.join(model_dir, VOCAB_FILE), tmp))

@@ -305,9 +305,16 @@ def cmd_export():
         # No tokenizer: tokenization ops are not TFLite builtins (apps
         # tokenize with the vocab.txt written next to the file).
         os.makedirs(export_dir, exist_ok=True)
-        path = os.path.join(export_dir, f"dact_{FLAGS.quantize}.tflite")
+        name = os.path.basename(os.path.normpath(os.path.abspath(model_dir))) or "dact"
+        path = os.path.join(export_dir, f"{name}_{FLAGS.quantize}.tflite")
+        vocab = os.path.join(export_dir, f"{name}_vocab.txt")
+        for target in (path, vocab):
+            if os.path.exists(target):
+                raise FileExistsError(
+                    f"{target} exists; exports never overwrite: use another --export_dir "
+                    "or delete it.")
         export.export_tflite(model, path, quantize=FLAGS.quantize)
-        train_lib.copy_vocabulary(model_dir, export_dir)
+        train_lib.copy_vocabulary(model_dir, vocab)
     else:
         path = export.export_saved_model(
             model,

@@ -368,3 +368,15 @@ def test_predict_refuses_a_second_sentence_for_a_single_sentence_model(trained, 
                        check=False)
         assert proc.returncode == 1 and "single sentences" in proc.stderr, proc.stderr
         assert proc.stdout == ""
+
+
+def test_tflite_exports_are_named_after_the_model_and_never_overwrite(trained, tmp_path):
+    root, model_dir = trained
+    out = tmp_path / "mobile"
+    dact_tf("export", f"--model_dir={model_dir}", f"--export_dir={out}", "--format=tflite",
+            cache=root / "cache")
+    name = model_dir.name
+    assert sorted(os.listdir(out)) == [f"{name}_none.tflite", f"{name}_vocab.txt"]
+    again = dact_tf("export", f"--model_dir={model_dir}", f"--export_dir={out}",
+                    "--format=tflite", cache=root / "cache", check=False)
+    assert again.returncode == 1 and "never overwrite" in again.stderr
