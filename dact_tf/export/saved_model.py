@@ -219,7 +219,8 @@ def export_saved_model(
             f"Version {version} already exists in {export_dir_base}; "
             "versions are immutable: pick another (or version=None)."
         )
-    tmp_dir = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=export_dir_base)
+    _remove_stale_temporaries(export_dir_base)
+    tmp_dir = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=export_dir_base)
     try:
         vocabulary_file = None
         if packer is not None or vocabulary_only is not None:
@@ -243,6 +244,22 @@ def export_saved_model(
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return os.path.join(export_dir_base, str(target_version))
+
+
+def _remove_stale_temporaries(export_dir_base):
+    """Removes the temporary folders of exports whose process is gone (killed)."""
+    for name in os.listdir(export_dir_base):
+        match = re.match(re.escape(_TMP_PREFIX) + r"(\d+)-", name)
+        if not match:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+            continue  # its exporter still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's live process
+        shutil.rmtree(os.path.join(export_dir_base, name), ignore_errors=True)
 
 
 def build_serving_module(

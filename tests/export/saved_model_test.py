@@ -483,3 +483,17 @@ def test_exports_honour_the_umask(classifier, tmp_path):
         for n in names:
             assert stat.S_IMODE(os.stat(os.path.join(root, n)).st_mode) == 0o644, n
     assert stat.S_IMODE(os.stat(tfl).st_mode) == 0o644
+
+
+def test_a_killed_exports_temporary_folder_is_removed_by_the_next_export(classifier, tmp_path):
+    base = tmp_path / "model"
+    base.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = base / f".tmp-dact-export-{dead.pid}-abc"
+    (stale / "variables").mkdir(parents=True)
+    live = base / f".tmp-dact-export-{os.getpid()}-xyz"  # a running exporter's
+    live.mkdir()
+    export_saved_model(classifier, str(base))
+    assert not stale.exists() and live.exists()
+    assert sorted(n for n in os.listdir(base) if not n.startswith(".")) == ["1"]
