@@ -476,3 +476,10 @@ def test_hugging_face_folder_with_only_tokenizer_json(tmp_path, minilm):
     )
     with pytest.raises(ValueError, match=r"max_sequence_length=1000"):
         backbones.load_backbone(str(tmp_path), max_sequence_length=1000)
+
+
+def test_tiny_refuses_more_positions_than_bert_instead_of_running_out_of_memory():
+    from dact_tf.models import backbones as backbones_module
+
+    with pytest.raises(ValueError, match="at most 512 positions"):
+        backbones_module.load_backbone("tiny", max_sequence_length=100000)
