@@ -32,6 +32,17 @@ def publish(path):
         os.chmod(path, 0o666 & ~mask)
 
 
+def process_alive(pid):
+    """Whether process `pid` runs on this host (another user's counts as alive)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True
+    return True
+
+
 class ModelDirLock:
     """An exclusive lock on a model directory while a process trains into it.
 
@@ -62,13 +73,7 @@ class ModelDirLock:
     def _alive(owner):
         if not owner or owner.get("host") != socket.gethostname():
             return bool(owner)  # another host's lock: assume it is live
-        try:
-            os.kill(int(owner["pid"]), 0)
-        except ProcessLookupError:
-            return False
-        except (PermissionError, ValueError, KeyError, TypeError):
-            return True
-        return True
+        return process_alive(owner.get("pid"))
 
     def __enter__(self):
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)

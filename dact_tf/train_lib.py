@@ -571,8 +571,8 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
             keras.backend.clear_session()
         if train_config.verbose:
             print("Stage 2 of 2: DACT, from the stage-1 model")
+        stored = _stored_model_config(model_config)
         model_config = dataclasses.replace(model_config, init_from=stage1_dir)
-        stored = dataclasses.replace(model_config, init_from=None)
     else:
         stored = model_config
     num_classes, regression, label_names, _ = task_info(data_config)

@@ -250,16 +250,8 @@ def _remove_stale_temporaries(export_dir_base):
     """Removes the temporary folders of exports whose process is gone (killed)."""
     for name in os.listdir(export_dir_base):
         match = re.match(re.escape(_TMP_PREFIX) + r"(\d+)-", name)
-        if not match:
-            continue
-        try:
-            os.kill(int(match.group(1)), 0)
-            continue  # its exporter still runs
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # another user's live process
-        shutil.rmtree(os.path.join(export_dir_base, name), ignore_errors=True)
+        if match and not files.process_alive(match.group(1)):
+            shutil.rmtree(os.path.join(export_dir_base, name), ignore_errors=True)
 
 
 def build_serving_module(
