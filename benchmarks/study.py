@@ -230,6 +230,7 @@ def main(argv):
     from dact_tf import train_lib
     from dact_tf.models import backbones
 
+    _import_committed_points()
     if not FLAGS.plot_only:
         datasets_cache = {}
         for task, seed, method in _schedule():
@@ -266,6 +267,39 @@ def main(argv):
 def _point_path(task, seed, method, knob):
     name = f"{task}_seed{seed}_{method}" + (f"_{knob}" if knob else "") + ".json"
     return os.path.join(FLAGS.out_dir, "points", name)
+
+
+_CSV_TYPES = {"seed": int, "train_examples": int, "metric": float, "mean_layers_executed": float,
+              "backbone_layers": int, "accuracy": float, "paper_rule_blocks": float,
+              "holdout_metric": float, "epochs": int, "train_seconds": int}
+
+
+def _import_committed_points():
+    """Recreates the point files of rows already in `--results_csv`.
+
+    Model directories and point files live under `--out_dir`, which is not
+    committed; the CSV is. A run on a fresh clone therefore starts from the
+    committed rows instead of recomputing them (and rewriting the CSV without
+    them). Imported points carry `"imported": true` and lack the full `dev`
+    report, which only the CSV's columns summarise.
+    """
+    if not os.path.exists(FLAGS.results_csv):
+        return
+    from dact_tf import train_lib
+
+    with open(FLAGS.results_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        path = _point_path(row["task"], row["seed"], row["method"], row["knob"])
+        if os.path.exists(path):
+            continue
+        point = {"imported": True}
+        for key, value in row.items():
+            if key in _CSV_TYPES and value in ("", None):
+                continue
+            point[key] = _CSV_TYPES[key](float(value)) if key in _CSV_TYPES else value
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        train_lib.write_json(path, point)
 
 
 def _collect_rows():
