@@ -45,6 +45,11 @@ from dact_tf.models.dact_classifier import DactClassifier
 from dact_tf.ops.exit_ops import METHODS
 from dact_tf.version import __version__
 
+# The configs (one source of defaults) live in `dact_tf.config`.
+from dact_tf.config import DataConfig  # noqa: F401
+from dact_tf.config import ModelConfig  # noqa: F401
+from dact_tf.config import TrainConfig  # noqa: F401
+
 # The per-block analysis lives in `dact_tf.analysis`; these names stay here.
 from dact_tf.analysis import format_per_block  # noqa: F401
 from dact_tf.analysis import per_block_from_trace  # noqa: F401
@@ -56,131 +61,6 @@ MODEL_FILE = "model.keras"
 VOCAB_FILE = "vocab.txt"
 STAGE1_DIR = "stage1"
 CUSTOM_TASKS = ("tsv", "csv")
-
-
-@dataclasses.dataclass
-class DataConfig:
-    """Where the data comes from.
-
-    Args:
-        task: a GLUE task (`sst2`, `mrpc`, `rte`, `cola`, `stsb`, `qnli`) or
-            `tsv` / `csv` for custom files.
-        data_dir: GLUE folder (`<TASK>/{train,dev}.tsv`) or a task folder;
-            None uses tensorflow-datasets (online).
-        train_file, eval_file: custom data files.
-        text_column, text_pair_column, label_column: custom columns, by
-            0-based index or header name.
-        header: whether custom files start with a header line.
-        max_seq_length: tokens per example.
-        batch_size: examples per batch.
-        max_train_examples, max_eval_examples: keep only the first ones.
-        seed: shuffling seed.
-        padding: `"bucket"` (training batches of similar lengths, each cut
-            to its longest example; evaluation batches cut, in order),
-            `"batch"` (every batch cut to its longest example) or
-            `"max_length"` (every batch padded to `max_seq_length`). See
-            `dact_tf.data.pipeline`.
-        holdout_fraction: the fraction of the training rows held out (not
-            trained on) to pick the best epoch and calibrate
-            `target_blocks`; 0 holds none (then the evaluation set is the
-            validation data, as in dact_tf < 0.9).
-        max_holdout_examples: at most this many rows are held out.
-    """
-
-    task: str = "sst2"
-    data_dir: str = None
-    train_file: str = None
-    eval_file: str = None
-    text_column: str = "0"
-    text_pair_column: str = None
-    label_column: str = "1"
-    header: bool = True
-    max_seq_length: int = 128
-    batch_size: int = 32
-    max_train_examples: int = None
-    max_eval_examples: int = None
-    seed: int = 0
-    padding: str = "bucket"
-    holdout_fraction: float = 0.1
-    max_holdout_examples: int = 1000
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    """What model to train (see `DactClassifier` for the meaning).
-
-    These are the defaults of `dact-tf train` and of `train()`: the recipe
-    the study in `benchmarks/STUDY.md` chose. Beyond `DactClassifier`'s
-    arguments:
-
-    - `halting_confidence`: DACT, classification (ignored for regression):
-      each halting unit also reads its own answer's confidence, with this
-      initial weight (0: the paper's halting units).
-    - `full_depth_stage`: DACT only: first fine-tune the plain full-depth
-      model (stage 1, kept in `model_dir/stage1/`, the same recipe), then
-      train DACT from it (stage 2). Ignored with `init_from`.
-    - `target_blocks`: DACT only: the mean number of blocks to run. During
-      training tau is steered towards it (`TargetBlocksTau`); after training
-      the halting biases are shifted so that the mean blocks executed on
-      the held-out training rows is this (`dact_tf.calibration`). None
-      (default) is half the backbone's blocks; 0 lets tau alone decide
-      (the paper's way).
-    - `init_from`: warm start from another trained model.
-    - `freeze_backbone`: train the heads only.
-    """
-
-    backbone: str = backbones_lib.MINILM_SPEC
-    tau: float = 0.06
-    tau_warmup_epochs: float = 0.3
-    halting_bias: float = 1.0
-    halting_confidence: float = -4.0
-    shared_heads: bool = False
-    halting_rule: str = "tight"
-    regression_tolerance: float = 0.05
-    dropout: float = 0.1
-    head_loss_weight: float = 1.0
-    pooling: str = "mean"
-    method: str = "dact"
-    patience: int = 2
-    entropy_threshold: float = 0.3
-    num_layers: int = None
-    init_from: str = None
-    freeze_backbone: bool = False
-    distill_weight: float = 1.0
-    full_depth_stage: bool = True
-    target_blocks: float = None
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """How to train.
-
-    The default recipe is standard BERT fine-tuning: AdamW (weight decay
-    0.01, none on biases and LayerNorm), the learning rate warming up over
-    the first 10% of the steps and decaying linearly to 0, and the weights
-    of the best epoch on the held-out training rows kept (`keep_best_epoch`).
-    `optimizer="adam"` is dact_tf's first recipe (constant Adam, last epoch).
-
-    `keep_checkpoints` is how many per-epoch weight files stay in
-    `MODEL_DIR/checkpoints` (the newest; 0: none; the resume backup and the
-    best epoch are kept apart). `log_every_steps` writes the training
-    scalars (loss, metrics, tau) to TensorBoard every that many optimizer
-    steps (0: once an epoch); held-out scalars go under `validation/`.
-    """
-
-    epochs: int = 3
-    learning_rate: float = 5e-5
-    optimizer: str = "adamw"
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1
-    keep_best_epoch: bool = True
-    verbose: int = 1
-    distribution_strategy: str = "default"
-    tpu_address: str = None
-    mixed_precision: str = "none"
-    jit_compile: bool = False
-    keep_checkpoints: int = 1
-    log_every_steps: int = 20
 
 
 # ----------------------------------------------------------------- data
