@@ -133,7 +133,8 @@ def test_killed_training_resumes_where_it_stopped(tmp_path):
         return history.read_text().count("\n") - 1 if history.exists() else 0
 
     deadline = time.time() + 240
-    # Kill once epoch 0 is logged (its backup is written before the log).
+    # Kill once epoch 0 is logged (its backup may not be written yet: the resumed run then
+    # drops the row and trains the rest of epoch 0 again from its last backup).
     while epochs_logged() < 1 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     assert epochs_logged() >= 1, "epoch 0 did not finish before the deadline"
