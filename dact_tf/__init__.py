@@ -37,3 +37,7 @@ from dact_tf.version import __version__  # noqa: E402
 from dact_tf import callbacks  # noqa: E402
 from dact_tf import calibration  # noqa: E402
 from dact_tf.models import DactClassifier  # noqa: E402
+from dact_tf.models import DactTextClassifier  # noqa: E402
+from dact_tf.models import load_backbone  # noqa: E402
+from dact_tf.models import make_preprocessor  # noqa: E402
+from dact_tf import config  # noqa: E402

@@ -62,6 +62,66 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+@keras.saving.register_keras_serializable(package="dact_tf")
+class FitPlannedDecay(WarmupLinearDecay):
+    """`WarmupLinearDecay` whose steps each `fit` call plans (see `plan`).
+
+    `DactTextClassifier.compile()`'s default optimizer uses it: `compile`
+    cannot know how long training will be, so every `fit` call re-plans the
+    schedule over its own steps, starting at the optimizer's current step:
+    a warm-up over the first `warmup_fraction` of them, then a linear decay
+    to 0 at the end of that `fit`. A second `fit` (more epochs, new data)
+    warms up and decays again instead of training at a learning rate of 0.
+
+    Args:
+        peak: float >= 0, the learning rate at the end of each warm-up.
+        warmup_fraction: float in [0, 1), the fraction of a fit's steps
+            spent warming up.
+        start_step: int >= 0, the optimizer step where the planned fit
+            starts.
+        warmup_steps, total_steps: the planned fit's steps (set by `plan`).
+
+    Example:
+    >>> schedule = FitPlannedDecay(1e-4)
+    >>> schedule.plan(start_step=100, steps=50)
+    True
+    >>> float(schedule(100)), float(schedule(105)), float(schedule(150))
+    (0.0, 0.0001, 0.0)
+    """
+
+    def __init__(self, peak, warmup_fraction=0.1, start_step=0, warmup_steps=0, total_steps=1):
+        super().__init__(peak, warmup_steps, total_steps)
+        if not 0.0 <= float(warmup_fraction) < 1.0:
+            raise ValueError(f"`warmup_fraction` must be in [0, 1), got {warmup_fraction}.")
+        self.warmup_fraction = float(warmup_fraction)
+        self.start_step = int(start_step)
+
+    def plan(self, start_step, steps):
+        """Plans the schedule over the `steps` optimizer steps from `start_step`.
+
+        Args:
+            start_step: int, the optimizer's step when the fit starts.
+            steps: int >= 1, the fit's optimizer steps.
+
+        Returns:
+            bool, whether the plan changed (a traced training step must then
+            be traced again: the schedule's numbers are constants in it).
+        """
+        steps = max(int(steps), 1)
+        new = (int(start_step), int(round(self.warmup_fraction * steps)), steps)
+        old = (self.start_step, self.warmup_steps, self.total_steps)
+        self.start_step, self.warmup_steps, self.total_steps = new
+        return new != old
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32") - float(self.start_step)
+        return super().__call__(keras.ops.maximum(step, 0.0))
+
+    def get_config(self):
+        return {**super().get_config(), "warmup_fraction": self.warmup_fraction,
+                "start_step": self.start_step}
+
+
 def make_optimizer(name, learning_rate, total_steps=None, warmup_fraction=0.1, weight_decay=0.01):
     """The optimizer of a fine-tuning run.
 
@@ -70,7 +130,9 @@ def make_optimizer(name, learning_rate, total_steps=None, warmup_fraction=0.1, w
             `"adam"` (Adam at a constant learning rate, no decay: dact_tf's
             first recipe, kept to reproduce old results).
         learning_rate: float >= 0, the peak (adamw) or constant (adam) rate.
-        total_steps: int, the run's optimizer steps (adamw).
+        total_steps: int, the run's optimizer steps (adamw); None: each
+            `fit` call plans the schedule over its own steps
+            (`FitPlannedDecay`, for `DactTextClassifier`).
         warmup_fraction: float in [0, 1), the fraction of `total_steps`
             spent warming up (adamw).
         weight_decay: float >= 0, AdamW's decoupled weight decay; biases and
@@ -89,10 +151,13 @@ def make_optimizer(name, learning_rate, total_steps=None, warmup_fraction=0.1, w
         raise ValueError(f"`warmup_fraction` must be in [0, 1), got {warmup_fraction}.")
     if not float(weight_decay) >= 0.0:
         raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
-    total_steps = max(int(total_steps or 1), 1)
-    schedule = WarmupLinearDecay(
-        learning_rate, int(round(warmup_fraction * total_steps)), total_steps
-    )
+    if total_steps is None:
+        schedule = FitPlannedDecay(learning_rate, warmup_fraction)
+    else:
+        total_steps = max(int(total_steps), 1)
+        schedule = WarmupLinearDecay(
+            learning_rate, int(round(warmup_fraction * total_steps)), total_steps
+        )
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=float(weight_decay))
     optimizer.exclude_from_weight_decay(var_names=list(_NO_DECAY))
     return optimizer

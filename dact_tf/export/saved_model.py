@@ -166,7 +166,8 @@ def export_saved_model(
         tokenizer: None, a `keras_hub.models.BertTokenizer` (e.g. from
             `dact_tf.models.backbones.load_backbone`), or a keras-hub
             `BertTextClassifierPreprocessor` (then `sequence_length` and
-            `truncate` come from it). Adds the text signatures.
+            `truncate` come from it). Adds the text signatures. None: the
+            model's own `preprocessor` if it has one (`DactTextClassifier`).
         sequence_length: int, the packed length for the text signatures
             (default and maximum: the backbone's `max_sequence_length`).
         text_pair: bool, also export `serve_text_pair` (sentence-pair tasks
@@ -197,6 +198,8 @@ def export_saved_model(
     ```
     """
     _check_model(model)
+    if tokenizer is None:  # a `DactTextClassifier` exports its own preprocessor
+        tokenizer = getattr(model, "preprocessor", None)
     export_dir_base = os.fspath(export_dir_base)
     if version is not None:
         version = int(version)

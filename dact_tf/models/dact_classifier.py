@@ -29,6 +29,12 @@ class DactClassifier(keras.Model):
     much later blocks may still matter, and at inference each example stops
     as soon as the remaining blocks provably cannot change its prediction.
 
+    The building block: it takes token inputs only, and its defaults are
+    the paper's pure form (first-token pooling, tau 1e-3, no per-block or
+    distillation loss). `dact_tf.DactTextClassifier` is the same model as a
+    keras-hub Task, with a preprocessor (raw strings), `from_preset` and
+    the defaults of dact_tf's recipe (`dact_tf.config.ModelConfig`).
+
     Trained with `model.fit` on `(features, labels)` data, where features are
     the dict a keras-hub BERT preprocessor produces (`token_ids`,
     `segment_ids`, `padding_mask`). `fit()` runs every block and minimises

