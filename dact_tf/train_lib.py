@@ -261,8 +261,26 @@ def _write_config(model_dir, config):
     _atomic_write(os.path.join(model_dir, CONFIG_FILE), write)
 
 
-def read_config(model_dir):
-    """The `dact_config.json` of a model directory, validated."""
+def read_config(model_dir, defaults=True):
+    """The `dact_config.json` of a model directory, validated.
+
+    Args:
+        model_dir: str, the model directory.
+        defaults: bool. True: the `data`, `model` and `train` fields a config
+            of an older dact_tf lacks (added since) take their defaults from
+            `DataConfig`, `ModelConfig` and `TrainConfig`; False: they stay
+            absent (a resumed run compares only what was stored).
+
+    Returns:
+        The config, a dict.
+
+    Raises:
+        FileNotFoundError: there is no config.
+        ValueError: the config is not valid JSON, is not a dact_tf model
+            directory's, comes from a newer dact_tf or another method, or
+            lacks a key every version writes, or a key has a wrong type;
+            the message names the file and the key.
+    """
     path = os.path.join(model_dir, CONFIG_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -274,21 +292,96 @@ def read_config(model_dir):
             config = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e}).") from None
-    if config.get("format") != "dact_tf.model_dir":
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a text file.") from None
+    if not isinstance(config, dict) or config.get("format") != "dact_tf.model_dir":
         raise ValueError(f"{path}: not a dact_tf model directory config.")
-    major = str(config.get("dact_tf_version", "0")).split(".")[0]
+    version = config.get("dact_tf_version", "0")
+    major = str(version).split(".")[0]
+    if not major.isdigit():
+        raise ValueError(f"{path}: dact_tf_version must be a version like "
+                         f"\"{__version__}\", got {version!r}.")
     if int(major) > int(__version__.split(".")[0]):
         raise ValueError(
-            f"{model_dir} was written by dact_tf {config['dact_tf_version']}, "
+            f"{model_dir} was written by dact_tf {version}, "
             f"newer than this dact_tf {__version__}."
         )
     method = config.get("method", "dact")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(
             f"{model_dir} holds a {method!r} model, which this dact_tf "
             f"{__version__} does not know (it runs {', '.join(METHODS)})."
         )
+    config = _checked_config(config, path, defaults)
+    if defaults:
+        config.setdefault("method", "dact")  # configs before the baselines
     return config
+
+
+#: Keys every dact_tf version wrote: a config without one is refused.
+_REQUIRED_KEYS = ("lowercase", "label_names", "data", "data.task", "data.max_seq_length")
+_FIELD_MINIMUM = {"data.max_seq_length": 1, "data.batch_size": 1}
+
+
+def _checked_config(config, path, defaults):
+    """`read_config`'s key and type checks (and defaults) of a parsed config."""
+    config = dict(config)
+
+    def refuse(key, problem):
+        raise ValueError(f"{path}: {problem} {key!r}; train the model again, or restore "
+                         "the file.")
+
+    for key in _REQUIRED_KEYS:
+        section, _, name = key.rpartition(".")
+        holder = config.get(section) if section else config
+        if isinstance(holder, dict) and name not in holder:
+            refuse(key, "lacks the key")
+    if not isinstance(config["lowercase"], bool):
+        refuse("lowercase", "needs true or false at")
+    labels = config["label_names"]
+    if labels is not None and not (
+            isinstance(labels, list) and labels and all(isinstance(n, str) for n in labels)):
+        refuse("label_names", "needs a list of label names (or null) at")
+    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
+        stored = config.get(section, {})
+        if not isinstance(stored, dict):
+            refuse(section, "needs an object at")
+        stored = dict(stored)
+        for field in dataclasses.fields(cls):
+            key = f"{section}.{field.name}"
+            if field.name not in stored:
+                if defaults:
+                    stored[field.name] = field.default
+                continue
+            value = stored[field.name]
+            if not _has_type(value, field):
+                kind = getattr(field.type, "__name__", str(field.type))
+                refuse(key, f"needs {'a' if kind != 'int' else 'an'} {kind}"
+                       + (" (or null)" if field.default is None else "") + " at")
+            if key in _FIELD_MINIMUM and value < _FIELD_MINIMUM[key]:
+                refuse(key, f"needs a value >= {_FIELD_MINIMUM[key]} at")
+        config[section] = stored
+    return config
+
+
+def _has_type(value, field):
+    """Whether a stored config value fits its dataclass field's type."""
+    if value is None:
+        return field.default is None
+    kind = field.type
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind is int:
+        return isinstance(value, int)
+    if kind is float:
+        return isinstance(value, (int, float))
+    if kind is str:
+        # A column may be stored as its index.
+        return isinstance(value, str) or (field.name.endswith("_column")
+                                          and isinstance(value, int))
+    return True
 
 
 def load_model_dir(model_dir):
@@ -362,7 +455,8 @@ def _check_same_run(model_dir, data_config, model_config, train_config):
     """
     if not os.path.exists(os.path.join(model_dir, CONFIG_FILE)):
         return False
-    old = read_config(model_dir)
+    # Fields an older dact_tf did not store are not compared.
+    old = read_config(model_dir, defaults=False)
     new = {"data": dataclasses.asdict(data_config),
            "model": dataclasses.asdict(_stored_model_config(model_config)),
            "train": dataclasses.asdict(train_config)}
@@ -515,7 +609,10 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
     total_steps = steps_per_epoch * train_config.epochs
     with strategy.scope():
         _compile(model, train_config, total_steps)
-    if model_config.init_from:
+    resuming = any(_Backup.read_state(os.path.join(model_dir, "backup" + _stage_suffix(stage)))
+                   for stage in (1, 2))
+    if model_config.init_from and not resuming:
+        # (A resumed run restores every weight from its backup.)
         _warm_start(model, model_config.init_from)
     splits = ("holdout", "validation") if holdout else ("validation",)
     datasets = {
@@ -694,11 +791,23 @@ def _warm_start(model, source):
     e.g. a `--method=static` full-depth model: a warm-up stage of plain
     fine-tuning before DACT training. Only a fresh run warm-starts; a
     resumed one continues from its own backup.
+
+    Args:
+        model: the built, compiled `DactClassifier` to load into.
+        source: str, the `--init_from` path.
+
+    Raises:
+        FileNotFoundError: `source` does not exist.
+        ValueError: `source` is of another kind, unreadable (truncated,
+            corrupt) or from another architecture; the message names it.
     """
     if os.path.isdir(source):
         source = os.path.join(source, MODEL_FILE)
     if not os.path.exists(source):
         raise FileNotFoundError(f"--init_from {source} does not exist.")
+    if not source.endswith((".keras", ".weights.h5")) or os.path.isdir(source):
+        raise ValueError(f"--init_from {source}: expected a model directory, a .keras file or "
+                         "a .weights.h5 file.")
     # tau and head_loss_weight are settings stored as variables: keep this
     # run's, not the source's.
     settings = (model.tau, model.head_loss_weight)
@@ -710,10 +819,20 @@ def _warm_start(model, source):
             model.load_weights(source)
     except ValueError as e:
         raise ValueError(
-            f"--init_from {source}: its weights do not fit this model ({e}). It must "
-            "come from the same backbone, number of classes and blocks."
-        ) from None
+            f"--init_from {source}: its weights do not fit this model ({_first_line(e)}). It "
+            "must come from the same backbone, number of classes and blocks."
+        ) from e
+    except Exception as e:  # truncated or corrupt: zip, HDF5 and JSON errors of every kind
+        raise ValueError(
+            f"--init_from {source} is not a readable model file ({type(e).__name__}: "
+            f"{_first_line(e)}); it may be truncated: copy or train it again."
+        ) from e
     model.tau, model.head_loss_weight = settings
+
+
+def _first_line(error, limit=200):
+    """The first line of an exception's message, at most `limit` characters."""
+    return (str(error).strip().splitlines() or [""])[0][:limit]
 
 
 #: Batches between two backups of the training state (and one at every epoch end).
