@@ -229,48 +229,88 @@ def cmd_evaluate():
         train_lib.write_json(FLAGS.output_json, results)
 
 
-def _read_lines(path):
+def _read_lines(path, pair_model):
+    """The rows of `--input_file`: one text a line (a pair model: two, tab-separated).
+
+    Args:
+        path: str, the file (UTF-8; a byte-order mark is dropped).
+        pair_model: bool, whether the model reads sentence pairs.
+
+    Returns:
+        `(texts, pairs)`: lists of str; `pairs` is None for a single-sentence
+        model.
+
+    Raises:
+        ValueError: an empty file, or a line that is empty, not UTF-8, or
+            holds the wrong number of sentences; the message names
+            `path:line`.
+        FileNotFoundError, IsADirectoryError: `path` is not a file.
+    """
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"--input_file {path} is a directory, not a file.")
     if not os.path.exists(path):
         raise FileNotFoundError(f"--input_file {path} does not exist.")
     texts, pairs = [], []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.rstrip("\n")
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start}).") from None
+            line = line.rstrip("\r\n")
             if not line.strip():
-                raise ValueError(f"{path}:{number}: empty line.")
-            text, _, pair = line.partition("\t")
-            texts.append(text)
-            pairs.append(pair)
+                raise ValueError(f"{where}: empty line (one text a line).")
+            fields = line.split("\t")
+            if not pair_model:
+                if len(fields) > 1:
+                    raise ValueError(f"{where}: this model reads single sentences, but a tab "
+                                     "in the line gives a second one (it would be ignored).")
+                texts.append(line)
+                continue
+            if len(fields) != 2:
+                raise ValueError(f"{where}: this model reads sentence pairs: two sentences "
+                                 f"separated by one tab, got {len(fields)} field(s).")
+            for name, field in zip(("first", "second"), fields):
+                if not field.strip():
+                    raise ValueError(f"{where}: the {name} sentence of the pair is empty.")
+            texts.append(fields[0])
+            pairs.append(fields[1])
     if not texts:
         raise ValueError(f"{path}: the file is empty.")
-    return texts, (pairs if any(pairs) else None)
+    return texts, (pairs if pair_model else None)
+
+
+def _predict_inputs(pair_model):
+    """`(texts, pairs)` from `--text`/`--text_pair` or `--input_file`, checked."""
+    if FLAGS.input_file and (FLAGS.text is not None or FLAGS.text_pair is not None):
+        raise ValueError("predict reads --text (and --text_pair) or --input_file, not both.")
+    if FLAGS.input_file:
+        return _read_lines(FLAGS.input_file, pair_model)
+    if FLAGS.text is None:
+        raise ValueError("predict needs --text or --input_file.")
+    if not FLAGS.text.strip():
+        raise ValueError("--text is empty.")
+    if not pair_model:
+        if FLAGS.text_pair is not None:
+            raise ValueError("This model reads single sentences, but --text_pair gives a "
+                             "second one (it would be ignored).")
+        return [FLAGS.text], None
+    if FLAGS.text_pair is None:
+        raise ValueError("This model reads sentence pairs: give --text and --text_pair, or "
+                         "tab-separated pairs in --input_file.")
+    if not FLAGS.text_pair.strip():
+        raise ValueError("--text_pair is empty: this model reads sentence pairs.")
+    return [FLAGS.text], [FLAGS.text_pair]
 
 
 def cmd_predict():
     from dact_tf import train_lib
 
-    _require("model_dir")
-    if FLAGS.input_file:
-        texts, pairs = _read_lines(FLAGS.input_file)
-    elif FLAGS.text is not None:
-        if not FLAGS.text.strip():
-            raise ValueError("--text is empty.")
-        texts = [FLAGS.text]
-        pairs = None if FLAGS.text_pair is None else [FLAGS.text_pair]
-    else:
-        raise ValueError("predict needs --text or --input_file.")
+    model_dir = _require("model_dir")
+    # The inputs are checked before the model loads (its config says pairs or not).
+    texts, pairs = _predict_inputs(train_lib.is_pair_task(train_lib.read_config(model_dir)))
     model, preprocessor, config = _load_model()
-    pair_model = train_lib.is_pair_task(config)
-    if pair_model and pairs is None:
-        raise ValueError("This model reads sentence pairs: give --text and --text_pair, or "
-                         "tab-separated pairs in --input_file.")
-    if not pair_model and pairs is not None:
-        where = "--text_pair" if FLAGS.text_pair is not None else (
-            f"{FLAGS.input_file}: a tab in a line")
-        raise ValueError(f"This model reads single sentences, but {where} gives a second one "
-                         "(it would be ignored).")
-    if pairs is not None and not all(p.strip() for p in pairs):
-        raise ValueError("Every pair needs a second sentence (an empty one was given).")
     import tensorflow as tf
 
     rows_in = tf.data.Dataset.from_tensor_slices(

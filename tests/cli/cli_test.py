@@ -90,6 +90,17 @@ def test_evaluate_and_predict(trained):
           "--header=false", "--model_dir={root}/y", "--backbone=tiny"], "bad.tsv:2"),
         (["predict", "--model_dir={model_dir}", "--text= "], "--text is empty"),
         (["predict", "--model_dir={model_dir}", "--input_file={root}/empty.txt"], "empty"),
+        (["predict", "--model_dir={model_dir}", "--input_file={root}/blank.txt"],
+         "blank.txt:2: empty line"),
+        (["predict", "--model_dir={model_dir}", "--input_file={root}/tab.txt"],
+         "tab.txt:1: this model reads single sentences"),
+        (["predict", "--model_dir={model_dir}", "--input_file={root}/latin1.txt"],
+         "latin1.txt:2: not UTF-8"),
+        (["predict", "--model_dir={model_dir}", "--input_file={root}"], "is a directory"),
+        (["predict", "--model_dir={model_dir}", "--text=fine", "--input_file={root}/blank.txt"],
+         "not both"),
+        (["predict", "--model_dir={model_dir}", "--text="], "--text is empty"),
+        (["predict", "--model_dir={model_dir}"], "needs --text or --input_file"),
         (["train", "--task=sst2", "--data_dir={root}/nodata", "--model_dir={root}/z",
           "--backbone=tiny"], "nodata"),
         (["frobnicate"], "Usage: dact-tf"),
@@ -99,11 +110,37 @@ def test_user_errors_exit_1_with_one_clear_message(trained, args, message):
     root, model_dir = trained
     (root / "bad.tsv").write_text("fine sentence\t0\nbroken line without a label\n")
     (root / "empty.txt").write_text("")
+    (root / "blank.txt").write_text("a fine film\n\nanother one\n")
+    (root / "tab.txt").write_text("a fine film\tand a second\n")
+    (root / "latin1.txt").write_bytes("fine\ncaf\u00e9 cr\u00e8me\n".encode("latin-1"))
     args = [a.format(root=root, model_dir=model_dir) for a in args]
     proc = dact_tf(*args, cache=root / "cache", check=False)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 or args[0] != "predict", proc.stderr
+
+
+@pytest.mark.parametrize("content, pair_model, want", [
+    (b"\xef\xbb\xbfa fine film\r\nboring\n", False, (["a fine film", "boring"], None)),
+    (b"first\tsecond\n", True, (["first"], ["second"])),
+    (b"\tsecond\n", True, "pairs.txt:1: the first sentence of the pair is empty"),
+    (b"first\t \n", True, "pairs.txt:1: the second sentence of the pair is empty"),
+    (b"a\tb\nonly one\n", True, "pairs.txt:2: this model reads sentence pairs"),
+    (b"a\tb\tc\n", True, "got 3 field(s)"),
+    (b"\t\t\n", True, "pairs.txt:1: empty line"),
+    (b" \r\n", False, "pairs.txt:1: empty line"),
+])
+def test_predict_reads_one_row_a_line_or_names_the_line(tmp_path, content, pair_model, want):
+    from dact_tf.cli import main
+
+    path = tmp_path / "pairs.txt"
+    path.write_bytes(content)
+    if isinstance(want, tuple):
+        assert main._read_lines(str(path), pair_model) == want
+    else:
+        with pytest.raises(ValueError, match=want.replace("(", r"\(").replace(")", r"\)")):
+            main._read_lines(str(path), pair_model)
 
 
 def test_model_dir_of_another_run_is_refused(trained):
@@ -242,6 +279,44 @@ def test_warm_start_from_another_model(trained, tmp_path):
                    f"--model_dir={tmp_path / 'bad'}", f"--init_from={tmp_path / 'nothing'}",
                    *TINY, cache=root / "cache", check=False)
     assert proc.returncode == 1 and "does not exist" in proc.stderr
+
+
+def test_a_truncated_init_from_ends_in_one_line_naming_it(trained, tmp_path):
+    root, model_dir = trained
+    data = (model_dir / "model.keras").read_bytes()
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "model.keras").write_bytes(data[: len(data) // 2])
+    proc = dact_tf("train", "--task=sst2", f"--data_dir={builtin_sst2_dir()}",
+                   f"--model_dir={tmp_path / 'warm'}", f"--init_from={tmp_path / 'cut'}",
+                   "--full_depth_stage=false", *TINY, cache=root / "cache", check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"--init_from {tmp_path / 'cut' / 'model.keras'} is not a readable" in proc.stderr
+
+
+def test_an_older_or_hand_edited_config_is_read_or_named(trained, tmp_path):
+    import shutil
+
+    root, model_dir = trained
+    old = tmp_path / "old"
+    shutil.copytree(model_dir, old)
+    config = json.loads((old / "dact_config.json").read_text())
+    # What a config of the first dact_tf lacked: the defaults stand in.
+    for section, key in (("data", "padding"), ("data", "holdout_fraction"),
+                         ("data", "max_holdout_examples"), ("model", "target_blocks")):
+        del config[section][key]
+    (old / "dact_config.json").write_text(json.dumps(config))
+    proc = dact_tf("predict", f"--model_dir={old}", "--text=a fine film", cache=root / "cache")
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["label"] in ("negative", "positive")
+    # A key every version writes, removed or of the wrong type: one line naming it.
+    for edit, key in ((lambda c: c["data"].pop("max_seq_length"), "data.max_seq_length"),
+                      (lambda c: c.update(label_names="negative"), "label_names")):
+        edited = json.loads(json.dumps(config))
+        edit(edited)
+        (old / "dact_config.json").write_text(json.dumps(edited))
+        proc = dact_tf("evaluate", f"--model_dir={old}", cache=root / "cache", check=False)
+        assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert str(old / "dact_config.json") in proc.stderr and repr(key) in proc.stderr
 
 
 def test_help_lists_the_commands_and_each_commands_own_flags(tmp_path):
