@@ -280,8 +280,8 @@ def make_functions(dact, plain, seq_len):
     def dact_loop_no_halting(inputs):
         # DactClassifier.call, with the encoder's while loop run with
         # halting off (every block, one per iteration).
-        token_ids, padding_mask, segment_ids = dact._standardize_inputs(inputs)
-        x = dact._embed(token_ids, segment_ids, training=False)
+        features, padding_mask = dact._standardize_inputs(inputs)
+        x = dact._embed(features, training=False)
         return dact.encoder.adaptive_forward(x, padding_mask, halting=False)
 
     fns = dict(
@@ -302,8 +302,8 @@ def _first_token_vectors(dact, inputs, batch_size=64):
 
     @tf.function
     def run(batch):
-        token_ids, mask, segment_ids = dact._standardize_inputs(batch)
-        x = dact._embed(token_ids, segment_ids, training=False)
+        features, mask = dact._standardize_inputs(batch)
+        x = dact._embed(features, training=False)
         cls = []
         for block in dact.encoder.blocks:
             x = block(x, padding_mask=mask, training=False)

@@ -294,37 +294,49 @@ def build_serving_module(
     # no duplicated weights). The Keras model is reached by closure.
     module.dact_variables = _raw_variables(model)
 
-    def run(token_ids, padding_mask, segment_ids, full_depth, max_layers=None):
-        out = model(
-            {
-                "token_ids": token_ids,
-                "padding_mask": tf.not_equal(padding_mask, 0),
-                "segment_ids": segment_ids,
-            },
-            training=False,
-            full_depth=full_depth,
-            max_layers=max_layers,
-        )
+    with_segments = "segment_ids" in model.input_keys
+
+    def run(features, full_depth, max_layers=None):
+        out = model(features, training=False, full_depth=full_depth, max_layers=max_layers)
         names = keys if max_layers is None else tuple(keys) + ("exact",)
         return {k: tf.identity(out[k], name=k) for k in names}
 
-    specs = [tf.TensorSpec([None, None], tf.int32, name=k) for k in INPUT_KEYS]
+    def features(token_ids, padding_mask, segment_ids=None):
+        f = {"token_ids": token_ids, "padding_mask": tf.not_equal(padding_mask, 0)}
+        if with_segments:
+            f["segment_ids"] = segment_ids
+        return f
 
-    def predict(token_ids, padding_mask, segment_ids):
-        return run(token_ids, padding_mask, segment_ids, False)
+    # The signatures take the inputs the backbone reads (BERT-like encoders:
+    # segment ids too; RoBERTa-like ones: none).
+    input_keys = INPUT_KEYS if with_segments else INPUT_KEYS[:2]
+    specs = [tf.TensorSpec([None, None], tf.int32, name=k) for k in input_keys]
+    if with_segments:
 
-    def predict_full_depth(token_ids, padding_mask, segment_ids):
-        return run(token_ids, padding_mask, segment_ids, True)
+        def predict(token_ids, padding_mask, segment_ids):
+            return run(features(token_ids, padding_mask, segment_ids), False)
+
+        def predict_full_depth(token_ids, padding_mask, segment_ids):
+            return run(features(token_ids, padding_mask, segment_ids), True)
+
+        def predict_budget(token_ids, padding_mask, segment_ids, max_layers):
+            return run(features(token_ids, padding_mask, segment_ids), False, max_layers)
+    else:
+
+        def predict(token_ids, padding_mask):
+            return run(features(token_ids, padding_mask), False)
+
+        def predict_full_depth(token_ids, padding_mask):
+            return run(features(token_ids, padding_mask), True)
+
+        def predict_budget(token_ids, padding_mask, max_layers):
+            return run(features(token_ids, padding_mask), False, max_layers)
 
     # Attribute names matter: TFLiteConverter.from_saved_model treats an
     # object with a `serve` attribute as a Keras `model.export()` artifact and
     # then converts `serving_default` only.
     module.predict = tf.function(predict, input_signature=specs)
     module.predict_full_depth = tf.function(predict_full_depth, input_signature=specs)
-
-    def predict_budget(token_ids, padding_mask, segment_ids, max_layers):
-        return run(token_ids, padding_mask, segment_ids, False, max_layers)
-
     module.predict_budget = tf.function(
         predict_budget, input_signature=specs + [tf.TensorSpec([None], tf.int32, "max_layers")])
     signatures = {
@@ -346,7 +358,7 @@ def build_serving_module(
 
     def run_text(segments):
         f = packer(segments)
-        return run(f["token_ids"], f["padding_mask"], f["segment_ids"], False)
+        return run(features(f["token_ids"], f["padding_mask"], f["segment_ids"]), False)
 
     def predict_text(text):
         return run_text(text)
@@ -454,10 +466,10 @@ def _make_packer(model, tokenizer, sequence_length, truncate):
             f"max_sequence_length), got {length}."
         )
     vocab_size = int(tokenizer.vocabulary_size())
-    if vocab_size > int(model.backbone.vocabulary_size):
+    if vocab_size > model.vocabulary_size:
         raise ValueError(
             f"The tokenizer has {vocab_size} tokens but the backbone embeds "
-            f"only {model.backbone.vocabulary_size}."
+            f"only {model.vocabulary_size}."
         )
     return TextPacker(tokenizer, length, truncate)
 
@@ -484,11 +496,11 @@ def _metadata(model, version, packer, signatures):
         "output_range": model.output_range,
         "num_layers": int(model.num_layers),
         "max_sequence_length": int(backbone.max_sequence_length),
-        "vocabulary_size": int(backbone.vocabulary_size),
-        "num_segments": int(getattr(backbone, "num_segments", 2)),
+        "vocabulary_size": model.vocabulary_size,
+        "num_segments": model.num_segments,
         "halting_rule": model.encoder.halting_rule,
         "signatures": sorted(signatures),
-        "inputs": {k: "int32 [batch, seq]" for k in INPUT_KEYS},
+        "inputs": {k: "int32 [batch, seq]" for k in INPUT_KEYS if k in model.input_keys},
         "outputs": list(output_keys(model.task)),
         "input_checks": {
             "saved_model": [

@@ -1,4 +1,4 @@
-"""DactClassifier: a keras-hub BERT backbone with DACT heads and early exit."""
+"""DactClassifier: a keras-hub encoder backbone with DACT heads and early exit."""
 
 import contextlib
 
@@ -7,24 +7,14 @@ import tensorflow as tf
 
 from dact_tf import ops
 from dact_tf.layers.dact_encoder import DactEncoder
-
-_INPUT_KEYS = ("token_ids", "padding_mask", "segment_ids")
-_BACKBONE_ATTRS = (
-    "token_embedding",
-    "position_embedding",
-    "segment_embedding",
-    "embeddings_add",
-    "embeddings_layer_norm",
-    "embeddings_dropout",
-    "transformer_layers",
-)
+from dact_tf.models import encoders
 
 
 @keras.saving.register_keras_serializable(package="dact_tf")
 class DactClassifier(keras.Model):
-    """A BERT classifier (or bounded regressor) that thinks only as long as needed.
+    """A Transformer classifier (or bounded regressor) that thinks only as long as needed.
 
-    The keras-hub `BertBackbone`'s embeddings and Transformer blocks run
+    The keras-hub backbone's embeddings and Transformer blocks run
     inside a `DactEncoder`: after every block a head answers and says how
     much later blocks may still matter, and at inference each example stops
     as soon as the remaining blocks provably cannot change its prediction.
@@ -46,7 +36,10 @@ class DactClassifier(keras.Model):
     `ponder_cost`.
 
     Args:
-        backbone: a `keras_hub.models.BertBackbone` (pretrained or not).
+        backbone: a keras-hub encoder backbone, pretrained or not: BERT,
+            RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA or ALBERT (whose
+            shared blocks DACT halts over), or any encoder with a
+            registered `dact_tf.models.encoders.EncoderAdapter`.
         num_classes: int >= 2, the number of classes (ignored for
             regression).
         task: `"classification"` or `"regression"` (a bounded score).
@@ -107,9 +100,10 @@ class DactClassifier(keras.Model):
 
     Call arguments:
         inputs: a dict with `token_ids` (int `[batch, seq]`) and optional
-            `padding_mask` (`[batch, seq]`, default `token_ids != 0`) and
-            `segment_ids` (int `[batch, seq]`, default zeros); or the
-            `token_ids` tensor alone.
+            `padding_mask` (`[batch, seq]`, default `token_ids != 0`) and,
+            for encoders with segments (BERT, ELECTRA, ALBERT; see
+            `input_keys`), `segment_ids` (int `[batch, seq]`, default
+            zeros); or the `token_ids` tensor alone.
         training: bool.
         full_depth: bool, at inference run every block (no early exit).
         max_layers: None, or int32 `[batch]`: at inference, cap each row at
@@ -162,12 +156,8 @@ class DactClassifier(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        missing = [a for a in _BACKBONE_ATTRS if not hasattr(backbone, a)]
-        if missing:
-            raise TypeError(
-                "`backbone` must be a keras_hub.models.BertBackbone (or have "
-                f"its layers); {type(backbone).__name__} lacks {missing}."
-            )
+        # How to embed tokens and which blocks to run (`dact_tf.models.encoders`).
+        self._adapter = encoders.adapter_for(backbone)
         if task not in ops.TASKS:
             raise ValueError(f"`task` must be one of {ops.TASKS}, got {task!r}.")
         if method == "deebert" and shared_heads:
@@ -175,7 +165,7 @@ class DactClassifier(keras.Model):
                 "`method='deebert'` trains the intermediate heads after freezing "
                 "the last one: it needs per-block heads (`shared_heads=False`)."
             )
-        blocks = list(backbone.transformer_layers)
+        blocks = self._adapter.blocks(backbone)
         if num_layers is not None:
             if int(num_layers) != num_layers or not 1 <= num_layers <= len(blocks):
                 raise ValueError(
@@ -337,14 +327,35 @@ class DactClassifier(keras.Model):
 
     # ---------------------------------------------------------------- call
 
+    @property
+    def vocabulary_size(self):
+        """int, the number of token ids the backbone embeds."""
+        return self._adapter.vocabulary_size(self.backbone)
+
+    @property
+    def num_segments(self):
+        """int, the segment ids the backbone embeds (None: it has none)."""
+        return self._adapter.num_segments(self.backbone)
+
+    @property
+    def input_keys(self):
+        """The token-input keys the backbone reads (`token_ids` first)."""
+        return self._adapter.input_keys
+
     def _standardize_inputs(self, inputs):
-        """Validates the inputs and returns `(token_ids, padding_mask, segment_ids)`."""
+        """Validates the inputs; returns `(inputs dict, padding_mask)`.
+
+        The dict holds int32 tensors for every key in `input_keys` (missing
+        `padding_mask`: `token_ids != 0`; missing `segment_ids`: zeros).
+        """
+        keys = self.input_keys
         if not isinstance(inputs, dict):
             inputs = {"token_ids": inputs}
-        unknown = sorted(set(inputs) - set(_INPUT_KEYS))
+        unknown = sorted(set(inputs) - set(keys))
         if unknown:
             raise ValueError(
-                f"Unknown input keys {unknown}; expected some of {_INPUT_KEYS}."
+                f"Unknown input keys {unknown}; {type(self.backbone).__name__} reads some of "
+                f"{keys}."
             )
         if "token_ids" not in inputs:
             raise ValueError(
@@ -372,15 +383,19 @@ class DactClassifier(keras.Model):
         if padding_mask is None:
             padding_mask = tf.not_equal(token_ids, 0)
         padding_mask = tf.convert_to_tensor(padding_mask)
-        segment_ids = inputs.get("segment_ids")
-        if segment_ids is None:
-            segment_ids = tf.zeros_like(token_ids)
-        segment_ids = tf.convert_to_tensor(segment_ids)
-        if not segment_ids.dtype.is_integer:
-            raise ValueError(
-                f"`segment_ids` must be integers, got {segment_ids.dtype.name}."
-            )
-        for name, t in (("padding_mask", padding_mask), ("segment_ids", segment_ids)):
+        others = {"padding_mask": padding_mask}
+        num_segments = self._adapter.num_segments(self.backbone)
+        if num_segments is not None:
+            segment_ids = inputs.get("segment_ids")
+            if segment_ids is None:
+                segment_ids = tf.zeros_like(token_ids)
+            segment_ids = tf.convert_to_tensor(segment_ids)
+            if not segment_ids.dtype.is_integer:
+                raise ValueError(
+                    f"`segment_ids` must be integers, got {segment_ids.dtype.name}."
+                )
+            others["segment_ids"] = segment_ids
+        for name, t in others.items():
             if t.shape.rank != 2 or not t.shape.is_compatible_with(
                 token_ids.shape
             ):
@@ -389,18 +404,15 @@ class DactClassifier(keras.Model):
                     f"{token_ids.shape}, got {t.shape}."
                 )
         # Checks that need values; they run inside graphs too (SavedModel).
-        vocab = self.backbone.vocabulary_size
+        vocab = self._adapter.vocabulary_size(self.backbone)
         checks = [
             tf.debugging.assert_equal(
-                tf.shape(padding_mask),
+                tf.shape(t),
                 tf.shape(token_ids),
-                message="padding_mask and token_ids must have the same shape",
-            ),
-            tf.debugging.assert_equal(
-                tf.shape(segment_ids),
-                tf.shape(token_ids),
-                message="segment_ids and token_ids must have the same shape",
-            ),
+                message=f"{name} and token_ids must have the same shape",
+            )
+            for name, t in others.items()
+        ] + [
             tf.debugging.assert_less_equal(
                 tf.shape(token_ids)[1],
                 max_len,
@@ -417,35 +429,35 @@ class DactClassifier(keras.Model):
                 tf.cast(vocab, token_ids.dtype),
                 message=f"token_ids must be < the vocabulary size {vocab}",
             ),
-            tf.debugging.assert_non_negative(
-                segment_ids, message="segment_ids must be >= 0"
-            ),
-            tf.debugging.assert_less(
-                segment_ids,
-                tf.cast(self.backbone.num_segments, segment_ids.dtype),
-                message="segment_ids must be < the number of segments "
-                f"{self.backbone.num_segments}",
-            ),
         ]
-        # Both gathers wait for the checks (on GPU a bad id would silently
+        if num_segments is not None:
+            segment_ids = others["segment_ids"]
+            checks += [
+                tf.debugging.assert_non_negative(
+                    segment_ids, message="segment_ids must be >= 0"
+                ),
+                tf.debugging.assert_less(
+                    segment_ids,
+                    tf.cast(num_segments, segment_ids.dtype),
+                    message="segment_ids must be < the number of segments "
+                    f"{num_segments}",
+                ),
+            ]
+        # The gathers wait for the checks (on GPU a bad id would silently
         # read zeros).
         with tf.control_dependencies(checks):
-            token_ids = tf.identity(tf.cast(token_ids, tf.int32))
-            segment_ids = tf.identity(tf.cast(segment_ids, tf.int32))
-        return token_ids, padding_mask, segment_ids
+            ids = {"token_ids": tf.identity(tf.cast(token_ids, tf.int32))}
+            if num_segments is not None:
+                ids["segment_ids"] = tf.identity(tf.cast(others["segment_ids"], tf.int32))
+        ids["padding_mask"] = padding_mask
+        return ids, padding_mask
 
-    def _embed(self, token_ids, segment_ids, training):
-        b = self.backbone
-        tokens = b.token_embedding(token_ids)
-        positions = b.position_embedding(tokens)
-        segments = b.segment_embedding(segment_ids)
-        x = b.embeddings_add((tokens, positions, segments))
-        x = b.embeddings_layer_norm(x)
-        return b.embeddings_dropout(x, training=training)
+    def _embed(self, inputs, training):
+        return self._adapter.embed(self.backbone, inputs, training)
 
     def call(self, inputs, training=None, full_depth=False, max_layers=None):
-        token_ids, padding_mask, segment_ids = self._standardize_inputs(inputs)
-        x = self._embed(token_ids, segment_ids, training)
+        inputs, padding_mask = self._standardize_inputs(inputs)
+        x = self._embed(inputs, training)
         kwargs = {} if max_layers is None else {"max_layers": max_layers}
         return self.encoder(
             x, padding_mask=padding_mask, training=training, full_depth=full_depth, **kwargs
@@ -463,8 +475,8 @@ class DactClassifier(keras.Model):
             `exit_layers`, the block where the halting rule stops each
             example.
         """
-        token_ids, padding_mask, segment_ids = self._standardize_inputs(inputs)
-        x = self._embed(token_ids, segment_ids, training=False)
+        inputs, padding_mask = self._standardize_inputs(inputs)
+        x = self._embed(inputs, training=False)
         return self.encoder.trace(x, padding_mask, training=False)
 
     # ------------------------------------------------------------- training
