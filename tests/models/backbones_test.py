@@ -20,6 +20,7 @@ import tensorflow as tf
 from safetensors.numpy import load_file
 
 from dact_tf.models import backbones
+from dact_tf.models import online
 
 needs_minilm = pytest.mark.skipif(
     importlib.util.find_spec(backbones.MINILM_MODULE) is None,
@@ -198,7 +199,7 @@ def test_unknown_spec():
 def test_online_presets_fail_fast_offline(monkeypatch, spec, host):
     probed = []
     monkeypatch.setattr(
-        backbones, "can_connect",
+        online, "can_connect",
         lambda h, timeout=3.0: probed.append(h) or False,
     )
     start = time.monotonic()
