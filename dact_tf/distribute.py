@@ -18,17 +18,24 @@ model.fit(dataset_with_global_batches, epochs=3)
 ```
 """
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import tensorflow as tf
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 PRECISIONS = ("none", "auto", "mixed_float16", "mixed_bfloat16")
+#: Seconds a multi-worker cluster may take to come together, unless
+#: `$DACT_TF_WORKER_TIMEOUT` or `get_strategy(worker_timeout=...)` says otherwise.
+DEFAULT_WORKER_TIMEOUT = 300.0
+WORKER_TIMEOUT_ENV = "DACT_TF_WORKER_TIMEOUT"
 
 
-def get_strategy(name="default", tpu_address=None):
+def get_strategy(name="default", tpu_address=None, worker_timeout=None):
     """A `tf.distribute.Strategy` from its command-line name.
 
     Args:
@@ -39,13 +46,19 @@ def get_strategy(name="default", tpu_address=None):
             `TF_CONFIG` environment variable) or `"tpu"`.
         tpu_address: `"tpu"` only: the TPU's name or `grpc://` address
             (None: the local TPU, or the one the environment names).
+        worker_timeout: `"multi_worker_mirrored"` only: seconds to wait for
+            every other task of `TF_CONFIG`'s cluster to join (None:
+            `$DACT_TF_WORKER_TIMEOUT`, else `DEFAULT_WORKER_TIMEOUT`).
+            TensorFlow's join cannot be interrupted: past it, the process
+            prints one line naming the tasks whose address does not answer
+            and exits with status 1 (see `join_watchdog`).
 
     Returns:
         A `tf.distribute.Strategy`.
 
     Raises:
-        ValueError: an unknown name, a malformed `TF_CONFIG`, or a TPU that
-            cannot be found.
+        ValueError: an unknown name, a malformed `TF_CONFIG` or worker
+            timeout, or a TPU that cannot be found.
     """
     if name not in STRATEGIES:
         raise ValueError(f"Unknown distribution strategy {name!r}; expected one of {STRATEGIES}.")
@@ -60,8 +73,9 @@ def get_strategy(name="default", tpu_address=None):
             devices = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker_mirrored":
-        check_tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        config = check_tf_config()
+        with join_watchdog(config, resolve_worker_timeout(worker_timeout)):
+            return tf.distribute.MultiWorkerMirroredStrategy()
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
         tf.config.experimental_connect_to_cluster(resolver)
@@ -86,13 +100,165 @@ def check_tf_config():
         config = json.loads(raw)
     except json.JSONDecodeError as e:
         raise ValueError(f"TF_CONFIG is not valid JSON ({e}).") from None
-    if "cluster" not in config or "task" not in config:
+    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict) or (
+            not isinstance(config.get("task"), dict)):
         raise ValueError('TF_CONFIG needs "cluster" and "task" (type and index).')
+    for job, addresses in config["cluster"].items():
+        if not isinstance(addresses, list) or not all(
+                isinstance(a, str) and ":" in a for a in addresses):
+            raise ValueError(f'TF_CONFIG cluster job "{job}" needs a list of "host:port" '
+                             f"addresses, got {addresses!r}.")
     task = config["task"]
     jobs = config["cluster"].get(task.get("type"), [])
     if not isinstance(task.get("index"), int) or not 0 <= task["index"] < len(jobs):
         raise ValueError(f"TF_CONFIG task {task} is not in the cluster {config['cluster']}.")
     return config
+
+
+def resolve_worker_timeout(value=None):
+    """The seconds a multi-worker cluster may take to come together.
+
+    Args:
+        value: float seconds > 0, or None: `$DACT_TF_WORKER_TIMEOUT` if set,
+            else `DEFAULT_WORKER_TIMEOUT`.
+
+    Returns:
+        A float > 0.
+
+    Raises:
+        ValueError: not a positive number of seconds.
+    """
+    where = "worker_timeout"
+    if value is None:
+        raw = os.environ.get(WORKER_TIMEOUT_ENV, "").strip()
+        if not raw:
+            return DEFAULT_WORKER_TIMEOUT
+        where, value = WORKER_TIMEOUT_ENV, raw
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{where} must be a number of seconds > 0, got {value!r}.")
+    return seconds
+
+
+def cluster_peers(config):
+    """The other tasks of a `TF_CONFIG` that a multi-worker join waits for.
+
+    Args:
+        config: the parsed `TF_CONFIG` (see `check_tf_config`).
+
+    Returns:
+        A list of `(name, address)`, e.g. `("worker 1", "10.0.0.2:2222")`,
+        for every chief and worker task but this process's own.
+    """
+    if not config:
+        return []
+    me = (config["task"].get("type"), config["task"].get("index"))
+    return [(f"{job} {index}", str(address))
+            for job in ("chief", "worker")
+            for index, address in enumerate(config["cluster"].get(job) or [])
+            if (job, index) != me]
+
+
+# The watchdog process (standard library only: it starts in milliseconds).
+# It waits `timeout` seconds for its stdin to close (the join finished, or
+# the process it watches is gone); else it probes every other task's address,
+# writes one line naming those that accept no connection and kills the
+# process it watches.
+_WATCHDOG = r"""
+import json, os, select, signal, socket, sys, threading
+
+args = json.loads(sys.argv[1])
+
+
+def closed(wait):
+    ready, _, _ = select.select([sys.stdin], [], [], wait)
+    return bool(ready) and not os.read(sys.stdin.fileno(), 1)
+
+
+def answers(address):
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+if not closed(args["timeout"]):
+    peers = args["peers"]
+    ok = [None] * len(peers)
+
+    def probe(i):
+        ok[i] = answers(peers[i][1])
+
+    threads = [threading.Thread(target=probe, args=(i,)) for i in range(len(peers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    missing = [f"{name} ({address})" for (name, address), up in zip(peers, ok) if not up]
+    if missing:
+        problem = (", ".join(missing) + (" does" if len(missing) == 1 else " do")
+                   + " not answer: is it started, with this TF_CONFIG?")
+    else:
+        problem = ("every other task answers, but the cluster did not form: do all tasks "
+                   "share one TF_CONFIG cluster?")
+    if not closed(0):
+        print(f"dact-tf: error: multi_worker_mirrored: the cluster did not come together "
+              f"within {args['timeout']:g} s: {problem} (${args['env']} sets the wait.)",
+              file=sys.stderr, flush=True)
+        os.kill(args["pid"], signal.SIGKILL)
+"""
+
+
+@contextlib.contextmanager
+def join_watchdog(config, timeout, pid=None):
+    """Kills this process if its body (a multi-worker join) outlasts `timeout`.
+
+    TensorFlow waits without end for a task of the cluster that never
+    starts, in C++ code that holds Python's lock: no exception, signal
+    handler or thread of this process can end the wait. A small watchdog
+    process does: past `timeout` seconds it writes one line to stderr
+    naming the tasks whose address accepts no TCP connection (or, if all
+    answer, saying the cluster still did not form), then kills the process
+    (status 137 in a shell). Leaving the body in time ends the watchdog.
+
+    Args:
+        config: the parsed `TF_CONFIG` (a cluster without other tasks is
+            not watched).
+        timeout: float, seconds.
+        pid: the process to kill (default: this one; tests pass another).
+
+    Yields:
+        Nothing.
+    """
+    peers = cluster_peers(config)
+    if not peers or not sys.executable:
+        yield
+        return
+    args = {"peers": peers, "timeout": float(timeout), "pid": pid or os.getpid(),
+            "env": WORKER_TIMEOUT_ENV}
+    read, write = os.pipe()
+    try:
+        watchdog = subprocess.Popen([sys.executable, "-I", "-c", _WATCHDOG, json.dumps(args)],
+                                    stdin=read, stdout=subprocess.DEVNULL)
+    except BaseException:
+        os.close(write)
+        raise
+    finally:
+        os.close(read)
+    try:
+        yield
+    finally:
+        os.close(write)  # the watchdog sees its stdin close and ends
+        try:
+            watchdog.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            watchdog.kill()
+            watchdog.wait()
 
 
 def is_chief(strategy=None):

@@ -159,6 +159,12 @@ def test_policy_names():
     ('{"cluster": {}}', "needs"),
     ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}',
      "is not in the cluster"),
+    ('{"cluster": ["localhost:1"], "task": {"type": "worker", "index": 0}}', "needs"),
+    ('{"cluster": {"worker": "localhost:1"}, "task": {"type": "worker", "index": 0}}',
+     'job "worker" needs a list'),
+    ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}',
+     "host:port"),
+    ('[1, 2]', "needs"),
 ])
 def test_bad_tf_config(monkeypatch, raw, message):
     monkeypatch.setenv("TF_CONFIG", raw)
@@ -176,3 +182,68 @@ def test_jit_compiled_training_step_matches_eager_graph():
         history = model.fit(feats, labels, batch_size=16, epochs=1, shuffle=False, verbose=0)
         results.append(history.history["loss"][-1])
     assert results[1] == pytest.approx(results[0], rel=1e-4)
+
+
+def _listening_socket():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    return server
+
+
+def test_the_worker_timeout_comes_from_the_argument_the_environment_or_the_default(monkeypatch):
+    monkeypatch.delenv(distribute.WORKER_TIMEOUT_ENV, raising=False)
+    assert distribute.resolve_worker_timeout() == distribute.DEFAULT_WORKER_TIMEOUT
+    assert distribute.resolve_worker_timeout(7) == 7.0
+    monkeypatch.setenv(distribute.WORKER_TIMEOUT_ENV, "12.5")
+    assert distribute.resolve_worker_timeout() == 12.5
+    for bad in ("soon", "0", "-3", "inf"):
+        monkeypatch.setenv(distribute.WORKER_TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match=distribute.WORKER_TIMEOUT_ENV):
+            distribute.resolve_worker_timeout()
+    with pytest.raises(ValueError, match="worker_timeout"):
+        distribute.resolve_worker_timeout(0)
+
+
+def test_the_join_watchdog_names_the_silent_tasks_and_kills_a_join_past_its_timeout(capfd):
+    up = _listening_socket()
+    me, closed = _free_ports(2)
+    config = {"cluster": {"chief": [f"127.0.0.1:{me}"],
+                          "worker": [f"127.0.0.1:{up.getsockname()[1]}", f"127.0.0.1:{closed}"]},
+              "task": {"type": "chief", "index": 0}}
+    assert [name for name, _ in distribute.cluster_peers(config)] == ["worker 0", "worker 1"]
+    # A stand-in for this process (the watchdog kills the process it watches).
+    target = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start = time.time()
+        with distribute.join_watchdog(config, timeout=0.5, pid=target.pid):
+            while target.poll() is None and time.time() < start + 20:
+                time.sleep(0.05)  # a join that does not end
+        assert target.poll() == -9
+        err = capfd.readouterr().err
+        assert f"worker 1 (127.0.0.1:{closed}) does not answer" in err, err
+        assert "worker 0" not in err and len(err.strip().splitlines()) == 1
+        # A join that ends in time leaves the process alone and says nothing.
+        target = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        with distribute.join_watchdog(config, timeout=1.0, pid=target.pid):
+            pass
+        time.sleep(1.5)
+        assert target.poll() is None and capfd.readouterr().err == ""
+    finally:
+        up.close()
+        target.kill()
+        target.wait()
+
+
+def test_a_worker_that_never_starts_ends_the_join_with_its_name(tmp_path):
+    me, missing = _free_ports(2)
+    tf_config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{me}", f"127.0.0.1:{missing}"]},
+                            "task": {"type": "worker", "index": 0}})
+    start = time.time()
+    proc = _run([sys.executable, "-c", "from dact_tf import distribute; "
+                 "distribute.get_strategy('multi_worker_mirrored'); print('joined')"],
+                env={"TF_CONFIG": tf_config, distribute.WORKER_TIMEOUT_ENV: "2"}, timeout=120)
+    # TensorFlow alone waits here without end.
+    assert proc.returncode == -9 and "joined" not in proc.stdout, proc.stderr[-2000:]
+    assert (f"worker 1 (127.0.0.1:{missing}) does not answer" in proc.stderr), proc.stderr[-2000:]
+    assert "within 2 s" in proc.stderr and time.time() - start < 110
