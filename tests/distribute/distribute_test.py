@@ -59,7 +59,14 @@ def _free_ports(n):
     return ports
 
 
-def test_multi_worker_mirrored_two_processes(tmp_path):
+@pytest.mark.parametrize("full_depth_stage", [
+    False,
+    # The two-stage recipe under two workers failed at its stage-2 broadcast
+    # ("Delete called on non-empty BufRendezvous") in a loaded full test run
+    # (issue 15's open points): kept as a large test until that is fixed.
+    pytest.param(True, marks=pytest.mark.large),
+])
+def test_multi_worker_mirrored_two_processes(tmp_path, full_depth_stage):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     model_dir = tmp_path / "model"
@@ -67,7 +74,8 @@ def test_multi_worker_mirrored_two_processes(tmp_path):
             f"--data_dir={builtin_sst2_dir()}", f"--model_dir={model_dir}",
             "--backbone=tiny", "--max_seq_length=16", "--max_train_examples=64",
             "--max_eval_examples=32", "--batch_size=16", "--epochs=1",
-            "--distribution_strategy=multi_worker_mirrored"]
+            "--distribution_strategy=multi_worker_mirrored",
+            f"--full_depth_stage={str(full_depth_stage).lower()}"]
     procs = []
     try:
         for index in range(2):
