@@ -313,7 +313,7 @@ def _collect_rows():
 
 
 def _commit(message):
-    paths = [FLAGS.results_csv, FLAGS.results_md] + glob.glob(os.path.join(HERE, "study_*.png"))
+    paths = [FLAGS.results_csv, FLAGS.results_md] + glob.glob(os.path.join(os.path.dirname(FLAGS.results_md), "study_*.png"))
     paths = [p for p in paths if os.path.exists(p)]
     for _ in range(5):  # another git command may hold the index lock
         added = subprocess.run(["git", "add", "--", *paths], capture_output=True)
@@ -404,7 +404,7 @@ def _plot(rows):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(os.path.join(HERE, f"study_{task}.png"), dpi=120)
+        fig.savefig(os.path.join(os.path.dirname(FLAGS.results_md), f"study_{task}.png"), dpi=120)
         plt.close(fig)
 
 
