@@ -29,6 +29,7 @@ if keras.backend.backend() != "tensorflow":
     )
 
 from dact_tf import distribute  # noqa: E402
+from dact_tf import exits  # noqa: E402
 from dact_tf import ops  # noqa: E402
 from dact_tf import optimization  # noqa: E402  (registers WarmupLinearDecay for loading)
 from dact_tf.layers import DactEncoder  # noqa: E402

@@ -96,7 +96,7 @@ def per_block_from_trace(model, trace, labels, metric_task):
     """`per_block_report`'s result from `trace_dataset`'s output."""
     n, count = model.num_layers, len(labels)
     regression = model.task == "regression"
-    dact = model.method == "dact"
+    dact = model.exit_criterion.accumulates
 
     def preds(answers):  # [..., batch, C] -> predictions
         return answers[..., 0] if regression else answers.argmax(-1)
@@ -174,12 +174,12 @@ def predictions(model, answers):
     return answers[..., 0] if model.task == "regression" else answers.argmax(-1)
 
 
-def replay_exits(model, trace, shift=0.0):
+def replay_exits(model, trace, shift=0.0, criterion=None):
     """The exit block and answer of every row, replayed on a trace.
 
-    Runs only the exit rule (and for DACT the recurrence) of `model` on the
-    recorded answers, with its current exit settings; for DACT the halting
-    biases are taken as moved by `shift` (`shift=0`: the model as it is).
+    Runs only the exit criterion's steps (for DACT the recurrence and the
+    halting rule) on the recorded answers; for DACT the halting biases are
+    taken as moved by `shift` (`shift=0`: the model as it is).
 
     Args:
         model: the `DactClassifier` the trace came from.
@@ -187,83 +187,63 @@ def replay_exits(model, trace, shift=0.0):
             in for `"halting"`).
         shift: float, DACT only: a common shift of the halting biases, or
             `[N]` floats, one per block.
+        criterion: a `dact_tf.exits.ExitCriterion` to replay instead of the
+            model's own (e.g. another patience), or None.
 
     Returns:
         `(exit_layers, answers)`: int `[rows]` 1-based blocks, and float
         `[rows, outputs]` what the early exit returns for each row.
     """
-    enc = model.encoder
+    criterion = criterion or model.exit_criterion
+    context = model.encoder.exit_context
     answers = trace["answers"]
     n, rows = answers.shape[0], answers.shape[1]
-    if model.method == "dact":
+    halting = trace.get("halting")
+    if criterion.accumulates:
         logits = trace.get("halting_logits")
         if logits is None:
             halting = np.clip(trace["halting"].astype(np.float64), 1e-12, 1 - 1e-12)
             logits = np.log(halting) - np.log1p(-halting)
         logits = logits + np.reshape(np.asarray(shift, np.float64), (-1, 1))
-        h = tf.sigmoid(tf.constant(logits, tf.float32))
-        answer, budget = ops.initial_state(rows, answers.shape[2])
-        outputs, halts = [], []
-        for i in range(n):
-            answer, budget = ops.accumulate(answer, budget, answers[i], h[i])
-            outputs.append(answer)
-            halts.append(enc._halts(answer, budget, n - 1 - i))
-        outputs = tf.stack(outputs).numpy()
-    else:
-        state = enc._initial_exit_state(rows)
-        halts = []
-        for i in range(n):
-            state, done = enc._baseline_step(tf.constant(answers[i]), *state)
-            halts.append(done)
-        outputs = answers
+        halting = tf.sigmoid(tf.constant(logits, tf.float32))
+    elif halting is None:
+        halting = np.zeros((n, rows), np.float32)  # the baselines never read it
+    answer, _ = ops.initial_state(rows, answers.shape[2])
+    state = criterion.initial_state(rows, context)
+    outputs, halts = [], []
+    for i in range(n):
+        answer, state, done = criterion.step(
+            tf.constant(answers[i]), halting[i], answer, state, n - 1 - i, context)
+        outputs.append(answer)
+        halts.append(done)
+    outputs = tf.stack(outputs).numpy()
     exits = ops.first_halting_layer(tf.stack(halts)).numpy()
     return exits, outputs[exits - 1, np.arange(rows)]
-
-
-#: The knob `exit_curve` sweeps for each method, and its settings.
-_DACT_SHIFTS = tuple(np.round(np.arange(-12.0, 12.01, 0.5), 2))
-_DEEBERT_THRESHOLDS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def exit_curve(model, trace, labels, metric_task):
     """Metric against mean blocks over the method's knob, without retraining.
 
-    DACT: the halting biases shifted together (what
-    `calibration.calibrate_halting_bias` sets); PABEE: patience 1..N;
-    DeeBERT: entropy thresholds (nats); static truncation has no knob.
-    Every point is what the early exit would return with that setting
-    (replayed on `trace`, see `replay_exits`).
+    The settings are the exit criterion's `sweep`: DACT: the halting biases
+    shifted together (what `calibration.calibrate_halting_bias` sets);
+    PABEE: patience 1..N; DeeBERT: entropy thresholds (nats); static
+    truncation has no knob. Every point is what the early exit would return
+    with that setting (replayed on `trace`, see `replay_exits`); the model
+    itself is not changed.
 
     Returns:
         A list of dicts with `knob` (its name), `value`,
         `mean_layers_executed` and the task metrics, sorted by blocks; empty
         for static truncation.
     """
-    enc = model.encoder
-    if model.method == "dact":
-        settings = [("halting_bias_shift", float(s), {"shift": float(s)}) for s in _DACT_SHIFTS]
-    elif model.method == "pabee":
-        settings = [("patience", p, {}) for p in range(1, model.num_layers + 1)]
-    elif model.method == "deebert":
-        settings = [("entropy_threshold", t, {}) for t in _DEEBERT_THRESHOLDS]
-    else:
-        return []
-    saved = (enc.patience, enc.entropy_threshold)
     points, seen = [], set()
-    try:
-        for knob, value, kwargs in settings:
-            if knob == "patience":
-                enc.patience = value
-            elif knob == "entropy_threshold":
-                enc.entropy_threshold = value
-            exits, outputs = replay_exits(model, trace, **kwargs)
-            key = tuple(np.bincount(exits, minlength=model.num_layers + 1))
-            if key in seen:  # the same exits as a neighbouring setting
-                continue
-            seen.add(key)
-            point = {"knob": knob, "value": value, "mean_layers_executed": float(exits.mean())}
-            point.update(task_metrics(metric_task, labels, predictions(model, outputs)))
-            points.append(point)
-    finally:
-        enc.patience, enc.entropy_threshold = saved
+    for knob, value, criterion, shift in model.exit_criterion.sweep(model.num_layers):
+        exits, outputs = replay_exits(model, trace, shift=shift, criterion=criterion)
+        key = tuple(np.bincount(exits, minlength=model.num_layers + 1))
+        if key in seen:  # the same exits as a neighbouring setting
+            continue
+        seen.add(key)
+        point = {"knob": knob, "value": value, "mean_layers_executed": float(exits.mean())}
+        point.update(task_metrics(metric_task, labels, predictions(model, outputs)))
+        points.append(point)
     return sorted(points, key=lambda p: p["mean_layers_executed"])

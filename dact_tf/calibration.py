@@ -59,7 +59,7 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
     result["mean_layers_executed"]  # about 3.0
     ```
     """
-    if model.method != "dact":
+    if not model.exit_criterion.accumulates:
         raise ValueError(
             f"Only DACT models have halting units to calibrate, not method={model.method!r}."
         )

@@ -80,7 +80,7 @@ def write_model_report(model, dataset, metric_task, directory, verbose=0, title=
     n = model.num_layers
     exits, outputs = analysis.replay_exits(model, trace)
     here = analysis.task_metrics(metric_task, labels, analysis.predictions(model, outputs))
-    answers = trace["accumulated" if model.method == "dact" else "answers"]
+    answers = trace["accumulated" if model.exit_criterion.accumulates else "answers"]
     full = analysis.task_metrics(metric_task, labels, analysis.predictions(model, answers[-1]))
     # Anytime answers: every row capped at k blocks (`serve_budget`).
     budget = []
@@ -114,8 +114,7 @@ def write_model_report(model, dataset, metric_task, directory, verbose=0, title=
     _write_csv(paths["budget_csv"], budget,
                ["max_layers", "mean_layers_executed", "exact_fraction", metric])
 
-    name = {"dact": "DACT", "pabee": "PABEE", "deebert": "DeeBERT"}.get(model.method,
-                                                                       model.method)
+    name = model.exit_criterion.display_name or model.method
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     blocks = list(range(1, n + 1))
     ax.plot(blocks, [r["head"][metric] for r in report["blocks"]], "s--", color="gray",

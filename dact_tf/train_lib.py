@@ -40,12 +40,12 @@ from dact_tf import calibration
 from dact_tf import callbacks as dact_callbacks
 from dact_tf import data as dact_data
 from dact_tf import distribute
+from dact_tf import exits
 from dact_tf import files
 from dact_tf import optimization
 from dact_tf import progress
 from dact_tf.models import backbones as backbones_lib
 from dact_tf.models.dact_classifier import DactClassifier
-from dact_tf.ops.exit_ops import METHODS
 from dact_tf.version import __version__
 
 # The configs (one source of defaults) live in `dact_tf.config`.
@@ -307,10 +307,10 @@ def read_config(model_dir, defaults=True):
             f"newer than this dact_tf {__version__}."
         )
     method = config.get("method", "dact")
-    if not isinstance(method, str) or method not in METHODS:
+    if not isinstance(method, str) or method not in exits.names():
         raise ValueError(
             f"{model_dir} holds a {method!r} model, which this dact_tf "
-            f"{__version__} does not know (it runs {', '.join(METHODS)})."
+            f"{__version__} does not know (it runs {', '.join(exits.names())})."
         )
     config = _checked_config(config, path, defaults)
     if defaults:
@@ -440,9 +440,14 @@ _RESUME_FREE = ("verbose", "keep_checkpoints", "log_every_steps", "distribution_
                 "tpu_address", "jit_compile")
 
 
+def _criterion(model_config):
+    """The exit criterion `model_config` describes: its method, with that method's knobs."""
+    return exits.from_options(model_config.method, model_config)
+
+
 def _stored_model_config(model_config):
     """The model config `train` stores (DACT's stage 1 is not the user's init_from)."""
-    if (model_config.method == "dact" and model_config.full_depth_stage
+    if (_criterion(model_config).accumulates and model_config.full_depth_stage
             and not model_config.init_from):
         return dataclasses.replace(model_config, init_from=None)
     return model_config
@@ -530,7 +535,8 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
         with `target_blocks`, `"calibration"`: the result of
         `dact_tf.calibration.calibrate_halting_bias`).
     """
-    dact = model_config.method == "dact"
+    criterion = _criterion(model_config)
+    dact = criterion.accumulates  # DACT's recipe: stage 1, confidence, calibration
     if model_config.target_blocks and not dact:
         raise ValueError("--target_blocks sets DACT's halting; it needs --method=dact.")
     if dact and model_config.target_blocks != 0 and not data_config.holdout_fraction:
@@ -581,15 +587,12 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
             halting_confidence=(
                 model_config.halting_confidence if dact and not regression else 0.0),
             shared_heads=model_config.shared_heads,
-            halting_rule=model_config.halting_rule,
             regression_tolerance=model_config.regression_tolerance,
             dropout=model_config.dropout,
             head_loss_weight=model_config.head_loss_weight,
             distill_weight=model_config.distill_weight if dact else 0.0,
             pooling=model_config.pooling,
-            method=model_config.method,
-            patience=model_config.patience,
-            entropy_threshold=model_config.entropy_threshold,
+            method=criterion,
             num_layers=model_config.num_layers,
         )
         if model_config.freeze_backbone:
@@ -725,10 +728,10 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
                               callbacks(stage, backup), backup, batches_per_epoch,
                               train_config.verbose)
 
-    if model_config.method == "deebert":
+    if model.exit_criterion.training_stages == 2:
         # DeeBERT's stage 1 is plain full-depth fine-tuning: a model to
         # warm-start from already is that stage.
-        history = _fit_deebert(model, model_dir, train_config, fit, total_steps,
+        history = _fit_two_stages(model, model_dir, train_config, fit, total_steps,
                                stage1_done=bool(model_config.init_from))
     else:
         history = fit(1)
@@ -1134,14 +1137,15 @@ def _compile(model, train_config, total_steps):
     )
 
 
-def _fit_deebert(model, model_dir, train_config, fit, total_steps, stage1_done=False):
-    """DeeBERT's two stages; a finished first stage is never redone.
+def _fit_two_stages(model, model_dir, train_config, fit, total_steps, stage1_done=False):
+    """A two-stage method's training (DeeBERT); a finished first stage is never redone.
 
     Stage 1 trains the whole model on the last block's loss and saves
-    `deebert_stage1.weights.h5` (atomically); stage 2 freezes the backbone
-    and trains the intermediate heads with a fresh optimizer.
+    `<method>_stage1.weights.h5` (atomically); stage 2
+    (`model.start_second_stage()`: DeeBERT freezes the backbone and trains
+    the intermediate heads) runs with a fresh optimizer.
     """
-    stage1 = os.path.join(model_dir, "deebert_stage1.weights.h5")
+    stage1 = os.path.join(model_dir, f"{model.method}_stage1.weights.h5")
     history = {}
     if stage1_done:
         pass  # warm-started from a fine-tuned full-depth model
@@ -1255,10 +1259,7 @@ def results_from_outputs(model, outputs, labels, metric_task):
     results = analysis.task_metrics(metric_task, labels, preds)
     layers = outputs["layers_executed"]
     n = model.num_layers
-    if model.method == "pabee":
-        results["patience"] = model.encoder.patience
-    elif model.method == "deebert":
-        results["entropy_threshold"] = model.encoder.entropy_threshold
+    results.update(model.exit_criterion.summary())
     results.update(
         method=model.method,
         mean_layers_executed=float(layers.mean()),

@@ -22,6 +22,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from dact_tf import config  # noqa: E402
+from dact_tf import exits  # noqa: E402
 
 # Flag defaults come from the configs (one source of defaults); a flag
 # overrides only the field it names.
@@ -61,7 +62,7 @@ flags.DEFINE_float("halting_epsilon", None, "evaluate/predict/export with --halt
 flags.DEFINE_float("regression_tolerance", _MODEL.regression_tolerance, "Regression: largest score change early exit may cause.", lower_bound=0.0)
 flags.DEFINE_float("head_loss_weight", _MODEL.head_loss_weight, "Weight of the per-block auxiliary loss that trains every head on the label (0: pure DACT).", lower_bound=0.0)
 flags.DEFINE_enum("pooling", _MODEL.pooling, ["cls", "mean"], "What the DACT heads read: the first token or the mean over tokens (all-MiniLM-L6-v2 was trained with mean pooling).")
-flags.DEFINE_enum("method", _MODEL.method, ["dact", "pabee", "deebert", "static"], "Early-exit method: DACT, or a baseline on the same heads, loop and exports.")
+flags.DEFINE_enum("method", _MODEL.method, list(exits.names()), "Early-exit method (dact_tf.exits): DACT, or a baseline on the same heads, loop and exports.")
 flags.DEFINE_integer("patience", _MODEL.patience, "pabee: exit when the prediction held for this many blocks (evaluate/predict/export: override the trained value).", lower_bound=1)
 flags.DEFINE_float("entropy_threshold", _MODEL.entropy_threshold, "deebert: exit when the prediction's entropy (nats) is below this (evaluate/predict/export: override).", lower_bound=0.0)
 flags.DEFINE_integer("num_layers", _MODEL.num_layers, "Keep only the backbone's first N blocks (static truncation: --method=static --num_layers=k).", lower_bound=1)
@@ -162,7 +163,7 @@ def cmd_train():
         method=FLAGS.method, patience=FLAGS.patience,
         entropy_threshold=FLAGS.entropy_threshold, num_layers=FLAGS.num_layers,
         init_from=FLAGS.init_from, freeze_backbone=FLAGS.freeze_backbone,
-        distill_weight=FLAGS.distill_weight if FLAGS.method == "dact" else 0.0,
+        distill_weight=FLAGS.distill_weight if exits.get(FLAGS.method).accumulates else 0.0,
         full_depth_stage=FLAGS.full_depth_stage, target_blocks=FLAGS.target_blocks,
     )
     train_config = train_lib.TrainConfig(

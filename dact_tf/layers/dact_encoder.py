@@ -3,9 +3,9 @@
 import keras
 import tensorflow as tf
 
+from dact_tf import exits
 from dact_tf import ops
 from dact_tf.layers.dact_heads import DactHeads
-from dact_tf.ops import exit_ops
 
 
 #: What the heads can read from each block's output.
@@ -41,13 +41,14 @@ class DactEncoder(keras.layers.Layer):
     - `full_depth=True` at inference runs every block (for checks and
       benchmarks) as a plain, unrolled graph.
 
-    The same layer runs the early-exit baselines (`method`, see
-    `dact_tf.ops.exit_ops`), so they share the heads, the loop, the
-    outputs and the exports: `"pabee"` exits once the prediction has held
-    for `patience` blocks, `"deebert"` once the prediction's entropy is
-    below `entropy_threshold`, `"static"` never exits early; each answers
-    with the exit block's own head (`y_n`), and training runs every block
-    without a ponder cost (the model's loss weights the blocks).
+    What stops a row, and what it answers, is an exit criterion
+    (`method`, a `dact_tf.exits.ExitCriterion`): DACT by default, or an
+    early-exit baseline on the same heads, loop, outputs and exports:
+    `"pabee"` exits once the prediction has held for `patience` blocks,
+    `"deebert"` once the prediction's entropy is below `entropy_threshold`,
+    `"static"` never exits early; the baselines answer with the exit
+    block's own head (`y_n`) and pay no ponder cost. The loop never tests a
+    method's name: it calls the criterion's `initial_state` and `step`.
 
     Args:
         blocks: list of Keras layers called as
@@ -67,22 +68,20 @@ class DactEncoder(keras.layers.Layer):
         head_dropout: float, dropout on the first-token vector in training.
         tau: float >= 0, the weight of the ponder cost. Stored in a
             non-trainable variable so callbacks can change it during `fit`.
-        halting_rule: `"tight"` (default, guaranteed), `"paper"`
-            (guaranteed, looser), `"relaxed"` (faster, no guarantee) or
-            `"never"`; see `dact_tf.ops.should_halt`.
-        halting_margin: float >= 0, rounding margin of guaranteed rules.
-        halting_epsilon: float in [0, 1], budget threshold of `"relaxed"`.
-        halting_slack: float >= 0, slack of `"relaxed"`.
         regression_tolerance: float > 0, the largest change of a regression
-            score that halting may cause.
+            score that halting may cause (PABEE: scores closer than this
+            count as the same prediction).
         pooling: what each head reads: `"cls"` (the first token, as in the
             paper) or `"mean"` (the mean over real tokens; right for
             backbones trained with mean pooling, such as sentence-transformer
             MiniLMs, whose early-block first-token vectors barely vary).
-        method: `"dact"` (default), `"pabee"`, `"deebert"` or `"static"`.
-        patience: int >= 1, `"pabee"`: blocks the prediction must hold.
-        entropy_threshold: float >= 0, `"deebert"`: exit below this entropy
-            (nats).
+        method: the exit criterion: a name from `dact_tf.exits.names()`
+            (`"dact"`, default; `"pabee"`, `"deebert"`, `"static"`), an
+            `ExitCriterion` object, or its serialized config.
+        halting_rule, halting_margin, halting_epsilon, halting_slack,
+        patience, entropy_threshold: knobs of a `method` given by name
+            (None: its default); see `dact_tf.exits.Dact`, `Pabee` and
+            `DeeBert`. A knob of another method is refused.
         **kwargs: base layer arguments.
 
     Call arguments:
@@ -128,42 +127,29 @@ class DactEncoder(keras.layers.Layer):
         halting_confidence=0.0,
         head_dropout=0.0,
         tau=1e-3,
-        halting_rule="tight",
-        halting_margin=1e-5,
-        halting_epsilon=0.0,
-        halting_slack=0.0,
         regression_tolerance=0.05,
         pooling="cls",
         method="dact",
-        patience=2,
-        entropy_threshold=0.3,
+        halting_rule=None,
+        halting_margin=None,
+        halting_epsilon=None,
+        halting_slack=None,
+        patience=None,
+        entropy_threshold=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         blocks = list(blocks)
-        if method not in exit_ops.METHODS:
-            raise ValueError(f"`method` must be one of {exit_ops.METHODS}, got {method!r}.")
-        if method == "deebert" and task == "regression":
-            raise ValueError(
-                "`method='deebert'` exits on the entropy of a class distribution: "
-                "classification only (use 'pabee' or 'dact' for regression)."
-            )
-        if int(patience) != patience or patience < 1:
-            raise ValueError(f"`patience` must be an integer >= 1, got {patience}.")
+        self.exit_criterion = exits.get(
+            method, halting_rule=halting_rule, halting_margin=halting_margin,
+            halting_epsilon=halting_epsilon, halting_slack=halting_slack, patience=patience,
+            entropy_threshold=entropy_threshold)
+        self.exit_criterion.check(task=task, shared_heads=bool(shared_heads))
         if pooling not in POOLINGS:
             raise ValueError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
         if not blocks:
             raise ValueError("`blocks` must hold at least one layer.")
-        if halting_rule not in ops.HALTING_RULES:
-            raise ValueError(
-                f"`halting_rule` must be one of {ops.HALTING_RULES}, got "
-                f"{halting_rule!r}."
-            )
         _check_range("tau", tau, 0.0, None)
-        _check_range("halting_margin", halting_margin, 0.0, 1.0)
-        _check_range("halting_epsilon", halting_epsilon, 0.0, 1.0)
-        _check_range("halting_slack", halting_slack, 0.0, 1.0)
-        _check_range("entropy_threshold", entropy_threshold, 0.0, None)
         if not float(regression_tolerance) > 0.0:
             raise ValueError(
                 "`regression_tolerance` must be > 0, got "
@@ -182,15 +168,8 @@ class DactEncoder(keras.layers.Layer):
         self.halting_confidence = float(halting_confidence)
         self.head_dropout = float(head_dropout)
         self.initial_tau = float(tau)
-        self.halting_rule = halting_rule
-        self.halting_margin = float(halting_margin)
-        self.halting_epsilon = float(halting_epsilon)
-        self.halting_slack = float(halting_slack)
         self.regression_tolerance = float(regression_tolerance)
         self.pooling = pooling
-        self.method = method
-        self.patience = int(patience)
-        self.entropy_threshold = float(entropy_threshold)
         # Created here (not in build) so that heads-argument errors surface
         # at construction; its weights are still created in build().
         self.heads = DactHeads(
@@ -211,6 +190,17 @@ class DactEncoder(keras.layers.Layer):
     def num_layers(self):
         """The number of blocks."""
         return len(self.blocks)
+
+    @property
+    def method(self):
+        """The exit criterion's name (`"dact"`, `"pabee"`, ...)."""
+        return self.exit_criterion.name
+
+    @property
+    def exit_context(self):
+        """What the exit criterion needs to know about this model."""
+        return exits.ExitContext(task=self.task, output_range=self.output_range or (0.0, 1.0),
+                                 tolerance=self.regression_tolerance)
 
     def build(self, inputs_shape, padding_mask_shape=None):
         for block in self.blocks:
@@ -254,7 +244,7 @@ class DactEncoder(keras.layers.Layer):
                 inputs, padding_mask, training=bool(training), exit_layers=bool(training)
             )
             ponder = trace["ponder_cost"]
-            dact = self.method == "dact"
+            dact = self.exit_criterion.accumulates
             layers = (
                 trace["exit_layers"]
                 if training
@@ -285,51 +275,6 @@ class DactEncoder(keras.layers.Layer):
             out["predictions"] = tf.argmax(answer, axis=-1, output_type=tf.int32)
         return out
 
-    def _halts(self, answer, budget, remaining):
-        return ops.should_halt(
-            answer,
-            budget,
-            remaining,
-            task=self.task,
-            rule=self.halting_rule,
-            margin=self.halting_margin,
-            epsilon=self.halting_epsilon,
-            slack=self.halting_slack,
-            tolerance=self.regression_tolerance,
-            output_range=self.output_range or (0.0, 1.0),
-        )
-
-    def _initial_exit_state(self, batch_size):
-        """The two per-example state columns of the loop, before block 1.
-
-        DACT: budget 1 and ponder cost 0. PABEE: previous prediction (-1,
-        or +inf for regression: nothing agrees with it) and patience count
-        0. DeeBERT and static: unused zeros.
-        """
-        zeros = tf.zeros(tf.reshape(batch_size, [1]), tf.float32)
-        if self.method == "dact":
-            return zeros + 1.0, zeros
-        if self.method == "pabee":
-            start = float("inf") if self.task == "regression" else -1.0
-            return zeros + start, zeros
-        return zeros, zeros
-
-    def _baseline_step(self, answer, first, second):
-        """A baseline's state update and exit test after one block.
-
-        Returns:
-            `((first, second), done)`: the new state columns and `[batch]`
-            bool, whether the example exits here.
-        """
-        if self.method == "pabee":
-            first, second = exit_ops.pabee_update(
-                answer, first, second, task=self.task, tolerance=self.regression_tolerance
-            )
-            return (first, second), exit_ops.pabee_exits(second, self.patience)
-        if self.method == "deebert":
-            return (first, second), exit_ops.deebert_exits(answer, self.entropy_threshold)
-        return (first, second), tf.zeros(tf.shape(first), tf.bool)  # static
-
     def _pool(self, hidden, padding_mask):
         """`[batch, seq, hidden]` -> `[batch, hidden]`, what the heads read."""
         if self.pooling == "cls":
@@ -358,7 +303,7 @@ class DactEncoder(keras.layers.Layer):
             (the `p_n`), `"accumulated"` `[N, batch, num_outputs]` (the
             `a_n`), `"ponder_cost"` `[batch]`, and (with `exit_layers`)
             `"exit_layers"` int32 `[batch]`: the block after which the
-            halting rule (or the baseline `method`'s exit test) stops each
+            exit criterion's test stops each
             example (what the early-exit loop executes).
         """
         if padding_mask is None:
@@ -371,17 +316,16 @@ class DactEncoder(keras.layers.Layer):
         answers, halting = self.heads(tf.stack(pooled), training=training)
         answer, budget = ops.initial_state(tf.shape(inputs)[0], self.num_outputs)
         accumulated, budgets, halts = [], [], []
-        state = self._initial_exit_state(tf.shape(inputs)[0])
+        criterion, context = self.exit_criterion, self.exit_context
+        exit_answer, state = answer, criterion.initial_state(tf.shape(inputs)[0], context)
         for n in range(self.num_layers):
             answer, budget = ops.accumulate(answer, budget, answers[n], halting[n])
             accumulated.append(answer)
             budgets.append(budget)
             if exit_layers:
-                if self.method == "dact":
-                    halts.append(self._halts(answer, budget, self.num_layers - 1 - n))
-                else:
-                    state, done = self._baseline_step(answers[n], *state)
-                    halts.append(done)
+                exit_answer, state, done = criterion.step(
+                    answers[n], halting[n], exit_answer, state, self.num_layers - 1 - n, context)
+                halts.append(done)
         budgets = tf.stack(budgets)
         result = {
             "answers": answers,
@@ -434,13 +378,14 @@ class DactEncoder(keras.layers.Layer):
         num_layers, c = self.num_layers, self.num_outputs
         batch_size = tf.shape(inputs)[0]
         answer, _ = ops.initial_state(batch_size, c)
-        first, second = self._initial_exit_state(batch_size)
+        criterion, context = self.exit_criterion, self.exit_context
+        first, second = criterion.initial_state(batch_size, context)
         # Loop state, named in one place. `hidden`, `mask`, `rows` (their
-        # original row numbers) and `carry` (packed per-row DACT state:
-        # answer [:c], budget [c], ponder cost [c + 1]) hold the active rows
-        # only (the baselines keep their own two state columns there, see
-        # `_initial_exit_state`); `out` holds finished rows' answer [:c],
-        # ponder cost [c] and blocks executed [c + 1]. Packing keeps the
+        # original row numbers) and `carry` (packed per-row state: answer
+        # [:c] and the exit criterion's two state columns [c], [c + 1]; for
+        # DACT the budget and the ponder cost) hold the active rows only;
+        # `out` holds finished rows' answer [:c], ponder cost [c] and blocks
+        # executed [c + 1]. Packing keeps the
         # body's op count low:
         # at batch 1 the loop's cost is per-op overhead, not arithmetic.
         # The loop variable keeps one dtype: the blocks' compute dtype (a
@@ -483,13 +428,9 @@ class DactEncoder(keras.layers.Layer):
             y, h = self.heads(self._pool(hidden, s["mask"]), layer_index=n)
             carry = s["carry"]
             remaining = num_layers - 1 - n
-            if self.method == "dact":
-                answer, budget = ops.accumulate(carry[:, :c], carry[:, c], y, h)
-                first, second = budget, carry[:, c + 1] + budget  # p_n, ponder
-                halts = self._halts(answer, budget, remaining)
-            else:
-                answer = y
-                (first, second), halts = self._baseline_step(y, carry[:, c], carry[:, c + 1])
+            answer, (first, second), halts = criterion.step(
+                y, h, carry[:, :c], (carry[:, c], carry[:, c + 1]), remaining, context)
+            ponder = criterion.ponder_cost((first, second))
             columns = [answer, first[:, None], second[:, None]]
             last = tf.fill(tf.shape(first), remaining <= 0)
             done = tf.logical_or(halts, last) if halting else last
@@ -506,7 +447,7 @@ class DactEncoder(keras.layers.Layer):
                 keep_at = tf.where(tf.logical_not(done))[:, 0]
                 finished = tf.gather(carry, done_at)
                 layers = tf.fill([tf.size(done_at), 1], tf.cast(n + 1, tf.float32))
-                parts = [finished[:, :c], finished[:, c + 1:c + 2], layers]
+                parts = [finished[:, :c], tf.gather(ponder, done_at)[:, None], layers]
                 if capped:
                     parts.append(tf.gather(exact, done_at))
                 finished = tf.concat(parts, 1)
@@ -539,8 +480,7 @@ class DactEncoder(keras.layers.Layer):
             maximum_iterations=num_layers,
         )
         out = tf.ensure_shape(final["out"], inputs.shape[:1].concatenate([c + 2 + int(capped)]))
-        ponder = out[:, c] if self.method == "dact" else tf.zeros_like(out[:, c])
-        result = self._outputs(out[:, :c], tf.cast(out[:, c + 1], tf.int32), ponder)
+        result = self._outputs(out[:, :c], tf.cast(out[:, c + 1], tf.int32), out[:, c])
         if capped:
             result["exact"] = out[:, c + 2] > 0.5
         return result
@@ -562,15 +502,9 @@ class DactEncoder(keras.layers.Layer):
                 "halting_confidence": self.halting_confidence,
                 "head_dropout": self.head_dropout,
                 "tau": self.initial_tau,
-                "halting_rule": self.halting_rule,
-                "halting_margin": self.halting_margin,
-                "halting_epsilon": self.halting_epsilon,
-                "halting_slack": self.halting_slack,
                 "regression_tolerance": self.regression_tolerance,
                 "pooling": self.pooling,
-                "method": self.method,
-                "patience": self.patience,
-                "entropy_threshold": self.entropy_threshold,
+                "method": exits.serialize(self.exit_criterion),
             }
         )
         return config
@@ -579,7 +513,7 @@ class DactEncoder(keras.layers.Layer):
     def from_config(cls, config):
         config = dict(config)
         config["blocks"] = [keras.layers.deserialize(b) for b in config["blocks"]]
-        return cls(**config)
+        return cls(**legacy_exit_config(config))
 
 
 def _check_range(name, value, lo, hi):
@@ -587,3 +521,22 @@ def _check_range(name, value, lo, hi):
     if value < lo or (hi is not None and value > hi):
         bounds = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
         raise ValueError(f"`{name}` must be {bounds}, got {value}.")
+
+
+#: The knobs configs saved before exit methods were objects held flat.
+_LEGACY_EXIT_KEYS = ("halting_rule", "halting_margin", "halting_epsilon", "halting_slack",
+                     "patience", "entropy_threshold")
+
+
+def legacy_exit_config(config):
+    """`config` with a flat, older exit configuration turned into `method`.
+
+    Configs written before exit methods were objects store `method` as a
+    name next to every method's knobs; the knobs of the model's own method
+    are kept, the others dropped.
+    """
+    config = dict(config)
+    legacy = {k: config.pop(k) for k in _LEGACY_EXIT_KEYS if k in config}
+    if legacy:
+        config["method"] = exits.from_options(config.get("method", "dact"), legacy)
+    return config

@@ -5,8 +5,10 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from dact_tf import exits
 from dact_tf import ops
 from dact_tf.layers.dact_encoder import DactEncoder
+from dact_tf.layers.dact_encoder import legacy_exit_config
 from dact_tf.models import encoders
 
 
@@ -57,11 +59,9 @@ class DactClassifier(keras.Model):
         dropout: float, dropout on the first-token vector before each head.
         tau: float >= 0, the ponder-cost weight (change it with `model.tau`
             or `dact_tf.callbacks.TauScheduler`).
-        halting_rule: `"tight"` (default), `"paper"`, `"relaxed"` or
-            `"never"`; see `dact_tf.ops.should_halt`.
-        halting_margin: float, the guaranteed rules' rounding margin.
-        halting_epsilon: float, the relaxed rule's budget threshold.
-        halting_slack: float, the relaxed rule's slack.
+        halting_rule, halting_margin, halting_epsilon, halting_slack: DACT's
+            knobs (None: the defaults of `dact_tf.exits.Dact`: the
+            guaranteed `"tight"` rule); see `dact_tf.ops.should_halt`.
         regression_tolerance: float, the largest score change that halting
             may cause (regression).
         head_loss_weight: float >= 0, weight of an auxiliary loss that
@@ -83,16 +83,18 @@ class DactClassifier(keras.Model):
         pooling: what the heads read from each block: `"cls"` (first token,
             the paper's choice) or `"mean"` (mean over real tokens, for
             backbones pretrained with mean pooling like all-MiniLM-L6-v2).
-        method: `"dact"` (default) or an early-exit baseline on the same
-            heads, loop and exports (see `dact_tf.ops.exit_ops`):
+        method: the exit criterion (`dact_tf.exits`): `"dact"` (default)
+            or an early-exit baseline on the same heads, loop and exports:
             `"pabee"` (trained with the index-weighted mean of every
             block's loss; exits when the prediction held for `patience`
             blocks), `"deebert"` (two-stage training, see
             `start_second_stage`; exits when the entropy of the current
             block's prediction is below `entropy_threshold`) or `"static"`
-            (a classifier on the last kept block; no early exit).
-        patience: int >= 1, `"pabee"`'s patience.
-        entropy_threshold: float >= 0, `"deebert"`'s threshold (nats).
+            (a classifier on the last kept block; no early exit). A name, or
+            an object such as `dact_tf.exits.Pabee(patience=3)`.
+        patience: int >= 1 or None, `"pabee"`'s patience (None: 2).
+        entropy_threshold: float >= 0 or None, `"deebert"`'s threshold
+            (nats; None: 0.3).
         num_layers: int or None, keep only the backbone's first
             `num_layers` blocks (static truncation; None keeps all). The
             dropped blocks' weights stay in the backbone, frozen.
@@ -141,17 +143,17 @@ class DactClassifier(keras.Model):
         halting_confidence=0.0,
         dropout=0.1,
         tau=1e-3,
-        halting_rule="tight",
-        halting_margin=1e-5,
-        halting_epsilon=0.0,
-        halting_slack=0.0,
+        halting_rule=None,
+        halting_margin=None,
+        halting_epsilon=None,
+        halting_slack=None,
         regression_tolerance=0.05,
         head_loss_weight=0.0,
         distill_weight=0.0,
         pooling="cls",
         method="dact",
-        patience=2,
-        entropy_threshold=0.3,
+        patience=None,
+        entropy_threshold=None,
         num_layers=None,
         **kwargs,
     ):
@@ -160,11 +162,6 @@ class DactClassifier(keras.Model):
         self._adapter = encoders.adapter_for(backbone)
         if task not in ops.TASKS:
             raise ValueError(f"`task` must be one of {ops.TASKS}, got {task!r}.")
-        if method == "deebert" and shared_heads:
-            raise ValueError(
-                "`method='deebert'` trains the intermediate heads after freezing "
-                "the last one: it needs per-block heads (`shared_heads=False`)."
-            )
         blocks = self._adapter.blocks(backbone)
         if num_layers is not None:
             if int(num_layers) != num_layers or not 1 <= num_layers <= len(blocks):
@@ -223,9 +220,9 @@ class DactClassifier(keras.Model):
         self.dropout = float(dropout)
         self.initial_head_loss_weight = _non_negative("head_loss_weight", head_loss_weight)
         self.distill_weight = _non_negative("distill_weight", distill_weight)
-        if self.distill_weight and method != "dact":
+        if self.distill_weight and not self.exit_criterion.accumulates:
             raise ValueError(
-                f"`distill_weight` trains DACT's accumulated answers; `method={method!r}` "
+                f"`distill_weight` trains DACT's accumulated answers; `method={self.method!r}` "
                 "has none (use 0)."
             )
         self._head_loss_weight = self.add_weight(
@@ -239,7 +236,7 @@ class DactClassifier(keras.Model):
         # Built at construction, like keras-hub's functional tasks, so that
         # weights exist for `model.tau`, checkpoints and `.keras` loading.
         self.encoder.build((None, None, backbone.hidden_dim))
-        if method != "dact":
+        if not self.exit_criterion.accumulates:
             # The baselines never read the halting units: keep them out of
             # training (no "gradients do not exist" warnings).
             heads = self.encoder.heads
@@ -264,40 +261,32 @@ class DactClassifier(keras.Model):
         self.encoder.tau.assign(_non_negative("tau", value))
 
     @property
+    def exit_criterion(self):
+        """The `dact_tf.exits.ExitCriterion` this model runs."""
+        return self.encoder.exit_criterion
+
+    @property
     def method(self):
-        """`"dact"` or the baseline this model runs."""
+        """The exit criterion's name: `"dact"` or the baseline this model runs."""
         return self.encoder.method
 
-    def configure_exit(
-        self, patience=None, entropy_threshold=None, halting_rule=None, halting_epsilon=None
-    ):
-        """Changes the exit criterion after training (no retraining).
+    def configure_exit(self, **settings):
+        """Changes the exit criterion's knobs after training (no retraining).
 
         Args:
-            patience: int >= 1, new `"pabee"` patience (None: unchanged).
-            entropy_threshold: float >= 0, new `"deebert"` threshold.
-            halting_rule: DACT's rule (`"tight"`, `"paper"`, `"relaxed"`,
-                `"never"`); only the first two keep the guarantee.
-            halting_epsilon: float in [0, 1], the `"relaxed"` rule's budget
-                threshold: exit once `p_n < halting_epsilon`.
+            **settings: knobs of this model's method (None: unchanged).
+                DACT: `halting_rule` (`"tight"`, `"paper"`, `"relaxed"`,
+                `"never"`; only the first two keep the guarantee),
+                `halting_epsilon` (the `"relaxed"` rule's budget threshold:
+                exit once `p_n < halting_epsilon`), `halting_margin`,
+                `halting_slack`. PABEE: `patience`. DeeBERT:
+                `entropy_threshold`. A knob of another method is refused.
+
+        Example:
+        >>> model.configure_exit(patience=3)  # doctest: +SKIP
         """
-        enc = self.encoder
-        if patience is not None:
-            if int(patience) != patience or patience < 1:
-                raise ValueError(f"`patience` must be an integer >= 1, got {patience}.")
-            enc.patience = int(patience)
-        if entropy_threshold is not None:
-            enc.entropy_threshold = _non_negative("entropy_threshold", entropy_threshold)
-        if halting_rule is not None:
-            if halting_rule not in ops.HALTING_RULES:
-                raise ValueError(
-                    f"`halting_rule` must be one of {ops.HALTING_RULES}, got {halting_rule!r}."
-                )
-            enc.halting_rule = halting_rule
-        if halting_epsilon is not None:
-            if not 0.0 <= float(halting_epsilon) <= 1.0:
-                raise ValueError(f"`halting_epsilon` must be in [0, 1], got {halting_epsilon}.")
-            enc.halting_epsilon = float(halting_epsilon)
+        self.exit_criterion.configure(
+            **{k: v for k, v in settings.items() if v is not None})
         # The compiled functions baked the old values in.
         self.predict_function = self.test_function = None
 
@@ -311,8 +300,8 @@ class DactClassifier(keras.Model):
         (call `compile` again, as Keras requires after changing
         `trainable`) the final classifier stays exactly as stage 1 left it.
         """
-        if self.method != "deebert":
-            raise ValueError(f"Only `method='deebert'` trains in two stages, not {self.method!r}.")
+        if self.exit_criterion.training_stages < 2:
+            raise ValueError(f"`method={self.method!r}` trains in one stage, not two stages.")
         self.backbone.trainable = False
         self.training_stage = 2
 
@@ -541,32 +530,23 @@ class DactClassifier(keras.Model):
         loss = super().compute_loss(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
         )
-        n = self.num_layers
-        last_block_only = self.method == "static" or (
-            # DeeBERT: stage 1 trains on the last block; stage 2 the others.
-            self.method == "deebert" and (self.training_stage == 1 or n == 1)
-        )
-        if block_answers is None or y is None or last_block_only:
-            return loss  # evaluation, or a loss on the last block's answer only
+        if block_answers is None or y is None:
+            return loss  # evaluation
         # Keras scales its own losses by 1 / replicas (gradients are summed
         # across replicas); the per-block losses must be scaled the same way.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        per_block = self._block_losses(y, block_answers) / float(replicas)
-        if self.method == "dact":
-            loss = loss + self._head_loss_weight * tf.reduce_mean(per_block)
-            if self.distill_weight and block_accumulated is not None:
-                distill = ops.distillation_loss(
-                    block_answers, block_accumulated, task=self.task,
-                    output_range=self.output_range,
-                )
-                loss = loss + self.distill_weight * distill / float(replicas)
-            return loss
-        if self.method == "pabee":
-            # sum_n n * L_n / sum_n n; `loss` is L_N (on the main output).
-            weights = tf.range(1, n, dtype=tf.float32)
-            weighted = tf.reduce_sum(weights * per_block[:-1]) + n * loss
-            return weighted / (n * (n + 1) / 2.0)
-        return tf.reduce_mean(per_block[:-1])  # DeeBERT stage 2
+        return self.exit_criterion.loss(exits.LossParts(
+            main=loss,
+            block_losses=lambda: self._block_losses(y, block_answers) / float(replicas),
+            block_answers=block_answers,
+            block_accumulated=block_accumulated,
+            head_loss_weight=self._head_loss_weight,
+            distill_weight=self.distill_weight,
+            replicas=replicas,
+            stage=self.training_stage,
+            num_layers=self.num_layers,
+            context=self.encoder.exit_context,
+        ))
 
     def _block_losses(self, y, block_answers):
         """`[num_layers]`: each block's own task loss, mean over examples."""
@@ -643,17 +623,11 @@ class DactClassifier(keras.Model):
             "halting_confidence": enc.halting_confidence,
             "dropout": self.dropout,
             "tau": enc.initial_tau,
-            "halting_rule": enc.halting_rule,
-            "halting_margin": enc.halting_margin,
-            "halting_epsilon": enc.halting_epsilon,
-            "halting_slack": enc.halting_slack,
             "regression_tolerance": enc.regression_tolerance,
             "head_loss_weight": self.initial_head_loss_weight,
             "distill_weight": self.distill_weight,
             "pooling": enc.pooling,
-            "method": enc.method,
-            "patience": enc.patience,
-            "entropy_threshold": enc.entropy_threshold,
+            "method": exits.serialize(enc.exit_criterion),
             "num_layers": self.kept_layers,
         }
 
@@ -661,7 +635,7 @@ class DactClassifier(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         config["backbone"] = keras.layers.deserialize(config["backbone"])
-        return cls(**config)
+        return cls(**legacy_exit_config(config))
 
 
 def _non_negative(name, value):

@@ -18,7 +18,9 @@ import tensorflow as tf
 
 from dact_tf import calibration
 from dact_tf import config
+from dact_tf import exits
 from dact_tf import optimization
+from dact_tf.layers.dact_encoder import legacy_exit_config
 from dact_tf.models import backbones
 from dact_tf.models.dact_classifier import DactClassifier
 
@@ -59,10 +61,14 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         preprocessor: a keras-hub `TextClassifierPreprocessor` for the
             backbone (e.g. `dact_tf.make_preprocessor`), or None: the model
             then takes token inputs only.
-        tau, halting_bias, halting_rule, regression_tolerance, dropout,
-        head_loss_weight, pooling, method, patience, entropy_threshold,
-        shared_heads, num_layers: see `DactClassifier`; the defaults come
-            from `dact_tf.config.ModelConfig`.
+        tau, halting_bias, regression_tolerance, dropout, head_loss_weight,
+        pooling, shared_heads, num_layers: see `DactClassifier`; the
+            defaults come from `dact_tf.config.ModelConfig`.
+        method: the exit criterion, a name or a `dact_tf.exits` object
+            (default `ModelConfig.method`, DACT).
+        halting_rule, patience, entropy_threshold: knobs of a `method` given
+            by name (None: `ModelConfig`'s value); a knob of another method
+            is refused.
         halting_confidence: float or None. None: the recipe's value for DACT
             classification (`ModelConfig.halting_confidence`), else 0.
         distill_weight: float or None. None: the recipe's value for DACT
@@ -93,20 +99,28 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         tau=_MODEL.tau,
         halting_bias=_MODEL.halting_bias,
         halting_confidence=None,
-        halting_rule=_MODEL.halting_rule,
+        halting_rule=None,
         regression_tolerance=_MODEL.regression_tolerance,
         dropout=_MODEL.dropout,
         head_loss_weight=_MODEL.head_loss_weight,
         distill_weight=None,
         pooling=_MODEL.pooling,
         method=_MODEL.method,
-        patience=_MODEL.patience,
-        entropy_threshold=_MODEL.entropy_threshold,
+        patience=None,
+        entropy_threshold=None,
         shared_heads=_MODEL.shared_heads,
         num_layers=_MODEL.num_layers,
         **kwargs,
     ):
-        dact = method == "dact"
+        given = dict(halting_rule=halting_rule, patience=patience,
+                     entropy_threshold=entropy_threshold)
+        if isinstance(method, str) and method in exits.names():
+            # The method's knobs not given take the recipe's (ModelConfig) values.
+            settings = exits.get(method).settings
+            given = {k: getattr(_MODEL, k) if v is None and k in settings else v
+                     for k, v in given.items()}
+        method = exits.get(method, **given)
+        dact = method.accumulates
         regression = kwargs.get("task") == "regression"
         if halting_confidence is None:
             halting_confidence = _MODEL.halting_confidence if dact and not regression else 0.0
@@ -116,11 +130,10 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         # build the model; Task compiles it with `self.compile()` defaults.
         super().__init__(
             backbone=backbone, num_classes=num_classes, tau=tau, halting_bias=halting_bias,
-            halting_confidence=halting_confidence, halting_rule=halting_rule,
+            halting_confidence=halting_confidence,
             regression_tolerance=regression_tolerance, dropout=dropout,
             head_loss_weight=head_loss_weight, distill_weight=distill_weight, pooling=pooling,
-            method=method, patience=patience, entropy_threshold=entropy_threshold,
-            shared_heads=shared_heads, num_layers=num_layers, **kwargs,
+            method=method, shared_heads=shared_heads, num_layers=num_layers, **kwargs,
         )
         if preprocessor is not None and not callable(preprocessor):
             raise TypeError(
@@ -283,7 +296,7 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
             The dict of `calibrate_halting_bias` (`shift`,
             `mean_layers_executed`, `before`, `target_blocks`).
         """
-        if self.method != "dact":
+        if not self.exit_criterion.accumulates:
             raise ValueError(f"`calibrate` sets DACT's halting; this model is {self.method!r}.")
         if not 1.0 <= float(target_blocks) <= self.num_layers:
             raise ValueError(
@@ -320,7 +333,7 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         config["backbone"] = keras.layers.deserialize(config["backbone"])
         if isinstance(config.get("preprocessor"), dict):
             config["preprocessor"] = keras.layers.deserialize(config["preprocessor"])
-        return cls(**config)
+        return cls(**legacy_exit_config(config))
 
 
 def _is_saved_task(preset):

@@ -1,8 +1,9 @@
-"""Exit criteria of the early-exit baselines: PABEE, DeeBERT and static truncation.
+"""The math of the early-exit baselines' tests: PABEE, DeeBERT and static truncation.
 
 The baselines share DACT's per-block heads, its early-exit loop and its
 exports; only the per-example state carried from block to block and the
-exit test differ (DeeBERT: Xin et al., ACL 2020; PABEE: Zhou et al., NeurIPS 2020):
+exit test differ (the criteria objects are in `dact_tf.exits`; DeeBERT:
+Xin et al., ACL 2020; PABEE: Zhou et al., NeurIPS 2020):
 
 - `"static"`: a classifier on the last of the first k blocks; never exits
   early (k is the number of blocks the model keeps).
@@ -16,10 +17,6 @@ Unlike DACT's rules none of these guarantees the full-depth prediction.
 """
 
 import tensorflow as tf
-
-#: The early-exit methods `DactEncoder` implements.
-METHODS = ("dact", "pabee", "deebert", "static")
-
 
 def entropy(probabilities):
     """Shannon entropy (nats) of each row of `[batch, classes]` probabilities.

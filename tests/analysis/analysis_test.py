@@ -46,16 +46,16 @@ def test_exit_curve_points_equal_the_model_run_at_that_setting(method, knob):
     assert curve and all(p["knob"] == knob for p in curve)
     blocks = [p["mean_layers_executed"] for p in curve]
     assert blocks == sorted(blocks)
-    before = (model.encoder.patience, model.encoder.entropy_threshold)
+    before = model.exit_criterion.get_config()
     for point in curve[:3]:
         model.configure_exit(**{knob: point["value"]})
         real = train_lib.evaluate(model, data, "classification")
         assert real["mean_layers_executed"] == pytest.approx(point["mean_layers_executed"])
         assert real["accuracy"] == pytest.approx(point["accuracy"])
     # The sweep leaves the model's own setting alone.
-    model.configure_exit(patience=before[0], entropy_threshold=before[1])
+    model.configure_exit(**before)
     analysis.exit_curve(model, trace, labels, "classification")
-    assert (model.encoder.patience, model.encoder.entropy_threshold) == before
+    assert model.exit_criterion.get_config() == before
 
 
 def test_static_truncation_has_no_knob_and_empty_datasets_are_refused():

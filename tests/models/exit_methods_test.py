@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dact_tf import exits
 from dact_tf.models.dact_classifier import DactClassifier
 from dact_tf.ops import exit_ops
 from tests import testing
@@ -163,16 +164,17 @@ def test_deebert_second_stage_trains_only_the_exit_heads():
         _model("pabee").start_second_stage()
 
 
-@pytest.mark.parametrize("method", ["pabee", "deebert", "static"])
-def test_keras_round_trip_keeps_the_method(method, tmp_path):
-    model = _model(method, num_layers=3, patience=3, entropy_threshold=0.5)
+@pytest.mark.parametrize("method, knobs", [
+    ("pabee", {"patience": 3}), ("deebert", {"entropy_threshold": 0.5}), ("static", {})])
+def test_keras_round_trip_keeps_the_method(method, knobs, tmp_path):
+    model = _model(method, num_layers=3, **knobs)
     feats = testing.random_features(16, seed=9)
     before = model.predict(feats, verbose=0)
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
     assert loaded.method == method and loaded.num_layers == 3
-    assert loaded.encoder.patience == 3 and loaded.encoder.entropy_threshold == 0.5
+    assert loaded.exit_criterion == exits.get(method, **knobs)
     after = loaded.predict(feats, verbose=0)
     for key in before:
         np.testing.assert_allclose(after[key], before[key], atol=1e-6)
@@ -194,16 +196,101 @@ def test_bad_arguments_are_rejected(kwargs, message):
         _model(method, task=task, **kwargs)
 
 
-def test_configure_exit_rejects_bad_values():
-    model = _model("pabee")
-    with pytest.raises(ValueError, match="patience"):
-        model.configure_exit(patience=0)
-    with pytest.raises(ValueError, match="entropy_threshold"):
-        model.configure_exit(entropy_threshold=-1)
-    with pytest.raises(ValueError, match="halting_rule"):
-        model.configure_exit(halting_rule="sometimes")
-    with pytest.raises(ValueError, match="halting_epsilon"):
-        model.configure_exit(halting_epsilon=1.5)
+def test_configure_exit_rejects_bad_values_and_other_methods_knobs():
+    pabee, deebert, dact = _model("pabee"), _model("deebert"), _model("dact")
+    with pytest.raises(ValueError, match="`patience` must be an integer >= 1"):
+        pabee.configure_exit(patience=0)
+    with pytest.raises(ValueError, match="`entropy_threshold` must be >= 0"):
+        deebert.configure_exit(entropy_threshold=-1)
+    with pytest.raises(ValueError, match="`halting_rule` must be one of"):
+        dact.configure_exit(halting_rule="sometimes")
+    with pytest.raises(ValueError, match="`halting_epsilon` must be in"):
+        dact.configure_exit(halting_epsilon=1.5)
+    # A knob of another method is refused, naming its owner, not ignored.
+    with pytest.raises(ValueError, match="`entropy_threshold` is a setting of deebert; "
+                                         "this model's method is 'pabee'"):
+        pabee.configure_exit(entropy_threshold=0.1)
+    with pytest.raises(ValueError, match="`patience` is a setting of pabee"):
+        _model("dact", patience=3)
+    with pytest.raises(ValueError, match="'static', which has none"):
+        _model("static").configure_exit(halting_rule="paper")
+    assert pabee.exit_criterion.patience == 2  # unchanged by the refusals
+
+
+def test_models_saved_with_flat_exit_settings_still_load():
+    # Configs before exit methods were objects: `method` a name, and every
+    # method's knobs next to it.
+    model = _model("pabee", patience=3)
+    config = model.get_config()
+    config.update(method="pabee", patience=3, entropy_threshold=0.3, halting_rule="tight",
+                  halting_margin=1e-5, halting_epsilon=0.0, halting_slack=0.0)
+    loaded = DactClassifier.from_config(config)
+    assert loaded.exit_criterion == exits.Pabee(patience=3)
+    config.update(method="dact")
+    assert DactClassifier.from_config(config).exit_criterion == exits.Dact()
+
+
+@exits.register
+class _MaxProbability(exits.ExitCriterion):
+    """A fifth method, as a user would add it: one class, registered.
+
+    Exits once the block's own answer gives its class a probability above
+    `threshold`; answers with that block's answer; trains every head on the
+    mean of the block losses.
+    """
+
+    name = "test_max_probability"
+    settings = ("threshold",)
+
+    def __init__(self, threshold=0.6):
+        self.threshold = float(threshold)
+
+    def step(self, y, h, answer, state, remaining, context):
+        return y, state, tf.reduce_max(y, axis=-1) > self.threshold
+
+    def loss(self, parts):
+        return tf.reduce_mean(parts.block_losses())
+
+    def sweep(self, num_layers):
+        return [("threshold", t, _MaxProbability(t), 0.0) for t in (0.4, 0.5, 0.6, 0.9)]
+
+
+def test_a_new_method_is_one_registered_class(tmp_path):
+    from dact_tf import analysis
+
+    assert "test_max_probability" in exits.names()
+    model = _model("test_max_probability", seed=3, halting_bias=0.0, num_classes=2)
+    feats = testing.random_features(48, seq_len=12, seed=5)
+    answers = model.trace(feats)["answers"].numpy()
+    threshold = float(np.quantile(answers.max(-1), 0.6))
+    model.configure_exit(threshold=threshold)
+    out = model.predict(feats, batch_size=16, verbose=0)
+    above = answers.max(-1) > threshold  # [N, batch]
+    expected = np.where(above.any(0), above.argmax(0) + 1, NUM_LAYERS)
+    np.testing.assert_array_equal(out["layers_executed"], expected)
+    np.testing.assert_allclose(out["probabilities"],
+                               answers[expected - 1, np.arange(48)], atol=1e-5)
+    assert len(set(expected.tolist())) > 1
+    # Its loss trains every head; its sweep drives the exit curve.
+    labels = np.arange(48) % 2
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    y_pred = model(feats, training=True)
+    expected_loss = np.mean([
+        keras.losses.sparse_categorical_crossentropy(labels, a).numpy().mean()
+        for a in y_pred["block_answers"].numpy()])
+    loss = model.compute_loss(x=feats, y=labels, y_pred=y_pred)
+    assert float(loss) == pytest.approx(expected_loss, rel=1e-4)
+    trace, _ = analysis.trace_dataset(
+        model, tf.data.Dataset.from_tensor_slices((feats, labels)).batch(16))
+    curve = analysis.exit_curve(model, trace, labels, "classification")
+    assert curve and {p["knob"] for p in curve} == {"threshold"}
+    # It round-trips through a .keras file like the built-in methods.
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert loaded.exit_criterion == exits.get("test_max_probability", threshold=threshold)
+    np.testing.assert_array_equal(loaded.predict(feats, verbose=0)["layers_executed"],
+                                  expected)
 
 
 def test_dact_relaxed_epsilon_exits_at_the_budget_threshold():

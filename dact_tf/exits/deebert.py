@@ -1,0 +1,68 @@
+"""DeeBERT (Xin et al., ACL 2020): stop once a block's prediction is confident (low entropy)."""
+
+import tensorflow as tf
+
+from dact_tf.exits import base
+from dact_tf.ops import exit_ops
+
+
+@base.register
+class DeeBert(base.ExitCriterion):
+    """Entropy-based early exit, trained in two stages.
+
+    The answer after block n is the block's own `y_n`; a row stops once
+    the entropy of `y_n` (nats) is below `entropy_threshold`.
+    Classification only, with one head per block. No guarantee of the
+    full-depth prediction.
+
+    Training: stage 1 trains the whole model on the last block's answer;
+    stage 2 (`DactClassifier.start_second_stage`) freezes the backbone and
+    trains the other blocks' heads on the mean of their losses.
+
+    Args:
+        entropy_threshold: float >= 0 (nats).
+
+    Example:
+    >>> DeeBert(entropy_threshold=0.2)
+    DeeBert(entropy_threshold=0.2)
+    """
+
+    name = "deebert"
+    display_name = "DeeBERT"
+    settings = ("entropy_threshold",)
+    training_stages = 2
+    DEFAULT_ENTROPY_THRESHOLD = 0.3
+    #: The thresholds `sweep` replays (nats).
+    THRESHOLDS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+    def __init__(self, entropy_threshold=DEFAULT_ENTROPY_THRESHOLD):
+        self.configure(entropy_threshold=entropy_threshold)
+
+    def _set(self, key, value):
+        value = float(value)
+        if not value >= 0.0:
+            raise ValueError(f"`entropy_threshold` must be >= 0.0, got {value}.")
+        self.entropy_threshold = value
+
+    def check(self, task, shared_heads):
+        if task == "regression":
+            raise ValueError(
+                "`method='deebert'` exits on the entropy of a class distribution: "
+                "classification only (use 'pabee' or 'dact' for regression).")
+        if shared_heads:
+            raise ValueError(
+                "`method='deebert'` trains the intermediate heads after freezing "
+                "the last one: it needs per-block heads (`shared_heads=False`).")
+
+    def step(self, y, h, answer, state, remaining, context):
+        del h, answer, remaining, context
+        return y, state, exit_ops.deebert_exits(y, self.entropy_threshold)
+
+    def loss(self, parts):
+        if parts.stage == 1 or parts.num_layers == 1:
+            return parts.main  # stage 1: the last block's answer
+        return tf.reduce_mean(parts.block_losses()[:-1])  # stage 2: the other heads
+
+    def sweep(self, num_layers):
+        del num_layers
+        return [("entropy_threshold", t, DeeBert(t), 0.0) for t in self.THRESHOLDS]
