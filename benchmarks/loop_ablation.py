@@ -117,7 +117,7 @@ def make_patched_model(dact):
         dact.backbone,
         num_classes=dact.num_classes,
         halting_bias=enc.halting_bias,
-        halting_rule=enc.halting_rule,
+        method=enc.exit_criterion,  # copied by the new model
     )
     twin.encoder.heads.set_weights(enc.heads.get_weights())
     twin.encoder.heads.call = types.MethodType(_slice_head_call, twin.encoder.heads)
@@ -185,7 +185,8 @@ def lean_forward(dact, inputs, halting=True, chain=False, hoist=False):
         ponder = small[:, c + 1] + p
         remaining = n_layers - 1 - n
         if halting:
-            done = tf.logical_or(enc._halts(a, p, remaining), remaining <= 0)
+            done = tf.logical_or(
+                enc.exit_criterion.halts(a, p, remaining, enc.exit_context), remaining <= 0)
         else:
             done = tf.fill(tf.shape(p), remaining <= 0)
         small = tf.concat([a, p[:, None], ponder[:, None]], 1)

@@ -334,7 +334,8 @@ def _exit_layers_from_vectors(dact, cls):
     halts = []
     for n in range(enc.num_layers):
         answer, budget = ops.accumulate(answer, budget, answers[n], halting[n])
-        halts.append(enc._halts(answer, budget, enc.num_layers - 1 - n))
+        halts.append(enc.exit_criterion.halts(answer, budget, enc.num_layers - 1 - n,
+                                                enc.exit_context))
     return ops.first_halting_layer(tf.stack(halts)).numpy()
 
 

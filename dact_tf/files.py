@@ -12,6 +12,7 @@ another one is writing.
 import json
 import os
 import socket
+import tempfile
 
 
 def _umask():
@@ -30,6 +31,31 @@ def publish(path):
                 os.chmod(os.path.join(root, name), 0o666 & ~mask)
     else:
         os.chmod(path, 0o666 & ~mask)
+
+
+def atomic_write(path, write):
+    """Calls `write(tmp_path)` then renames tmp_path to path."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        publish(tmp)  # mkstemp's 0600 -> what the umask gives (0644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path, results):
+    """Writes results as JSON, atomically."""
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=2, sort_keys=True)
+
+    atomic_write(path, write)
 
 
 def process_alive(pid):

@@ -42,11 +42,16 @@ def test_is_a_keras_hub_task_with_the_recipe_defaults():
     defaults = config.ModelConfig()
     cfg = model.get_config()
     for name in ("tau", "halting_bias", "halting_confidence", "head_loss_weight",
-                 "distill_weight", "pooling", "dropout", "halting_rule", "method"):
+                 "distill_weight", "pooling", "dropout"):
         assert cfg[name] == pytest.approx(getattr(defaults, name)), name
-    # The baselines get the recipe without DACT-only terms.
+    assert model.method == defaults.method
+    assert model.exit_criterion.halting_rule == defaults.halting_rule
+    # The baselines get the recipe without DACT-only terms, and their knobs.
     pabee = _model(method="pabee")
     assert pabee.distill_weight == 0.0 and pabee.encoder.halting_confidence == 0.0
+    assert pabee.exit_criterion.patience == defaults.patience
+    with pytest.raises(ValueError, match="`patience` is a setting of pabee"):
+        _model(patience=3)  # a DACT model
 
 
 def test_fit_on_strings_plans_the_learning_rate_over_each_fit(trained):

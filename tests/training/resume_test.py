@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from dact_tf import resume
 from dact_tf import train_lib
 from dact_tf.data import builtin_sst2_dir
 
@@ -120,9 +121,9 @@ def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(uninterrupted
 
 def test_every_epoch_has_its_own_order_in_every_process():
     data, _, _ = _configs()
-    seeds = [train_lib._epoch_seed(data.seed, epoch) for epoch in range(3)]
+    seeds = [resume.epoch_seed(data.seed, epoch) for epoch in range(3)]
     assert len(set(seeds)) == 3
-    assert seeds == [train_lib._epoch_seed(data.seed, epoch) for epoch in range(3)]
+    assert seeds == [resume.epoch_seed(data.seed, epoch) for epoch in range(3)]
 
 
 def test_deebert_resumed_in_its_first_stage_trains_every_epoch_of_both(uninterrupted, tmp_path):

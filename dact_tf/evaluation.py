@@ -1,0 +1,118 @@
+"""Running a trained model over a dataset: outputs, task metrics, blocks executed and speed."""
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from dact_tf import analysis
+from dact_tf import progress
+
+def predict_dataset(model, dataset, full_depth=False, verbose=0, max_layers=None):
+    """Runs the model over a dataset; returns `(outputs dict, labels)`.
+
+    Args:
+        model: a `DactClassifier`.
+        dataset: `(features, labels)` batches.
+        full_depth: bool, run every block (no early exit).
+        verbose: 0 (silent) or 1 (a progress counter on stderr).
+        max_layers: None, or int >= 1: cap every row at this many blocks
+            (anytime answers; adds the output `exact`).
+    """
+    if max_layers is None:
+        def call(f):
+            return model(f, training=False, full_depth=full_depth)
+    else:
+        if int(max_layers) < 1:
+            raise ValueError(f"max_layers must be >= 1, got {max_layers}.")
+
+        def call(f):
+            rows = tf.shape(f["token_ids"])[:1]
+            return model(f, training=False, max_layers=tf.fill(rows, int(max_layers)))
+    fn = tf.function(call, reduce_retracing=True)
+    outputs, labels = {}, []
+    label = "Predicting (full depth)" if full_depth else "Predicting"
+    for features, y in progress.iterate(dataset, verbose, label):
+        for key, value in fn(features).items():
+            outputs.setdefault(key, []).append(value.numpy())
+        labels.append(y.numpy())
+    if not labels:
+        raise ValueError("Got an empty dataset: nothing to predict.")
+    return {k: np.concatenate(v) for k, v in outputs.items()}, np.concatenate(labels)
+
+
+def evaluate(model, dataset, metric_task, verbose=0, max_layers=None):
+    """The task metrics and the blocks executed of a model on a dataset.
+
+    `verbose=1` shows a progress counter on stderr. With `max_layers=K`
+    every row is capped at K blocks (anytime answers) and the results add
+    `max_layers` and `exact_fraction`, the fraction of rows that finished
+    by the exit rule within the cap (their answer is the uncapped one).
+
+    Returns:
+        A dict: the task metric(s), `mean_layers_executed`, `num_layers`,
+        `layers_histogram` (examples per number of blocks 1..N),
+        `ideal_speedup` and `num_examples`.
+    """
+    outputs, labels = predict_dataset(model, dataset, verbose=verbose, max_layers=max_layers)
+    results = results_from_outputs(model, outputs, labels, metric_task)
+    if max_layers is not None:
+        results.update(max_layers=int(max_layers),
+                       exact_fraction=float(outputs["exact"].mean()))
+    return results
+
+
+def results_from_outputs(model, outputs, labels, metric_task):
+    """`evaluate`'s results from outputs of `predict_dataset` (early exit)."""
+    preds = outputs["scores"] if model.task == "regression" else outputs["predictions"]
+    results = analysis.task_metrics(metric_task, labels, preds)
+    layers = outputs["layers_executed"]
+    n = model.num_layers
+    results.update(model.exit_criterion.summary())
+    results.update(
+        method=model.method,
+        mean_layers_executed=float(layers.mean()),
+        num_layers=n,
+        layers_histogram=np.bincount(layers, minlength=n + 1)[1:].tolist(),
+        ideal_speedup=float(n / layers.mean()),
+        num_examples=int(len(layers)),
+    )
+    return results
+
+
+def measure_speedup(model, dataset, repeats=3, verbose=0):
+    """Wall-clock time of early exit vs full depth over a dataset (same run).
+
+    Args:
+        model: a `DactClassifier`.
+        dataset: batches of `features` or `(features, labels)`.
+        repeats: int, timed passes of each (after one warm-up pass each).
+        verbose: 0 or 1 (a progress counter on stderr, one step a pass).
+
+    Returns:
+        A dict with `early_exit_s`, `full_depth_s` (best of `repeats`, both
+        measured interleaved) and `speedup`.
+    """
+    batches = [b[0] if isinstance(b, tuple) else b for b in dataset]
+    early = tf.function(lambda f: model(f, training=False), reduce_retracing=True)
+    full = tf.function(lambda f: model(f, full_depth=True), reduce_retracing=True)
+    bar = progress.Progress(f"Timing early exit vs full depth ({len(batches)} batches)",
+                            total=2 * (repeats + 1), unit="passes") if verbose else None
+
+    def run(fn):
+        start = time.perf_counter()
+        for features in batches:
+            fn(features)["layers_executed"].numpy()
+        if bar:
+            bar.update()
+        return time.perf_counter() - start
+
+    run(early), run(full)  # trace and warm up
+    times = {"early": [], "full": []}
+    for _ in range(repeats):
+        times["early"].append(run(early))
+        times["full"].append(run(full))
+    if bar:
+        bar.close()
+    e, f = min(times["early"]), min(times["full"])
+    return {"early_exit_s": e, "full_depth_s": f, "speedup": f / e}
