@@ -277,6 +277,14 @@ def make_functions(dact, plain, seq_len):
     def dact_early_exit(inputs):
         return dact(inputs, training=False)
 
+    def dact_early_exit_loop(inputs):
+        # The early exit through the compacting while loop, the path of
+        # batches of several rows (batch 1 takes the chain of tf.conds).
+        features, padding_mask = dact._standardize_inputs(inputs)
+        x = dact._embed(features, training=False)
+        x = tf.cast(x, dact.encoder.blocks[0].compute_dtype)
+        return dact.encoder._loop_forward(x, padding_mask, True, None)
+
     def dact_loop_no_halting(inputs):
         # DactClassifier.call, with the encoder's while loop run with
         # halting off (every block, one per iteration).
@@ -289,6 +297,7 @@ def make_functions(dact, plain, seq_len):
         dact_full_depth=dact_full_depth,
         dact_loop_no_halting=dact_loop_no_halting,
         dact_early_exit=dact_early_exit,
+        dact_early_exit_loop=dact_early_exit_loop,
     )
     return {k: tf.function(f, input_signature=signature) for k, f in fns.items()}
 
@@ -516,6 +525,17 @@ def section_early_exit(fns, pool, rng):
         out[f"batch_{small}"]["full_depth_ms_per_block"] = _ms(
             float(np.median(t_full)) / n_layers
         )
+        # The same rows through the compacting loop (batch 1 runs the chain).
+        loop = fns["dact_early_exit_loop"]
+        for i in range(FLAGS.small_warmup):
+            loop(batches[i % len(batches)])
+        t_loop, t_full2 = _interleaved_times(loop, full, batches, FLAGS.small_passes, rng)
+        loop_summary = _early_exit_summary(t_loop, t_full2, layers_small, agree, n_layers,
+                                           per_batch_layers=[l.mean() for l in layers])
+        out[f"batch_{small}"]["loop_path"] = {
+            k: loop_summary[k] for k in ("measured_speedup", "measured_over_ideal",
+                                         "mean_latency_early_exit_ms",
+                                         "mean_latency_full_depth_ms")}
 
     # Large batch: batches drawn (without replacement within a batch) from
     # the same pool.
@@ -768,6 +788,19 @@ def render_markdown(results):
                 f"{_fmt(small['fit_ms_per_block'])} ms per block, against "
                 f"{_fmt(small['full_depth_ms_per_block'])} ms per block for "
                 "the full-depth graph (its total / N).",
+                "",
+            ]
+        if "loop_path" in small:
+            lp = small["loop_path"]
+            lines += [
+                f"Batch {cfg['small_batch']} runs the blocks as a chain of `tf.cond`s "
+                "(`DactEncoder._chain_forward`). The same rows through the compacting "
+                "while loop (the path of larger batches, and of batch 1 before): "
+                f"{_fmt(lp['mean_latency_early_exit_ms'])} ms against "
+                f"{_fmt(lp['mean_latency_full_depth_ms'])} ms at full depth, measured "
+                f"speedup {_fmt(lp['measured_speedup'], 3)}, "
+                f"{_fmt(lp['measured_over_ideal'], 3)} of ideal (timed interleaved "
+                "with full depth in the same run).",
                 "",
             ]
     if "overhead" in results:

@@ -125,6 +125,9 @@ class TrainConfig:
     best epoch are kept apart). `log_every_steps` writes the training
     scalars (loss, metrics, tau) to TensorBoard every that many optimizer
     steps (0: once an epoch); held-out scalars go under `validation/`.
+    `worker_timeout`: `multi_worker_mirrored` only, the seconds to wait for
+    every task of `TF_CONFIG` to join before giving up with a message that
+    names the missing ones (None: `$DACT_TF_WORKER_TIMEOUT`, else 300).
     """
 
     epochs: int = 3
@@ -140,3 +143,4 @@ class TrainConfig:
     jit_compile: bool = False
     keep_checkpoints: int = 1
     log_every_steps: int = 20
+    worker_timeout: float = None

@@ -27,6 +27,8 @@ import sys
 import keras
 import tensorflow as tf
 
+from dact_tf.cli import quiet
+
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 PRECISIONS = ("none", "auto", "mixed_float16", "mixed_bfloat16")
 #: Seconds a multi-worker cluster may take to come together, unless
@@ -243,8 +245,11 @@ def join_watchdog(config, timeout, pid=None):
             "env": WORKER_TIMEOUT_ENV}
     read, write = os.pipe()
     try:
+        # Straight to the terminal: the command line's stderr filter is a
+        # thread of the process the watchdog kills, and would drop its line.
         watchdog = subprocess.Popen([sys.executable, "-I", "-c", _WATCHDOG, json.dumps(args)],
-                                    stdin=read, stdout=subprocess.DEVNULL)
+                                    stdin=read, stdout=subprocess.DEVNULL,
+                                    stderr=quiet.real_stderr_fd())
     except BaseException:
         os.close(write)
         raise

@@ -65,7 +65,7 @@ STAGE1_DIR = "stage1"
 #: TrainConfig fields a resumed run may change: they do not change what is
 #: trained (output, logging, where it runs).
 _RESUME_FREE = ("verbose", "keep_checkpoints", "log_every_steps", "distribution_strategy",
-                "tpu_address", "jit_compile")
+                "tpu_address", "jit_compile", "worker_timeout")
 
 
 def _criterion(model_config):
@@ -188,7 +188,8 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
         stored = model_config
     num_classes, regression, label_names, _ = task_info(data_config)
     strategy = distribute.get_strategy(
-        train_config.distribution_strategy, train_config.tpu_address
+        train_config.distribution_strategy, train_config.tpu_address,
+        worker_timeout=train_config.worker_timeout,
     )
     if not distribute.is_chief(strategy):
         model_dir = os.path.join(model_dir, "workers", distribute.worker_id(strategy))

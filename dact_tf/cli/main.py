@@ -81,6 +81,7 @@ flags.DEFINE_boolean("full_depth_stage", _MODEL.full_depth_stage, "DACT: first f
 flags.DEFINE_float("target_blocks", _MODEL.target_blocks, "DACT: the mean blocks to run (e.g. 3 of 6). Training steers tau towards it and the halting is then calibrated on the held-out rows. Default: half the blocks; 0: tau alone decides.", lower_bound=0.0)
 # Scale out.
 flags.DEFINE_enum("distribution_strategy", _TRAIN.distribution_strategy, ["default", "one_device", "mirrored", "multi_worker_mirrored", "tpu"], "tf.distribute strategy for training; --batch_size is the global batch. multi_worker_mirrored reads TF_CONFIG.")
+flags.DEFINE_float("worker_timeout", _TRAIN.worker_timeout, "multi_worker_mirrored: seconds to wait for every TF_CONFIG task to join; past it the run ends with a line naming the missing tasks (default: $DACT_TF_WORKER_TIMEOUT, else 300).", lower_bound=1.0)
 flags.DEFINE_string("tpu", None, "--distribution_strategy=tpu: the TPU name or grpc:// address (default: local).")
 flags.DEFINE_enum("mixed_precision", _TRAIN.mixed_precision, ["none", "auto", "mixed_float16", "mixed_bfloat16"], "Compute in 16 bits (auto: float16 on GPU, bfloat16 on CPU/TPU); DACT's halting math stays float32.")
 flags.DEFINE_boolean("jit_compile", _TRAIN.jit_compile, "XLA-compile the training step (evaluation and early exit never use XLA).")
@@ -173,6 +174,7 @@ def cmd_train():
         distribution_strategy=FLAGS.distribution_strategy, tpu_address=FLAGS.tpu,
         mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile,
         keep_checkpoints=FLAGS.keep_checkpoints, log_every_steps=FLAGS.log_every_steps,
+        worker_timeout=FLAGS.worker_timeout,
     )
     model, _, history = train_lib.train(model_dir, _data_config(), model_config, train_config)
     if history:
@@ -418,7 +420,8 @@ COMMAND_FLAGS = {
                   "freeze_backbone"],
         "Training": ["epochs", "learning_rate", "optimizer", "weight_decay", "warmup_fraction",
                      "keep_best_epoch", "keep_checkpoints", "log_every_steps"],
-        "Scale out": ["distribution_strategy", "tpu", "mixed_precision", "jit_compile"],
+        "Scale out": ["distribution_strategy", "tpu", "worker_timeout", "mixed_precision",
+                      "jit_compile"],
     },
     "evaluate": {
         "Where": ["model_dir", "output_json", "per_block", "plot_dir", "max_layers"],

@@ -124,6 +124,15 @@ def install():
     progress.set_default_stream(real_stderr)
 
 
+def real_stderr_fd():
+    """The terminal's stderr file descriptor past the filter; None without a filter.
+
+    For child processes whose last words must reach the terminal even when
+    this process is killed (the filter thread dies with it).
+    """
+    return _state["real_fd"] if _state["thread"] is not None else None
+
+
 def real_stderr():
     """A writable text stream on the terminal's stderr, past the filter."""
     if _state["thread"] is None:

@@ -50,7 +50,8 @@ class LossParts:
 
     Attributes:
         main: scalar, the compiled loss on the model's final answer (the
-            answer of the last block: `a_N` for DACT, `y_N` otherwise).
+            answer of the last block: `a_N` for DACT, `y_N` otherwise), plus
+            the losses layers added (DACT's `tau` times the ponder cost).
         block_losses: a function returning `[num_layers]`, each block's own
             answer's loss (already scaled for the replicas); computed only
             when called.
@@ -143,8 +144,12 @@ class ExitCriterion:
     # ------------------------------------------------------------- knobs
 
     def configure(self, **settings):
-        """Changes knobs after training; a knob of another method is refused."""
-        for key, value in settings.items():
+        """Changes knobs after training; a knob of another method is refused.
+
+        Every setting is checked before any is applied: a refused call
+        changes nothing.
+        """
+        for key in settings:
             if key not in self.settings:
                 owners = [n for n, c in _REGISTRY.items() if key in c.settings]
                 raise ValueError(
@@ -152,10 +157,19 @@ class ExitCriterion:
                     f"this model's method is {self.name!r}"
                     + (f" (its settings: {', '.join(self.settings)})." if self.settings
                        else ", which has none."))
-            self._set(key, value)
+        probe = self.copy()
+        for key, value in settings.items():
+            probe._set(key, value)  # raises on a bad value
+        for key in settings:
+            setattr(self, key, getattr(probe, key))
 
     def _set(self, key, value):
+        """Checks and sets one knob (subclasses validate here)."""
         setattr(self, key, value)
+
+    def copy(self):
+        """An independent criterion with the same settings."""
+        return type(self).from_config(self.get_config())
 
     def sweep(self, num_layers):
         """The settings `dact_tf.analysis.exit_curve` replays.
@@ -220,7 +234,7 @@ def get(method, **settings):
             A knob the method does not have is refused.
 
     Returns:
-        An `ExitCriterion`.
+        An `ExitCriterion` (a copy, when given one).
 
     Example:
     >>> get("pabee", patience=3)
@@ -232,7 +246,8 @@ def get(method, **settings):
             raise ValueError(
                 f"Give the settings {sorted(settings)} to the {type(method).__name__} "
                 "object itself, not next to it.")
-        return method
+        # A copy: `configure_exit` on one model must not change another's.
+        return method.copy()
     if isinstance(method, dict):
         if settings:
             raise ValueError(f"Got settings {sorted(settings)} next to a serialized method.")

@@ -46,8 +46,9 @@ class Dact(base.ExitCriterion):
 
     def __init__(self, halting_rule="tight", halting_margin=1e-5, halting_epsilon=0.0,
                  halting_slack=0.0):
-        self.configure(halting_rule=halting_rule, halting_margin=halting_margin,
-                       halting_epsilon=halting_epsilon, halting_slack=halting_slack)
+        for key, value in (("halting_rule", halting_rule), ("halting_margin", halting_margin),
+                           ("halting_epsilon", halting_epsilon), ("halting_slack", halting_slack)):
+            self._set(key, value)
 
     def _set(self, key, value):
         if key == "halting_rule":

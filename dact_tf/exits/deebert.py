@@ -36,7 +36,7 @@ class DeeBert(base.ExitCriterion):
     THRESHOLDS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
     def __init__(self, entropy_threshold=DEFAULT_ENTROPY_THRESHOLD):
-        self.configure(entropy_threshold=entropy_threshold)
+        self._set("entropy_threshold", entropy_threshold)
 
     def _set(self, key, value):
         value = float(value)

@@ -34,7 +34,7 @@ class Pabee(base.ExitCriterion):
     DEFAULT_PATIENCE = 2
 
     def __init__(self, patience=DEFAULT_PATIENCE):
-        self.configure(patience=patience)
+        self._set("patience", patience)
 
     def _set(self, key, value):
         if isinstance(value, bool) or int(value) != value or value < 1:

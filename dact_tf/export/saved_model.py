@@ -500,6 +500,8 @@ def _metadata(model, version, packer, signatures):
         "num_segments": model.num_segments,
         "method": model.method,
         "exit": model.exit_criterion.get_config(),
+        # Before exit methods were objects the only exit setting listed.
+        "halting_rule": getattr(model.exit_criterion, "halting_rule", None),
         "signatures": sorted(signatures),
         "inputs": {k: "int32 [batch, seq]" for k in INPUT_KEYS if k in model.input_keys},
         "outputs": list(output_keys(model.task)),

@@ -2,6 +2,7 @@
 
 import keras
 import tensorflow as tf
+from tensorflow.core.framework import attr_value_pb2
 
 from dact_tf import exits
 from dact_tf import ops
@@ -354,13 +355,20 @@ class DactEncoder(keras.layers.Layer):
         return subtree(0, self.num_layers)()
 
     def adaptive_forward(self, inputs, padding_mask=None, halting=True, max_layers=None):
-        """Inference with per-example early exit, in a `tf.while_loop`.
+        """Inference with per-example early exit.
+
+        A batch of several rows runs a `tf.while_loop` that compacts the
+        batch as rows finish (`_loop_forward`); a batch of one row runs the
+        blocks as a chain of `tf.cond`s (`_chain_forward`), which skips the
+        loop's machinery. Both give the same answers; where the batch size
+        is only known at run time (exported signatures) the graph picks one
+        with a `tf.cond` on it.
 
         Args:
             inputs: float `[batch, seq, hidden]`.
             padding_mask: `[batch, seq]` or None.
-            halting: bool; False runs the same loop to full depth (for
-                checks: it must equal the unrolled path).
+            halting: bool; False runs the loop to full depth (for checks: it
+                must equal the unrolled path).
             max_layers: None, or int `[batch]` (>= 1): a per-row cap on the
                 blocks (anytime inference under a latency budget). A row cut
                 by its cap answers with what it has: DACT's accumulated
@@ -375,6 +383,91 @@ class DactEncoder(keras.layers.Layer):
         """
         if padding_mask is None:
             padding_mask = tf.ones(tf.shape(inputs)[:2], tf.bool)
+        # One dtype for the hidden states: the blocks' compute dtype (a model
+        # loaded under mixed precision can get float32 embeddings).
+        inputs = tf.cast(inputs, self.blocks[0].compute_dtype)
+        if max_layers is not None:
+            max_layers = self._checked_cap(max_layers, tf.shape(inputs)[0])
+        if not halting:
+            return self._loop_forward(inputs, padding_mask, False, max_layers)
+        batch = inputs.shape[0]
+        if batch == 1:
+            return self._chain_forward(inputs, padding_mask, max_layers)
+        if batch is not None:
+            return self._loop_forward(inputs, padding_mask, True, max_layers)
+        return _cond(
+            tf.equal(tf.shape(inputs)[0], 1),
+            lambda: self._chain_forward(inputs, padding_mask, max_layers),
+            lambda: self._loop_forward(inputs, padding_mask, True, max_layers),
+        )
+
+    @staticmethod
+    def _checked_cap(max_layers, batch_size):
+        """`max_layers` as int32 `[batch]`, checked in the graph."""
+        max_layers = tf.convert_to_tensor(max_layers)
+        if max_layers.dtype not in (tf.int32, tf.int64):
+            raise TypeError(f"`max_layers` must be int32, got {max_layers.dtype.name}.")
+        max_layers = tf.cast(max_layers, tf.int32)
+        _check_rank(max_layers, 1, "max_layers")
+        checks = [
+            tf.debugging.assert_equal(
+                tf.shape(max_layers)[0], batch_size,
+                message="`max_layers` must have one entry per row of the batch."),
+            tf.debugging.assert_greater_equal(
+                max_layers, 1, message="`max_layers` must be >= 1 for every row."),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(max_layers)
+
+    def _chain_forward(self, inputs, padding_mask, max_layers=None):
+        """Early exit for a batch of one row: the blocks as a chain of `tf.cond`s.
+
+        One row needs no compaction, no block index and no loop: block n
+        runs directly under a `tf.cond` on "not stopped yet", and once the
+        row stops every later `cond` passes its state through. At batch 1
+        this saves, per block, the `tf.while_loop`'s machinery, the `tf.cond`
+        tree that picks the block and the packing of the loop state. The
+        answers are the loop's: the same heads and criterion steps, in the
+        same order (for a batch of several rows every row would run until
+        the last one stops: `_loop_forward` is the path for those).
+        """
+        num_layers, c = self.num_layers, self.num_outputs
+        criterion, context = self.exit_criterion, self.exit_context
+        batch_size = tf.shape(inputs)[0]
+        answer, _ = ops.initial_state(batch_size, c)
+        carried = (inputs, answer, criterion.initial_state(batch_size, context),
+                   tf.constant(False), tf.constant(0, tf.int32), tf.constant(False))
+
+        def run_block(n, hidden, answer, state, stopped, layers, exact):
+            del stopped, layers, exact
+            remaining = num_layers - 1 - n
+            hidden = self.blocks[n](hidden, padding_mask=padding_mask, training=False)
+            y, h = self.heads(self._pool(hidden, padding_mask), layer_index=n)
+            answer, state, halts = criterion.step(y, h, answer, state, remaining, context)
+            done = tf.logical_or(tf.reduce_all(halts), remaining <= 0)
+            stop = done
+            if max_layers is not None:
+                stop = tf.logical_or(done, n + 1 >= max_layers[0])
+            return hidden, answer, state, stop, tf.constant(n + 1, tf.int32), done
+
+        for n in range(num_layers):
+            if n == 0:
+                carried = run_block(0, *carried)
+                continue
+            carried = _cond(
+                carried[3],
+                lambda carried=carried: carried,
+                lambda n=n, carried=carried: run_block(n, *carried),
+            )
+        _, answer, state, _, layers, exact = carried
+        result = self._outputs(answer, tf.fill([batch_size], layers),
+                               criterion.ponder_cost(state))
+        if max_layers is not None:
+            result["exact"] = tf.fill([batch_size], exact)
+        return result
+
+    def _loop_forward(self, inputs, padding_mask, halting, max_layers):
+        """Early exit in a `tf.while_loop` that compacts the batch as rows finish."""
         num_layers, c = self.num_layers, self.num_outputs
         batch_size = tf.shape(inputs)[0]
         answer, _ = ops.initial_state(batch_size, c)
@@ -385,31 +478,14 @@ class DactEncoder(keras.layers.Layer):
         # [:c] and the exit criterion's two state columns [c], [c + 1]; for
         # DACT the budget and the ponder cost) hold the active rows only;
         # `out` holds finished rows' answer [:c], ponder cost [c] and blocks
-        # executed [c + 1]. Packing keeps the
-        # body's op count low:
-        # at batch 1 the loop's cost is per-op overhead, not arithmetic.
-        # The loop variable keeps one dtype: the blocks' compute dtype (a
-        # model loaded under mixed precision can get float32 embeddings).
-        inputs = tf.cast(inputs, self.blocks[0].compute_dtype)
+        # executed [c + 1]. Packing keeps the body's op count low: at batch
+        # 1 the loop's cost is per-op overhead, not arithmetic.
         columns = [answer, first[:, None], second[:, None]]
         capped = max_layers is not None
         if capped:
             # The cap rides in the packed state (column c + 2) and `exact`
             # in the output (column c + 2); small ints are exact in float32.
-            max_layers = tf.convert_to_tensor(max_layers)
-            if max_layers.dtype not in (tf.int32, tf.int64):
-                raise TypeError(f"`max_layers` must be int32, got {max_layers.dtype.name}.")
-            max_layers = tf.cast(max_layers, tf.int32)
-            _check_rank(max_layers, 1, "max_layers")
-            checks = [
-                tf.debugging.assert_equal(
-                    tf.shape(max_layers)[0], batch_size,
-                    message="`max_layers` must have one entry per row of the batch."),
-                tf.debugging.assert_greater_equal(
-                    max_layers, 1, message="`max_layers` must be >= 1 for every row."),
-            ]
-            with tf.control_dependencies(checks):
-                columns.append(tf.cast(max_layers, tf.float32)[:, None])
+            columns.append(tf.cast(max_layers, tf.float32)[:, None])
         state = dict(
             n=tf.constant(0, tf.int32),
             hidden=inputs,
@@ -514,6 +590,30 @@ class DactEncoder(keras.layers.Layer):
         config = dict(config)
         config["blocks"] = [keras.layers.deserialize(b) for b in config["blocks"]]
         return cls(**legacy_exit_config(config))
+
+
+#: Whether the early exit's `tf.cond`s run as function calls (see `_cond`).
+CALL_BRANCHES = True
+
+
+def _cond(pred, true_fn, false_fn):
+    """`tf.cond` whose untaken branch costs nothing.
+
+    In a graph, TensorFlow lowers an `If` to Switch/Merge nodes: both
+    branches stay in the graph and the untaken one's "dead" signal travels
+    through every node of it, a few microseconds each. A branch holding
+    Transformer blocks has hundreds of nodes, so an exit would pay for the
+    blocks it skips. Kept as a functional `If`, only the taken branch runs
+    (one function call). TFLite converts either form to its `IF` builtin.
+    """
+    out = tf.cond(pred, true_fn, false_fn)
+    if CALL_BRANCHES and not tf.executing_eagerly():
+        op = tf.nest.flatten(out)[0].op
+        while op.type == "Identity":
+            op = op.inputs[0].op
+        if op.type in ("If", "StatelessIf"):
+            op._set_attr("_lower_using_switch_merge", attr_value_pb2.AttrValue(b=False))
+    return out
 
 
 def _check_range(name, value, lo, hi):

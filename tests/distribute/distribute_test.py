@@ -248,10 +248,14 @@ def test_a_worker_that_never_starts_ends_the_join_with_its_name(tmp_path):
     tf_config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{me}", f"127.0.0.1:{missing}"]},
                             "task": {"type": "worker", "index": 0}})
     start = time.time()
-    proc = _run([sys.executable, "-c", "from dact_tf import distribute; "
-                 "distribute.get_strategy('multi_worker_mirrored'); print('joined')"],
-                env={"TF_CONFIG": tf_config, distribute.WORKER_TIMEOUT_ENV: "2"}, timeout=120)
+    # Through the command line's --worker_timeout (TrainConfig.worker_timeout).
+    proc = _run([sys.executable, "-m", "dact_tf", "train", f"--data_dir={builtin_sst2_dir()}",
+                 "--task=sst2", f"--model_dir={tmp_path / 'model'}", "--backbone=tiny",
+                 "--max_seq_length=16", "--max_train_examples=32", "--epochs=1",
+                 "--distribution_strategy=multi_worker_mirrored", "--worker_timeout=2"],
+                env={"TF_CONFIG": tf_config, "DACT_TF_CACHE": str(tmp_path / "cache")},
+                timeout=150)
     # TensorFlow alone waits here without end.
-    assert proc.returncode == -9 and "joined" not in proc.stdout, proc.stderr[-2000:]
+    assert proc.returncode == -9 and "Trained" not in proc.stdout, proc.stderr[-2000:]
     assert (f"worker 1 (127.0.0.1:{missing}) does not answer" in proc.stderr), proc.stderr[-2000:]
     assert "within 2 s" in proc.stderr and time.time() - start < 110

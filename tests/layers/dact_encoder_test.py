@@ -216,3 +216,46 @@ def test_mean_pooling_reads_only_real_tokens():
     pooled = encoder._pool(x, mask).numpy()
     m = mask.numpy()[:, :, None]
     np.testing.assert_allclose(pooled, (x.numpy() * m).sum(1) / m.sum(1), atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},
+    {"method": "pabee", "patience": 1},
+    {"method": "deebert"},
+    {"method": "static"},
+    {"task": "regression", "num_outputs": 1, "output_range": (0.0, 5.0)},
+])
+def test_single_row_chain_equals_the_compacting_loop(kwargs):
+    # Batch 1 runs the blocks as a chain of tf.conds; larger batches the
+    # compacting while loop. Row by row, with and without a cap, they agree.
+    encoder = make_encoder(7, **kwargs)
+    x, mask = random_inputs(24, 7)
+    if encoder.method == "deebert":  # a threshold that splits these rows
+        p = encoder.trace(x, mask)["answers"].numpy()
+        entropy = -(p * np.log(p)).sum(-1)
+        encoder.exit_criterion.configure(entropy_threshold=float(np.quantile(entropy, 0.3)))
+    caps = np.array([1, 2, 3, 4], np.int32)
+    exits = []
+    for i in range(24):
+        row = (x[i:i + 1], mask[i:i + 1])
+        for cap in (None, tf.constant(caps[i % 4:i % 4 + 1])):
+            chain = encoder._chain_forward(*row, max_layers=cap)
+            loop = encoder._loop_forward(*row, True, cap)
+            assert sorted(chain) == sorted(loop)
+            for key in chain:
+                np.testing.assert_allclose(chain[key].numpy().astype(float),
+                                           loop[key].numpy().astype(float), atol=1e-6,
+                                           err_msg=f"row {i}, cap {cap}, {key}")
+            if cap is None:
+                exits.append(int(chain["layers_executed"][0]))
+    if kwargs.get("method") != "static":
+        assert len(set(exits)) > 1, "the rows should exit at different blocks"
+    # An unknown batch size picks the path in the graph: the same answers.
+    dynamic = tf.function(lambda x, m: encoder(x, padding_mask=m),
+                          input_signature=[tf.TensorSpec([None, SEQ, HIDDEN]),
+                                           tf.TensorSpec([None, SEQ], tf.bool)])
+    for i in range(3):
+        alone = dynamic(x[i:i + 1], mask[i:i + 1])
+        chain = encoder._chain_forward(x[i:i + 1], mask[i:i + 1])
+        for key in chain:
+            np.testing.assert_allclose(alone[key], chain[key], atol=1e-6)

@@ -302,3 +302,15 @@ def test_dact_relaxed_epsilon_exits_at_the_budget_threshold():
     expected = np.where((budgets < 0.3).any(0), (budgets < 0.3).argmax(0) + 1, NUM_LAYERS)
     np.testing.assert_array_equal(out["layers_executed"], expected)
     assert len(set(expected.tolist())) > 1
+
+
+def test_criterion_objects_are_copied_and_refusals_change_nothing():
+    shared = exits.Pabee(patience=2)
+    first, second = _model(shared), _model(shared, seed=1)
+    first.configure_exit(patience=4)
+    assert (first.exit_criterion.patience, second.exit_criterion.patience, shared.patience) \
+        == (4, 2, 2)
+    dact = _model("dact")
+    with pytest.raises(ValueError, match="halting_epsilon"):
+        dact.configure_exit(halting_rule="relaxed", halting_epsilon=2.0)
+    assert dact.exit_criterion == exits.Dact()  # the valid halting_rule was not applied
