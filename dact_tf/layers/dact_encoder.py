@@ -2,7 +2,6 @@
 
 import keras
 import tensorflow as tf
-from tensorflow.core.framework import attr_value_pb2
 
 from dact_tf import exits
 from dact_tf import ops
@@ -395,7 +394,7 @@ class DactEncoder(keras.layers.Layer):
             return self._chain_forward(inputs, padding_mask, max_layers)
         if batch is not None:
             return self._loop_forward(inputs, padding_mask, True, max_layers)
-        return _cond(
+        return tf.cond(
             tf.equal(tf.shape(inputs)[0], 1),
             lambda: self._chain_forward(inputs, padding_mask, max_layers),
             lambda: self._loop_forward(inputs, padding_mask, True, max_layers),
@@ -454,7 +453,7 @@ class DactEncoder(keras.layers.Layer):
             if n == 0:
                 carried = run_block(0, *carried)
                 continue
-            carried = _cond(
+            carried = tf.cond(
                 carried[3],
                 lambda carried=carried: carried,
                 lambda n=n, carried=carried: run_block(n, *carried),
@@ -590,30 +589,6 @@ class DactEncoder(keras.layers.Layer):
         config = dict(config)
         config["blocks"] = [keras.layers.deserialize(b) for b in config["blocks"]]
         return cls(**legacy_exit_config(config))
-
-
-#: Whether the early exit's `tf.cond`s run as function calls (see `_cond`).
-CALL_BRANCHES = True
-
-
-def _cond(pred, true_fn, false_fn):
-    """`tf.cond` whose untaken branch costs nothing.
-
-    In a graph, TensorFlow lowers an `If` to Switch/Merge nodes: both
-    branches stay in the graph and the untaken one's "dead" signal travels
-    through every node of it, a few microseconds each. A branch holding
-    Transformer blocks has hundreds of nodes, so an exit would pay for the
-    blocks it skips. Kept as a functional `If`, only the taken branch runs
-    (one function call). TFLite converts either form to its `IF` builtin.
-    """
-    out = tf.cond(pred, true_fn, false_fn)
-    if CALL_BRANCHES and not tf.executing_eagerly():
-        op = tf.nest.flatten(out)[0].op
-        while op.type == "Identity":
-            op = op.inputs[0].op
-        if op.type in ("If", "StatelessIf"):
-            op._set_attr("_lower_using_switch_merge", attr_value_pb2.AttrValue(b=False))
-    return out
 
 
 def _check_range(name, value, lo, hi):
