@@ -69,7 +69,7 @@ flags.DEFINE_string("out_dir", "runs/exit_study", "Model directories and point r
 flags.DEFINE_string("reuse_dact_from", "runs/glue_study", "Reuse DACT models trained by glue_study with the same budget (<dir>/<task>/dact_tau<t>/); '' to always train.")
 flags.DEFINE_string("backbone", "minilm_l6", "Backbone spec.")
 flags.DEFINE_integer("max_train_examples", 1000, "Training examples per task.")
-flags.DEFINE_integer("max_seq_length", 64, "Tokens per example.")
+flags.DEFINE_integer("sequence_length", 64, "Tokens per example.")
 flags.DEFINE_integer("epochs", 2, "Epochs (DeeBERT: per stage).")
 flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.")
 flags.DEFINE_float("tau_warmup_epochs", 1.0, "DACT: epochs over which tau ramps up linearly from 0.")
@@ -85,7 +85,7 @@ def _data_config(task):
     from dact_tf import train_lib
 
     return train_lib.DataConfig(
-        task=task, data_dir=FLAGS.glue_dir, max_seq_length=FLAGS.max_seq_length,
+        task=task, data_dir=FLAGS.glue_dir, sequence_length=FLAGS.sequence_length,
         batch_size=32, max_train_examples=FLAGS.max_train_examples,
     )
 
@@ -210,8 +210,8 @@ def main(argv):
     from dact_tf.models import backbones
 
     for task in FLAGS.tasks:
-        _, tokenizer = backbones.load_backbone(FLAGS.backbone, max_sequence_length=FLAGS.max_seq_length)
-        pre = backbones.make_preprocessor(tokenizer, sequence_length=FLAGS.max_seq_length)
+        _, tokenizer = backbones.load_backbone(FLAGS.backbone, max_sequence_length=FLAGS.sequence_length)
+        pre = backbones.make_preprocessor(tokenizer, sequence_length=FLAGS.sequence_length)
         dev = train_lib.make_datasets(_data_config(task), pre, splits=("validation",))["validation"]
         timing = [x for x, _ in dev.unbatch().take(FLAGS.timing_examples).batch(32)]
         points_dir = os.path.join(FLAGS.out_dir, task, "points")
@@ -288,7 +288,7 @@ def _write_outputs(rows):
         f"{', '.join(env['gpus']) or 'no GPU'}; {env['date_utc']}; commit "
         f"`{env['git_commit'][:10]}`. Backbone `{FLAGS.backbone}`; the first "
         f"{FLAGS.max_train_examples} training rows, {FLAGS.epochs} epochs (DeeBERT: per stage), "
-        f"sequence length {FLAGS.max_seq_length}, Adam {FLAGS.learning_rate:g}, DACT's tau ramped "
+        f"sequence length {FLAGS.sequence_length}, Adam {FLAGS.learning_rate:g}, DACT's tau ramped "
         f"up over {FLAGS.tau_warmup_epochs:g} epochs; full dev sets.",
         "",
         "Columns: *blocks*, mean blocks executed on dev; *ideal*, N / blocks; *measured*, the "

@@ -7,7 +7,7 @@ From a trained model directory (`dact-tf train --model_dir=...`), one run:
    `dynamic`, `float16`), each with the `serving_default` (early exit) and
    `full_depth` signatures.
 1. **Size and accuracy** on the model's dev set (tokenized by the model's own
-   preprocessor, padded to `max_seq_length`): file size, accuracy, agreement
+   preprocessor, padded to `sequence_length`): file size, accuracy, agreement
    of `predictions` and `layers_executed` with the SavedModel's
    `serving_default`, mean blocks executed, and whether each artefact's early
    exit answers like its own `full_depth` signature (the SavedModel must have
@@ -282,13 +282,20 @@ def export_all(model, out_dir):
 
 class SavedModelBackend:
     name = "SavedModel"
+    batch1_only = False
 
-    def __init__(self, path):
+    def __init__(self, path, early_exit="serving_default"):
         import tensorflow as tf
 
         self._tf = tf
         self.loaded = tf.saved_model.load(path)
         self.fns = {s: self.loaded.signatures[s] for s in SIGNATURES}
+        if early_exit != "serving_default":
+            # Another early-exit signature (`serve_one`: the batch-1 graph),
+            # timed against the same `full_depth`.
+            self.fns["serving_default"] = self.loaded.signatures[early_exit]
+            self.name = f"SavedModel `{early_exit}`"
+            self.batch1_only = True
 
     def prepare(self, inputs):
         return {k: self._tf.constant(v) for k, v in inputs.items()}
@@ -454,7 +461,9 @@ def latency_section(info, arrays, n_layers, rng):
     large = batches_of(arrays, FLAGS.batch_size, full_only=True)
     if FLAGS.batch32_batches:
         large = large[:FLAGS.batch32_batches]
-    backends = [("SavedModel", lambda: SavedModelBackend(info["saved_model"]))]
+    backends = [("SavedModel", lambda: SavedModelBackend(info["saved_model"])),
+                ("SavedModel `serve_one`",
+                 lambda: SavedModelBackend(info["saved_model"], "serve_one"))]
     for q in TIMED_TFLITE:
         backends.append((
             f"TFLite {q}",
@@ -466,6 +475,8 @@ def latency_section(info, arrays, n_layers, rng):
             (1, singles, FLAGS.batch1_reps, FLAGS.batch1_warmup),
             (FLAGS.batch_size, large, FLAGS.batch32_reps, FLAGS.batch32_warmup),
         ):
+            if batch > 1 and getattr(backend, "batch1_only", False):
+                continue
             t0 = time.perf_counter()
             times, layers = time_backend(backend, inputs, reps, warmup, rng)
             row = summarize_latency(name, batch, times, layers, n_layers)
@@ -548,7 +559,7 @@ def markdown(results):
         f"`{cfg['halting_rule']}`, pooling `{cfg['pooling']}`; task "
         f"`{cfg['task']}`, dev set {acc['rows'][0]['num_examples']} "
         f"sentences tokenized by the model's preprocessor (padded to "
-        f"{cfg['max_seq_length']} tokens).",
+        f"{cfg['sequence_length']} tokens).",
         "",
     ]
     if ex["pool_workaround_applied"]:
@@ -735,7 +746,7 @@ def main(argv):
     n_layers = int(model.num_layers)
     results["model"] = dict(
         num_layers=n_layers, task=config["data"]["task"],
-        max_seq_length=config["data"]["max_seq_length"], **{
+        sequence_length=config["data"]["sequence_length"], **{
             k: config["model"].get(k)
             for k in ("backbone", "tau", "halting_rule", "pooling")})
 

@@ -34,7 +34,7 @@ flags.DEFINE_string("out_dir", "runs/glue_study", "Model directories, one per po
 flags.DEFINE_string("backbone", "minilm_l6", "Backbone spec.")
 flags.DEFINE_integer("max_train_examples", 2000, "Training examples per task (seeded subset order).")
 flags.DEFINE_integer("max_eval_examples", None, "Dev examples per task.")
-flags.DEFINE_integer("max_seq_length", 64, "Tokens per example.")
+flags.DEFINE_integer("sequence_length", 64, "Tokens per example.")
 flags.DEFINE_integer("epochs", 3, "Epochs per point.")
 flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.")
 flags.DEFINE_float("warmup_epochs", 1.0, "DACT: tau grows from 0 over this many epochs.")
@@ -48,7 +48,7 @@ def _data_config(task):
     from dact_tf import train_lib
 
     return train_lib.DataConfig(
-        task=task, data_dir=FLAGS.glue_dir, max_seq_length=FLAGS.max_seq_length,
+        task=task, data_dir=FLAGS.glue_dir, sequence_length=FLAGS.sequence_length,
         batch_size=32, max_train_examples=FLAGS.max_train_examples,
         max_eval_examples=FLAGS.max_eval_examples,
     )
@@ -68,9 +68,9 @@ def _plain_point(task, model_dir):
     num_classes, regression, _, metric_task = train_lib.task_info(data_config)
     keras.utils.set_random_seed(data_config.seed)
     backbone, tokenizer = backbones.load_backbone(
-        FLAGS.backbone, max_sequence_length=FLAGS.max_seq_length
+        FLAGS.backbone, max_sequence_length=FLAGS.sequence_length
     )
-    pre = backbones.make_preprocessor(tokenizer, sequence_length=FLAGS.max_seq_length)
+    pre = backbones.make_preprocessor(tokenizer, sequence_length=FLAGS.sequence_length)
     ds = train_lib.make_datasets(data_config, pre)
     model = keras_hub.models.BertTextClassifier(
         backbone=backbone, num_classes=1 if regression else num_classes,
@@ -161,7 +161,7 @@ def _write_tables(rows):
         "",
         f"Command: `PYTHONPATH=. python -m benchmarks.glue_study --tasks={','.join(FLAGS.tasks)} "
         f"--taus={','.join(FLAGS.taus)} --max_train_examples={FLAGS.max_train_examples} "
-        f"--epochs={FLAGS.epochs} --max_seq_length={FLAGS.max_seq_length} "
+        f"--epochs={FLAGS.epochs} --sequence_length={FLAGS.sequence_length} "
         f"--learning_rate={FLAGS.learning_rate}`",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{time.strftime('%Y-%m-%d')}. Training subset: the first {FLAGS.max_train_examples} "

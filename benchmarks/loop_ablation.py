@@ -59,6 +59,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 from benchmarks import overhead_benchmark as ob  # noqa: E402
+from dact_tf.layers import early_exit  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("ablation_rounds", 30, "Loop-cost rounds (batch 1).")
@@ -233,7 +234,7 @@ def lean_forward(dact, inputs, halting=True, chain=False, hoist=False):
         def body(s):
             n = s["n"]
             return (
-                step(s, lambda h, m: enc._run_block(n, h, m), n),
+                step(s, lambda h, m: early_exit.run_block(enc, n, h, m), n),
             )
 
         def loose(t):
@@ -267,7 +268,7 @@ def bare_loop(dact, inputs, tree=True):
 
     def body(n, h):
         if tree:
-            h = enc._run_block(n, h, mask)
+            h = early_exit.run_block(enc, n, h, mask)
         else:
             h = enc.blocks[0](h, padding_mask=mask, training=False)
         return n + 1, h

@@ -794,7 +794,7 @@ def render_markdown(results):
             lp = small["loop_path"]
             lines += [
                 f"Batch {cfg['small_batch']} runs the blocks as a chain of `tf.cond`s "
-                "(`DactEncoder._chain_forward`). The same rows through the compacting "
+                "(`dact_tf.layers.early_exit.chain_forward`). The same rows through the compacting "
                 "while loop (the path of larger batches, and of batch 1 before): "
                 f"{_fmt(lp['mean_latency_early_exit_ms'])} ms against "
                 f"{_fmt(lp['mean_latency_full_depth_ms'])} ms at full depth, measured "

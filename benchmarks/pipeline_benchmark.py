@@ -30,7 +30,7 @@ PADDINGS = ("max_length", "batch", "bucket")
 flags.DEFINE_string("glue_dir", None, "GLUE folder (<TASK>/{train,dev}.tsv); default: the SST-2 sample dact_tf ships.")
 flags.DEFINE_string("task", "sst2", "GLUE task.")
 flags.DEFINE_string("backbone", "minilm_l6", "Backbone spec.")
-flags.DEFINE_integer("max_seq_length", 64, "S, tokens per example.")
+flags.DEFINE_integer("sequence_length", 64, "S, tokens per example.")
 flags.DEFINE_integer("batch_size", 32, "Examples per batch.")
 flags.DEFINE_integer("steps", 60, "Timed training steps per padding and round.")
 flags.DEFINE_integer("rounds", 2, "Interleaved rounds (best of).")
@@ -51,15 +51,15 @@ def main(argv):
 
     glue_dir = FLAGS.glue_dir or dact_data.builtin_sst2_dir()
     keras.utils.set_random_seed(0)
-    backbone, tokenizer = backbones.load_backbone(FLAGS.backbone, max_sequence_length=FLAGS.max_seq_length)
-    preprocessor = backbones.make_preprocessor(tokenizer, sequence_length=FLAGS.max_seq_length)
+    backbone, tokenizer = backbones.load_backbone(FLAGS.backbone, max_sequence_length=FLAGS.sequence_length)
+    preprocessor = backbones.make_preprocessor(tokenizer, sequence_length=FLAGS.sequence_length)
     model = DactClassifier(backbone, num_classes=2, pooling="mean", head_loss_weight=1.0,
                            distill_weight=1.0, tau=0.06)
     model.compile(optimizer=keras.optimizers.AdamW(1e-5))
     iterators, lengths = {}, {}
     for padding in PADDINGS:
         config = train_lib.DataConfig(task=FLAGS.task, data_dir=glue_dir, batch_size=FLAGS.batch_size,
-                                      max_seq_length=FLAGS.max_seq_length, padding=padding,
+                                      sequence_length=FLAGS.sequence_length, padding=padding,
                                       holdout_fraction=0.0)
         train = train_lib.make_datasets(config, preprocessor, splits=("train",))["train"]
         iterators[padding] = iter(train.repeat())
@@ -87,7 +87,7 @@ def main(argv):
     metrics = {}
     for padding in PADDINGS:
         config = train_lib.DataConfig(task=FLAGS.task, data_dir=glue_dir, batch_size=FLAGS.batch_size,
-                                      max_seq_length=FLAGS.max_seq_length, padding=padding,
+                                      sequence_length=FLAGS.sequence_length, padding=padding,
                                       max_eval_examples=FLAGS.eval_examples)
         dev = train_lib.make_datasets(config, preprocessor, splits=("validation",))["validation"]
         start = time.perf_counter()
@@ -103,7 +103,7 @@ def main(argv):
         "`PYTHONPATH=. python -m benchmarks.pipeline_benchmark "
         f"--glue_dir=<GLUE> --task={FLAGS.task} --steps={FLAGS.steps} --rounds={FLAGS.rounds}`.",
         f"Model: `{FLAGS.backbone}` DACT classifier (every block trained, distillation on), "
-        f"batch {FLAGS.batch_size}, S = {FLAGS.max_seq_length}; {FLAGS.task} training rows in "
+        f"batch {FLAGS.batch_size}, S = {FLAGS.sequence_length}; {FLAGS.task} training rows in "
         f"shuffled order. Rates are the best of {FLAGS.rounds} interleaved rounds of "
         f"{FLAGS.steps} steps, after a warm-up.",
         "",

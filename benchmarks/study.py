@@ -94,7 +94,7 @@ def _data_config(task, seed):
     from dact_tf import train_lib
 
     return train_lib.DataConfig(
-        task=task, data_dir=FLAGS.glue_dir, max_seq_length=SEQ_LENGTH.get(task, 128),
+        task=task, data_dir=FLAGS.glue_dir, sequence_length=SEQ_LENGTH.get(task, 128),
         batch_size=FLAGS.batch_size, max_train_examples=FLAGS.max_train_examples, seed=int(seed),
     )
 
@@ -245,7 +245,7 @@ def main(argv):
                     _, tokenizer = backbones.load_backbone(FLAGS.backbone, max_sequence_length=8)
                     data_config = _data_config(task, seed)
                     pre = backbones.make_preprocessor(
-                        tokenizer, sequence_length=data_config.max_seq_length)
+                        tokenizer, sequence_length=data_config.sequence_length)
                     datasets_cache = {key: train_lib.make_datasets(
                         data_config, pre, splits=("holdout", "validation"))}
                 metric_task = train_lib.task_info(_data_config(task, seed))[3]

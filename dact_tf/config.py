@@ -30,14 +30,14 @@ class DataConfig:
         text_column, text_pair_column, label_column: custom columns, by
             0-based index or header name.
         header: whether custom files start with a header line.
-        max_seq_length: tokens per example.
+        sequence_length: tokens per example.
         batch_size: examples per batch.
         max_train_examples, max_eval_examples: keep only the first ones.
         seed: shuffling seed.
         padding: `"bucket"` (training batches of similar lengths, each cut
             to its longest example; evaluation batches cut, in order),
             `"batch"` (every batch cut to its longest example) or
-            `"max_length"` (every batch padded to `max_seq_length`). See
+            `"max_length"` (every batch padded to `sequence_length`). See
             `dact_tf.data.pipeline`.
         holdout_fraction: the fraction of the training rows held out (not
             trained on) to pick the best epoch and calibrate
@@ -54,7 +54,7 @@ class DataConfig:
     text_pair_column: str = None
     label_column: str = "1"
     header: bool = True
-    max_seq_length: int = 128
+    sequence_length: int = 128
     batch_size: int = 32
     max_train_examples: int = None
     max_eval_examples: int = None

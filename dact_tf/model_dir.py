@@ -127,15 +127,30 @@ def read_config(model_dir, defaults=True):
 
 
 #: Keys every dact_tf version wrote: a config without one is refused.
-_REQUIRED_KEYS = ("lowercase", "label_names", "data", "data.task", "data.max_seq_length")
+_REQUIRED_KEYS = ("lowercase", "label_names", "data", "data.task", "data.sequence_length")
 
 
-_FIELD_MINIMUM = {"data.max_seq_length": 1, "data.batch_size": 1}
+_FIELD_MINIMUM = {"data.sequence_length": 1, "data.batch_size": 1}
+
+#: Keys that older versions stored under another name: `(section, old, new)`.
+_RENAMED_KEYS = (("data", "max_seq_length", "sequence_length"),)
+
+
+def _migrated(config):
+    """`config` with keys of older versions under their current names."""
+    for section, old, new in _RENAMED_KEYS:
+        holder = config.get(section)
+        if isinstance(holder, dict) and old in holder:
+            holder = dict(holder)
+            value = holder.pop(old)
+            holder.setdefault(new, value)
+            config[section] = holder
+    return config
 
 
 def _checked_config(config, path, defaults):
     """`read_config`'s key and type checks (and defaults) of a parsed config."""
-    config = dict(config)
+    config = _migrated(dict(config))
 
     def refuse(key, problem):
         raise ValueError(f"{path}: {problem} {key!r}; train the model again, or restore "
@@ -216,7 +231,7 @@ def load_model_dir(model_dir):
         vocabulary=os.path.join(model_dir, VOCAB_FILE), lowercase=config["lowercase"]
     )
     preprocessor = backbones_lib.make_preprocessor(
-        tokenizer, sequence_length=config["data"]["max_seq_length"]
+        tokenizer, sequence_length=config["data"]["sequence_length"]
     )
     return model, preprocessor, config
 

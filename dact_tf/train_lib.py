@@ -198,11 +198,11 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
     policy = distribute.mixed_precision_policy(train_config.mixed_precision)
     with strategy.scope(), _dtype_policy(policy):
         backbone, tokenizer = backbones_lib.load_backbone(
-            model_config.backbone, max_sequence_length=data_config.max_seq_length,
+            model_config.backbone, max_sequence_length=data_config.sequence_length,
             seed=data_config.seed,
         )
         preprocessor = backbones_lib.make_preprocessor(
-            tokenizer, sequence_length=data_config.max_seq_length
+            tokenizer, sequence_length=data_config.sequence_length
         )
         model = DactClassifier(
             backbone,

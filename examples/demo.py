@@ -34,7 +34,7 @@ flags.DEFINE_string("model_dir", "runs/demo", "Where the model and logs go.")
 flags.DEFINE_string("backbone", "minilm_l6", "Backbone spec (see `dact-tf train --helpfull`).")
 flags.DEFINE_float("target_blocks", 0.0, "Mean blocks DACT should run; 0 (the demo's default) lets tau decide. The shipped 2,000-sentence sample is too small for the library's default target (half the blocks): pushed there, the halting collapsed onto an untrained block-1 head (chance accuracy).")
 flags.DEFINE_integer("epochs", 2, "Training epochs per stage.")
-flags.DEFINE_integer("max_seq_length", 64, "Tokens per sentence.")
+flags.DEFINE_integer("sequence_length", 64, "Tokens per sentence.")
 flags.DEFINE_integer("max_train_examples", None, "Use fewer training sentences.")
 flags.DEFINE_integer("max_eval_examples", None, "Use fewer dev sentences.")
 flags.DEFINE_integer("batch1_examples", 100, "Dev sentences timed one at a time.")
@@ -50,7 +50,7 @@ def main(argv):
     data_config = train_lib.DataConfig(
         task="sst2",
         data_dir=data.builtin_sst2_dir(),
-        max_seq_length=FLAGS.max_seq_length,
+        sequence_length=FLAGS.sequence_length,
         batch_size=32,
         max_train_examples=FLAGS.max_train_examples,
         max_eval_examples=FLAGS.max_eval_examples,

@@ -42,12 +42,13 @@ flags.DEFINE_string("text_pair_column", _DATA.text_pair_column, "Custom data: op
 flags.DEFINE_string("label_column", _DATA.label_column, "Custom data: label column, index or header name.")
 flags.DEFINE_boolean("header", _DATA.header, "Custom data: whether files start with a header line.")
 # Data pipeline.
-flags.DEFINE_integer("max_seq_length", _DATA.max_seq_length, "Tokens per example.", lower_bound=8)
+flags.DEFINE_integer("sequence_length", _DATA.sequence_length, "Tokens per example (keras-hub's preprocessor `sequence_length`).", lower_bound=8)
+flags.DEFINE_alias("max_seq_length", "sequence_length")  # its earlier name, still accepted
 flags.DEFINE_integer("batch_size", _DATA.batch_size, "Examples per batch.", lower_bound=1)
 flags.DEFINE_integer("max_train_examples", _DATA.max_train_examples, "Use only the first N training examples.", lower_bound=1)
 flags.DEFINE_integer("max_eval_examples", _DATA.max_eval_examples, "Use only the first N evaluation examples.", lower_bound=1)
 flags.DEFINE_integer("seed", _DATA.seed, "Random seed.")
-flags.DEFINE_enum("padding", _DATA.padding, ["bucket", "batch", "max_length"], "bucket: training batches of similar lengths, every batch cut to its longest example (fast); batch: cut only; max_length: pad to --max_seq_length.")
+flags.DEFINE_enum("padding", _DATA.padding, ["bucket", "batch", "max_length"], "bucket: training batches of similar lengths, every batch cut to its longest example (fast); batch: cut only; max_length: pad to --sequence_length.")
 flags.DEFINE_float("holdout_fraction", _DATA.holdout_fraction, "Fraction of the training rows held out to pick the best epoch and calibrate --target_blocks (0: none).", lower_bound=0.0, upper_bound=0.5)
 flags.DEFINE_integer("max_holdout_examples", _DATA.max_holdout_examples, "At most this many training rows are held out.", lower_bound=1)
 # Model and training.
@@ -370,7 +371,7 @@ def cmd_export():
             export_dir,
             version=FLAGS.version,
             tokenizer=preprocessor.tokenizer,
-            sequence_length=config["data"]["max_seq_length"],
+            sequence_length=config["data"]["sequence_length"],
             text_pair=train_lib.is_pair_task(config),
             text_signatures=FLAGS.text_signatures,
         )
@@ -405,7 +406,7 @@ SUMMARIES = {
     "export": "a SavedModel (TF Serving) or TFLite file with the early exit inside",
 }
 _DATA = ["task", "data_dir", "train_file", "eval_file", "text_column", "text_pair_column",
-         "label_column", "header", "max_seq_length", "batch_size", "max_train_examples",
+         "label_column", "header", "sequence_length", "batch_size", "max_train_examples",
          "max_eval_examples", "seed", "padding", "holdout_fraction", "max_holdout_examples"]
 _EXIT = ["halting_rule", "halting_epsilon", "patience", "entropy_threshold"]
 #: Each command's flags, grouped, for `dact-tf COMMAND --help`.

@@ -42,6 +42,7 @@ SERVING_DEFAULT = "serving_default"
 FULL_DEPTH = "full_depth"
 SERVE_TEXT = "serve_text"
 SERVE_BUDGET = "serve_budget"
+SERVE_ONE = "serve_one"
 SERVE_TEXT_PAIR = "serve_text_pair"
 
 INPUT_KEYS = ("token_ids", "padding_mask", "segment_ids")
@@ -124,6 +125,11 @@ def export_saved_model(
       outputs plus bool `exact` `[batch]`: the row finished by the exit rule
       within its cap, so its answer is the uncapped one (DACT: the
       full-depth prediction).
+    - `serve_one`: `serving_default` for one row at a time (inputs
+      `[1, seq]`). Its graph holds only the batch-1 path (the blocks as a
+      chain of `tf.cond`s), so the batch size need not be tested in the
+      graph: the lowest latency for callers that send one request at a
+      time (the same answers as `serving_default`).
     - `serve_text` (only with `tokenizer`): string `text` `[batch]`;
       tokenization, `[CLS] text [SEP]` packing and truncation to
       `sequence_length` run inside the graph (`dact_tf.export.text.
@@ -311,6 +317,7 @@ def build_serving_module(
     # segment ids too; RoBERTa-like ones: none).
     input_keys = INPUT_KEYS if with_segments else INPUT_KEYS[:2]
     specs = [tf.TensorSpec([None, None], tf.int32, name=k) for k in input_keys]
+    one_row_specs = [tf.TensorSpec([1, None], tf.int32, name=k) for k in input_keys]
     if with_segments:
 
         def predict(token_ids, padding_mask, segment_ids):
@@ -337,12 +344,14 @@ def build_serving_module(
     # then converts `serving_default` only.
     module.predict = tf.function(predict, input_signature=specs)
     module.predict_full_depth = tf.function(predict_full_depth, input_signature=specs)
+    module.predict_one = tf.function(predict, input_signature=one_row_specs)
     module.predict_budget = tf.function(
         predict_budget, input_signature=specs + [tf.TensorSpec([None], tf.int32, "max_layers")])
     signatures = {
         SERVING_DEFAULT: module.predict,
         FULL_DEPTH: module.predict_full_depth,
         SERVE_BUDGET: module.predict_budget,
+        SERVE_ONE: module.predict_one,
     }
     if packer is None:
         if text_pair:

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from dact_tf import exits
 from dact_tf import ops
+from dact_tf.layers import early_exit
 from dact_tf.layers.dact_heads import DactHeads
 
 
@@ -340,25 +341,12 @@ class DactEncoder(keras.layers.Layer):
 
     # ---------------------------------------------------- early-exit loop
 
-    def _run_block(self, index, x, padding_mask):
-        """Block `index` (a scalar tensor) via a balanced tree of tf.cond."""
-
-        def subtree(lo, hi):
-            if hi - lo == 1:
-                return lambda: self.blocks[lo](
-                    x, padding_mask=padding_mask, training=False
-                )
-            mid = (lo + hi) // 2
-            return lambda: tf.cond(index < mid, subtree(lo, mid), subtree(mid, hi))
-
-        return subtree(0, self.num_layers)()
-
     def adaptive_forward(self, inputs, padding_mask=None, halting=True, max_layers=None):
         """Inference with per-example early exit.
 
         A batch of several rows runs a `tf.while_loop` that compacts the
-        batch as rows finish (`_loop_forward`); a batch of one row runs the
-        blocks as a chain of `tf.cond`s (`_chain_forward`), which skips the
+        batch as rows finish (`early_exit.loop_forward`); a batch of one row runs the
+        blocks as a chain of `tf.cond`s (`early_exit.chain_forward`), which skips the
         loop's machinery. Both give the same answers; where the batch size
         is only known at run time (exported signatures) the graph picks one
         with a `tf.cond` on it.
@@ -419,146 +407,12 @@ class DactEncoder(keras.layers.Layer):
             return tf.identity(max_layers)
 
     def _chain_forward(self, inputs, padding_mask, max_layers=None):
-        """Early exit for a batch of one row: the blocks as a chain of `tf.cond`s.
-
-        One row needs no compaction, no block index and no loop: block n
-        runs directly under a `tf.cond` on "not stopped yet", and once the
-        row stops every later `cond` passes its state through. At batch 1
-        this saves, per block, the `tf.while_loop`'s machinery, the `tf.cond`
-        tree that picks the block and the packing of the loop state. The
-        answers are the loop's: the same heads and criterion steps, in the
-        same order (for a batch of several rows every row would run until
-        the last one stops: `_loop_forward` is the path for those).
-        """
-        num_layers, c = self.num_layers, self.num_outputs
-        criterion, context = self.exit_criterion, self.exit_context
-        batch_size = tf.shape(inputs)[0]
-        answer, _ = ops.initial_state(batch_size, c)
-        carried = (inputs, answer, criterion.initial_state(batch_size, context),
-                   tf.constant(False), tf.constant(0, tf.int32), tf.constant(False))
-
-        def run_block(n, hidden, answer, state, stopped, layers, exact):
-            del stopped, layers, exact
-            remaining = num_layers - 1 - n
-            hidden = self.blocks[n](hidden, padding_mask=padding_mask, training=False)
-            y, h = self.heads(self._pool(hidden, padding_mask), layer_index=n)
-            answer, state, halts = criterion.step(y, h, answer, state, remaining, context)
-            done = tf.logical_or(tf.reduce_all(halts), remaining <= 0)
-            stop = done
-            if max_layers is not None:
-                stop = tf.logical_or(done, n + 1 >= max_layers[0])
-            return hidden, answer, state, stop, tf.constant(n + 1, tf.int32), done
-
-        for n in range(num_layers):
-            if n == 0:
-                carried = run_block(0, *carried)
-                continue
-            carried = tf.cond(
-                carried[3],
-                lambda carried=carried: carried,
-                lambda n=n, carried=carried: run_block(n, *carried),
-            )
-        _, answer, state, _, layers, exact = carried
-        result = self._outputs(answer, tf.fill([batch_size], layers),
-                               criterion.ponder_cost(state))
-        if max_layers is not None:
-            result["exact"] = tf.fill([batch_size], exact)
-        return result
+        """Early exit for a batch of one row (`early_exit.chain_forward`)."""
+        return early_exit.chain_forward(self, inputs, padding_mask, max_layers)
 
     def _loop_forward(self, inputs, padding_mask, halting, max_layers):
-        """Early exit in a `tf.while_loop` that compacts the batch as rows finish."""
-        num_layers, c = self.num_layers, self.num_outputs
-        batch_size = tf.shape(inputs)[0]
-        answer, _ = ops.initial_state(batch_size, c)
-        criterion, context = self.exit_criterion, self.exit_context
-        first, second = criterion.initial_state(batch_size, context)
-        # Loop state, named in one place. `hidden`, `mask`, `rows` (their
-        # original row numbers) and `carry` (packed per-row state: answer
-        # [:c] and the exit criterion's two state columns [c], [c + 1]; for
-        # DACT the budget and the ponder cost) hold the active rows only;
-        # `out` holds finished rows' answer [:c], ponder cost [c] and blocks
-        # executed [c + 1]. Packing keeps the body's op count low: at batch
-        # 1 the loop's cost is per-op overhead, not arithmetic.
-        columns = [answer, first[:, None], second[:, None]]
-        capped = max_layers is not None
-        if capped:
-            # The cap rides in the packed state (column c + 2) and `exact`
-            # in the output (column c + 2); small ints are exact in float32.
-            columns.append(tf.cast(max_layers, tf.float32)[:, None])
-        state = dict(
-            n=tf.constant(0, tf.int32),
-            hidden=inputs,
-            mask=padding_mask,
-            rows=tf.range(batch_size),
-            carry=tf.concat(columns, 1),
-            out=tf.zeros(tf.stack([batch_size, c + 2 + int(capped)]), tf.float32),
-        )
-
-        def cond(s):
-            return tf.size(s["rows"]) > 0
-
-        def body(s):
-            n = s["n"]
-            hidden = self._run_block(n, s["hidden"], s["mask"])
-            y, h = self.heads(self._pool(hidden, s["mask"]), layer_index=n)
-            carry = s["carry"]
-            remaining = num_layers - 1 - n
-            answer, (first, second), halts = criterion.step(
-                y, h, carry[:, :c], (carry[:, c], carry[:, c + 1]), remaining, context)
-            ponder = criterion.ponder_cost((first, second))
-            columns = [answer, first[:, None], second[:, None]]
-            last = tf.fill(tf.shape(first), remaining <= 0)
-            done = tf.logical_or(halts, last) if halting else last
-            if capped:
-                cap = carry[:, c + 2]
-                exact = tf.cast(done, tf.float32)[:, None]
-                done = tf.logical_or(done, tf.cast(n + 1, tf.float32) >= cap)
-                columns.append(cap[:, None])
-            carry = tf.concat(columns, axis=1)
-
-            def compact():
-                # Finished rows leave: scatter their results, keep the rest.
-                done_at = tf.where(done)[:, 0]
-                keep_at = tf.where(tf.logical_not(done))[:, 0]
-                finished = tf.gather(carry, done_at)
-                layers = tf.fill([tf.size(done_at), 1], tf.cast(n + 1, tf.float32))
-                parts = [finished[:, :c], tf.gather(ponder, done_at)[:, None], layers]
-                if capped:
-                    parts.append(tf.gather(exact, done_at))
-                finished = tf.concat(parts, 1)
-                rows_done = tf.gather(s["rows"], done_at)[:, None]
-                out = s["out"] + tf.scatter_nd(rows_done, finished, tf.shape(s["out"]))
-                return (tf.gather(hidden, keep_at), tf.gather(s["mask"], keep_at),
-                        tf.gather(s["rows"], keep_at), tf.gather(carry, keep_at), out)
-
-            def unchanged():
-                return hidden, s["mask"], s["rows"], carry, s["out"]
-
-            hidden, mask, rows, carry, out = tf.cond(
-                tf.reduce_any(done), compact, unchanged
-            )
-            return (
-                dict(n=n + 1, hidden=hidden, mask=mask, rows=rows, carry=carry, out=out),
-            )
-
-        def loose(t):
-            return tf.TensorShape([None]).concatenate(t.shape[1:])
-
-        # Active rows shrink; the outputs' batch size is dynamic too.
-        invariants = {k: loose(v) for k, v in state.items()}
-        invariants["n"] = tf.TensorShape([])
-        (final,) = tf.while_loop(
-            cond,
-            body,
-            (state,),
-            shape_invariants=(invariants,),
-            maximum_iterations=num_layers,
-        )
-        out = tf.ensure_shape(final["out"], inputs.shape[:1].concatenate([c + 2 + int(capped)]))
-        result = self._outputs(out[:, :c], tf.cast(out[:, c + 1], tf.int32), out[:, c])
-        if capped:
-            result["exact"] = out[:, c + 2] > 0.5
-        return result
+        """Early exit for a batch of rows (`early_exit.loop_forward`)."""
+        return early_exit.loop_forward(self, inputs, padding_mask, halting, max_layers)
 
     # --------------------------------------------------------------- config
 

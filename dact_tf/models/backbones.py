@@ -110,7 +110,7 @@ def load_backbone(
         if max_sequence_length is not None and not 1 <= int(max_sequence_length) <= 512:
             # A BERT's positions: a larger table would only exhaust memory.
             raise ValueError(
-                f"--max_seq_length={max_sequence_length}: the tiny backbone has at most 512 "
+                f"--sequence_length={max_sequence_length}: the tiny backbone has at most 512 "
                 "positions, like BERT.")
         if max_sequence_length is not None:
             kwargs["max_sequence_length"] = max_sequence_length

@@ -10,6 +10,7 @@ from dact_tf import ops
 from dact_tf.layers.dact_encoder import DactEncoder
 from dact_tf.layers.dact_encoder import legacy_exit_config
 from dact_tf.models import encoders
+from dact_tf.models import inputs as inputs_lib
 
 
 @keras.saving.register_keras_serializable(package="dact_tf")
@@ -332,114 +333,12 @@ class DactClassifier(keras.Model):
         return self._adapter.input_keys
 
     def _standardize_inputs(self, inputs):
-        """Validates the inputs; returns `(inputs dict, padding_mask)`.
-
-        The dict holds int32 tensors for every key in `input_keys` (missing
-        `padding_mask`: `token_ids != 0`; missing `segment_ids`: zeros).
-        """
-        keys = self.input_keys
-        if not isinstance(inputs, dict):
-            inputs = {"token_ids": inputs}
-        unknown = sorted(set(inputs) - set(keys))
-        if unknown:
-            raise ValueError(
-                f"Unknown input keys {unknown}; {type(self.backbone).__name__} reads some of "
-                f"{keys}."
-            )
-        if "token_ids" not in inputs:
-            raise ValueError(
-                f"The inputs need `token_ids`; got keys {sorted(inputs)}."
-            )
-        token_ids = tf.convert_to_tensor(inputs["token_ids"])
-        if not token_ids.dtype.is_integer:
-            raise ValueError(
-                f"`token_ids` must be integers, got dtype {token_ids.dtype.name}."
-            )
-        if token_ids.shape.rank != 2:
-            raise ValueError(
-                "`token_ids` must have shape [batch, seq], got "
-                f"{token_ids.shape}."
-            )
-        if token_ids.shape[0] == 0:
-            raise ValueError("Got an empty batch (batch size 0).")
-        max_len = self.backbone.max_sequence_length
-        if token_ids.shape[1] is not None and token_ids.shape[1] > max_len:
-            raise ValueError(
-                f"Sequences of length {token_ids.shape[1]} are longer than the "
-                f"backbone's maximum, {max_len}."
-            )
-        padding_mask = inputs.get("padding_mask")
-        if padding_mask is None:
-            padding_mask = tf.not_equal(token_ids, 0)
-        padding_mask = tf.convert_to_tensor(padding_mask)
-        others = {"padding_mask": padding_mask}
-        num_segments = self._adapter.num_segments(self.backbone)
-        if num_segments is not None:
-            segment_ids = inputs.get("segment_ids")
-            if segment_ids is None:
-                segment_ids = tf.zeros_like(token_ids)
-            segment_ids = tf.convert_to_tensor(segment_ids)
-            if not segment_ids.dtype.is_integer:
-                raise ValueError(
-                    f"`segment_ids` must be integers, got {segment_ids.dtype.name}."
-                )
-            others["segment_ids"] = segment_ids
-        for name, t in others.items():
-            if t.shape.rank != 2 or not t.shape.is_compatible_with(
-                token_ids.shape
-            ):
-                raise ValueError(
-                    f"`{name}` must have the shape of `token_ids` "
-                    f"{token_ids.shape}, got {t.shape}."
-                )
-        # Checks that need values; they run inside graphs too (SavedModel).
-        vocab = self._adapter.vocabulary_size(self.backbone)
-        checks = [
-            tf.debugging.assert_equal(
-                tf.shape(t),
-                tf.shape(token_ids),
-                message=f"{name} and token_ids must have the same shape",
-            )
-            for name, t in others.items()
-        ] + [
-            tf.debugging.assert_less_equal(
-                tf.shape(token_ids)[1],
-                max_len,
-                message=f"sequence longer than the model's maximum {max_len}",
-            ),
-            tf.debugging.assert_greater(
-                tf.shape(token_ids)[0], 0, message="empty batch"
-            ),
-            tf.debugging.assert_non_negative(
-                token_ids, message="token_ids must be >= 0"
-            ),
-            tf.debugging.assert_less(
-                token_ids,
-                tf.cast(vocab, token_ids.dtype),
-                message=f"token_ids must be < the vocabulary size {vocab}",
-            ),
-        ]
-        if num_segments is not None:
-            segment_ids = others["segment_ids"]
-            checks += [
-                tf.debugging.assert_non_negative(
-                    segment_ids, message="segment_ids must be >= 0"
-                ),
-                tf.debugging.assert_less(
-                    segment_ids,
-                    tf.cast(num_segments, segment_ids.dtype),
-                    message="segment_ids must be < the number of segments "
-                    f"{num_segments}",
-                ),
-            ]
-        # The gathers wait for the checks (on GPU a bad id would silently
-        # read zeros).
-        with tf.control_dependencies(checks):
-            ids = {"token_ids": tf.identity(tf.cast(token_ids, tf.int32))}
-            if num_segments is not None:
-                ids["segment_ids"] = tf.identity(tf.cast(others["segment_ids"], tf.int32))
-        ids["padding_mask"] = padding_mask
-        return ids, padding_mask
+        """Validates the inputs; returns `(inputs dict, padding_mask)` (see
+        `dact_tf.models.inputs.standardize_inputs`)."""
+        return inputs_lib.standardize_inputs(
+            inputs, input_keys=self.input_keys, backbone_name=type(self.backbone).__name__,
+            max_length=self.backbone.max_sequence_length,
+            vocabulary_size=self.vocabulary_size, num_segments=self.num_segments)
 
     def _embed(self, inputs, training):
         return self._adapter.embed(self.backbone, inputs, training)

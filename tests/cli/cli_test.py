@@ -12,7 +12,7 @@ from dact_tf.data import builtin_sst2_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = [
-    "--backbone=tiny", "--max_seq_length=16", "--max_train_examples=64",
+    "--backbone=tiny", "--sequence_length=16", "--max_train_examples=64",
     "--max_eval_examples=48", "--batch_size=16", "--epochs=1", "--learning_rate=1e-3",
 ]
 
@@ -44,7 +44,7 @@ def test_train_writes_a_complete_model_dir(trained):
         assert (model_dir / name).exists(), name
     config = json.loads((model_dir / "dact_config.json").read_text())
     assert config["label_names"] == ["negative", "positive"]
-    assert config["data"]["max_seq_length"] == 16
+    assert config["data"]["sequence_length"] == 16
 
 
 def test_evaluate_and_predict(trained):
@@ -159,7 +159,7 @@ def test_killed_training_resumes_where_it_stopped(tmp_path):
     model_dir = tmp_path / "model"
     args = [sys.executable, "-m", "dact_tf", "train", "--task=sst2",
             f"--data_dir={builtin_sst2_dir()}", f"--model_dir={model_dir}",
-            "--backbone=tiny", "--max_seq_length=16", "--max_train_examples=128",
+            "--backbone=tiny", "--max_seq_length=16", "--max_train_examples=128",  # the flag's earlier name
             "--max_eval_examples=32", "--batch_size=16", "--epochs=3"]
     env = dict(os.environ, DACT_TF_CACHE=str(tmp_path / "cache"), PYTHONPATH=REPO)
     proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
@@ -305,11 +305,13 @@ def test_an_older_or_hand_edited_config_is_read_or_named(trained, tmp_path):
     for section, key in (("data", "padding"), ("data", "holdout_fraction"),
                          ("data", "max_holdout_examples"), ("model", "target_blocks")):
         del config[section][key]
+    # ...and the sequence length under its earlier name.
+    config["data"]["max_seq_length"] = config["data"].pop("sequence_length")
     (old / "dact_config.json").write_text(json.dumps(config))
     proc = dact_tf("predict", f"--model_dir={old}", "--text=a fine film", cache=root / "cache")
     assert json.loads(proc.stdout.strip().splitlines()[-1])["label"] in ("negative", "positive")
     # A key every version writes, removed or of the wrong type: one line naming it.
-    for edit, key in ((lambda c: c["data"].pop("max_seq_length"), "data.max_seq_length"),
+    for edit, key in ((lambda c: c["data"].pop("max_seq_length"), "data.sequence_length"),
                       (lambda c: c.update(label_names="negative"), "label_names")):
         edited = json.loads(json.dumps(config))
         edit(edited)

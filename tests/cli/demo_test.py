@@ -20,7 +20,7 @@ def test_demo_reports_what_evaluate_reports_and_a_rerun_does_not_retrain(tmp_pat
     model_dir = tmp_path / "demo"
     demo = ["-m", "examples.demo", f"--model_dir={model_dir}", "--backbone=tiny",
             "--epochs=1", "--max_train_examples=96", "--max_eval_examples=64",
-            "--batch1_examples=4", "--max_seq_length=16"]
+            "--batch1_examples=4", "--sequence_length=16"]
     first = _run(demo, tmp_path / "cache")
     assert "Training DACT" in first.stdout
     demo_results = json.loads((model_dir / "demo_results.json").read_text())

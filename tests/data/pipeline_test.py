@@ -211,7 +211,7 @@ def test_bucketed_training_data_give_the_same_metrics_as_padded():
                            halting_bias=0.0)
     results = {}
     for padding in ("max_length", "bucket"):
-        config = train_lib.DataConfig(task="sst2", data_dir=builtin_sst2_dir(), max_seq_length=32,
+        config = train_lib.DataConfig(task="sst2", data_dir=builtin_sst2_dir(), sequence_length=32,
                                       max_train_examples=96, max_eval_examples=96, padding=padding)
         # Training rows come shuffled and (bucket) regrouped; the others in order.
         ds = train_lib.make_datasets(config, pre, splits=("train", "holdout", "validation"))

@@ -72,7 +72,7 @@ def test_multi_worker_mirrored_two_processes(tmp_path, full_depth_stage):
     model_dir = tmp_path / "model"
     args = [sys.executable, "-m", "dact_tf", "train", "--task=sst2",
             f"--data_dir={builtin_sst2_dir()}", f"--model_dir={model_dir}",
-            "--backbone=tiny", "--max_seq_length=16", "--max_train_examples=64",
+            "--backbone=tiny", "--sequence_length=16", "--max_train_examples=64",
             "--max_eval_examples=32", "--batch_size=16", "--epochs=1",
             "--distribution_strategy=multi_worker_mirrored",
             f"--full_depth_stage={str(full_depth_stage).lower()}"]
@@ -251,7 +251,7 @@ def test_a_worker_that_never_starts_ends_the_join_with_its_name(tmp_path):
     # Through the command line's --worker_timeout (TrainConfig.worker_timeout).
     proc = _run([sys.executable, "-m", "dact_tf", "train", f"--data_dir={builtin_sst2_dir()}",
                  "--task=sst2", f"--model_dir={tmp_path / 'model'}", "--backbone=tiny",
-                 "--max_seq_length=16", "--max_train_examples=32", "--epochs=1",
+                 "--sequence_length=16", "--max_train_examples=32", "--epochs=1",
                  "--distribution_strategy=multi_worker_mirrored", "--worker_timeout=2"],
                 env={"TF_CONFIG": tf_config, "DACT_TF_CACHE": str(tmp_path / "cache")},
                 timeout=150)

@@ -65,6 +65,15 @@ FRESH_LOAD = textwrap.dedent(
     ]
     results["single/layers_executed"] = np.concatenate(
         [s["layers_executed"].numpy() for s in single])
+    # serve_one: the batch-1 graph (no batch-size test), same answers.
+    one = [
+        loaded.signatures["serve_one"](
+            **{k: tf.constant(v[i : i + 1]) for k, v in features.items()}
+        )
+        for i in range(8)
+    ]
+    for name in ("layers_executed", "predictions", "probabilities"):
+        results["one/" + name] = np.concatenate([o[name].numpy() for o in one])
     ok = {k: v[:1, :5] for k, v in features.items()}
     bad_inputs = {
         "id_too_large": dict(ok, token_ids=ok["token_ids"] * 0 + VOCAB),
@@ -117,7 +126,7 @@ def test_layout_metadata_and_sizes(plain_export, classifier):
     assert meta["max_sequence_length"] == MAX_LEN
     assert meta["vocabulary_size"] == VOCAB_SIZE
     assert meta["version"] == 1
-    assert meta["signatures"] == ["full_depth", "serve_budget", "serving_default"]
+    assert meta["signatures"] == ["full_depth", "serve_budget", "serve_one", "serving_default"]
     # Each weight stored once (tracking the Keras model too would double it).
     weights_bytes = sum(w.numpy().nbytes for w in classifier.weights)
     data = os.path.join(plain_export, "variables", "variables.data-00000-of-00001")
@@ -128,16 +137,17 @@ def test_fresh_process_signatures(fresh):
     info, _ = fresh
     assert info["modules"] == []  # Neither dact_tf, keras-hub nor TF Text.
     signatures = info["signatures"]
-    assert sorted(signatures) == ["full_depth", "serve_budget", "serving_default"]
+    assert sorted(signatures) == ["full_depth", "serve_budget", "serve_one", "serving_default"]
     for key in signatures:
-        expected = {k: ["int32", [None, None]] for k in INPUTS}
+        expected = {k: ["int32", [1 if key == "serve_one" else None, None]] for k in INPUTS}
         if key == "serve_budget":
             expected["max_layers"] = ["int32", [None]]
         assert signatures[key]["inputs"] == expected
+        batch = 1 if key == "serve_one" else None
         outputs = {
-            "probabilities": ["float32", [None, len(LABELS)]],
-            "predictions": ["int32", [None]],
-            "layers_executed": ["int32", [None]],
+            "probabilities": ["float32", [batch, len(LABELS)]],
+            "predictions": ["int32", [batch]],
+            "layers_executed": ["int32", [batch]],
         }
         if key == "serve_budget":
             outputs["exact"] = ["bool", [None]]
@@ -167,6 +177,12 @@ def test_fresh_process_matches_keras_and_exits_early(fresh, classifier, features
     assert (early_layers < NUM_LAYERS).any()
     assert len(np.unique(early_layers)) >= 2
     np.testing.assert_array_equal(out["single/layers_executed"], early_layers[:8])
+    # serve_one (the batch-1 graph) answers each row as serving_default does.
+    np.testing.assert_array_equal(out["one/layers_executed"], early_layers[:8])
+    np.testing.assert_array_equal(
+        out["one/predictions"], out["full_depth/predictions"][:8])
+    np.testing.assert_allclose(
+        out["one/probabilities"], out["serving_default/probabilities"][:8], atol=1e-5)
 
 
 def test_fresh_process_input_checks_survive_export(fresh):
@@ -291,7 +307,7 @@ def test_failed_export_leaves_no_version(plain_export, classifier, monkeypatch):
 
 def test_versions_increment_and_are_immutable(classifier, tmp_path, monkeypatch):
     def fake_save(obj, export_dir, signatures=None, options=None):
-        assert sorted(signatures) == ["full_depth", "serve_budget", "serving_default"]
+        assert sorted(signatures) == ["full_depth", "serve_budget", "serve_one", "serving_default"]
         with open(os.path.join(export_dir, "saved_model.pb"), "wb") as f:
             f.write(b"fake")
 
@@ -354,7 +370,7 @@ def test_vocabulary_written_with_text_export(text_export):
             assert f.read().splitlines() == small_vocabulary()
     meta = read_metadata(text_export)
     assert meta["signatures"] == [
-        "full_depth", "serve_budget", "serve_text", "serve_text_pair", "serving_default"
+        "full_depth", "serve_budget", "serve_one", "serve_text", "serve_text_pair", "serving_default"
     ]
     assert meta["text"]["sequence_length"] == MAX_LEN
     assert meta["text"]["special_tokens"] == {"cls": 2, "sep": 3, "pad": 0, "mask": 4}
@@ -428,7 +444,7 @@ def test_token_id_export_keeps_the_vocabulary_but_no_text_signature(classifier, 
     path = export_saved_model(classifier, str(tmp_path), tokenizer=small_tokenizer(),
                               text_pair=True, text_signatures=False)
     meta = read_metadata(path)
-    assert sorted(meta["signatures"]) == ["full_depth", "serve_budget", "serving_default"]
+    assert sorted(meta["signatures"]) == ["full_depth", "serve_budget", "serve_one", "serving_default"]
     vocab = os.path.join(path, "assets.extra", "vocab.txt")
     with open(vocab, encoding="utf-8") as f:
         assert len(f.read().splitlines()) == small_tokenizer().vocabulary_size()

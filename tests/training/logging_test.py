@@ -20,7 +20,7 @@ def _tags(directory):
 
 def test_only_the_newest_checkpoints_are_kept_and_scalars_are_logged_per_step(tmp_path):
     model_dir = tmp_path / "run"
-    data = train_lib.DataConfig(task="sst2", data_dir=builtin_sst2_dir(), max_seq_length=16,
+    data = train_lib.DataConfig(task="sst2", data_dir=builtin_sst2_dir(), sequence_length=16,
                                 max_train_examples=96, max_eval_examples=16, batch_size=16)
     train_lib.train(
         str(model_dir), data,
@@ -45,7 +45,7 @@ def test_only_the_newest_checkpoints_are_kept_and_scalars_are_logged_per_step(tm
 
 def test_keep_checkpoints_zero_writes_none(tmp_path):
     model_dir = tmp_path / "run"
-    data = train_lib.DataConfig(task="sst2", data_dir=builtin_sst2_dir(), max_seq_length=16,
+    data = train_lib.DataConfig(task="sst2", data_dir=builtin_sst2_dir(), sequence_length=16,
                                 max_train_examples=48, max_eval_examples=16, batch_size=16)
     train_lib.train(str(model_dir), data,
                     train_lib.ModelConfig(backbone="tiny", method="static"),

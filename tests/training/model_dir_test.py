@@ -15,7 +15,7 @@ from dact_tf.data import builtin_sst2_dir
 
 
 def _configs(**train):
-    data = train_lib.DataConfig(task="sst2", data_dir=builtin_sst2_dir(), max_seq_length=16,
+    data = train_lib.DataConfig(task="sst2", data_dir=builtin_sst2_dir(), sequence_length=16,
                                 max_train_examples=48, max_eval_examples=16, batch_size=16)
     model = train_lib.ModelConfig(backbone="tiny", method="static")
     values = dict(epochs=1, verbose=0, learning_rate=1e-3)

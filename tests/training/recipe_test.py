@@ -140,7 +140,7 @@ def test_keep_best_epoch_restores_the_best_weights_across_a_resume(tmp_path):
 
 
 def _data_config(**kwargs):
-    values = dict(task="sst2", data_dir=builtin_sst2_dir(), max_seq_length=16,
+    values = dict(task="sst2", data_dir=builtin_sst2_dir(), sequence_length=16,
                   max_train_examples=120, max_eval_examples=40, batch_size=16)
     values.update(kwargs)
     return train_lib.DataConfig(**values)

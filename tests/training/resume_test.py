@@ -17,7 +17,7 @@ from dact_tf.data import builtin_sst2_dir
 def _configs(**model):
     # 2-row batches: an epoch has more than the 50 batches between two
     # backups, so a mid-epoch backup exists (dact_tf's default, not patched).
-    data = train_lib.DataConfig(task="sst2", data_dir=builtin_sst2_dir(), max_seq_length=16,
+    data = train_lib.DataConfig(task="sst2", data_dir=builtin_sst2_dir(), sequence_length=16,
                                 max_train_examples=112, max_eval_examples=8, batch_size=2,
                                 max_holdout_examples=8)
     model = train_lib.ModelConfig(**{"backbone": "tiny", "method": "static", **model})
