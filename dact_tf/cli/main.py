@@ -233,64 +233,17 @@ def cmd_evaluate():
         train_lib.write_json(FLAGS.output_json, results)
 
 
-def _read_lines(path, pair_model):
-    """The rows of `--input_file`: one text a line (a pair model: two, tab-separated).
-
-    Args:
-        path: str, the file (UTF-8; a byte-order mark is dropped).
-        pair_model: bool, whether the model reads sentence pairs.
-
-    Returns:
-        `(texts, pairs)`: lists of str; `pairs` is None for a single-sentence
-        model.
-
-    Raises:
-        ValueError: an empty file, or a line that is empty, not UTF-8, or
-            holds the wrong number of sentences; the message names
-            `path:line`.
-        FileNotFoundError, IsADirectoryError: `path` is not a file.
-    """
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"--input_file {path} is a directory, not a file.")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--input_file {path} does not exist.")
-    texts, pairs = [], []
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start}).") from None
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                raise ValueError(f"{where}: empty line (one text a line).")
-            fields = line.split("\t")
-            if not pair_model:
-                if len(fields) > 1:
-                    raise ValueError(f"{where}: this model reads single sentences, but a tab "
-                                     "in the line gives a second one (it would be ignored).")
-                texts.append(line)
-                continue
-            if len(fields) != 2:
-                raise ValueError(f"{where}: this model reads sentence pairs: two sentences "
-                                 f"separated by one tab, got {len(fields)} field(s).")
-            for name, field in zip(("first", "second"), fields):
-                if not field.strip():
-                    raise ValueError(f"{where}: the {name} sentence of the pair is empty.")
-            texts.append(fields[0])
-            pairs.append(fields[1])
-    if not texts:
-        raise ValueError(f"{path}: the file is empty.")
-    return texts, (pairs if pair_model else None)
-
-
 def _predict_inputs(pair_model):
     """`(texts, pairs)` from `--text`/`--text_pair` or `--input_file`, checked."""
     if FLAGS.input_file and (FLAGS.text is not None or FLAGS.text_pair is not None):
         raise ValueError("predict reads --text (and --text_pair) or --input_file, not both.")
     if FLAGS.input_file:
-        return _read_lines(FLAGS.input_file, pair_model)
+        from dact_tf import prediction
+
+        try:
+            return prediction.read_text_file(FLAGS.input_file, pair_model)
+        except (FileNotFoundError, IsADirectoryError) as e:
+            raise type(e)(f"--input_file {e}") from None
     if FLAGS.text is None:
         raise ValueError("predict needs --text or --input_file.")
     if not FLAGS.text.strip():
@@ -309,32 +262,17 @@ def _predict_inputs(pair_model):
 
 
 def cmd_predict():
+    from dact_tf import prediction
     from dact_tf import train_lib
 
     model_dir = _require("model_dir")
     # The inputs are checked before the model loads (its config says pairs or not).
     texts, pairs = _predict_inputs(train_lib.is_pair_task(train_lib.read_config(model_dir)))
     model, preprocessor, config = _load_model()
-    import tensorflow as tf
-
-    rows_in = tf.data.Dataset.from_tensor_slices(
-        texts if pairs is None else (texts, pairs)).batch(FLAGS.batch_size)
-    # Pairs must go by keyword: positionally keras-hub reads the second as labels.
-    rows_in = rows_in.map(lambda *t: (preprocessor(x=t[0] if len(t) == 1 else t),
-                                      tf.zeros(tf.shape(t[0])[:1])))
-    out, _ = train_lib.predict_dataset(model, rows_in, verbose=int(len(texts) > FLAGS.batch_size))
-    rows = []
-    for i, text in enumerate(texts):
-        row = {"text": text, "layers_executed": int(out["layers_executed"][i]),
-               "num_layers": model.num_layers}
-        if model.task == "regression":
-            row["score"] = float(out["scores"][i])
-        else:
-            label = int(out["predictions"][i])
-            names = config.get("label_names")
-            row["label"] = names[label] if names else label
-            row["probability"] = float(out["probabilities"][i, label])
-        rows.append(row)
+    rows = prediction.predict_texts(
+        model, preprocessor, texts, pairs, label_names=config.get("label_names"),
+        batch_size=FLAGS.batch_size, verbose=int(len(texts) > FLAGS.batch_size))
+    for row in rows:
         print(json.dumps(row))
     if FLAGS.output_json:
         train_lib.write_json(FLAGS.output_json, rows)

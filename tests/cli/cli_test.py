@@ -121,28 +121,6 @@ def test_user_errors_exit_1_with_one_clear_message(trained, args, message):
     assert len(proc.stderr.strip().splitlines()) == 1 or args[0] != "predict", proc.stderr
 
 
-@pytest.mark.parametrize("content, pair_model, want", [
-    (b"\xef\xbb\xbfa fine film\r\nboring\n", False, (["a fine film", "boring"], None)),
-    (b"first\tsecond\n", True, (["first"], ["second"])),
-    (b"\tsecond\n", True, "pairs.txt:1: the first sentence of the pair is empty"),
-    (b"first\t \n", True, "pairs.txt:1: the second sentence of the pair is empty"),
-    (b"a\tb\nonly one\n", True, "pairs.txt:2: this model reads sentence pairs"),
-    (b"a\tb\tc\n", True, "got 3 field(s)"),
-    (b"\t\t\n", True, "pairs.txt:1: empty line"),
-    (b" \r\n", False, "pairs.txt:1: empty line"),
-])
-def test_predict_reads_one_row_a_line_or_names_the_line(tmp_path, content, pair_model, want):
-    from dact_tf.cli import main
-
-    path = tmp_path / "pairs.txt"
-    path.write_bytes(content)
-    if isinstance(want, tuple):
-        assert main._read_lines(str(path), pair_model) == want
-    else:
-        with pytest.raises(ValueError, match=want.replace("(", r"\(").replace(")", r"\)")):
-            main._read_lines(str(path), pair_model)
-
-
 def test_model_dir_of_another_run_is_refused(trained):
     root, model_dir = trained
     proc = dact_tf("train", "--task=sst2", f"--data_dir={builtin_sst2_dir()}",
