@@ -91,28 +91,37 @@ def test_segment_less_encoders_refuse_segment_ids():
         model(x)
 
 
-@pytest.mark.parametrize("name", ["roberta", "albert"])
+@pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_saved_model_and_tflite_exports(name, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
     model = _model(name)
     x = _inputs(model)
     expected = model(x)
+    assert len(np.unique(expected["layers_executed"])) >= 2  # varied exits
     path = saved_model.export_saved_model(model, str(tmp_path / "export"))
     loaded = tf.saved_model.load(path)
-    signature = loaded.signatures["serving_default"]
     feed = {k: tf.constant(np.asarray(v).astype("int32")) for k, v in x.items()}
-    assert set(signature.structured_input_signature[1]) == set(feed)
-    out = signature(**feed)
+    assert set(loaded.signatures["serving_default"].structured_input_signature[1]) == set(feed)
+    out = loaded.signatures["serving_default"](**feed)
     np.testing.assert_array_equal(out["predictions"], expected["predictions"])
     np.testing.assert_array_equal(out["layers_executed"], expected["layers_executed"])
+    # The guarantee in the export: early exit answers like full depth.
+    full = loaded.signatures["full_depth"](**feed)
+    np.testing.assert_array_equal(out["predictions"], full["predictions"])
+    # One row through the batch-1 graph.
+    one = loaded.signatures["serve_one"](**{k: v[:1] for k, v in feed.items()})
+    np.testing.assert_array_equal(one["layers_executed"], expected["layers_executed"][:1])
     assert set(saved_model.read_metadata(path)["inputs"]) == set(model.input_keys)
-    if name != "roberta":
-        return
-    from ai_edge_litert.interpreter import Interpreter
 
     lite = tflite.export_tflite(path, str(tmp_path / "m.tflite"))
-    runner = Interpreter(model_path=lite).get_signature_runner("serving_default")
-    out = runner(**{k: v.numpy() for k, v in feed.items()})
+    interpreter = Interpreter(model_path=lite)
+    arrays = {k: v.numpy() for k, v in feed.items()}
+    out = interpreter.get_signature_runner("serving_default")(**arrays)
     np.testing.assert_array_equal(out["predictions"], expected["predictions"])
+    np.testing.assert_array_equal(out["layers_executed"], expected["layers_executed"])
+    full = interpreter.get_signature_runner("full_depth")(**arrays)
+    np.testing.assert_array_equal(full["predictions"], expected["predictions"])
 
 
 def test_unknown_encoders_are_refused_with_the_way_to_add_them():
