@@ -36,6 +36,10 @@ PRECISIONS = ("none", "auto", "mixed_float16", "mixed_bfloat16")
 DEFAULT_WORKER_TIMEOUT = 300.0
 WORKER_TIMEOUT_ENV = "DACT_TF_WORKER_TIMEOUT"
 
+#: The cluster strategies made in this process, by name and cluster: one
+#: process holds one of each (see `get_strategy`).
+_CLUSTER_STRATEGIES = {}
+
 
 def get_strategy(name="default", tpu_address=None, worker_timeout=None):
     """A `tf.distribute.Strategy` from its command-line name.
@@ -56,7 +60,12 @@ def get_strategy(name="default", tpu_address=None, worker_timeout=None):
             and exits with status 1 (see `join_watchdog`).
 
     Returns:
-        A `tf.distribute.Strategy`.
+        A `tf.distribute.Strategy`. `"multi_worker_mirrored"` and `"tpu"`
+        give the same object on every call for the same cluster: a second
+        `MultiWorkerMirroredStrategy` in one process would start its
+        collective keys over and collide with the first one's (the two
+        stages of `dact-tf train` both train under it), and a TPU system
+        is initialized once.
 
     Raises:
         ValueError: an unknown name, a malformed `TF_CONFIG` or worker
@@ -76,15 +85,21 @@ def get_strategy(name="default", tpu_address=None, worker_timeout=None):
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker_mirrored":
         config = check_tf_config()
-        with join_watchdog(config, resolve_worker_timeout(worker_timeout)):
-            return tf.distribute.MultiWorkerMirroredStrategy()
-    try:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, tf.errors.OpError, RuntimeError) as e:
-        raise ValueError(f"No TPU found ({tpu_address or 'local'}): {e}") from None
-    return tf.distribute.TPUStrategy(resolver)
+        key = (name, json.dumps(config, sort_keys=True))
+        if key not in _CLUSTER_STRATEGIES:
+            with join_watchdog(config, resolve_worker_timeout(worker_timeout)):
+                _CLUSTER_STRATEGIES[key] = tf.distribute.MultiWorkerMirroredStrategy()
+        return _CLUSTER_STRATEGIES[key]
+    key = (name, tpu_address)
+    if key not in _CLUSTER_STRATEGIES:
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, tf.errors.OpError, RuntimeError) as e:
+            raise ValueError(f"No TPU found ({tpu_address or 'local'}): {e}") from None
+        _CLUSTER_STRATEGIES[key] = tf.distribute.TPUStrategy(resolver)
+    return _CLUSTER_STRATEGIES[key]
 
 
 def check_tf_config():

@@ -172,6 +172,10 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
             "DACT's --target_blocks is calibrated on held-out rows: set --holdout_fraction > 0, "
             "or --target_blocks=0 to let tau alone decide."
         )
+    strategy = distribute.get_strategy(
+        train_config.distribution_strategy, train_config.tpu_address,
+        worker_timeout=train_config.worker_timeout,
+    )  # one per process: stage 1's `train` gets this one too
     if dact and model_config.full_depth_stage and not model_config.init_from:
         stage1_dir = os.path.join(model_dir, STAGE1_DIR)
         if not os.path.exists(os.path.join(stage1_dir, MODEL_FILE)):
@@ -183,14 +187,17 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
         if train_config.verbose:
             print("Stage 2 of 2: DACT, from the stage-1 model")
         stored = _stored_model_config(model_config)
-        model_config = dataclasses.replace(model_config, init_from=stage1_dir)
+        stage1_model = stage1_dir
+        if not distribute.is_chief(strategy):
+            # A worker starts from its own stage-1 copy (the same weights):
+            # the chief may still be writing its own.
+            own = os.path.join(stage1_dir, "workers", distribute.worker_id(strategy))
+            if os.path.exists(os.path.join(own, MODEL_FILE)):
+                stage1_model = own
+        model_config = dataclasses.replace(model_config, init_from=stage1_model)
     else:
         stored = model_config
     num_classes, regression, label_names, _ = task_info(data_config)
-    strategy = distribute.get_strategy(
-        train_config.distribution_strategy, train_config.tpu_address,
-        worker_timeout=train_config.worker_timeout,
-    )
     if not distribute.is_chief(strategy):
         model_dir = os.path.join(model_dir, "workers", distribute.worker_id(strategy))
     os.makedirs(model_dir, exist_ok=True)
