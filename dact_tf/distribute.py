@@ -306,6 +306,34 @@ def worker_id(strategy=None):
     return f"{resolver.task_type}_{resolver.task_id}"
 
 
+def check_workers_agree(strategy, value, what):
+    """Raises unless every worker of a multi-worker cluster holds the same `value`.
+
+    A collective (every worker must call it, in the same order); a no-op for
+    single-process strategies.
+
+    Args:
+        strategy: the `tf.distribute.Strategy`.
+        value: a non-negative int below 10**7.
+        what: str, what `value` is, for the message.
+
+    Raises:
+        ValueError: the workers disagree.
+    """
+    if worker_id(strategy) is None:
+        return
+    value = float(value)
+    per_replica = strategy.run(lambda: tf.constant([value, value * value, 1.0], tf.float64))
+    total, squares, count = strategy.reduce("SUM", per_replica, axis=None).numpy()
+    # Equal values iff the variance is 0: count * sum(v^2) == sum(v)^2 (exact
+    # in float64 for these integers).
+    if count * squares != total * total:
+        raise ValueError(
+            f"The workers disagree on {what} (this {worker_id(strategy)}: {int(value)}, "
+            f"mean over the cluster {total / count:g}): every worker must see the chief's "
+            "--model_dir (a shared filesystem) to resume together.")
+
+
 def mixed_precision_policy(name="auto"):
     """The Keras dtype policy name for a `--mixed_precision` value.
 

@@ -83,16 +83,22 @@ class Backup(keras.callbacks.Callback):
         backup_dir: str, the folder of the backup (one per training stage).
         save_freq: int >= 1, batches between two backups.
         logs: paths of CSV logs appended once an epoch (history.csv, ...).
+        restore_dir: str or None, the backup to resume from when it is not
+            `backup_dir`'s own: a multi-worker cluster's workers resume from
+            the chief's (its weights are theirs; their own backups could
+            stop at another batch when the cluster was killed between two
+            writes).
     """
 
     STATE = "state.json"
 
-    def __init__(self, backup_dir, save_freq=BACKUP_EVERY, logs=()):
+    def __init__(self, backup_dir, save_freq=BACKUP_EVERY, logs=(), restore_dir=None):
         super().__init__()
         self.backup_dir = backup_dir
+        self.restore_dir = restore_dir or backup_dir
         self.save_freq = int(save_freq)
         self.logs = tuple(logs)
-        self.state = self.read_state(backup_dir)
+        self.state = self.read_state(self.restore_dir)
         self.start_epoch = self.state["epoch"] if self.state else 0
         self.start_batches = self.state["batches"] if self.state else 0
         self._epoch, self._batches, self._saved_at = self.start_epoch, self.start_batches, 0
@@ -169,13 +175,13 @@ class Backup(keras.callbacks.Callback):
             # restarts from here (and drops any log row written since).
             self._save()
             return
-        path = os.path.join(self.backup_dir, self.state["weights"])
+        path = os.path.join(self.restore_dir, self.state["weights"])
         try:
             self.model.load_weights(path)
         except (OSError, ValueError, KeyError) as e:
             raise ValueError(
                 f"{path}: the training backup is unreadable ({type(e).__name__}). "
-                f"Delete {self.backup_dir} to restart this training stage.") from None
+                f"Delete {self.restore_dir} to restart this training stage.") from None
         variables, values = self._rng_variables(), self.state["rng"]
         if len(values) == len(variables):
             for variable, value in zip(variables, values):
@@ -233,6 +239,12 @@ class Backup(keras.callbacks.Callback):
         for old in os.listdir(self.backup_dir):
             if old.endswith(".weights.h5") and old != name and not old.startswith(".tmp-"):
                 os.remove(os.path.join(self.backup_dir, old))
+
+
+    @property
+    def position(self):
+        """Where training resumes, as one int: `epoch * 10**5 + batches`."""
+        return self.start_epoch * 100_000 + self.start_batches
 
 
 class _OneRunCallbacks(keras.callbacks.CallbackList):

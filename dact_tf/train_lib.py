@@ -198,6 +198,8 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
     else:
         stored = model_config
     num_classes, regression, label_names, _ = task_info(data_config)
+    # A worker writes its own copy; it resumes from, and decides on, the chief's.
+    chief_dir = model_dir
     if not distribute.is_chief(strategy):
         model_dir = os.path.join(model_dir, "workers", distribute.worker_id(strategy))
     os.makedirs(model_dir, exist_ok=True)
@@ -248,7 +250,7 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
     total_steps = steps_per_epoch * train_config.epochs
     with strategy.scope():
         _compile(model, train_config, total_steps)
-    resuming = any(resume.Backup.read_state(os.path.join(model_dir, "backup" + resume.stage_suffix(stage)))
+    resuming = any(resume.Backup.read_state(os.path.join(chief_dir, "backup" + resume.stage_suffix(stage)))
                    for stage in (1, 2))
     if model_config.init_from and not resuming:
         # (A resumed run restores every weight from its backup.)
@@ -358,8 +360,11 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
     def _fit(stage):
         # One backup per stage (DeeBERT has two): a resumed run continues
         # the stage it was in, at the batch of its last backup.
-        backup = resume.Backup(os.path.join(model_dir, "backup" + resume.stage_suffix(stage)),
-                         save_freq=resume.BACKUP_EVERY, logs=logs)
+        name = "backup" + resume.stage_suffix(stage)
+        backup = resume.Backup(os.path.join(model_dir, name), save_freq=resume.BACKUP_EVERY,
+                               logs=logs, restore_dir=os.path.join(chief_dir, name))
+        distribute.check_workers_agree(strategy, backup.position,
+                                       f"where training stage {stage} resumes")
         return resume.fit_resumably(model, epoch_data, selection, train_config.epochs,
                               callbacks(stage, backup), backup, batches_per_epoch,
                               train_config.verbose)
@@ -368,7 +373,7 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
         # DeeBERT's stage 1 is plain full-depth fine-tuning: a model to
         # warm-start from already is that stage.
         history = _fit_two_stages(model, model_dir, train_config, fit, total_steps,
-                               stage1_done=bool(model_config.init_from))
+                                  stage1_done=bool(model_config.init_from), chief_dir=chief_dir)
     else:
         history = fit(1)
     if target is not None:
@@ -485,20 +490,24 @@ def _compile(model, train_config, total_steps):
     )
 
 
-def _fit_two_stages(model, model_dir, train_config, fit, total_steps, stage1_done=False):
+def _fit_two_stages(model, model_dir, train_config, fit, total_steps, stage1_done=False,
+                    chief_dir=None):
     """A two-stage method's training (DeeBERT); a finished first stage is never redone.
 
     Stage 1 trains the whole model on the last block's loss and saves
     `<method>_stage1.weights.h5` (atomically); stage 2
     (`model.start_second_stage()`: DeeBERT freezes the backbone and trains
-    the intermediate heads) runs with a fresh optimizer.
+    the intermediate heads) runs with a fresh optimizer. In a multi-worker
+    cluster the chief's file (in `chief_dir`) decides for every worker.
     """
-    stage1 = os.path.join(model_dir, f"{model.method}_stage1.weights.h5")
+    name = f"{model.method}_stage1.weights.h5"
+    stage1 = os.path.join(model_dir, name)
+    chief_stage1 = os.path.join(chief_dir or model_dir, name)
     history = {}
     if stage1_done:
         pass  # warm-started from a fine-tuned full-depth model
-    elif os.path.exists(stage1):
-        model.load_weights(stage1)
+    elif os.path.exists(chief_stage1):
+        model.load_weights(chief_stage1)
     else:
         history = {f"stage1_{k}": v for k, v in fit(1).items()}
         files.atomic_write(stage1, model.save_weights)

@@ -111,6 +111,67 @@ def test_multi_worker_mirrored_two_processes(tmp_path, full_depth_stage):
     assert (model_dir / "checkpoints" / "epoch_01.weights.h5").exists()
 
 
+def _start_workers(tmp_path, args, ports):
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(len(ports)):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        env = dict(os.environ, PYTHONPATH=REPO, TF_CONFIG=tf_config,
+                   DACT_TF_CACHE=str(tmp_path / f"cache{index}"))
+        procs.append(subprocess.Popen(
+            args, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / f"worker{index}.log", "a"),
+        ))
+    return procs
+
+
+@pytest.mark.large
+def test_a_killed_cluster_resumes_together_where_the_chief_stopped(tmp_path):
+    import signal
+
+    model_dir = tmp_path / "model"
+    args = [sys.executable, "-m", "dact_tf", "train", "--task=sst2",
+            f"--data_dir={builtin_sst2_dir()}", f"--model_dir={model_dir}",
+            "--backbone=tiny", "--sequence_length=16", "--max_train_examples=96",
+            "--max_eval_examples=32", "--batch_size=16", "--epochs=3",
+            "--full_depth_stage=false", "--distribution_strategy=multi_worker_mirrored"]
+    history = model_dir / "history.csv"
+
+    def epochs_logged():
+        return history.read_text().count("\n") - 1 if history.exists() else 0
+
+    procs = _start_workers(tmp_path, args, _free_ports(2))
+    try:
+        deadline = time.time() + 400
+        while epochs_logged() < 1 and time.time() < deadline and all(
+                p.poll() is None for p in procs):
+            time.sleep(0.1)
+        assert epochs_logged() >= 1, "epoch 0 did not finish before the deadline"
+        for p in procs:  # the whole cluster goes down
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        assert not (model_dir / "model.keras").exists()  # really interrupted
+        procs = _start_workers(tmp_path, args, _free_ports(2))
+        deadline = time.time() + 400
+        while time.time() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        codes = [p.poll() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    logs = [(tmp_path / f"worker{i}.log").read_text()[-2000:] for i in range(2)]
+    assert codes == [0, 0], logs
+    # Every epoch logged once, in order, and both workers end with the same weights.
+    epochs = [line.split(",")[0] for line in history.read_text().splitlines()[1:]]
+    assert epochs == ["0", "1", "2"], history.read_text()
+    chief = keras.models.load_model(model_dir / "model.keras")
+    other = keras.models.load_model(model_dir / "workers" / "worker_1" / "model.keras")
+    for a, b in zip(chief.get_weights(), other.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 @pytest.fixture
 def bfloat16_policy():
     previous = keras.config.dtype_policy()
