@@ -40,7 +40,7 @@ from dact_tf.export import saved_model as saved_model_lib
 
 QUANTIZE_MODES = ("none", "dynamic", "float16")
 TFLITE_SIGNATURES = (saved_model_lib.SERVING_DEFAULT, saved_model_lib.FULL_DEPTH,
-                     saved_model_lib.SERVE_BUDGET)
+                     saved_model_lib.SERVE_BUDGET, saved_model_lib.SERVE_ONE)
 
 _VARIABLE_OPS = ("VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE")
 _MAX_MESSAGE = 3000
@@ -56,9 +56,12 @@ def export_tflite(
 
     Converts the token-id signatures with
     `tf.lite.TFLiteConverter.from_saved_model`, builtin ops only: by default
-    `serving_default` (early exit), `full_depth` and `serve_budget` (the
+    `serving_default` (early exit), `full_depth`, `serve_budget` (the
     token-id inputs plus int32 `max_layers` `[batch]`, a per-row cap; adds
-    the bool output `exact`); the weights are stored once. If they do not
+    the bool output `exact`) and `serve_one` (one row, `[1, seq]`: the
+    blocks as a chain of `IF`s, no `WHILE` and no compaction; the fastest
+    way to answer one request at a time, same answers as
+    `serving_default`); the weights are stored once. If they do not
     convert together, `serving_default` alone is converted and a warning
     given. The result is checked before it is written:
 
@@ -246,7 +249,8 @@ def tflite_signatures(model):
 
     Example:
     ```python
-    tflite_signatures("/tmp/sst2.tflite")  # ["full_depth", "serve_budget", "serving_default"]
+    tflite_signatures("/tmp/sst2.tflite")
+    # ["full_depth", "serve_budget", "serve_one", "serving_default"]
     ```
     """
     fb = _schema().Model.GetRootAs(_read(model), 0)

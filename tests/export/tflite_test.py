@@ -52,7 +52,8 @@ def test_builtin_ops_only_with_while(tflite_files):
         assert not any(op.startswith("Flex") for op in ops), mode
         # The SavedModel's asserts are dropped (no Assert builtin).
         assert not any("ASSERT" in op.upper() for op in ops), mode
-        assert tflite_signatures(path) == sorted(SIGNATURES + ("serve_budget",)), mode
+        assert tflite_signatures(path) == sorted(
+            SIGNATURES + ("serve_budget", "serve_one")), mode
 
 
 def test_serve_budget_matches_the_saved_model(tflite_files, plain_export, features):
@@ -65,6 +66,21 @@ def test_serve_budget_matches_the_saved_model(tflite_files, plain_export, featur
         np.testing.assert_array_equal(got[key], want[key].numpy())
     np.testing.assert_allclose(got["probabilities"], want["probabilities"].numpy(), atol=1e-5)
     assert (got["layers_executed"] <= caps).all()
+
+
+def test_serve_one_answers_each_row_like_serving_default(tflite_files, features):
+    # The batch-1 IF chain against the same file's early-exit loop, row by
+    # row (both read the same weights: exact in every mode).
+    for mode, path in tflite_files.items():
+        interpreter = Interpreter(model_path=path)
+        one = interpreter.get_signature_runner("serve_one")
+        loop = interpreter.get_signature_runner("serving_default")
+        for i in range(len(features["token_ids"])):
+            row = {k: v[i:i + 1] for k, v in features.items()}
+            want, got = loop(**row), one(**row)
+            np.testing.assert_array_equal(got["layers_executed"], want["layers_executed"], mode)
+            np.testing.assert_array_equal(got["predictions"], want["predictions"], mode)
+            np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-5)
 
 
 def test_float32_matches_saved_model(tflite_files, features, saved_model_outputs):
