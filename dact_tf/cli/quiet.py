@@ -15,9 +15,11 @@ stderr, so the filter never holds them back.
 """
 
 import atexit
+import contextlib
 import os
 import re
 import sys
+import tempfile
 import threading
 import warnings
 
@@ -116,12 +118,60 @@ def install():
         os.dup2(write_fd, 2)
     except OSError:  # no usable stderr: leave it alone
         return
+    try:  # Room for bursts written while the thread waits for the GIL.
+        import fcntl
+
+        fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (ImportError, OSError):
+        pass
     thread = threading.Thread(target=_pump, args=(read_fd, real_fd), daemon=True,
                               name="dact-tf-stderr-filter")
     thread.start()
     _state.update(real_fd=real_fd, thread=thread, write_fd=write_fd)
     atexit.register(_restore)
     progress.set_default_stream(real_stderr)
+
+
+@contextlib.contextmanager
+def native_output_to_file():
+    """Sends fd 2 to a temporary file for a C++ call that holds the GIL.
+
+    The filter's thread needs the GIL to drain its pipe. A native call that
+    holds the GIL and writes more than the pipe holds (the TFLite converter
+    logs per function it lowers) would block forever on the full pipe while
+    the thread waits for the GIL. Inside this context fd 2 is a file; what
+    was written goes through the filter afterwards, in order. Without the
+    filter it does nothing.
+
+    Example:
+    ```python
+    with native_output_to_file():
+        content = converter.convert()
+    ```
+    """
+    if _state["thread"] is None:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(_state["write_fd"], 2)
+            held.seek(0)
+            while True:  # os.write releases the GIL: the thread drains as we go.
+                chunk = held.read(1 << 16)
+                if not chunk:
+                    break
+                os.write(2, chunk)
 
 
 def real_stderr_fd():

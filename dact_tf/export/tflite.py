@@ -35,6 +35,7 @@ import warnings
 import tensorflow as tf
 
 from dact_tf import files
+from dact_tf.cli import quiet
 
 from dact_tf.export import saved_model as saved_model_lib
 
@@ -183,7 +184,10 @@ def convert_saved_model(saved_model_dir, signatures=TFLITE_SIGNATURES, quantize=
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     try:
-        return converter.convert()
+        # The converter logs from C++ while holding the GIL: never into the
+        # command line's stderr filter pipe (it could fill and hang).
+        with quiet.native_output_to_file():
+            return converter.convert()
     except Exception as e:  # The converter's ConverterError is private.
         message = str(e)
         ops = _ops_in_converter_error(message)

@@ -71,3 +71,26 @@ def test_progress_prints_one_line_when_not_on_a_terminal():
     stream = io.StringIO()
     assert list(progress.iterate([1, 2], verbose=1, label="Counting", unit="rows")) == [1, 2]
     assert list(progress.iterate([1, 2], verbose=0, label="x")) == [1, 2]
+
+
+def test_native_output_written_while_holding_the_gil_does_not_hang():
+    # A C call that holds the GIL (PyDLL) writes far more than a pipe holds,
+    # as the TFLite converter does: inside native_output_to_file it lands in
+    # a file and reaches the filter afterwards (noise dropped, order kept).
+    script = textwrap.dedent("""
+        import ctypes, os
+        from dact_tf.cli import quiet
+        quiet.install()
+        os.write(2, b"--start--\\n")
+        libc = ctypes.PyDLL(None)  # PyDLL: the GIL stays held during the call
+        noise = %r + b"\\n"
+        burst = (b"kept line\\n" + noise) * 200000  # about 30 MB
+        with quiet.native_output_to_file():
+            assert libc.write(2, burst, len(burst)) == len(burst)
+        os.write(2, b"after")
+    """ % (NOISE[0],))
+    env = dict(os.environ, PYTHONPATH=REPO, DACT_TF_QUIET="0")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.split(b"--start--\n", 1)[1] == b"kept line\n" * 200000 + b"after"
