@@ -10,6 +10,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from dact_tf.export import check_tflite_model
 from dact_tf.export import convert_saved_model
+from dact_tf.export import export_saved_model
 from dact_tf.export import export_tflite
 from dact_tf.export import tflite_ops
 from dact_tf.export import tflite_signatures
@@ -221,3 +222,31 @@ def test_bad_arguments(plain_export, tmp_path):
     with pytest.raises(ValueError, match="signature"):
         export_tflite(plain_export, str(tmp_path / "x.tflite"), signatures=())
     assert os.listdir(tmp_path) == []
+
+
+def test_a_mixed_bfloat16_model_exports_in_float32_and_converts(tmp_path, features):
+    # Trained with --mixed_precision=mixed_bfloat16, a model keeps bfloat16
+    # layers; the TFLite converter has no bfloat16 kernels.
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = make_model(seed=3)
+        model({k: tf.constant(v) for k, v in features.items()})
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert model.backbone.compute_dtype == "bfloat16"
+    saved = export_saved_model(model, str(tmp_path / "sm"))
+    path = export_tflite(saved, str(tmp_path / "mixed.tflite"))
+    loaded = tf.saved_model.load(saved)
+    inputs = {k: tf.constant(v) for k, v in features.items()}
+    early = loaded.signatures["serving_default"](**inputs)
+    full = loaded.signatures["full_depth"](**inputs)
+    assert early["probabilities"].dtype == tf.float32
+    np.testing.assert_array_equal(early["predictions"].numpy(), full["predictions"].numpy())
+    got = _run(path, "serving_default", features)
+    np.testing.assert_array_equal(got["layers_executed"], early["layers_executed"].numpy())
+    np.testing.assert_allclose(got["probabilities"], early["probabilities"].numpy(), atol=1e-5)
+    # The float32 export answers like the bfloat16 model, to bfloat16's precision.
+    keras_out = model(inputs, full_depth=True)
+    np.testing.assert_allclose(
+        full["probabilities"].numpy(), keras.ops.convert_to_numpy(keras_out["probabilities"]),
+        atol=0.05)
