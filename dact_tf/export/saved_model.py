@@ -435,7 +435,7 @@ def float32_model(model):
         model: a built `DactClassifier` (or `DactTextClassifier`).
 
     Returns:
-        `model` if every layer already computes in float32, else a new model
+        `model` if no layer has a mixed-precision policy, else a new model
         built from its config with float32 policies and its weights.
 
     Example:
@@ -445,8 +445,11 @@ def float32_model(model):
     """
     import keras
 
-    if all(getattr(layer, "compute_dtype", "float32") == "float32"
-           for layer in model._flatten_layers(include_self=True)):
+    def mixed(layer):
+        policy = getattr(layer, "dtype_policy", None)
+        return str(getattr(policy, "name", "")).startswith("mixed_")
+
+    if not any(mixed(layer) for layer in model._flatten_layers(include_self=True)):
         return model
 
     def to_float32(obj):
