@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import shutil
+import warnings
 
 import keras
 import keras_hub
@@ -277,3 +278,54 @@ def copy_vocabulary(model_dir, target):
     if os.path.isdir(target):
         target = os.path.join(target, VOCAB_FILE)
     files.atomic_write(target, lambda tmp: shutil.copyfile(os.path.join(model_dir, VOCAB_FILE), tmp))
+
+
+def warm_start(model, source):
+    """Loads the weights of another trained model with the same architecture.
+
+    `source` is a model directory, a `.keras` file or a `.weights.h5` file,
+    e.g. a `--method=static` full-depth model: a warm-up stage of plain
+    fine-tuning before DACT training. Only a fresh run warm-starts; a
+    resumed one continues from its own backup.
+
+    Args:
+        model: the built, compiled `DactClassifier` to load into.
+        source: str, the `--init_from` path.
+
+    Raises:
+        FileNotFoundError: `source` does not exist.
+        ValueError: `source` is of another kind, unreadable (truncated,
+            corrupt) or from another architecture; the message names it.
+    """
+    if os.path.isdir(source):
+        source = os.path.join(source, MODEL_FILE)
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"--init_from {source} does not exist.")
+    if not source.endswith((".keras", ".weights.h5")) or os.path.isdir(source):
+        raise ValueError(f"--init_from {source}: expected a model directory, a .keras file or "
+                         "a .weights.h5 file.")
+    # tau and head_loss_weight are settings stored as variables: keep this
+    # run's, not the source's.
+    settings = (model.tau, model.head_loss_weight)
+    try:
+        with warnings.catch_warnings():
+            # A `.keras` file carries its optimizer's state, which a warm
+            # start does not want.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(source)
+    except ValueError as e:
+        raise ValueError(
+            f"--init_from {source}: its weights do not fit this model ({_first_line(e)}). It "
+            "must come from the same backbone, number of classes and blocks."
+        ) from e
+    except Exception as e:  # truncated or corrupt: zip, HDF5 and JSON errors of every kind
+        raise ValueError(
+            f"--init_from {source} is not a readable model file ({type(e).__name__}: "
+            f"{_first_line(e)}); it may be truncated: copy or train it again."
+        ) from e
+    model.tau, model.head_loss_weight = settings
+
+
+def _first_line(error, limit=200):
+    """The first line of an exception's message, at most `limit` characters."""
+    return (str(error).strip().splitlines() or [""])[0][:limit]

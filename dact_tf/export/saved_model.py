@@ -31,43 +31,17 @@ import tensorflow as tf
 
 from dact_tf import files
 
+from dact_tf.export import metadata
+from dact_tf.export.metadata import (  # noqa: F401 (public names)
+    ASSETS_EXTRA, CLASSIFICATION_OUTPUTS, FULL_DEPTH, INPUT_KEYS, METADATA_FILENAME,
+    REGRESSION_OUTPUTS, SERVE_BUDGET, SERVE_ONE, SERVE_TEXT, SERVE_TEXT_PAIR, SERVING_DEFAULT,
+    VOCABULARY_FILENAME, output_keys, read_metadata)
 from dact_tf.export.precision import float32_model
-from dact_tf.export.text import TextPacker
-from dact_tf.version import __version__
-
-METADATA_FILENAME = "dact_tf_metadata.json"
-VOCABULARY_FILENAME = "vocab.txt"
-ASSETS_EXTRA = "assets.extra"
-
-SERVING_DEFAULT = "serving_default"
-FULL_DEPTH = "full_depth"
-SERVE_TEXT = "serve_text"
-SERVE_BUDGET = "serve_budget"
-SERVE_ONE = "serve_one"
-SERVE_TEXT_PAIR = "serve_text_pair"
-
-INPUT_KEYS = ("token_ids", "padding_mask", "segment_ids")
-CLASSIFICATION_OUTPUTS = ("probabilities", "predictions", "layers_executed")
-REGRESSION_OUTPUTS = ("scores", "layers_executed")
+from dact_tf.export.text import make_packer
+from dact_tf.export.text import write_vocabulary
 
 _TMP_PREFIX = ".tmp-dact-export-"
 _VERSION_RE = re.compile(r"^[0-9]+$")
-
-
-def output_keys(task):
-    """The output names of every serving signature for `task`.
-
-    Args:
-        task: `"classification"` or `"regression"`.
-
-    Returns:
-        A tuple of str.
-
-    Example:
-    >>> output_keys("regression")
-    ('scores', 'layers_executed')
-    """
-    return REGRESSION_OUTPUTS if task == "regression" else CLASSIFICATION_OUTPUTS
 
 
 def existing_versions(export_dir_base):
@@ -215,7 +189,7 @@ def export_saved_model(
             raise ValueError(f"`version` must be >= 0, got {version}.")
     packer = None
     if tokenizer is not None:
-        packer = _make_packer(model, tokenizer, sequence_length, truncate)
+        packer = make_packer(model, tokenizer, sequence_length, truncate)
     elif text_pair:
         raise ValueError("`text_pair=True` needs a `tokenizer`.")
     vocabulary_only = None
@@ -238,7 +212,7 @@ def export_saved_model(
             extra = os.path.join(tmp_dir, ASSETS_EXTRA)
             os.makedirs(extra)
             path = os.path.join(extra, VOCABULARY_FILENAME)
-            _write_vocabulary(packer.tokenizer if packer else vocabulary_only, path)
+            write_vocabulary(packer.tokenizer if packer else vocabulary_only, path)
             if packer is not None:
                 vocabulary_file = path
         module, signatures = build_serving_module(
@@ -364,7 +338,7 @@ def build_serving_module(
         vocabulary_file = os.path.join(
             tempfile.mkdtemp(prefix="dact_vocab_"), VOCABULARY_FILENAME
         )
-        _write_vocabulary(packer.tokenizer, vocabulary_file)
+        write_vocabulary(packer.tokenizer, vocabulary_file)
     module.vocabulary_file = tf.saved_model.Asset(vocabulary_file)
 
     def run_text(segments):
@@ -393,26 +367,6 @@ def build_serving_module(
         )
         signatures[SERVE_TEXT_PAIR] = module.predict_text_pair
     return module, signatures
-
-
-def read_metadata(saved_model_dir):
-    """Reads `assets.extra/dact_tf_metadata.json` of an export.
-
-    Args:
-        saved_model_dir: str, a version folder written by
-            `export_saved_model`.
-
-    Returns:
-        dict.
-
-    Example:
-    ```python
-    read_metadata("/models/sst2/1")["label_names"]  # ["negative", "positive"]
-    ```
-    """
-    path = os.path.join(saved_model_dir, ASSETS_EXTRA, METADATA_FILENAME)
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 # ----------------------------------------------------------------------------
@@ -447,102 +401,6 @@ def _raw_variables(model):
     return out
 
 
-def _make_packer(model, tokenizer, sequence_length, truncate):
-    max_len = int(model.backbone.max_sequence_length)
-    if hasattr(tokenizer, "tokenizer") and hasattr(tokenizer, "sequence_length"):
-        # A keras-hub preprocessor: take its tokenizer and settings.
-        given = tokenizer
-        tokenizer = given.tokenizer
-        if sequence_length is not None and int(sequence_length) != int(
-            given.sequence_length
-        ):
-            raise ValueError(
-                f"`sequence_length` {sequence_length} differs from the "
-                f"preprocessor's {given.sequence_length}."
-            )
-        sequence_length = given.sequence_length
-        truncate = getattr(given, "truncate", truncate)
-    needed = ("get_vocabulary", "cls_token_id", "sep_token_id", "pad_token_id")
-    missing = [a for a in needed if not hasattr(tokenizer, a)]
-    if missing:
-        raise TypeError(
-            "`tokenizer` must be a keras_hub BertTokenizer or a "
-            f"BertTextClassifierPreprocessor; {type(tokenizer).__name__} "
-            f"lacks {missing}."
-        )
-    length = int(sequence_length or max_len)
-    if not 3 <= length <= max_len:
-        raise ValueError(
-            f"`sequence_length` must be in [3, {max_len}] (the backbone's "
-            f"max_sequence_length), got {length}."
-        )
-    vocab_size = int(tokenizer.vocabulary_size())
-    if vocab_size > model.vocabulary_size:
-        raise ValueError(
-            f"The tokenizer has {vocab_size} tokens but the backbone embeds "
-            f"only {model.vocabulary_size}."
-        )
-    return TextPacker(tokenizer, length, truncate)
-
-
-def _write_vocabulary(tokenizer, path):
-    vocab = tokenizer.get_vocabulary()
-    bad = [t for t in vocab if "\n" in t or "\r" in t]
-    if bad:
-        raise ValueError(f"Tokens with line breaks cannot be written: {bad[:3]}")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(vocab) + "\n")
-
-
-def _metadata(model, version, packer, signatures):
-    backbone = model.backbone
-    meta = {
-        "format": "dact_tf SavedModel",
-        "dact_tf_version": __version__,
-        "tensorflow_version": tf.__version__,
-        "version": int(version),
-        "task": model.task,
-        "num_classes": int(model.num_classes),
-        "label_names": model.label_names,
-        "output_range": model.output_range,
-        "num_layers": int(model.num_layers),
-        "max_sequence_length": int(backbone.max_sequence_length),
-        "vocabulary_size": model.vocabulary_size,
-        "num_segments": model.num_segments,
-        "method": model.method,
-        "exit": model.exit_criterion.get_config(),
-        # Before exit methods were objects the only exit setting listed.
-        "halting_rule": getattr(model.exit_criterion, "halting_rule", None),
-        "signatures": sorted(signatures),
-        "inputs": {k: "int32 [batch, seq]" for k in INPUT_KEYS if k in model.input_keys},
-        "outputs": list(output_keys(model.task)),
-        "input_checks": {
-            "saved_model": [
-                "0 <= token_ids < vocabulary_size",
-                "seq <= max_sequence_length",
-                "padding_mask, segment_ids shaped like token_ids",
-                "batch >= 1",
-            ],
-            "tflite": "none (no Assert builtin): validate inputs in the app",
-        },
-    }
-    if packer is not None:
-        tok = packer.tokenizer
-        meta["text"] = {
-            "vocabulary_file": f"{ASSETS_EXTRA}/{VOCABULARY_FILENAME}",
-            "sequence_length": int(packer.sequence_length),
-            "truncate": packer.truncate,
-            "lowercase": bool(getattr(tok, "lowercase", False)),
-            "strip_accents": bool(getattr(tok, "strip_accents", False)),
-            "special_tokens": {
-                name: getattr(tok, f"{name}_token_id", None)
-                for name in ("cls", "sep", "pad", "mask")
-            },
-            "needs": "import tensorflow_text before tf.saved_model.load",
-        }
-    return meta
-
-
 def _commit(tmp_dir, export_dir_base, version, model, packer, signatures):
     """Writes the metadata into `tmp_dir` and renames it to the version folder.
 
@@ -559,7 +417,7 @@ def _commit(tmp_dir, export_dir_base, version, model, packer, signatures):
             ]
             version = max(taken) + 1 if taken else 1
         with open(os.path.join(extra, METADATA_FILENAME), "w", encoding="utf-8") as f:
-            json.dump(_metadata(model, version, packer, signatures), f, indent=2)
+            json.dump(metadata.build(model, version, packer, signatures), f, indent=2)
         target = os.path.join(export_dir_base, str(version))
         if os.path.lexists(target):
             if explicit:

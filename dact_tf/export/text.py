@@ -135,3 +135,70 @@ class TextPacker:
                 first, tf.maximum((budget + 1) // 2, budget - second)
             )
         return [keep_first, tf.minimum(second, budget - keep_first)]
+
+
+def make_packer(model, tokenizer, sequence_length, truncate):
+    """A `TextPacker` for `model` from a keras-hub tokenizer or preprocessor.
+
+    Args:
+        model: the `DactClassifier` being exported.
+        tokenizer: a keras-hub `BertTokenizer`, or a
+            `BertTextClassifierPreprocessor` (its tokenizer, sequence length
+            and truncation are taken).
+        sequence_length: int or None (the preprocessor's, else the
+            backbone's `max_sequence_length`).
+        truncate: one of `TRUNCATE_MODES`.
+
+    Returns:
+        A `TextPacker`.
+
+    Raises:
+        TypeError / ValueError: a tokenizer without a vocabulary and special
+            tokens, a length outside [3, the backbone's positions], or more
+            tokens than the backbone embeds.
+    """
+    max_len = int(model.backbone.max_sequence_length)
+    if hasattr(tokenizer, "tokenizer") and hasattr(tokenizer, "sequence_length"):
+        # A keras-hub preprocessor: take its tokenizer and settings.
+        given = tokenizer
+        tokenizer = given.tokenizer
+        if sequence_length is not None and int(sequence_length) != int(
+            given.sequence_length
+        ):
+            raise ValueError(
+                f"`sequence_length` {sequence_length} differs from the "
+                f"preprocessor's {given.sequence_length}."
+            )
+        sequence_length = given.sequence_length
+        truncate = getattr(given, "truncate", truncate)
+    needed = ("get_vocabulary", "cls_token_id", "sep_token_id", "pad_token_id")
+    missing = [a for a in needed if not hasattr(tokenizer, a)]
+    if missing:
+        raise TypeError(
+            "`tokenizer` must be a keras_hub BertTokenizer or a "
+            f"BertTextClassifierPreprocessor; {type(tokenizer).__name__} "
+            f"lacks {missing}."
+        )
+    length = int(sequence_length or max_len)
+    if not 3 <= length <= max_len:
+        raise ValueError(
+            f"`sequence_length` must be in [3, {max_len}] (the backbone's "
+            f"max_sequence_length), got {length}."
+        )
+    vocab_size = int(tokenizer.vocabulary_size())
+    if vocab_size > model.vocabulary_size:
+        raise ValueError(
+            f"The tokenizer has {vocab_size} tokens but the backbone embeds "
+            f"only {model.vocabulary_size}."
+        )
+    return TextPacker(tokenizer, length, truncate)
+
+
+def write_vocabulary(tokenizer, path):
+    """Writes `tokenizer`'s vocabulary to `path`, one token a line (TF Serving's asset)."""
+    vocab = tokenizer.get_vocabulary()
+    bad = [t for t in vocab if "\n" in t or "\r" in t]
+    if bad:
+        raise ValueError(f"Tokens with line breaks cannot be written: {bad[:3]}")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(vocab) + "\n")

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from dact_tf import model_dir as model_dir_lib
 from dact_tf import train_lib
 from dact_tf.models import backbones
 from dact_tf.models.dact_classifier import DactClassifier
@@ -47,19 +48,19 @@ def test_a_truncated_or_corrupt_init_from_names_the_file(tiny_model, tmp_path):
     for what, path in cases.items():
         source = tmp_path / "dir" if what == "model dir" else path
         with pytest.raises(ValueError, match="not a readable model file") as error:
-            train_lib._warm_start(tiny_model, str(source))
+            model_dir_lib.warm_start(tiny_model, str(source))
         assert str(path) in str(error.value), what
         assert len(str(error.value).splitlines()) == 1
     # The intact files still load.
     for name in ("good.weights.h5", "good.keras"):
-        train_lib._warm_start(tiny_model, str(tmp_path / name))
+        model_dir_lib.warm_start(tiny_model, str(tmp_path / name))
 
 
 def test_an_init_from_of_another_kind_is_refused_by_name(tiny_model, tmp_path):
     other = tmp_path / "weights.txt"
     other.write_text("not weights")
     with pytest.raises(ValueError, match=r"weights\.txt: expected a model directory"):
-        train_lib._warm_start(tiny_model, str(other))
+        model_dir_lib.warm_start(tiny_model, str(other))
 
 
 # ------------------------------------------------------------ dact_config.json
