@@ -1,7 +1,5 @@
 """DactClassifier: a keras-hub encoder backbone with DACT heads and early exit."""
 
-import contextlib
-
 import keras
 import tensorflow as tf
 
@@ -11,10 +9,11 @@ from dact_tf.layers.dact_encoder import DactEncoder
 from dact_tf.layers.dact_encoder import legacy_exit_config
 from dact_tf.models import encoders
 from dact_tf.models import inputs as inputs_lib
+from dact_tf.models.trainer_fixes import TrainerFixes
 
 
 @keras.saving.register_keras_serializable(package="dact_tf")
-class DactClassifier(keras.Model):
+class DactClassifier(TrainerFixes, keras.Model):
     """A Transformer classifier (or bounded regressor) that thinks only as long as needed.
 
     The keras-hub backbone's embeddings and Transformer blocks run
@@ -466,42 +465,6 @@ class DactClassifier(keras.Model):
         return super().compute_metrics(
             x, y, self._main_output(y_pred), sample_weight=sample_weight
         )
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Under a tf.distribute strategy Keras builds its metrics from the
-        # first batch averaged across replicas, which fails on the boolean
-        # `padding_mask` (AddN has no bool kernel). One replica's batch has
-        # the same structure and shapes, which is all the build needs.
-        strategy = getattr(self, "_distribute_strategy", None)
-        if iterator is None or strategy is None:
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        for _, _, it in iterator:
-            data_batch = tf.nest.map_structure(
-                lambda v: strategy.experimental_local_results(v)[0]
-                if isinstance(v, tf.distribute.DistributedValues)
-                else v,
-                next(it),
-            )
-            break
-        return super()._maybe_symbolic_build(data_batch=data_batch)
-
-    @contextlib.contextmanager
-    def _without_jit(self):
-        jit = self._jit_compile
-        self._jit_compile = False
-        try:
-            yield
-        finally:
-            self._jit_compile = jit
-
-    def make_test_function(self, force=False):
-        # The early-exit loop has data-dependent shapes: never XLA.
-        with self._without_jit():
-            return super().make_test_function(force=force)
-
-    def make_predict_function(self, force=False):
-        with self._without_jit():
-            return super().make_predict_function(force=force)
 
     # --------------------------------------------------------------- config
 
