@@ -395,6 +395,9 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
         path = os.path.join(model_dir, name, "best.weights.h5")
         if (name == "best" or name.startswith("best_stage")) and os.path.exists(path):
             os.remove(path)
+    # A cluster's workers leave together (a no-op in one process): none ends,
+    # and takes its part of the cluster away, while another still writes.
+    distribute.check_workers_agree(strategy, 0, "the end of training")
     return model, preprocessor, history
 
 

@@ -180,6 +180,23 @@ def cmd_train():
     model, _, history = train_lib.train(model_dir, _data_config(), model_config, train_config)
     if history:
         print(f"Trained model written to {model_dir} ({model.num_layers} blocks).")
+    if FLAGS.distribution_strategy == "multi_worker_mirrored":
+        # Everything is written (atomically) and the workers have met for
+        # the last time. TensorFlow's teardown of a multi-worker process can
+        # deadlock: destroying a tf.data iterator waits for a pipeline
+        # thread that needs the GIL the destructor holds (seen, with native
+        # stacks, when a resumed cluster had finished). Leave without it.
+        _exit_now(0)
+
+
+def _exit_now(code):
+    """Flushes stdout and stderr, then ends the process without Python's teardown."""
+    from dact_tf.cli import quiet
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    quiet.restore()
+    os._exit(code)
 
 
 def _load_model():

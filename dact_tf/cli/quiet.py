@@ -72,6 +72,7 @@ def _pump(read_fd, real_fd):
 
 
 def _restore():
+    """Flushes the filter and gives fd 2 back to the real stderr (idempotent)."""
     thread = _state["thread"]
     if thread is None:
         return
@@ -83,6 +84,9 @@ def _restore():
     os.close(_state["write_fd"])
     thread.join(timeout=5)
     _state["thread"] = None
+
+
+restore = _restore
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

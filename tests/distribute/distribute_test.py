@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -151,6 +152,13 @@ def test_a_killed_cluster_resumes_together_where_the_chief_stopped(tmp_path):
             p.send_signal(signal.SIGKILL)
             p.wait()
         assert not (model_dir / "model.keras").exists()  # really interrupted
+        # Worker 1 lost its own backup (killed before it landed, or another
+        # machine's disk): it must resume from the chief's, not from scratch,
+        # or the two would train different steps and their collectives
+        # would never meet.
+        own_backup = model_dir / "workers" / "worker_1" / "backup"
+        assert (model_dir / "backup").is_dir() and own_backup.is_dir()
+        shutil.rmtree(own_backup)
         procs = _start_workers(tmp_path, args, _free_ports(2))
         deadline = time.time() + 400
         while time.time() < deadline and any(p.poll() is None for p in procs):
