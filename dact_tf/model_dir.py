@@ -222,9 +222,9 @@ def load_model_dir(model_dir):
     try:
         model = keras.models.load_model(model_path, safe_mode=True)
     except Exception as e:  # a truncated or foreign file: zip, h5 or config errors
-        first = (str(e).strip().splitlines() or [""])[0][:200]
         raise ValueError(
-            f"{model_path} is not a readable dact_tf model ({type(e).__name__}: {first}). "
+            f"{model_path} is not a readable dact_tf model ({type(e).__name__}: "
+            f"{_first_line(e)}). "
             "Train it again (delete the folder), or restore the file."
         ) from None
     _check_model_matches(model, config, model_path)

@@ -71,22 +71,25 @@ def _pump(read_fd, real_fd):
     os.close(read_fd)
 
 
-def _restore():
-    """Flushes the filter and gives fd 2 back to the real stderr (idempotent)."""
-    thread = _state["thread"]
-    if thread is None:
-        return
+def _flush_stderr():
+    """Flushes Python's stderr buffer; a closed or broken stderr is left alone."""
     try:
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
+
+
+def restore():
+    """Flushes the filter and gives fd 2 back to the real stderr (idempotent)."""
+    thread = _state["thread"]
+    if thread is None:
+        return
+    _flush_stderr()
     os.dup2(_state["real_fd"], 2)
     os.close(_state["write_fd"])
     thread.join(timeout=5)
     _state["thread"] = None
 
-
-restore = _restore
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -132,7 +135,7 @@ def install():
                               name="dact-tf-stderr-filter")
     thread.start()
     _state.update(real_fd=real_fd, thread=thread, write_fd=write_fd)
-    atexit.register(_restore)
+    atexit.register(restore)
     progress.set_default_stream(real_stderr)
 
 
@@ -156,19 +159,13 @@ def native_output_to_file():
     if _state["thread"] is None:
         yield
         return
-    try:
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+    _flush_stderr()
     with tempfile.TemporaryFile() as held:
         os.dup2(held.fileno(), 2)
         try:
             yield
         finally:
-            try:
-                sys.stderr.flush()
-            except (OSError, ValueError):
-                pass
+            _flush_stderr()
             os.dup2(_state["write_fd"], 2)
             held.seek(0)
             while True:  # os.write releases the GIL: the thread drains as we go.
