@@ -66,7 +66,8 @@ class DactEncoder(keras.layers.Layer):
         halting_confidence: float, classification only: 0 (the paper's
             halting units) or the initial weight with which each halting
             unit also reads its answer's confidence (see `DactHeads`).
-        head_dropout: float, dropout on the first-token vector in training.
+        dropout: float, dropout on the pooled vector the heads read, in
+            training (the model's `dropout`).
         tau: float >= 0, the weight of the ponder cost. Stored in a
             non-trainable variable so callbacks can change it during `fit`.
         regression_tolerance: float > 0, the largest change of a regression
@@ -126,7 +127,7 @@ class DactEncoder(keras.layers.Layer):
         shared_heads=False,
         halting_bias=2.0,
         halting_confidence=0.0,
-        head_dropout=0.0,
+        dropout=0.0,
         tau=1e-3,
         regression_tolerance=0.05,
         pooling="cls",
@@ -167,7 +168,7 @@ class DactEncoder(keras.layers.Layer):
         self.shared_heads = bool(shared_heads)
         self.halting_bias = float(halting_bias)
         self.halting_confidence = float(halting_confidence)
-        self.head_dropout = float(head_dropout)
+        self.dropout = float(dropout)
         self.initial_tau = float(tau)
         self.regression_tolerance = float(regression_tolerance)
         self.pooling = pooling
@@ -183,7 +184,7 @@ class DactEncoder(keras.layers.Layer):
             output_range=output_range,
             halting_bias=halting_bias,
             halting_confidence=halting_confidence,
-            dropout=head_dropout,
+            dropout=self.dropout,
             name="heads",
         )
 
@@ -429,7 +430,7 @@ class DactEncoder(keras.layers.Layer):
                 "shared_heads": self.shared_heads,
                 "halting_bias": self.halting_bias,
                 "halting_confidence": self.halting_confidence,
-                "head_dropout": self.head_dropout,
+                "dropout": self.dropout,
                 "tau": self.initial_tau,
                 "regression_tolerance": self.regression_tolerance,
                 "pooling": self.pooling,
@@ -442,6 +443,8 @@ class DactEncoder(keras.layers.Layer):
     def from_config(cls, config):
         config = dict(config)
         config["blocks"] = [keras.layers.deserialize(b) for b in config["blocks"]]
+        if "head_dropout" in config:  # the name before one name per concept
+            config["dropout"] = config.pop("head_dropout")
         return cls(**legacy_exit_config(config))
 
 

@@ -201,7 +201,7 @@ class DactClassifier(TrainerFixes, keras.Model):
             shared_heads=shared_heads,
             halting_bias=halting_bias,
             halting_confidence=halting_confidence,
-            head_dropout=dropout,
+            dropout=dropout,
             tau=tau,
             halting_rule=halting_rule,
             halting_margin=halting_margin,

@@ -175,6 +175,15 @@ def test_serialization_round_trip(shared):
     assert len(config["blocks"]) == LAYERS
 
 
+def test_a_config_written_with_the_old_head_dropout_name_loads():
+    encoder = make_encoder(9, dropout=0.25)
+    config = encoder.get_config()
+    assert config["dropout"] == 0.25 and "head_dropout" not in config
+    config["head_dropout"] = config.pop("dropout")  # as models saved before the rename
+    restored = type(encoder).from_config(config)
+    assert restored.dropout == 0.25 and restored.heads.dropout == 0.25
+
+
 def test_bad_inputs_get_clear_errors():
     encoder = make_encoder(10)
     x, mask = random_inputs(4, 10)
