@@ -11,10 +11,19 @@ of `tf.cond`s, one per block. TensorFlow can run a `tf.cond` in two ways:
   costs nothing, but every `If` pays a function call and its branch bodies
   are optimized apart from the caller.
 
-This script exports the same trained model three times (shipped: every cond
-lowered; `chain_functional`: only the chain's conds kept as functional `If`s;
-`all_functional`: no cond or loop lowered anywhere), loads the three
-SavedModels in one process and times `serving_default`, `serve_one` and
+A third way avoids both costs: a `tf.while_loop` whose body is one block's
+graph, run with the weights of block `n` picked by resource handle (no copy),
+so the graph holds one block however deep the encoder and a skipped block is
+never visited (`block_selector`, `one_row_loop_forward` below; they stay in
+this script because they measured no better).
+
+This script exports the same trained model up to six times (shipped: every
+cond lowered; `one_row_loop`: the batch-1 chain replaced by that loop;
+`loop_selector`: the batched loop's block picked by handle instead of a tree
+of conds, which also shrinks the dead branch `serving_default` walks at batch
+1; `all_selector`: both; `chain_functional`: only the chain's conds kept as
+functional `If`s; `all_functional`: no cond or loop lowered anywhere), loads
+the SavedModels in one process and times `serving_default`, `serve_one` and
 `full_depth` of each on the same batch-1 dev sentences, the calls
 interleaved in random order (medians of `--reps` calls per sentence, after a
 warm-up). Ratios are taken within one export: early exit vs its own
@@ -43,7 +52,7 @@ from benchmarks import bench_utils  # noqa: E402
 from benchmarks import export_benchmark  # noqa: E402  (its --model_dir, data flags)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VARIANTS = ("shipped", "chain_functional", "all_functional")
+VARIANTS = ("shipped", "one_row_loop", "loop_selector", "all_selector", "chain_functional", "all_functional")
 EARLY = ("serving_default", "serve_one")
 
 flags.DEFINE_integer("sentences", 150, "Dev sentences timed (drawn at random, seed 0).")
@@ -67,6 +76,111 @@ def _lowering(enabled):
         cfu._DISABLE_LOWER_USING_SWITCH_MERGE = before
 
 
+# The experimental paths (not in the library: they measured no better).
+
+def block_selector(encoder):
+    """One block's graph that runs any block, or None where the blocks differ.
+
+    Returns `select(index)` (for one call of the encoder), which returns
+    `run(x, padding_mask)`: block `index` (a scalar tensor) computed by block
+    0's layer with block `index`'s weights. The weights are picked by
+    resource handle (`ReadVariableOp` of a gathered handle), so nothing is
+    copied and the live variables are read. A graph that runs it in a
+    `tf.while_loop` holds one block however deep the encoder, so blocks a
+    row skips are never visited, where a chain of lowered `tf.cond`s still
+    walks every skipped node as "dead" (about 0.6 ms a block at batch 1 on
+    a 2-core CPU, `benchmarks/CONTROL_FLOW_RESULTS.md`).
+
+    None unless every block has block 0's class, config (but its name) and
+    variable shapes: the caller then keeps the chain of conds. TFLite
+    freezes variables into constants and has no resource handles, so its
+    conversion keeps the chain too.
+    """
+    import tensorflow as tf
+
+    blocks = list(encoder.blocks)
+    template = blocks[0]
+
+    def signature(block):
+        config = dict(block.get_config())
+        config.pop("name", None)
+        return (type(block), repr(sorted(config.items())),
+                [(tuple(v.shape), str(v.dtype)) for v in block.trainable_variables],
+                len(block.non_trainable_variables))
+
+    first = signature(template)
+    if not template.trainable_variables or any(signature(b) != first for b in blocks[1:]):
+        return None
+    weights = template.trainable_variables
+    handles = [tf.stack([b.trainable_variables[i].handle for b in blocks])
+               for i in range(len(weights))]
+    # Non-trainable state of a block (dropout seeds) is unused at inference.
+    fixed = [tf.convert_to_tensor(v) for v in template.non_trainable_variables]
+
+    def select(index):
+        values = [
+            tf.ensure_shape(
+                tf.raw_ops.ReadVariableOp(resource=h[index], dtype=tf.as_dtype(w.dtype)),
+                w.shape)
+            for h, w in zip(handles, weights)
+        ]
+
+        def run(x, padding_mask):
+            # `stateless_call` skips `__call__`'s cast of the inputs.
+            x = tf.cast(x, template.compute_dtype)
+            out, _ = template.stateless_call(
+                values, fixed, x, padding_mask=padding_mask, training=False)
+            return out
+
+        return run
+
+    return select
+
+
+def one_row_loop_forward(encoder, inputs, padding_mask, max_layers=None, select=None):
+    """Early exit for a batch of one row in a `tf.while_loop` over one block's graph.
+
+    The `chain_forward` answers, from a loop whose body is one block
+    (`block_selector`): the loop stops after the block where the row
+    stops, and no skipped block is in the graph to be walked. `select`
+    defaults to `block_selector(encoder)` (which must not be None).
+    """
+    import tensorflow as tf
+
+    from dact_tf import ops
+
+    num_layers, c = encoder.num_layers, encoder.num_outputs
+    criterion, context = encoder.exit_criterion, encoder.exit_context
+    select = select or block_selector(encoder)
+    inputs = tf.cast(inputs, encoder.blocks[0].compute_dtype)
+    batch_size = tf.shape(inputs)[0]
+    answer, _ = ops.initial_state(batch_size, c)
+    carried = (tf.constant(0, tf.int32), inputs, answer,
+               criterion.initial_state(batch_size, context),
+               tf.constant(False), tf.constant(False))
+
+    def body(n, hidden, answer, state, stop, exact):
+        del stop, exact
+        remaining = num_layers - 1 - n
+        hidden = select(n)(hidden, padding_mask)
+        y, h = encoder.heads(encoder._pool(hidden, padding_mask), layer_index=n)
+        answer, state, halts = criterion.step(y, h, answer, state, remaining, context)
+        done = tf.logical_or(tf.reduce_all(halts), remaining <= 0)
+        stop = done
+        if max_layers is not None:
+            stop = tf.logical_or(done, n + 1 >= max_layers[0])
+        return n + 1, hidden, answer, state, stop, done
+
+    layers, _, answer, state, _, exact = tf.while_loop(
+        lambda n, hidden, answer, state, stop, exact: tf.logical_not(stop),
+        body, carried, maximum_iterations=num_layers)
+    result = encoder._outputs(answer, tf.fill([batch_size], layers),
+                              criterion.ponder_cost(state))
+    if max_layers is not None:
+        result["exact"] = tf.fill([batch_size], exact)
+    return result
+
+
 def export_variant(model, variant, path):
     from dact_tf.export import export_saved_model
     from dact_tf.layers import early_exit
@@ -77,13 +191,26 @@ def export_variant(model, variant, path):
         with _lowering(False):
             return shipped_chain(*args, **kwargs)
 
+    def one_row_loop(encoder, inputs, padding_mask, max_layers=None):
+        return one_row_loop_forward(encoder, inputs, padding_mask, max_layers)
+
     if variant == "chain_functional":
         early_exit.chain_forward = functional_chain
+    shipped_run_block = early_exit.run_block
+
+    def selector_run_block(encoder, index, x, padding_mask):
+        return block_selector(encoder)(index)(x, padding_mask)
+
+    if variant in ("one_row_loop", "all_selector"):
+        early_exit.chain_forward = one_row_loop
+    if variant in ("loop_selector", "all_selector"):
+        early_exit.run_block = selector_run_block
     try:
         with _lowering(variant != "all_functional"):
             return export_saved_model(model, path, text_signatures=False)
     finally:
         early_exit.chain_forward = shipped_chain
+        early_exit.run_block = shipped_run_block
 
 
 def time_all(functions, inputs, rng):
@@ -135,7 +262,7 @@ def main(argv):
     lines = [
         "<!-- Generated by benchmarks/control_flow_benchmark.py: rerun it, do not edit the table. -->",
         "",
-        "# Batch-1 SavedModel early exit: lowered conds (shipped) vs functional `If`s",
+        "# Batch-1 SavedModel early exit: lowered conds (shipped) vs a one-block loop vs functional `If`s",
         "",
         f"Run: {env['date_utc']}, {time.perf_counter() - started:.0f} s. Command:",
         "",
