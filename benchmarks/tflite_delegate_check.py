@@ -1,0 +1,81 @@
+r"""TFLite float32 at batch 32: early exit vs full depth with and without XNNPACK.
+
+Exports a trained model to a float32 `.tflite` file and times its
+`serving_default` (the compacting `WHILE` loop) against its `full_depth` on
+dev batches of 32, interleaved, first with LiteRT's default XNNPACK delegate,
+then with the builtin kernels only. If the ratio to the ideal speedup is
+near 0.9 without the delegate and lower with it, the loop's extra cost comes
+from how the delegate runs a loop body whose batch size changes.
+
+Usage (from the repository root, on a trained model directory):
+    PYTHONPATH=. .venv/bin/python -m benchmarks.tflite_delegate_check \
+        --model_dir=runs/study/sst2/seed2/dact
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from benchmarks import export_benchmark  # noqa: E402  (its --model_dir, data flags)
+
+flags.DEFINE_integer("batches", 4, "Dev batches of 32 timed.")
+flags.DEFINE_integer("reps", 2, "Timed calls per batch and signature.")
+FLAGS = flags.FLAGS
+
+
+def time_file(path, batches, xnnpack):
+    """`(full_depth s, early exit s, mean blocks)` summed over the batches."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import OpResolverType
+
+    kwargs = {} if xnnpack else {
+        "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    interpreter = Interpreter(model_path=path, num_threads=2, **kwargs)
+    runners = {s: interpreter.get_signature_runner(s) for s in ("serving_default", "full_depth")}
+    for runner in runners.values():  # warm-up
+        runner(**batches[0])
+    seconds, blocks = {s: 0.0 for s in runners}, []
+    for rep in range(FLAGS.reps):
+        for batch in batches:
+            for s, runner in runners.items():
+                t0 = time.perf_counter()
+                out = runner(**batch)
+                seconds[s] += time.perf_counter() - t0
+                if s == "serving_default" and rep == 0:
+                    blocks.append(float(np.mean(out["layers_executed"])))
+    return seconds["full_depth"], seconds["serving_default"], float(np.mean(blocks))
+
+
+def main(argv):
+    del argv
+    from dact_tf.export import export_saved_model
+    from dact_tf.export.tflite import export_tflite
+
+    model, _, _, arrays, _ = export_benchmark.load_dev_set(FLAGS.model_dir)
+    batches = [{k: np.ascontiguousarray(a[i * 32:(i + 1) * 32], np.int32)
+                for k, a in arrays.items()} for i in range(FLAGS.batches)]
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = export_saved_model(model, os.path.join(tmp, "saved"), text_signatures=False)
+        path = os.path.join(tmp, "model.tflite")
+        export_tflite(saved, path, quantize="none")
+        for xnnpack in (True, False):
+            full, early, mean_blocks = time_file(path, batches, xnnpack)
+            speedup = full / early
+            ideal = model.num_layers / mean_blocks
+            print(f"XNNPACK {'on' if xnnpack else 'off'}: full depth {1000 * full / len(batches) / FLAGS.reps:.1f} ms, "
+                  f"early exit {1000 * early / len(batches) / FLAGS.reps:.1f} ms a batch, "
+                  f"{mean_blocks:.2f} mean blocks, speedup {speedup:.3f}, "
+                  f"{speedup / ideal:.3f} of ideal", flush=True)
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("model_dir")
+    app.run(main)
