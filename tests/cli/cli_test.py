@@ -147,7 +147,9 @@ def test_killed_training_resumes_where_it_stopped(tmp_path):
     def epochs_logged():
         return history.read_text().count("\n") - 1 if history.exists() else 0
 
-    deadline = time.time() + 240
+    # Generous: alone this takes about 170 s (stage 1, then epoch 0 of stage 2), and a
+    # loaded 2-worker test run has taken more than 240 s.
+    deadline = time.time() + 600
     # Kill once epoch 0 is logged (its backup may not be written yet: the resumed run then
     # drops the row and trains the rest of epoch 0 again from its last backup).
     while epochs_logged() < 1 and proc.poll() is None and time.time() < deadline:
@@ -156,7 +158,7 @@ def test_killed_training_resumes_where_it_stopped(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (model_dir / "model.keras").exists()  # it really was interrupted
-    proc = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (model_dir / "model.keras").exists()
     # history.csv is appended across runs: epoch 0 is not trained twice.
