@@ -1,11 +1,13 @@
-r"""TFLite float32 at batch 32: early exit vs full depth with and without XNNPACK.
+r"""TFLite float32: early exit vs full depth, batch 32 with and without XNNPACK, and batch 1.
 
 Exports a trained model to a float32 `.tflite` file and times its
 `serving_default` (the compacting `WHILE` loop) against its `full_depth` on
 dev batches of 32, interleaved, first with LiteRT's default XNNPACK delegate,
 then with the builtin kernels only. If the ratio to the ideal speedup is
 near 0.9 without the delegate and lower with it, the loop's extra cost comes
-from how the delegate runs a loop body whose batch size changes.
+from how the delegate runs a loop body whose batch size changes. Then, at
+batch 1 with XNNPACK, `serving_default`, `serve_one` and `full_depth` are
+timed interleaved in one phase on `--sentences` dev sentences.
 
 Usage (from the repository root, on a trained model directory):
     PYTHONPATH=. .venv/bin/python -m benchmarks.tflite_delegate_check \
@@ -28,6 +30,7 @@ from benchmarks import export_benchmark  # noqa: E402  (its --model_dir, data fl
 
 flags.DEFINE_integer("batches", 4, "Dev batches of 32 timed.")
 flags.DEFINE_integer("reps", 2, "Timed calls per batch and signature.")
+flags.DEFINE_integer("sentences", 100, "Batch 1: dev sentences timed (0: skip), 3 calls each.")
 FLAGS = flags.FLAGS
 
 
@@ -54,6 +57,40 @@ def time_file(path, batches, xnnpack):
     return seconds["full_depth"], seconds["serving_default"], float(np.mean(blocks))
 
 
+def time_batch1(path, arrays, xnnpack):
+    """Batch 1: `serving_default`, `serve_one`, `full_depth` interleaved in random order.
+
+    Returns `({signature: mean over sentences of the median ms}, mean blocks)`.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import OpResolverType
+
+    kwargs = {} if xnnpack else {
+        "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    interpreter = Interpreter(model_path=path, num_threads=2, **kwargs)
+    names = ("serving_default", "serve_one", "full_depth")
+    runners = {s: interpreter.get_signature_runner(s) for s in names}
+    rng = np.random.default_rng(0)
+    rows = rng.choice(len(arrays["token_ids"]), FLAGS.sentences, replace=False)
+    singles = [{k: np.ascontiguousarray(a[i:i + 1], np.int32) for k, a in arrays.items()}
+               for i in rows]
+    for x in singles[:20]:  # warm-up
+        for runner in runners.values():
+            runner(**x)
+    medians, blocks = {s: [] for s in names}, []
+    for x in singles:
+        times = {s: [] for s in names}
+        for _ in range(3):
+            for j in rng.permutation(len(names)):
+                t0 = time.perf_counter()
+                runners[names[j]](**x)
+                times[names[j]].append(time.perf_counter() - t0)
+        for s in names:
+            medians[s].append(1000 * float(np.median(times[s])))
+        blocks.append(int(runners["serve_one"](**x)["layers_executed"][0]))
+    return {s: float(np.mean(v)) for s, v in medians.items()}, float(np.mean(blocks))
+
+
 def main(argv):
     del argv
     from dact_tf.export import export_saved_model
@@ -74,6 +111,13 @@ def main(argv):
                   f"early exit {1000 * early / len(batches) / FLAGS.reps:.1f} ms a batch, "
                   f"{mean_blocks:.2f} mean blocks, speedup {speedup:.3f}, "
                   f"{speedup / ideal:.3f} of ideal", flush=True)
+        if FLAGS.sentences:
+            ms, mean_blocks = time_batch1(path, arrays, True)
+            ideal = model.num_layers / mean_blocks
+            print(f"Batch 1, XNNPACK on, {FLAGS.sentences} sentences, {mean_blocks:.2f} mean "
+                  f"blocks (ideal {ideal:.3f}): full depth {ms['full_depth']:.2f} ms; "
+                  + "; ".join(f"{s} {ms[s]:.2f} ms, {ms['full_depth'] / ms[s] / ideal:.3f} of ideal"
+                              for s in ("serving_default", "serve_one")), flush=True)
 
 
 if __name__ == "__main__":
