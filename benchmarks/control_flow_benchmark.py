@@ -59,6 +59,7 @@ flags.DEFINE_integer("sentences", 150, "Dev sentences timed (drawn at random, se
 flags.DEFINE_integer("reps", 3, "Timed calls per sentence and signature.")
 flags.DEFINE_integer("warmup", 50, "Warm-up calls per signature.")
 flags.DEFINE_list("variants", list(VARIANTS), f"Exports to time, from {VARIANTS}.")
+flags.DEFINE_integer("inter_op_threads", 0, "TF inter-op threads (0: TensorFlow's default).")
 flags.DEFINE_string("out", os.path.join(HERE, "CONTROL_FLOW_RESULTS.md"), "Results file.")
 FLAGS = flags.FLAGS
 
@@ -236,6 +237,8 @@ def main(argv):
     del argv
     import tensorflow as tf
 
+    if FLAGS.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
     model, _, _, arrays, _ = export_benchmark.load_dev_set(FLAGS.model_dir)
     env = bench_utils.environment()
     started = time.perf_counter()
@@ -271,7 +274,8 @@ def main(argv):
         "",
         f"Machine: {env['cpu_model']}, {env['cpu_cores']} cores, no GPU (load average at start "
         f"{', '.join(f'{x:.2f}' for x in env['load_average_at_start'])}); TensorFlow "
-        f"{env['tensorflow']}, Keras {env['keras']}; dact_tf at `{env['git_commit'][:10]}`.",
+        f"{env['tensorflow']}, Keras {env['keras']}; TF threads intra {env['intra_op_threads']} / "
+        f"inter {env['inter_op_threads']} (0 = default); dact_tf at `{env['git_commit'][:10]}`.",
         f"Model: `{FLAGS.model_dir}`, {model.num_layers} blocks; {FLAGS.sentences} dev sentences "
         f"at batch 1 (padded to the model's length), {mean_blocks:.2f} mean blocks, ideal "
         f"speedup {ideal:.3f}; {FLAGS.warmup} warm-up calls per signature, then {FLAGS.reps} "
