@@ -138,13 +138,15 @@ def block_selector(encoder):
     return select
 
 
-def one_row_loop_forward(encoder, inputs, padding_mask, max_layers=None, select=None):
+def one_row_loop_forward(encoder, inputs, padding_mask, max_layers=None):
     """Early exit for a batch of one row in a `tf.while_loop` over one block's graph.
 
     The `chain_forward` answers, from a loop whose body is one block
     (`block_selector`): the loop stops after the block where the row
-    stops, and no skipped block is in the graph to be walked. `select`
-    defaults to `block_selector(encoder)` (which must not be None).
+    stops, and no skipped block is in the graph to be walked. The body
+    mirrors `chain_forward`'s step on purpose (same heads and criterion
+    calls in the same order), with the block picked by `block_selector`
+    (which must not be None for `encoder`).
     """
     import tensorflow as tf
 
@@ -152,7 +154,7 @@ def one_row_loop_forward(encoder, inputs, padding_mask, max_layers=None, select=
 
     num_layers, c = encoder.num_layers, encoder.num_outputs
     criterion, context = encoder.exit_criterion, encoder.exit_context
-    select = select or block_selector(encoder)
+    select = block_selector(encoder)
     inputs = tf.cast(inputs, encoder.blocks[0].compute_dtype)
     batch_size = tf.shape(inputs)[0]
     answer, _ = ops.initial_state(batch_size, c)
@@ -192,18 +194,17 @@ def export_variant(model, variant, path):
         with _lowering(False):
             return shipped_chain(*args, **kwargs)
 
-    def one_row_loop(encoder, inputs, padding_mask, max_layers=None):
-        return one_row_loop_forward(encoder, inputs, padding_mask, max_layers)
-
     if variant == "chain_functional":
         early_exit.chain_forward = functional_chain
     shipped_run_block = early_exit.run_block
 
     def selector_run_block(encoder, index, x, padding_mask):
+        # Called inside the batched loop's body, so the handles are stacked
+        # on every iteration (as measured; `one_row_loop` stacks them once).
         return block_selector(encoder)(index)(x, padding_mask)
 
     if variant in ("one_row_loop", "all_selector"):
-        early_exit.chain_forward = one_row_loop
+        early_exit.chain_forward = one_row_loop_forward
     if variant in ("loop_selector", "all_selector"):
         early_exit.run_block = selector_run_block
     try:

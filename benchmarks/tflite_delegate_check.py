@@ -36,13 +36,7 @@ FLAGS = flags.FLAGS
 
 def time_file(path, batches, xnnpack):
     """`(full_depth s, early exit s, mean blocks)` summed over the batches."""
-    from ai_edge_litert.interpreter import Interpreter
-    from ai_edge_litert.interpreter import OpResolverType
-
-    kwargs = {} if xnnpack else {
-        "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-    interpreter = Interpreter(model_path=path, num_threads=2, **kwargs)
-    runners = {s: interpreter.get_signature_runner(s) for s in ("serving_default", "full_depth")}
+    runners = export_benchmark.TFLiteBackend(path, "none", 2, xnnpack=xnnpack).runners
     for runner in runners.values():  # warm-up
         runner(**batches[0])
     seconds, blocks = {s: 0.0 for s in runners}, []
@@ -57,17 +51,12 @@ def time_file(path, batches, xnnpack):
     return seconds["full_depth"], seconds["serving_default"], float(np.mean(blocks))
 
 
-def time_batch1(path, arrays, xnnpack):
-    """Batch 1: `serving_default`, `serve_one`, `full_depth` interleaved in random order.
+def time_batch1(path, arrays):
+    """Batch 1 with XNNPACK: `serving_default`, `serve_one`, `full_depth` interleaved.
 
     Returns `({signature: mean over sentences of the median ms}, mean blocks)`.
     """
-    from ai_edge_litert.interpreter import Interpreter
-    from ai_edge_litert.interpreter import OpResolverType
-
-    kwargs = {} if xnnpack else {
-        "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-    interpreter = Interpreter(model_path=path, num_threads=2, **kwargs)
+    interpreter = export_benchmark.TFLiteBackend(path, "none", 2).interpreter
     names = ("serving_default", "serve_one", "full_depth")
     runners = {s: interpreter.get_signature_runner(s) for s in names}
     rng = np.random.default_rng(0)
@@ -83,11 +72,13 @@ def time_batch1(path, arrays, xnnpack):
         for _ in range(3):
             for j in rng.permutation(len(names)):
                 t0 = time.perf_counter()
-                runners[names[j]](**x)
+                out = runners[names[j]](**x)
                 times[names[j]].append(time.perf_counter() - t0)
+                if names[j] == "serve_one":
+                    layers = int(out["layers_executed"][0])
         for s in names:
             medians[s].append(1000 * float(np.median(times[s])))
-        blocks.append(int(runners["serve_one"](**x)["layers_executed"][0]))
+        blocks.append(layers)
     return {s: float(np.mean(v)) for s, v in medians.items()}, float(np.mean(blocks))
 
 
@@ -112,7 +103,7 @@ def main(argv):
                   f"{mean_blocks:.2f} mean blocks, speedup {speedup:.3f}, "
                   f"{speedup / ideal:.3f} of ideal", flush=True)
         if FLAGS.sentences:
-            ms, mean_blocks = time_batch1(path, arrays, True)
+            ms, mean_blocks = time_batch1(path, arrays)
             ideal = model.num_layers / mean_blocks
             print(f"Batch 1, XNNPACK on, {FLAGS.sentences} sentences, {mean_blocks:.2f} mean "
                   f"blocks (ideal {ideal:.3f}): full depth {ms['full_depth']:.2f} ms; "
