@@ -196,8 +196,11 @@ def _point(task, seed, method, knob, settings, model_dir, datasets, metric_task)
     model, _, config = train_lib.load_model_dir(model_dir)
     result = {}
     if "target_blocks" in settings:
+        # As `dact-tf train --target_blocks` does: at most one point of the
+        # held-out metric may go (`calibration.json` says when that stopped it).
         cal = calibration.calibrate_halting_bias(model, datasets["holdout"],
-                                                 settings["target_blocks"])
+                                                 settings["target_blocks"],
+                                                 metric_task=metric_task)
         result["calibration"] = cal
     elif settings:
         model.configure_exit(**settings)

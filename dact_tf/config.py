@@ -84,6 +84,10 @@ class ModelConfig:
       the held-out training rows is this (`dact_tf.calibration`). None
       (default) is half the backbone's blocks; 0 lets tau alone decide
       (the paper's way).
+    - `calibration_max_drop`: the calibration to `target_blocks` may cost at
+      most this much of the task's metric on the held-out rows (0.01: one
+      point); where the target needs more, the model runs more blocks than
+      the target and training says so. None: no bound.
     - `init_from`: warm start from another trained model.
     - `freeze_backbone`: train the heads only.
     """
@@ -108,6 +112,7 @@ class ModelConfig:
     distill_weight: float = 1.0
     full_depth_stage: bool = True
     target_blocks: float = None
+    calibration_max_drop: float = 0.01
 
 
 @dataclasses.dataclass

@@ -12,7 +12,9 @@ A *model directory* holds everything a trained model needs:
       best/                the best epoch on the held-out rows (its weights only
                            while training: then they are model.keras's)
       stage1/              DACT's default recipe: the full-depth stage-1 model dir
-      calibration.json     with --target_blocks: the halting-bias shift and blocks
+      calibration.json     with --target_blocks: the halting-bias shift, the blocks and
+                           the held-out metric before and after (`limited`: the
+                           metric bound stopped it short of the target)
       tensorboard/         TensorBoard: train/ (every --log_every_steps steps) and
                            validation/ (held-out rows, with dact/ halting curves)
       history.csv          per-epoch fit logs (appended across resumed runs)
@@ -131,7 +133,10 @@ def read_config(model_dir, defaults=True):
 _REQUIRED_KEYS = ("lowercase", "label_names", "data", "data.task", "data.sequence_length")
 
 
-_FIELD_MINIMUM = {"data.sequence_length": 1, "data.batch_size": 1}
+_FIELD_MINIMUM = {"data.sequence_length": 1, "data.batch_size": 1,
+                  "model.calibration_max_drop": 0}
+#: Keys with a value by default that may also be null.
+_NULLABLE_KEYS = ("model.calibration_max_drop",)
 
 #: Keys that older versions stored under another name: `(section, old, new)`.
 _RENAMED_KEYS = (("data", "max_seq_length", "sequence_length"),)
@@ -180,20 +185,19 @@ def _checked_config(config, path, defaults):
                     stored[field.name] = field.default
                 continue
             value = stored[field.name]
-            if not _has_type(value, field):
+            nullable = field.default is None or key in _NULLABLE_KEYS
+            if not (value is None and nullable or value is not None and _has_type(value, field)):
                 kind = getattr(field.type, "__name__", str(field.type))
                 refuse(key, f"needs {'a' if kind != 'int' else 'an'} {kind}"
-                       + (" (or null)" if field.default is None else "") + " at")
-            if key in _FIELD_MINIMUM and value < _FIELD_MINIMUM[key]:
+                       + (" (or null)" if nullable else "") + " at")
+            if key in _FIELD_MINIMUM and value is not None and value < _FIELD_MINIMUM[key]:
                 refuse(key, f"needs a value >= {_FIELD_MINIMUM[key]} at")
         config[section] = stored
     return config
 
 
 def _has_type(value, field):
-    """Whether a stored config value fits its dataclass field's type."""
-    if value is None:
-        return field.default is None
+    """Whether a stored config value (not None) fits its dataclass field's type."""
     kind = field.type
     if kind is bool:
         return isinstance(value, bool)

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import sys
 import warnings
 
 import keras
@@ -58,6 +59,8 @@ from dact_tf.analysis import format_per_block  # noqa: F401
 from dact_tf.analysis import per_block_from_trace  # noqa: F401
 from dact_tf.analysis import per_block_report  # noqa: F401
 from dact_tf.analysis import trace_dataset  # noqa: F401
+
+CALIBRATION_FILE = "calibration.json"  # in a model dir, with --target_blocks
 
 STAGE1_DIR = "stage1"
 
@@ -197,7 +200,7 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
         model_config = dataclasses.replace(model_config, init_from=stage1_model)
     else:
         stored = model_config
-    num_classes, regression, label_names, _ = task_info(data_config)
+    num_classes, regression, label_names, metric_task = task_info(data_config)
     # A worker writes its own copy; it resumes from, and decides on, the chief's.
     chief_dir = model_dir
     if not distribute.is_chief(strategy):
@@ -377,12 +380,16 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
     else:
         history = fit(1)
     if target is not None:
-        result = calibration.calibrate_halting_bias(model, datasets["holdout"], target)
+        result = calibration.calibrate_halting_bias(
+            model, datasets["holdout"], target, metric_task=metric_task,
+            max_metric_drop=model_config.calibration_max_drop)
+        if result["limited"]:  # even when quiet: the model is not what was asked for
+            print(_limited_message(result, model_config.calibration_max_drop), file=sys.stderr)
         result["holdout_layers_executed"] = float(
             dact_callbacks.halting_statistics(model, datasets["holdout"])["mean_layers_executed"]
         )
         history["calibration"] = result
-        write_json(os.path.join(model_dir, "calibration.json"), result)
+        write_json(os.path.join(model_dir, CALIBRATION_FILE), result)
     save_model_dir(model_dir, model, tokenizer, config)
     # The model is saved: the stages' backups are no longer needed.
     for stage in (1, 2):
@@ -399,6 +406,17 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
     # and takes its part of the cluster away, while another still writes.
     distribute.check_workers_agree(strategy, 0, "the end of training")
     return model, preprocessor, history
+
+
+def _limited_message(result, max_drop):
+    """One line: the calibration stopped short of the target to bound the metric's drop."""
+    return (
+        f"--target_blocks={result['target_blocks']:g} would cost more than "
+        f"--calibration_max_drop={max_drop:g} of the held-out {result['metric_name']} "
+        f"({result['metric_before']:.4f} before): calibrated to "
+        f"{result['mean_layers_executed']:.2f} blocks instead "
+        f"({result['metric_name']} {result['metric']:.4f}). See {CALIBRATION_FILE}."
+    )
 
 
 def _epoch_checkpoints(directory, suffix, keep):

@@ -79,6 +79,7 @@ flags.DEFINE_integer("log_every_steps", _TRAIN.log_every_steps, "Write training 
 flags.DEFINE_boolean("keep_best_epoch", _TRAIN.keep_best_epoch, "Keep the weights of the best epoch on the held-out training rows (not the last epoch's).")
 flags.DEFINE_float("distill_weight", _MODEL.distill_weight, "DACT: weight of the self-distillation of every head and accumulated answer towards the deepest head (0: off).", lower_bound=0.0)
 flags.DEFINE_boolean("full_depth_stage", _MODEL.full_depth_stage, "DACT: first fine-tune the plain full-depth model (kept in MODEL_DIR/stage1), then train DACT from it. Ignored with --init_from.")
+flags.DEFINE_float("calibration_max_drop", _MODEL.calibration_max_drop, "DACT: the most the calibration to --target_blocks may cost of the task's metric on the held-out rows (0.01: one point). Where the target needs more, the model runs more blocks and training says so.", lower_bound=0.0)
 flags.DEFINE_float("target_blocks", _MODEL.target_blocks, "DACT: the mean blocks to run (e.g. 3 of 6). Training steers tau towards it and the halting is then calibrated on the held-out rows. Default: half the blocks; 0: tau alone decides.", lower_bound=0.0)
 # Scale out.
 flags.DEFINE_enum("distribution_strategy", _TRAIN.distribution_strategy, ["default", "one_device", "mirrored", "multi_worker_mirrored", "tpu"], "tf.distribute strategy for training; --batch_size is the global batch. multi_worker_mirrored reads TF_CONFIG.")
@@ -167,6 +168,7 @@ def cmd_train():
         init_from=FLAGS.init_from, freeze_backbone=FLAGS.freeze_backbone,
         distill_weight=FLAGS.distill_weight if exits.get(FLAGS.method).accumulates else 0.0,
         full_depth_stage=FLAGS.full_depth_stage, target_blocks=FLAGS.target_blocks,
+        calibration_max_drop=FLAGS.calibration_max_drop,
     )
     train_config = train_lib.TrainConfig(
         epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
@@ -369,7 +371,7 @@ COMMAND_FLAGS = {
     "train": {
         "Where": ["model_dir"],
         "Data": _DATA,
-        "Model": ["backbone", "method", "target_blocks", "tau", "tau_warmup_epochs",
+        "Model": ["backbone", "method", "target_blocks", "calibration_max_drop", "tau", "tau_warmup_epochs",
                   "full_depth_stage", "distill_weight", "head_loss_weight", "halting_bias",
                   "halting_confidence", "pooling", "shared_heads", "num_layers", "patience",
                   "entropy_threshold", "halting_rule", "regression_tolerance", "init_from",

@@ -279,44 +279,70 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         return super().fit(x=x, y=y, batch_size=batch_size, epochs=epochs,
                            validation_data=validation_data, shuffle=False, **kwargs)
 
-    def calibrate(self, x, target_blocks, batch_size=None):
+    def calibrate(self, x, target_blocks, y=None, batch_size=None,
+                  max_metric_drop=calibration.DEFAULT_MAX_METRIC_DROP):
         """Shifts the halting so the mean blocks on `x` is `target_blocks`.
 
         Run it after training on rows the model was not trained on (DACT
         only); see `dact_tf.calibration.calibrate_halting_bias`. The early
-        exit stays exactly equal to full depth.
+        exit stays exactly equal to full depth. With labels (`y`, or a
+        dataset of `(x, y)`), the shift may cost at most `max_metric_drop`
+        of accuracy (a regressor: Pearson) on these rows; where the target
+        needs more, the model stops short of it and `limited` is true.
 
         Args:
             x: texts, `(texts, text_pairs)`, or a `tf.data.Dataset` of them
-                (labels, if any, are ignored).
+                (or of `(x, y)`).
             target_blocks: float in `[1, num_layers]`.
+            y: labels of `x` (arrays), or None.
             batch_size: int, for arrays (default 32).
+            max_metric_drop: float, the bound on the metric's fall (0.01:
+                one point), or None for none.
 
         Returns:
             The dict of `calibrate_halting_bias` (`shift`,
-            `mean_layers_executed`, `before`, `target_blocks`).
+            `mean_layers_executed`, `before`, `target_blocks`, `limited`,
+            and with labels `metric_before` and `metric`).
+
+        Example:
+        ```python
+        result = classifier.calibrate(held_out_texts, 3.0, y=held_out_labels)
+        result["mean_layers_executed"], result["limited"]
+        ```
         """
         if not self.exit_criterion.accumulates:
             raise ValueError(f"`calibrate` sets DACT's halting; this model is {self.method!r}.")
         if not 1.0 <= float(target_blocks) <= self.num_layers:
             raise ValueError(
                 f"`target_blocks` must be in [1, {self.num_layers}], got {target_blocks}.")
-        data = self._features_dataset(x, batch_size)
-        result = calibration.calibrate_halting_bias(self, data, float(target_blocks))
+        data = self._features_dataset(x, batch_size, y=y)
+        result = calibration.calibrate_halting_bias(self, data, float(target_blocks),
+                                                    max_metric_drop=max_metric_drop)
         self.predict_function = self.test_function = None
         return result
 
-    def _features_dataset(self, x, batch_size):
-        """Batches of the model's token inputs from `x` (labels dropped)."""
+    def _features_dataset(self, x, batch_size, y=None):
+        """Batches of the model's token inputs from `x`, with their labels where
+        there are any (`y`, or the `(x, y)` elements of a dataset)."""
 
-        def features(inputs):
-            return inputs if self.preprocessor is None else self.preprocessor(x=inputs)
+        def features(inputs, labels=None):
+            if self.preprocessor is not None:
+                inputs = self.preprocessor(x=inputs)
+            return inputs if labels is None else (inputs, labels)
 
         if isinstance(x, tf.data.Dataset):  # elements are x, (x, y) or (x, y, weights)
+            if y is not None:
+                raise ValueError("Pass the labels inside the dataset, not as `y`.")
             return x.map(lambda *e: features(
-                keras.utils.unpack_x_y_sample_weight(e if len(e) > 1 else e[0])[0]))
-        ds = tf.data.Dataset.from_tensor_slices(_as_tensors(x))
-        return ds.batch(batch_size or _KERAS_BATCH_SIZE).map(
+                *keras.utils.unpack_x_y_sample_weight(e if len(e) > 1 else e[0])[:2]))
+        inputs = _as_tensors(x)
+        if y is not None:
+            if len(np.asarray(y)) != _num_rows(x):
+                raise ValueError(
+                    f"`x` has {_num_rows(x)} rows but `y` has {len(np.asarray(y))}.")
+            inputs = (inputs, _as_tensors(y))
+        ds = tf.data.Dataset.from_tensor_slices(inputs).batch(batch_size or _KERAS_BATCH_SIZE)
+        return ds.map(features) if y is not None else ds.map(
             lambda *parts: features(parts[0] if len(parts) == 1 else parts))
 
     # --------------------------------------------------------------- config

@@ -19,7 +19,8 @@ def test_calibration_lands_on_the_target_and_keeps_the_guarantee(target):
                            halting_bias=1.0)
     data = dataset(feats, labels % 3, batch_size=32)
     before = train_lib.evaluate(model, data, "classification")["mean_layers_executed"]
-    result = calibration.calibrate_halting_bias(model, data, target)
+    result = calibration.calibrate_halting_bias(model, data, target, max_metric_drop=None)
+    assert not result["limited"]
     assert result["before"] == pytest.approx(before)
     # What the early-exit loop really runs after the shift.
     after = train_lib.evaluate(model, data, "classification")
@@ -54,3 +55,65 @@ def test_bad_targets_and_methods_are_refused():
     static = DactClassifier(tiny_backbone(), num_classes=2, method="static")
     with pytest.raises(ValueError, match="method='static'"):
         calibration.calibrate_halting_bias(static, data, 2.0)
+
+
+def _own_answers(model, feats, regression):
+    """Labels equal to the model's own (full-depth) answers: its metric is perfect
+    before any shift, and every answer a shift changes costs some of it."""
+    out = model(feats, full_depth=True)
+    return out["scores"].numpy() if regression else out["predictions"].numpy()
+
+
+@pytest.mark.parametrize("regression, task, bound", [(False, "classification", 0.0),
+                                                     (True, "regression", 0.05)])
+def test_the_metric_bound_stops_the_shift_short_of_the_target(regression, task, bound):
+    feats, _ = synthetic_task(96, seed=4)
+    kwargs = dict(task="regression", output_range=(0.0, 5.0)) if regression else dict(
+        num_classes=3)
+    model = DactClassifier(tiny_backbone(seed=4), tau=0.0, dropout=0.0, halting_bias=4.0,
+                           **kwargs)
+    data = dataset(feats, _own_answers(model, feats, regression))
+    free = calibration.calibrate_halting_bias(model, data, 1.0, max_metric_drop=None,
+                                              apply=False)
+    assert free["mean_layers_executed"] <= 1.5 and not free["limited"]
+    assert "metric" not in free  # no bound, no metric computed
+    result = calibration.calibrate_halting_bias(model, data, 1.0, max_metric_drop=bound,
+                                                metric_task=task)
+    metric = "pearson" if regression else "accuracy"
+    assert result["limited"] and result["metric_name"] == metric
+    assert result["metric_before"] == pytest.approx(1.0)
+    # The model as shifted: what it really answers and runs on these rows.
+    after = train_lib.evaluate(model, data, task)
+    assert after[metric] >= 1.0 - bound - 1e-6
+    assert after[metric] == pytest.approx(result["metric"], abs=1e-5)
+    assert after["mean_layers_executed"] == pytest.approx(result["mean_layers_executed"])
+    assert after["mean_layers_executed"] > free["mean_layers_executed"]
+    early, _ = train_lib.predict_dataset(model, data)
+    full, _ = train_lib.predict_dataset(model, data, full_depth=True)
+    key = "scores" if regression else "predictions"
+    np.testing.assert_allclose(early[key], full[key], atol=1e-5)
+
+
+def test_a_looser_bound_comes_at_least_as_close_to_the_target():
+    feats, _ = synthetic_task(96, seed=6)
+    model = DactClassifier(tiny_backbone(seed=6), num_classes=3, tau=0.0, dropout=0.0,
+                           halting_bias=4.0)
+    data = dataset(feats, _own_answers(model, feats, False))
+    distances = []
+    for bound in (0.0, 0.05, 0.2, 1.0):
+        result = calibration.calibrate_halting_bias(model, data, 1.0, max_metric_drop=bound,
+                                                    apply=False)
+        assert result["metric"] >= result["metric_before"] - bound - 1e-9
+        distances.append(abs(result["mean_layers_executed"] - 1.0))
+    assert distances == sorted(distances, reverse=True)
+    assert distances[-1] <= 0.5  # a bound of 1 (all of accuracy) is no bound
+
+
+def test_without_labels_there_is_no_bound():
+    feats, labels = synthetic_task(64, seed=4)
+    model = DactClassifier(tiny_backbone(seed=4), num_classes=2, tau=0.0, halting_bias=4.0)
+    features_only = dataset(feats, labels).map(lambda x, y: x)
+    result = calibration.calibrate_halting_bias(model, features_only, 1.0, apply=False)
+    assert not result["limited"] and "metric" not in result
+    with pytest.raises(ValueError, match="max_metric_drop"):
+        calibration.calibrate_halting_bias(model, features_only, 1.0, max_metric_drop=-0.1)

@@ -177,7 +177,9 @@ def test_train_runs_both_stages_keeps_the_best_epoch_and_lands_on_target_blocks(
     data = _data_config()
     model, pre, history = train_lib.train(
         str(model_dir), data,
-        train_lib.ModelConfig(backbone="tiny", target_blocks=2.0),
+        # 12 held-out rows: any changed answer costs 8 points; this test is
+        # about landing on the target (the bound has its own tests).
+        train_lib.ModelConfig(backbone="tiny", target_blocks=2.0, calibration_max_drop=None),
         train_lib.TrainConfig(epochs=2, learning_rate=1e-3, verbose=0),
     )
     assert (model_dir / "stage1" / "model.keras").exists()  # stage 1 kept
@@ -207,6 +209,44 @@ def test_train_runs_both_stages_keeps_the_best_epoch_and_lands_on_target_blocks(
     assert os.path.getmtime(model_dir / "stage1" / "model.keras") == mtime
 
 
+def test_train_bounds_what_the_calibration_costs_and_says_so(tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    data = _data_config(max_train_examples=400, holdout_fraction=0.25)
+    model, pre, history = train_lib.train(
+        str(model_dir), data,
+        train_lib.ModelConfig(backbone="tiny", target_blocks=1.0, calibration_max_drop=0.0,
+                              full_depth_stage=False),
+        train_lib.TrainConfig(epochs=1, learning_rate=1e-3, verbose=0),
+    )
+    cal = history["calibration"]
+    with open(model_dir / train_lib.CALIBRATION_FILE) as f:
+        assert json.load(f) == pytest.approx(cal)
+    # Never below the trained model on the held-out rows, measured on the saved model.
+    holdout = train_lib.make_datasets(data, pre, splits=("holdout",))["holdout"]
+    reloaded, _, _ = train_lib.load_model_dir(str(model_dir))
+    after = train_lib.evaluate(reloaded, holdout, "sst2")
+    assert cal["metric_name"] == "accuracy" and cal["max_metric_drop"] == 0.0
+    assert after["accuracy"] == pytest.approx(cal["metric"])
+    assert cal["metric"] >= cal["metric_before"]
+    assert after["mean_layers_executed"] == pytest.approx(cal["mean_layers_executed"])
+    err = capsys.readouterr().err
+    if cal["limited"]:  # one block would have cost accuracy: training says so
+        assert cal["mean_layers_executed"] > 1.5, cal
+        assert train_lib._limited_message(cal, 0.0) in err
+    else:  # one block costs nothing on these rows: the target is reached, silently
+        assert cal["mean_layers_executed"] <= 1.5, cal
+        assert "calibration_max_drop" not in err
+
+
+def test_the_limited_calibration_message_names_the_flag_and_the_figures():
+    cal = {"target_blocks": 3.0, "metric_name": "pearson", "metric_before": 0.8446,
+           "metric": 0.8364, "mean_layers_executed": 5.59}
+    assert train_lib._limited_message(cal, 0.01) == (
+        "--target_blocks=3 would cost more than --calibration_max_drop=0.01 of the held-out "
+        "pearson (0.8446 before): calibrated to 5.59 blocks instead (pearson 0.8364). "
+        "See calibration.json.")
+
+
 def test_the_recipe_pieces_compose_in_a_plain_keras_fit(tmp_path):
     """The README's "Using it from Python" recipe, on a tiny model."""
     import dact_tf
@@ -225,7 +265,8 @@ def test_the_recipe_pieces_compose_in_a_plain_keras_fit(tmp_path):
                                           data=heldout.take(1), interval=2),
         dact_tf.callbacks.KeepBestEpoch("val_accuracy", "max", str(tmp_path / "best")),
     ])
-    result = dact_tf.calibration.calibrate_halting_bias(model, heldout, target_blocks=2.0)
+    result = dact_tf.calibration.calibrate_halting_bias(model, heldout, target_blocks=2.0,
+                                                        max_metric_drop=None)
     blocks = train_lib.evaluate(model, heldout, "classification")["mean_layers_executed"]
     assert abs(blocks - 2.0) <= 0.5 and blocks == pytest.approx(result["mean_layers_executed"])
     assert (tmp_path / "best" / "best.weights.h5").exists()

@@ -119,6 +119,9 @@ def test_an_older_config_takes_the_defaults_of_the_newer_fields(tmp_path):
     (lambda c: c.update(label_names=[]), "label_names", "list of label"),
     (lambda c: c.update(model=[1, 2]), "model", "needs an object"),
     (lambda c: c["train"].update(learning_rate="fast"), "train.learning_rate", "needs a float"),
+    (lambda c: c["model"].update(calibration_max_drop="x"), "model.calibration_max_drop",
+     "needs a float (or null)"),
+    (lambda c: c["model"].update(calibration_max_drop=-1), "model.calibration_max_drop", ">= 0"),
 ])
 def test_a_missing_or_wrongly_typed_key_is_named(tmp_path, edit, key, problem):
     config = _config()
@@ -143,6 +146,16 @@ def test_a_malformed_header_is_named(tmp_path, edit, problem):
     edit(config)
     with pytest.raises(ValueError, match=problem):
         train_lib.read_config(_write(tmp_path / "edited", config))
+
+
+def test_a_null_calibration_bound_is_read_as_no_bound(tmp_path):
+    config = _config()
+    config["model"]["calibration_max_drop"] = None
+    loaded = train_lib.read_config(_write(tmp_path / "unbounded", config))
+    assert loaded["model"]["calibration_max_drop"] is None
+    del config["model"]["calibration_max_drop"]  # a config from before the bound
+    loaded = train_lib.read_config(_write(tmp_path / "older", config))
+    assert loaded["model"]["calibration_max_drop"] == 0.01
 
 
 def test_a_column_stored_as_its_index_is_accepted(tmp_path):
