@@ -326,8 +326,11 @@ class TFLiteBackend:
         from ai_edge_litert.interpreter import Interpreter
         from ai_edge_litert.interpreter import OpResolverType
 
-        self.name = f"TFLite {quantize}" + ("" if xnnpack else ", no XNNPACK")
+        self.name = f"TFLite {quantize}" + {True: "", False: ", no XNNPACK",
+                                             "latest": ", XNNPACK latest"}[xnnpack]
         kwargs = {}
+        if xnnpack == "latest":  # the default delegate with its newest features switched on
+            kwargs["experimental_default_delegate_latest_features"] = True
         if not xnnpack:  # LiteRT's own builtin kernels only.
             kwargs["experimental_op_resolver_type"] = (
                 OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)

@@ -3,7 +3,9 @@ r"""TFLite float32: early exit vs full depth, batch 32 with and without XNNPACK,
 Exports a trained model to a float32 `.tflite` file and times its
 `serving_default` (the compacting `WHILE` loop) against its `full_depth` on
 dev batches of 32, interleaved, first with LiteRT's default XNNPACK delegate,
-then with the builtin kernels only. If the ratio to the ideal speedup is
+then with the delegate's newest features on
+(`experimental_default_delegate_latest_features`), then with the builtin
+kernels only. If the ratio to the ideal speedup is
 near 0.9 without the delegate and lower with it, the loop's extra cost comes
 from how the delegate runs a loop body whose batch size changes. Then, at
 batch 1 with XNNPACK, `serving_default`, `serve_one` and `full_depth` are
@@ -94,11 +96,12 @@ def main(argv):
         saved = export_saved_model(model, os.path.join(tmp, "saved"), text_signatures=False)
         path = os.path.join(tmp, "model.tflite")
         export_tflite(saved, path, quantize="none")
-        for xnnpack in (True, False):
+        for xnnpack in (True, "latest", False):
             full, early, mean_blocks = time_file(path, batches, xnnpack)
             speedup = full / early
             ideal = model.num_layers / mean_blocks
-            print(f"XNNPACK {'on' if xnnpack else 'off'}: full depth {1000 * full / len(batches) / FLAGS.reps:.1f} ms, "
+            mode = {True: "on", "latest": "on, latest features", False: "off"}[xnnpack]
+            print(f"XNNPACK {mode}: full depth {1000 * full / len(batches) / FLAGS.reps:.1f} ms, "
                   f"early exit {1000 * early / len(batches) / FLAGS.reps:.1f} ms a batch, "
                   f"{mean_blocks:.2f} mean blocks, speedup {speedup:.3f}, "
                   f"{speedup / ideal:.3f} of ideal", flush=True)
