@@ -106,10 +106,11 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
         return float(exit_layers_for_shift(model, answers, logits, shift).mean())
 
     def metric(shift):
+        """`(mean blocks, metric name, metric value)` with the biases moved by `shift`."""
         trace = {"answers": answers, "halting_logits": logits}
-        _, outputs = analysis.replay_exits(model, trace, shift)
+        exits, outputs = analysis.replay_exits(model, trace, shift)
         scores = analysis.task_metrics(metric_task, labels, analysis.predictions(model, outputs))
-        return next(iter(scores.items()))
+        return (float(exits.mean()),) + next(iter(scores.items()))
 
     before = mean_blocks(0.0)
     lo, hi = -_MAX_SHIFT, _MAX_SHIFT  # mean blocks grows with the shift
@@ -127,18 +128,17 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
     _, shift, blocks = best
     result = {"target_blocks": float(target_blocks), "before": before, "limited": False}
     if bounded:
-        name, reference = metric(0.0)
+        _, name, reference = metric(0.0)
         floor = reference - float(max_metric_drop)
-        value = metric(shift)[1]
+        value = metric(shift)[2]
         if not value >= floor and not np.isnan(reference):
             # Not monotone in general: scan from the target's shift back to
             # the trained model's (which always passes), keep the closest
-            # to the target that passes.
+            # to the target that passes (on a tie, the smaller shift).
             passing = []
             for candidate in np.linspace(shift, 0.0, _SCAN_POINTS):
-                candidate_value = metric(candidate)[1]
+                candidate_blocks, _, candidate_value = metric(candidate)
                 if candidate_value >= floor or candidate == 0.0:
-                    candidate_blocks = mean_blocks(candidate)
                     passing.append((abs(candidate_blocks - target_blocks), abs(candidate),
                                     float(candidate), candidate_blocks, candidate_value))
             _, _, shift, blocks, value = min(passing)
