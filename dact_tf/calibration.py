@@ -132,13 +132,14 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
         floor = reference - float(max_metric_drop)
         value = metric(shift)[2]
         if not value >= floor and not np.isnan(reference):
-            # Not monotone in general: scan from the target's shift back to
-            # the trained model's (which always passes), keep the closest
-            # to the target that passes (on a tie, the smaller shift).
-            passing = []
-            for candidate in np.linspace(shift, 0.0, _SCAN_POINTS):
+            # Not monotone in general: scan the shifts strictly between the
+            # target's (which fails) and the trained model's (which passes),
+            # keep the closest to the target that passes (on a tie, the
+            # smaller shift).
+            passing = [(abs(before - target_blocks), 0.0, 0.0, before, reference)]
+            for candidate in np.linspace(shift, 0.0, _SCAN_POINTS)[1:-1]:
                 candidate_blocks, _, candidate_value = metric(candidate)
-                if candidate_value >= floor or candidate == 0.0:
+                if candidate_value >= floor:
                     passing.append((abs(candidate_blocks - target_blocks), abs(candidate),
                                     float(candidate), candidate_blocks, candidate_value))
             _, _, shift, blocks, value = min(passing)

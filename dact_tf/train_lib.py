@@ -384,7 +384,7 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
             model, datasets["holdout"], target, metric_task=metric_task,
             max_metric_drop=model_config.calibration_max_drop)
         if result["limited"]:  # even when quiet: the model is not what was asked for
-            print(_limited_message(result, model_config.calibration_max_drop), file=sys.stderr)
+            print(_limited_message(result), file=sys.stderr)
         result["holdout_layers_executed"] = float(
             dact_callbacks.halting_statistics(model, datasets["holdout"])["mean_layers_executed"]
         )
@@ -408,11 +408,11 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
     return model, preprocessor, history
 
 
-def _limited_message(result, max_drop):
+def _limited_message(result):
     """One line: the calibration stopped short of the target to bound the metric's drop."""
     return (
         f"--target_blocks={result['target_blocks']:g} would cost more than "
-        f"--calibration_max_drop={max_drop:g} of the held-out {result['metric_name']} "
+        f"--calibration_max_drop={result['max_metric_drop']:g} of the held-out {result['metric_name']} "
         f"({result['metric_before']:.4f} before): calibrated to "
         f"{result['mean_layers_executed']:.2f} blocks instead "
         f"({result['metric_name']} {result['metric']:.4f}). See {CALIBRATION_FILE}."

@@ -232,7 +232,7 @@ def test_train_bounds_what_the_calibration_costs_and_says_so(tmp_path, capsys):
     err = capsys.readouterr().err
     if cal["limited"]:  # one block would have cost accuracy: training says so
         assert cal["mean_layers_executed"] > 1.5, cal
-        assert train_lib._limited_message(cal, 0.0) in err
+        assert train_lib._limited_message(cal) in err
     else:  # one block costs nothing on these rows: the target is reached, silently
         assert cal["mean_layers_executed"] <= 1.5, cal
         assert "calibration_max_drop" not in err
@@ -240,8 +240,8 @@ def test_train_bounds_what_the_calibration_costs_and_says_so(tmp_path, capsys):
 
 def test_the_limited_calibration_message_names_the_flag_and_the_figures():
     cal = {"target_blocks": 3.0, "metric_name": "pearson", "metric_before": 0.8446,
-           "metric": 0.8364, "mean_layers_executed": 5.59}
-    assert train_lib._limited_message(cal, 0.01) == (
+           "metric": 0.8364, "mean_layers_executed": 5.59, "max_metric_drop": 0.01}
+    assert train_lib._limited_message(cal) == (
         "--target_blocks=3 would cost more than --calibration_max_drop=0.01 of the held-out "
         "pearson (0.8446 before): calibrated to 5.59 blocks instead (pearson 0.8364). "
         "See calibration.json.")
