@@ -383,12 +383,11 @@ def _write_outputs(rows, plots):
         m, s = _mean_std([r["metric"] for r in group])
         b, bs = _mean_std([r["mean_layers_executed"] for r in group])
         h, _ = _mean_std([r["holdout_metric"] for r in group])
-        paper = [r["paper_rule_blocks"] for r in group if r.get("paper_rule_blocks") is not None]
-        if len(paper) == len(group):
-            p, _ = _mean_std(paper)
+        paper_blocks = [r.get("paper_rule_blocks") for r in group]
+        paper = "-"  # only DACT rows record the paper's rule
+        if None not in paper_blocks:
+            p, _ = _mean_std(paper_blocks)
             paper = f"{p:.2f} ({100 * (1 - b / p):.1f} %)"
-        else:
-            paper = "-"
         lines.append(
             f"| {task} | {method} | {knob or '-'} | {len(group)} | "
             f"{group[0]['metric_name']} {m:.4f} ± {s:.4f} | {b:.2f} ± {bs:.2f} | {paper} | "
