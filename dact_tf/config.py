@@ -88,6 +88,9 @@ class ModelConfig:
       most this much of the task's metric on the held-out rows (0.01: one
       point); where the target needs more, the model runs more blocks than
       the target and training says so. None: no bound.
+    - `ponder`: DACT only: the ponder cost, `"budget"` (the paper's
+      `sum_n p_n`) or `"blocks"` (a smooth count of the blocks the halting
+      rule runs; `dact_tf.ops.expected_blocks`).
     - `init_from`: warm start from another trained model.
     - `freeze_backbone`: train the heads only.
     """
@@ -113,6 +116,7 @@ class ModelConfig:
     full_depth_stage: bool = True
     target_blocks: float = None
     calibration_max_drop: float = 0.01
+    ponder: str = "budget"
 
 
 @dataclasses.dataclass

@@ -235,6 +235,7 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
             pooling=model_config.pooling,
             method=criterion,
             num_layers=model_config.num_layers,
+            ponder=model_config.ponder,
         )
         if model_config.freeze_backbone:
             # Train the heads only (e.g. on a warm-started, fine-tuned backbone).

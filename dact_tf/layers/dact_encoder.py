@@ -70,6 +70,11 @@ class DactEncoder(keras.layers.Layer):
             training (the model's `dropout`).
         tau: float >= 0, the weight of the ponder cost. Stored in a
             non-trainable variable so callbacks can change it during `fit`.
+        ponder: the ponder cost training adds (times `tau`): `"budget"`
+            (the paper's `sum_n p_n`) or `"blocks"` (a smooth count of the
+            blocks the tight halting rule runs, `dact_tf.ops.expected_blocks`,
+            which does not push the first halting values to zero). The
+            `"ponder_cost"` output is `sum_n p_n` either way.
         regression_tolerance: float > 0, the largest change of a regression
             score that halting may cause (PABEE: scores closer than this
             count as the same prediction).
@@ -132,6 +137,7 @@ class DactEncoder(keras.layers.Layer):
         regression_tolerance=0.05,
         pooling="cls",
         method="dact",
+        ponder="budget",
         halting_rule=None,
         halting_margin=None,
         halting_epsilon=None,
@@ -152,6 +158,8 @@ class DactEncoder(keras.layers.Layer):
         if not blocks:
             raise ValueError("`blocks` must hold at least one layer.")
         _check_range("tau", tau, 0.0, None)
+        if ponder not in ops.PONDER_COSTS:
+            raise ValueError(f"`ponder` must be one of {ops.PONDER_COSTS}, got {ponder!r}.")
         if not float(regression_tolerance) > 0.0:
             raise ValueError(
                 "`regression_tolerance` must be > 0, got "
@@ -172,6 +180,7 @@ class DactEncoder(keras.layers.Layer):
         self.initial_tau = float(tau)
         self.regression_tolerance = float(regression_tolerance)
         self.pooling = pooling
+        self.ponder = ponder
         # Created here (not in build) so that heads-argument errors surface
         # at construction; its weights are still created in build().
         self.heads = DactHeads(
@@ -259,7 +268,8 @@ class DactEncoder(keras.layers.Layer):
             )
             if training:
                 if dact:
-                    self.add_loss(tf.cast(self.tau, tf.float32) * tf.reduce_mean(ponder))
+                    self.add_loss(tf.cast(self.tau, tf.float32)
+                                  * tf.reduce_mean(self._ponder_loss(trace)))
                 # Each block's own answer (and DACT's accumulated answers),
                 # for the per-block losses.
                 out["block_answers"] = trace["answers"]
@@ -267,6 +277,15 @@ class DactEncoder(keras.layers.Layer):
                     out["block_accumulated"] = trace["accumulated"]
             return out
         return self.adaptive_forward(inputs, padding_mask, max_layers=max_layers)
+
+    def _ponder_loss(self, trace):
+        """`[batch]`, the ponder cost training pays (see `ponder`)."""
+        if self.ponder == "blocks":
+            context = self.exit_context
+            return ops.expected_blocks(
+                trace["accumulated"], trace["budgets"], task=self.task,
+                output_range=context.output_range, tolerance=context.tolerance)
+        return trace["ponder_cost"]
 
     def _outputs(self, answer, layers_executed, ponder):
         out = {"layers_executed": layers_executed, "ponder_cost": ponder}
@@ -435,6 +454,7 @@ class DactEncoder(keras.layers.Layer):
                 "regression_tolerance": self.regression_tolerance,
                 "pooling": self.pooling,
                 "method": exits.serialize(self.exit_criterion),
+                "ponder": self.ponder,
             }
         )
         return config

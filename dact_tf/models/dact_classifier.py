@@ -59,6 +59,9 @@ class DactClassifier(TrainerFixes, keras.Model):
         dropout: float, dropout on the first-token vector before each head.
         tau: float >= 0, the ponder-cost weight (change it with `model.tau`
             or `dact_tf.callbacks.TauScheduler`).
+        ponder: the ponder cost: `"budget"` (the paper's `sum_n p_n`) or
+            `"blocks"` (a smooth count of the blocks the halting rule runs;
+            see `DactEncoder`).
         halting_rule, halting_margin, halting_epsilon, halting_slack: DACT's
             knobs (None: the defaults of `dact_tf.exits.Dact`: the
             guaranteed `"tight"` rule); see `dact_tf.ops.should_halt`.
@@ -155,6 +158,7 @@ class DactClassifier(TrainerFixes, keras.Model):
         patience=None,
         entropy_threshold=None,
         num_layers=None,
+        ponder="budget",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -212,6 +216,7 @@ class DactClassifier(TrainerFixes, keras.Model):
             method=method,
             patience=patience,
             entropy_threshold=entropy_threshold,
+            ponder=ponder,
             name="dact_encoder",
         )
         self.kept_layers = None if num_layers is None else int(num_layers)
@@ -491,6 +496,7 @@ class DactClassifier(TrainerFixes, keras.Model):
             "pooling": enc.pooling,
             "method": exits.serialize(enc.exit_criterion),
             "num_layers": self.kept_layers,
+            "ponder": enc.ponder,
         }
 
     @classmethod

@@ -83,6 +83,75 @@ def ponder_cost(budgets, axis=0):
     return tf.reduce_sum(tf.cast(budgets, tf.float32), axis=axis)
 
 
+#: Ponder costs accepted by `DactEncoder(ponder=...)`.
+PONDER_COSTS = ("budget", "blocks")
+#: The temperature of `expected_blocks`' soft halting test.
+BLOCKS_TEMPERATURE = 0.25
+
+
+def expected_blocks(accumulated, budgets, task="classification", output_range=(0.0, 1.0),
+                    tolerance=0.05, temperature=BLOCKS_TEMPERATURE):
+    """A smooth count of the blocks the tight halting rule runs: a ponder cost.
+
+    The paper's ponder cost `sum_n p_n` is cheap for a model that keeps a
+    small budget alive for many blocks: with `p_1 = 0.14` it costs about
+    0.5, yet the guaranteed rule cannot stop such a row before its answer
+    `a_n`, most of which is block 1's `y_n`, has a wide margin, so it runs
+    3 or more blocks. Training then shrinks the first halting values (the
+    cheapest way to lower `sum p_n`) and the answers collapse onto the first
+    heads. This cost counts what inference runs instead. With the tight
+    rule's test written as `g_n > 0`, where
+
+        g_n = q_n * (1 + delta_n) - 1           (classification)
+        g_n = (tol - (1 - q_n) * (hi - lo)) / (hi - lo)   (regression)
+
+    (`q_n = (1 - p_n)^(N - n)`, `delta_n` the margin of `a_n`'s top class,
+    held fixed: the cost trains the budgets, never the answers), a row is
+    still running after block n with soft probability
+    `s_n = sigmoid(-g_n / temperature)`, and
+
+        cost = 1 + sum_{n=1}^{N-1} prod_{m<=n} s_m
+
+    lies in `[1, N]`: close to the blocks the rule executes when the tests
+    are far from their thresholds. Keeping the whole budget (`p_n = 1`)
+    costs each block it runs and no more, so early blocks are not pushed to
+    hand their weight in `a_N` to the first head.
+
+    Args:
+        accumulated: float `[N, batch, num_outputs]`, the `a_n`.
+        budgets: float `[N, batch]`, the `p_n`.
+        task: `"classification"` or `"regression"`.
+        output_range: `(lo, hi)`, the range of regression scores.
+        tolerance: float > 0, the regression error bound.
+        temperature: float > 0, the softness of the test.
+
+    Returns:
+        `[batch]` float32.
+    """
+    if task not in TASKS:
+        raise ValueError(f"`task` must be one of {TASKS}, got {task!r}.")
+    if not float(temperature) > 0.0:
+        raise ValueError(f"`temperature` must be > 0, got {temperature}.")
+    accumulated = tf.cast(accumulated, tf.float32)
+    budgets = tf.cast(budgets, tf.float32)
+    n = budgets.shape[0]
+    if n is None:
+        raise ValueError("`budgets` needs a static number of blocks.")
+    if n == 1:
+        return tf.ones_like(budgets[0])
+    remaining = tf.range(n - 1, 0, -1, dtype=tf.float32)[:, None]  # blocks 1..N-1
+    q = remaining_weight_bound(budgets[:-1], remaining)
+    if task == "regression":
+        lo, hi = output_range
+        width = float(hi - lo)
+        gap = (float(tolerance) - (1.0 - q) * width) / width
+    else:
+        top2 = tf.math.top_k(tf.stop_gradient(accumulated[:-1]), k=2).values
+        gap = q * (1.0 + top2[..., 0] - top2[..., 1]) - 1.0
+    running = tf.sigmoid(-gap / float(temperature))
+    return 1.0 + tf.reduce_sum(tf.math.cumprod(running, axis=0), axis=0)
+
+
 def remaining_weight_bound(budget, remaining):
     """`q = (1 - p_n)^d`: a lower bound on the weight `a_n` keeps in `a_N`.
 

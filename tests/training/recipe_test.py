@@ -270,3 +270,83 @@ def test_the_recipe_pieces_compose_in_a_plain_keras_fit(tmp_path):
     blocks = train_lib.evaluate(model, heldout, "classification")["mean_layers_executed"]
     assert abs(blocks - 2.0) <= 0.5 and blocks == pytest.approx(result["mean_layers_executed"])
     assert (tmp_path / "best" / "best.weights.h5").exists()
+
+
+def numpy_expected_blocks(accumulated, budgets, regression=False, span=5.0, tol=0.05, temp=0.25):
+    accumulated = np.asarray(accumulated, np.float64)
+    budgets = np.asarray(budgets, np.float64)
+    n = budgets.shape[0]
+    cost, alive = 1.0, 1.0
+    for i in range(n - 1):  # after blocks 1..N-1
+        q = (1.0 - budgets[i]) ** (n - 1 - i)
+        if regression:
+            gap = (tol - (1.0 - q) * span) / span
+        else:
+            top = np.sort(accumulated[i], axis=-1)
+            gap = q * (1.0 + top[:, -1] - top[:, -2]) - 1.0
+        alive = alive / (1.0 + np.exp(gap / temp))
+        cost = cost + alive
+    return cost
+
+
+def test_expected_blocks_matches_its_formula_and_counts_blocks():
+    rng = np.random.default_rng(2)
+    accumulated = rng.dirichlet(np.ones(3), size=(5, 6)).astype("float32")
+    budgets = np.cumprod(rng.uniform(0.05, 0.95, size=(5, 6)), axis=0).astype("float32")
+    got = ops.expected_blocks(accumulated, budgets).numpy()
+    np.testing.assert_allclose(got, numpy_expected_blocks(accumulated, budgets), rtol=1e-5)
+    scores = rng.uniform(0, 5, size=(5, 6, 1)).astype("float32")
+    got = ops.expected_blocks(scores, budgets, task="regression", output_range=(0, 5)).numpy()
+    np.testing.assert_allclose(got, numpy_expected_blocks(scores, budgets, True), rtol=1e-5)
+    # A row that keeps its whole budget runs (nearly) every block; a sure
+    # answer with the budget spent stops after the first.
+    sure = np.tile(np.array([[1.0, 0.0, 0.0]], "float32"), (5, 1, 1))
+    assert ops.expected_blocks(sure, np.ones((5, 1), "float32")).numpy()[0] > 4.5
+    assert ops.expected_blocks(sure, np.zeros((5, 1), "float32")).numpy()[0] < 1.1
+    assert ops.expected_blocks(sure[:1], np.ones((1, 1), "float32")).numpy()[0] == 1.0
+    with pytest.raises(ValueError, match="temperature"):
+        ops.expected_blocks(sure, np.ones((5, 1), "float32"), temperature=0.0)
+
+
+def test_expected_blocks_trains_the_budgets_not_the_answers():
+    rng = np.random.default_rng(3)
+    halting = tf.Variable(rng.uniform(0.2, 0.9, size=(4, 5)), dtype=tf.float32)
+    answers = tf.Variable(rng.dirichlet(np.ones(2), size=(4, 5)), dtype=tf.float32)
+    with tf.GradientTape() as tape:
+        answer, budget = ops.initial_state(5, 2)
+        accumulated, budgets = [], []
+        for n in range(4):
+            answer, budget = ops.accumulate(answer, budget, answers[n], halting[n])
+            accumulated.append(answer)
+            budgets.append(budget)
+        cost = tf.reduce_sum(ops.expected_blocks(tf.stack(accumulated), tf.stack(budgets)))
+    grad_halting, grad_answers = tape.gradient(cost, [halting, answers])
+    assert grad_answers is None  # the answers' margins enter as constants
+    # More halting weight kept means more blocks: every h_n but the last's
+    # (p_N is never tested) has a positive gradient.
+    assert grad_halting.numpy()[:-1].min() > 0
+    np.testing.assert_array_equal(grad_halting.numpy()[-1], 0.0)
+
+
+def test_model_pays_the_chosen_ponder_cost():
+    feats, labels = synthetic_task(16, seed=5)
+    model = DactClassifier(tiny_backbone(seed=5), num_classes=2, tau=0.0, dropout=0.0)
+    model.compile()
+    base = float(model.compute_loss(y=labels, y_pred=model(feats, training=True)))
+    blocks = DactClassifier(tiny_backbone(seed=5), num_classes=2, tau=0.3, dropout=0.0,
+                            ponder="blocks")
+    blocks.set_weights(model.get_weights())
+    blocks.tau = 0.3
+    blocks.compile()
+    y_pred = blocks(feats, training=True)
+    got = float(blocks.compute_loss(y=labels, y_pred=y_pred))
+    trace = blocks.trace(feats)  # no dropout anywhere: the training pass's trajectory
+    expected = 0.3 * float(tf.reduce_mean(ops.expected_blocks(trace["accumulated"],
+                                                              trace["budgets"])))
+    np.testing.assert_allclose(got - base, expected, rtol=1e-4)
+    # The reported ponder cost is still sum p_n; the config round-trips.
+    np.testing.assert_allclose(y_pred["ponder_cost"], trace["ponder_cost"], rtol=1e-5)
+    restored = DactClassifier.from_config(blocks.get_config())
+    assert restored.encoder.ponder == "blocks" and model.encoder.ponder == "budget"
+    with pytest.raises(ValueError, match="ponder"):
+        DactClassifier(tiny_backbone(), num_classes=2, ponder="steps")
