@@ -19,6 +19,9 @@ decay, best epoch on held-out training rows):
 - `dact_t2` (a variant, not in the default plan): the default recipe trained
   towards 2 held-out blocks instead of half the blocks (does training for
   the budget beat re-calibrating to it?);
+- `dact_blocks` (a variant): the default recipe with `ponder="blocks"`, a
+  ponder cost that counts the blocks the halting rule runs instead of the
+  paper's `sum_n p_n` (`dact_tf.ops.expected_blocks`);
 - `pabee` (one model, each of `--patiences`) and `deebert` (stage 2 from
   `full`, each of `--entropy_thresholds`).
 
@@ -60,7 +63,8 @@ from benchmarks import bench_utils  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = ("full", "static", "dact", "dact_paper", "pabee", "deebert",
            # Variants of the recipe, for choosing it (STUDY.md, "How the recipe was chosen").
-           "dact_nodistill", "dact_conf", "dact_noconf", "dact_onestage", "dact_t2")
+           "dact_nodistill", "dact_conf", "dact_noconf", "dact_onestage", "dact_t2",
+           "dact_blocks")
 METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews_corrcoef",
           "stsb": "pearson", "qnli": "accuracy"}
 SEQ_LENGTH = {"sst2": 64, "cola": 64}  # pair tasks: 128
@@ -140,6 +144,8 @@ def _model_configs(task, seed, method):
             base, init_from=full, halting_confidence=0.0))]
     if method == "dact_t2":  # the default recipe trained towards 2 held-out blocks, not 3
         return [(method, train_lib.dataclasses.replace(base, init_from=full, target_blocks=2.0))]
+    if method == "dact_blocks":  # the ponder cost that counts the blocks run (ops.expected_blocks)
+        return [(method, train_lib.dataclasses.replace(base, init_from=full, ponder="blocks"))]
     if method == "dact_onestage":  # no stage 1
         return [(method, train_lib.dataclasses.replace(base, full_depth_stage=False))]
     if method == "dact_paper":
