@@ -70,7 +70,8 @@ METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews
 SEQ_LENGTH = {"sst2": 64, "cola": 64}  # pair tasks: 128
 CSV_KEYS = ("task", "method", "knob", "seed", "train_examples", "metric_name", "metric",
             "mean_layers_executed", "backbone_layers", "accuracy", "paper_rule_blocks",
-            "holdout_metric", "layers_histogram", "epochs", "train_seconds", "model_dir")
+            "holdout_metric", "layers_histogram", "epochs", "train_seconds", "model_dir",
+            "pass_through")
 
 flags.DEFINE_string("glue_dir", "../shared/data/glue", "GLUE folder (<TASK>/{train,dev}.tsv).")
 flags.DEFINE_list("tasks", ["sst2"], "GLUE tasks, in the order to run.")
@@ -201,13 +202,21 @@ def _point(task, seed, method, knob, settings, model_dir, datasets, metric_task)
 
     model, _, config = train_lib.load_model_dir(model_dir)
     result = {}
-    if "target_blocks" in settings:
-        # As `dact-tf train --target_blocks` does: at most one point of the
-        # held-out metric may go (`calibration.json` says when that stopped it).
-        cal = calibration.calibrate_halting_bias(model, datasets["holdout"],
-                                                 settings["target_blocks"],
-                                                 metric_task=metric_task)
-        result["calibration"] = cal
+    target = settings.get("target_blocks")
+    if model.method == "dact":
+        # Every DACT point is calibrated from the trained halting values, as
+        # `dact-tf train` does after training (at most one point of the
+        # held-out metric may go): the saved calibration is undone first,
+        # so models trained before a change of the calibration are scored
+        # with the current one.
+        _undo_calibration(model, model_dir)
+        trained_target = config["model"].get("target_blocks")
+        if target is None and trained_target != 0:
+            target = trained_target or model.num_layers / 2.0
+        if target:
+            result["calibration"] = calibration.calibrate_halting_bias(
+                model, datasets["holdout"], target, metric_task=metric_task)
+            result["pass_through"] = result["calibration"]["pass_through"]
     elif settings:
         model.configure_exit(**settings)
     dev = train_lib.evaluate(model, datasets["validation"], metric_task)
@@ -231,6 +240,19 @@ def _point(task, seed, method, knob, settings, model_dir, datasets, metric_task)
         with open(seconds) as f:
             result["train_seconds"] = round(json.load(f)["seconds"])
     return result
+
+
+def _undo_calibration(model, model_dir):
+    """Puts back the halting biases training left, before `calibration.json`'s shift."""
+    from dact_tf import train_lib
+
+    path = os.path.join(model_dir, train_lib.CALIBRATION_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            shift = json.load(f).get("shift", 0.0)
+        heads = model.encoder.heads
+        heads.pass_budget_through(0)
+        heads.shift_halting_bias(-shift)
 
 
 def _schedule():
@@ -285,7 +307,8 @@ def _point_path(task, seed, method, knob):
 
 _CSV_TYPES = {"seed": int, "train_examples": int, "metric": float, "mean_layers_executed": float,
               "backbone_layers": int, "accuracy": float, "paper_rule_blocks": float,
-              "holdout_metric": float, "epochs": int, "train_seconds": int}
+              "holdout_metric": float, "epochs": int, "train_seconds": int,
+              "pass_through": int}
 
 
 def _import_committed_points():

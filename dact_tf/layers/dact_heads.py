@@ -6,6 +6,11 @@ import tensorflow as tf
 from dact_tf.ops import TASKS
 
 
+#: A halting bias this large makes `h_n` exactly 1 in float32: the block
+#: passes its whole budget on (`DactHeads.pass_budget_through`).
+PASS_THROUGH_BIAS = 1e4
+
+
 @keras.saving.register_keras_serializable(package="dact_tf")
 class DactHeads(keras.layers.Layer):
     """The DACT heads of a stack of blocks: an answer and a halting value.
@@ -243,6 +248,45 @@ class DactHeads(keras.layers.Layer):
         model to a compute budget; the halting guarantee is unaffected.
         """
         self.halting_bias_weight.assign(self.halting_bias_weight + float(shift))
+
+    @property
+    def passed_blocks(self):
+        """How many leading blocks pass their whole budget on (`pass_budget_through`)."""
+        if self.shared or not self.built:
+            return 0
+        count = 0
+        for bias in keras.ops.convert_to_numpy(self.halting_bias_weight):
+            if bias < PASS_THROUGH_BIAS / 2:
+                break
+            count += 1
+        return count
+
+    def pass_budget_through(self, blocks):
+        """Makes the first `blocks` blocks hand their whole budget on.
+
+        Their halting values become exactly 1 (a bias of `PASS_THROUGH_BIAS`
+        on top of the trained one), so `p_n` stays 1 and
+        `a_{blocks+1} = y_{blocks+1}`: those blocks' heads keep no weight in
+        any answer, and no row stops before block `blocks + 1` (the halting
+        test cannot pass while `p_n = 1`). The recurrence and the guarantee
+        are unchanged. `0` restores the trained biases. Used by
+        `dact_tf.calibration.calibrate_halting_bias` where the first heads
+        are of little use (on CoLA the first two score an MCC near 0).
+
+        Args:
+            blocks: int in `[0, num_layers - 1]`.
+        """
+        blocks = int(blocks)
+        if not 0 <= blocks < self.num_layers:
+            raise ValueError(
+                f"`blocks` must be in [0, {self.num_layers - 1}], got {blocks}.")
+        if self.shared and blocks:
+            raise ValueError("Shared heads have one halting unit: no block can pass its "
+                             "budget through alone.")
+        bias = keras.ops.convert_to_numpy(self.halting_bias_weight).copy()
+        bias[:self.passed_blocks] -= PASS_THROUGH_BIAS
+        bias[:blocks] += PASS_THROUGH_BIAS
+        self.halting_bias_weight.assign(bias)
 
     def load_own_variables(self, store):
         # Heads saved without the confidence term (e.g. a full-depth model to

@@ -117,3 +117,81 @@ def test_without_labels_there_is_no_bound():
     assert not result["limited"] and "metric" not in result
     with pytest.raises(ValueError, match="max_metric_drop"):
         calibration.calibrate_halting_bias(model, features_only, 1.0, max_metric_drop=-0.1)
+
+
+def test_passing_the_budget_through_drops_the_first_heads_and_keeps_the_guarantee():
+    feats, labels = synthetic_task(64, seed=7)
+    model = DactClassifier(tiny_backbone(seed=7), num_classes=2, tau=0.0, dropout=0.0,
+                           halting_bias=-1.0)
+    data = dataset(feats, labels)
+    heads = model.encoder.heads
+    trained = heads.halting_bias_weight.numpy().copy()
+    assert heads.passed_blocks == 0
+    heads.pass_budget_through(2)
+    assert heads.passed_blocks == 2
+    trace = model.trace(feats)
+    np.testing.assert_array_equal(trace["halting"][:2], 1.0)
+    np.testing.assert_array_equal(trace["budgets"][:2], 1.0)
+    # a_3 is block 3's own answer: blocks 1 and 2 keep no weight.
+    np.testing.assert_allclose(trace["accumulated"][2], trace["answers"][2], atol=1e-6)
+    early, _ = train_lib.predict_dataset(model, data)
+    full, _ = train_lib.predict_dataset(model, data, full_depth=True)
+    assert early["layers_executed"].min() >= 3
+    np.testing.assert_array_equal(early["predictions"], full["predictions"])
+    heads.pass_budget_through(0)
+    np.testing.assert_allclose(heads.halting_bias_weight.numpy(), trained, atol=1e-3)
+    with pytest.raises(ValueError, match=r"\[0, 3\]"):
+        heads.pass_budget_through(4)
+    shared = DactClassifier(tiny_backbone(), num_classes=2, shared_heads=True)
+    shared(feats)
+    with pytest.raises(ValueError, match="Shared heads"):
+        shared.encoder.heads.pass_budget_through(1)
+
+
+def test_useless_leading_blocks_counts_heads_below_half_the_best_gain():
+    model = DactClassifier(tiny_backbone(), num_classes=2)
+    labels = np.array([0, 0, 0, 1, 1, 0, 1, 0])
+    truth = np.eye(2)[labels]
+    constant = np.tile([0.9, 0.1], (8, 1))
+    half = truth.copy()
+    half[3] = half[4] = [1.0, 0.0]  # two of the three positives missed
+    answers = np.stack([constant, half, truth, truth]).astype("float32")
+    # Gains over always answering 0 (accuracy 5/8): 0, 1/8, 3/8, 3/8.
+    assert calibration.useless_leading_blocks(model, answers, labels, "classification") == 2
+    assert calibration.useless_leading_blocks(model, answers[2:], labels, "classification") == 0
+    # No head above a constant answer: nothing to pass through.
+    flat = np.stack([constant] * 3).astype("float32")
+    assert calibration.useless_leading_blocks(model, flat, labels, "classification") == 0
+
+
+def test_calibration_passes_useless_first_blocks_through_and_undoes_it():
+    feats, labels = synthetic_task(96, seed=8)
+    model = DactClassifier(tiny_backbone(seed=8), num_classes=2, tau=0.0, dropout=0.0,
+                           halting_bias=0.0)
+    data = dataset(feats, labels)
+    heads = model.encoder.heads
+    trained = heads.halting_bias_weight.numpy().copy()
+    result = calibration.calibrate_halting_bias(model, data, 3.0, max_metric_drop=None,
+                                                pass_through=2)
+    assert result["pass_through"] == 2 and heads.passed_blocks == 2
+    after = train_lib.evaluate(model, data, "classification")
+    assert after["mean_layers_executed"] >= 3.0
+    assert after["mean_layers_executed"] == pytest.approx(result["mean_layers_executed"], abs=0.02)
+    early, _ = train_lib.predict_dataset(model, data)
+    full, _ = train_lib.predict_dataset(model, data, full_depth=True)
+    np.testing.assert_array_equal(early["predictions"], full["predictions"])
+    # A later calibration starts from the trained halting values.
+    again = calibration.calibrate_halting_bias(model, data, 3.0, max_metric_drop=None,
+                                               pass_through=0, apply=False)
+    assert again["pass_through"] == 0 and heads.passed_blocks == 2  # not applied
+    calibration.calibrate_halting_bias(model, data, 3.0, max_metric_drop=None, pass_through=0)
+    assert heads.passed_blocks == 0
+    # Shifts add up; the pass-through is gone.
+    np.testing.assert_allclose(heads.halting_bias_weight.numpy() - again["shift"]
+                               - result["shift"], trained, atol=1e-3)
+    # Without labels "auto" passes nothing; a pass-through above the target is refused.
+    features_only = data.map(lambda x, y: x)
+    assert calibration.calibrate_halting_bias(model, features_only, 3.0,
+                                              apply=False)["pass_through"] == 0
+    with pytest.raises(ValueError, match="pass_through"):
+        calibration.calibrate_halting_bias(model, data, 2.0, pass_through=2)
