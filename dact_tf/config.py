@@ -91,6 +91,12 @@ class ModelConfig:
     - `ponder`: DACT only: the ponder cost, `"budget"` (the paper's
       `sum_n p_n`) or `"blocks"` (a smooth count of the blocks the halting
       rule runs; `dact_tf.ops.expected_blocks`).
+    - `pass_through`: DACT with a target: how many leading blocks the
+      calibration makes hand their whole budget on (`h_n = 1`: their heads
+      keep no weight in any answer and no row stops there). `"auto"`: the
+      leading heads that score below half of the best head's gain over a
+      constant answer on the held-out rows (`dact_tf.calibration`); an
+      integer: that many; 0: none.
     - `init_from`: warm start from another trained model.
     - `freeze_backbone`: train the heads only.
     """
@@ -117,6 +123,7 @@ class ModelConfig:
     target_blocks: float = None
     calibration_max_drop: float = 0.01
     ponder: str = "budget"
+    pass_through: str = "auto"
 
 
 @dataclasses.dataclass

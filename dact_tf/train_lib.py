@@ -8,6 +8,7 @@ is kept, and with `target_blocks` the halting is calibrated on them.
 
 import contextlib
 import dataclasses
+import math
 import os
 import shutil
 import sys
@@ -122,6 +123,11 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
     is training into is refused too (`dact_tf.files.ModelDirLock`).
     See `_train` for what training does.
     """
+    # Checked before any stage trains (the default target, half the blocks,
+    # is checked once the model is built).
+    if model_config.target_blocks != 0 and _criterion(model_config).accumulates:
+        _pass_through(model_config.pass_through, model_config.target_blocks or math.inf,
+                      model_config.shared_heads)
     if _check_same_run(model_dir, data_config, model_config, train_config):
         if train_config.verbose:
             print(f"{model_dir} already holds this finished run: nothing to train "
@@ -249,6 +255,7 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
                 f"--target_blocks must be in [1, {model.num_layers}] (the model's blocks), "
                 f"got {target:g}."
             )
+    pass_through = _pass_through(model_config.pass_through, target, model_config.shared_heads)
     train_rows, _ = dataset_sizes(data_config, label_names)
     steps_per_epoch = max(1, -(-train_rows // data_config.batch_size))
     total_steps = steps_per_epoch * train_config.epochs
@@ -383,7 +390,7 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
     if target is not None:
         result = calibration.calibrate_halting_bias(
             model, datasets["holdout"], target, metric_task=metric_task,
-            max_metric_drop=model_config.calibration_max_drop)
+            max_metric_drop=model_config.calibration_max_drop, pass_through=pass_through)
         if result["limited"]:  # even when quiet: the model is not what was asked for
             print(_limited_message(result), file=sys.stderr)
         result["holdout_layers_executed"] = float(
@@ -407,6 +414,29 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
     # and takes its part of the cluster away, while another still writes.
     distribute.check_workers_agree(strategy, 0, "the end of training")
     return model, preprocessor, history
+
+
+def _pass_through(value, target, shared_heads):
+    """`ModelConfig.pass_through` as `calibrate_halting_bias` takes it.
+
+    `target` is the calibration's target blocks (None: no calibration;
+    `math.inf`: not known yet, only the form is checked).
+    """
+    if str(value) == "auto":
+        return "auto"
+    try:
+        blocks = int(value)
+    except (TypeError, ValueError):
+        blocks = -1
+    most = 0 if target is None or shared_heads else (
+        math.inf if math.isinf(target) else int(target) - 1)
+    if str(blocks) != str(value).strip() or not 0 <= blocks <= most:
+        span = "an integer >= 0" if math.isinf(most) else f"an integer in [0, {most}]"
+        raise ValueError(
+            f"--pass_through must be 'auto' or {span} (a row runs at least pass_through + 1 "
+            f"blocks, at most the target's; none without a target or with shared heads), "
+            f"got {value!r}.")
+    return blocks
 
 
 def _limited_message(result):
@@ -446,7 +476,7 @@ def full_depth_config(model_config):
     return dataclasses.replace(
         model_config, method="static", num_layers=None, head_loss_weight=0.0,
         distill_weight=0.0, halting_confidence=0.0, full_depth_stage=False,
-        target_blocks=None, init_from=None, freeze_backbone=False,
+        target_blocks=None, init_from=None, freeze_backbone=False, pass_through="auto",
     )
 
 

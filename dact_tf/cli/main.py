@@ -55,6 +55,7 @@ flags.DEFINE_integer("max_holdout_examples", _DATA.max_holdout_examples, "At mos
 flags.DEFINE_string("backbone", _MODEL.backbone, "minilm_l6, tiny, a local Hugging Face BERT dir, or a keras-hub preset (online).")
 flags.DEFINE_float("tau", _MODEL.tau, "Ponder-cost weight: larger means fewer blocks.", lower_bound=0.0)
 flags.DEFINE_float("tau_warmup_epochs", _MODEL.tau_warmup_epochs, "Grow tau linearly from 0 over this many epochs (0: constant tau).", lower_bound=0.0)
+flags.DEFINE_string("pass_through", _MODEL.pass_through, "DACT with a target: how many leading blocks the calibration makes hand their whole budget on (their heads keep no weight); auto: the leading heads below half of the best head's gain on the held-out rows; 0: none.")
 flags.DEFINE_enum("ponder", _MODEL.ponder, ["budget", "blocks"], "DACT: the ponder cost tau weighs: budget (the paper's sum of p_n) or blocks (a smooth count of the blocks the halting rule runs).")
 flags.DEFINE_float("halting_bias", _MODEL.halting_bias, "Initial bias of the halting units.")
 flags.DEFINE_float("halting_confidence", _MODEL.halting_confidence, "DACT, classification (ignored for regression): the initial weight of each halting unit on its own answer's confidence (negative: confident answers start halting); 0: the paper's halting units.")
@@ -170,6 +171,7 @@ def cmd_train():
         distill_weight=FLAGS.distill_weight if exits.get(FLAGS.method).accumulates else 0.0,
         full_depth_stage=FLAGS.full_depth_stage, target_blocks=FLAGS.target_blocks,
         calibration_max_drop=FLAGS.calibration_max_drop, ponder=FLAGS.ponder,
+        pass_through=FLAGS.pass_through,
     )
     train_config = train_lib.TrainConfig(
         epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
@@ -372,7 +374,7 @@ COMMAND_FLAGS = {
     "train": {
         "Where": ["model_dir"],
         "Data": _DATA,
-        "Model": ["backbone", "method", "target_blocks", "calibration_max_drop", "tau", "tau_warmup_epochs",
+        "Model": ["backbone", "method", "target_blocks", "calibration_max_drop", "pass_through", "tau", "tau_warmup_epochs",
                   "ponder", "full_depth_stage", "distill_weight", "head_loss_weight", "halting_bias",
                   "halting_confidence", "pooling", "shared_heads", "num_layers", "patience",
                   "entropy_threshold", "halting_rule", "regression_tolerance", "init_from",

@@ -280,7 +280,7 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
                            validation_data=validation_data, shuffle=False, **kwargs)
 
     def calibrate(self, x, target_blocks, y=None, batch_size=None,
-                  max_metric_drop=calibration.DEFAULT_MAX_METRIC_DROP):
+                  max_metric_drop=calibration.DEFAULT_MAX_METRIC_DROP, pass_through="auto"):
         """Shifts the halting so the mean blocks on `x` is `target_blocks`.
 
         Run it after training on rows the model was not trained on (DACT
@@ -298,9 +298,14 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
             batch_size: int, for arrays (default 32).
             max_metric_drop: float, the bound on the metric's fall (0.01:
                 one point), or None for none.
+            pass_through: how many leading blocks hand their whole budget
+                on (their heads then keep no weight in any answer): `"auto"`
+                (with labels, the leading heads scoring below half of the
+                best head's gain over a constant answer; without, none) or
+                an int below `target_blocks`.
 
         Returns:
-            The dict of `calibrate_halting_bias` (`shift`,
+            The dict of `calibrate_halting_bias` (`shift`, `pass_through`,
             `mean_layers_executed`, `before`, `target_blocks`, `limited`,
             and with labels `metric_before` and `metric`).
 
@@ -317,7 +322,8 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
                 f"`target_blocks` must be in [1, {self.num_layers}], got {target_blocks}.")
         data = self._features_dataset(x, batch_size, y=y)
         result = calibration.calibrate_halting_bias(self, data, float(target_blocks),
-                                                    max_metric_drop=max_metric_drop)
+                                                    max_metric_drop=max_metric_drop,
+                                                    pass_through=pass_through)
         self.predict_function = self.test_function = None
         return result
 

@@ -1,6 +1,7 @@
 """Tests of the training recipe: distillation, AdamW schedule, best epoch, holdout, two stages."""
 
 import json
+import math
 import os
 
 import keras
@@ -206,7 +207,27 @@ def test_train_runs_both_stages_keeps_the_best_epoch_and_lands_on_target_blocks(
         train_lib.train(str(tmp_path / "bad"), data,
                         train_lib.ModelConfig(backbone="tiny", method="pabee", target_blocks=2.0),
                         train_lib.TrainConfig(epochs=1, verbose=0))
+    # A pass-through the target cannot hold is refused before any training.
+    with pytest.raises(ValueError, match=r"pass_through.*\[0, 1\]"):
+        train_lib.train(str(tmp_path / "bad2"), data,
+                        train_lib.ModelConfig(backbone="tiny", target_blocks=2.0, pass_through="2"),
+                        train_lib.TrainConfig(epochs=1, verbose=0))
+    assert not (tmp_path / "bad2" / "stage1").exists()
     assert os.path.getmtime(model_dir / "stage1" / "model.keras") == mtime
+    assert cal["pass_through"] in (0, 1)
+
+
+def test_pass_through_setting_is_checked():
+    assert train_lib._pass_through("auto", 3.0, False) == "auto"
+    assert train_lib._pass_through("2", 3.0, False) == 2
+    assert train_lib._pass_through(1, 2.5, False) == 1
+    assert train_lib._pass_through("0", None, False) == 0
+    assert train_lib._pass_through("4", math.inf, False) == 4  # the target is not known yet
+    for bad, target, shared in (("3", 3.0, False), ("1", None, False), ("1", 3.0, True),
+                                ("x", 3.0, False), ("-1", 3.0, False), ("1.5", 3.0, False),
+                                ("x", math.inf, False)):
+        with pytest.raises(ValueError, match="pass_through"):
+            train_lib._pass_through(bad, target, shared)
 
 
 def test_train_bounds_what_the_calibration_costs_and_says_so(tmp_path, capsys):
