@@ -120,10 +120,12 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
             `dact_tf.data.task_metrics`); None: accuracy, or Pearson for a
             regressor.
         pass_through: how many leading blocks pass their whole budget on
-            (`DactHeads.pass_budget_through`): an int, or `"auto"` (with
-            labels, `useless_leading_blocks`; without, 0), at most
-            `target_blocks - 1`. Any pass-through the model already has is
-            undone first.
+            (`DactHeads.pass_budget_through`): an int in `[0, N - 1]`, or
+            `"auto"` (with labels, `useless_leading_blocks`, at most
+            `target_blocks - 1`; without labels, 0). Rows run at least
+            `pass_through + 1` blocks: a lower target is not reached
+            (`limited`). Any pass-through the model already
+            has is undone first.
 
     Returns:
         A dict: `shift` (added to every halting bias), `pass_through`,
@@ -148,15 +150,13 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
         raise ValueError(f"`target_blocks` must be in [1, {n}], got {target_blocks}.")
     if max_metric_drop is not None and not float(max_metric_drop) >= 0:
         raise ValueError(f"`max_metric_drop` must be >= 0 or None, got {max_metric_drop}.")
-    most = int(np.floor(float(target_blocks))) - 1
     heads = model.encoder.heads
-    if heads.shared:
-        most = 0
+    most = 0 if heads.shared else n - 1
     if pass_through != "auto" and not (
             isinstance(pass_through, (int, np.integer)) and 0 <= pass_through <= most):
         raise ValueError(
-            f"`pass_through` must be 'auto' or an int in [0, {most}] (a row runs at least "
-            f"pass_through + 1 blocks; shared heads: 0), got {pass_through!r}.")
+            f"`pass_through` must be 'auto' or an int in [0, {most}] (shared heads: 0), "
+            f"got {pass_through!r}.")
     passed_before = heads.passed_blocks
     heads.pass_budget_through(0)  # trace the trained halting values
     try:
@@ -170,8 +170,11 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
     if metric_task is None:
         metric_task = model.task  # "classification" or "regression"
     if pass_through == "auto":
-        pass_through = 0 if labels is None or most <= 0 else min(
-            most, useless_leading_blocks(model, answers, labels, metric_task))
+        # At most target - 1 blocks: the target stays within reach.
+        reach = min(most, int(np.floor(float(target_blocks))) - 1)
+        pass_through = 0 if labels is None or reach <= 0 else min(
+            reach, useless_leading_blocks(model, answers, labels, metric_task))
+    pass_through = int(pass_through)
 
     def shifts(shift, passed):
         return shift + np.where(np.arange(n) < passed, PASS_THROUGH_BIAS, 0.0)
@@ -206,12 +209,14 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
             else:
                 hi = mid
         _, shift, blocks = best
+        # Rows run at least passed + 1 blocks: a lower target is out of reach.
+        short = passed + 1 > float(target_blocks) + tolerance
         if not bounded:
-            return shift, blocks, None, False
+            return shift, blocks, None, short
         floor = reference[2] - float(max_metric_drop)
         value = metric(shift, passed)[2]
         if value >= floor or np.isnan(reference[2]):
-            return shift, blocks, value, False
+            return shift, blocks, value, short
         # Not monotone in general: scan the shifts from the target's (which
         # fails) to the trained model's, keep the closest to the target that
         # passes (on a tie, the smaller shift).

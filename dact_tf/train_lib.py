@@ -123,11 +123,7 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
     is training into is refused too (`dact_tf.files.ModelDirLock`).
     See `_train` for what training does.
     """
-    # Checked before any stage trains (the default target, half the blocks,
-    # is checked once the model is built).
-    if model_config.target_blocks != 0 and _criterion(model_config).accumulates:
-        _pass_through(model_config.pass_through, model_config.target_blocks or math.inf,
-                      model_config.shared_heads)
+    _pass_through(model_config.pass_through)  # before any stage trains
     if _check_same_run(model_dir, data_config, model_config, train_config):
         if train_config.verbose:
             print(f"{model_dir} already holds this finished run: nothing to train "
@@ -255,7 +251,9 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
                 f"--target_blocks must be in [1, {model.num_layers}] (the model's blocks), "
                 f"got {target:g}."
             )
-    pass_through = _pass_through(model_config.pass_through, target, model_config.shared_heads)
+    pass_through = _pass_through(model_config.pass_through, model.num_layers)
+    if model_config.shared_heads and pass_through not in ("auto", 0):
+        raise ValueError("--pass_through needs a halting unit per block: not with --shared_heads.")
     train_rows, _ = dataset_sizes(data_config, label_names)
     steps_per_epoch = max(1, -(-train_rows // data_config.batch_size))
     total_steps = steps_per_epoch * train_config.epochs
@@ -416,31 +414,34 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
     return model, preprocessor, history
 
 
-def _pass_through(value, target, shared_heads):
-    """`ModelConfig.pass_through` as `calibrate_halting_bias` takes it.
-
-    `target` is the calibration's target blocks (None: no calibration;
-    `math.inf`: not known yet, only the form is checked).
-    """
+def _pass_through(value, num_layers=None):
+    """`ModelConfig.pass_through` as `calibrate_halting_bias` takes it ("auto" or
+    an int in `[0, num_layers - 1]`; None: the blocks are not known yet)."""
     if str(value) == "auto":
         return "auto"
     try:
         blocks = int(value)
     except (TypeError, ValueError):
         blocks = -1
-    most = 0 if target is None or shared_heads else (
-        math.inf if math.isinf(target) else int(target) - 1)
+    most = math.inf if num_layers is None else num_layers - 1
     if str(blocks) != str(value).strip() or not 0 <= blocks <= most:
-        span = "an integer >= 0" if math.isinf(most) else f"an integer in [0, {most}]"
+        span = "an integer >= 0" if num_layers is None else f"an integer in [0, {most}]"
         raise ValueError(
-            f"--pass_through must be 'auto' or {span} (a row runs at least pass_through + 1 "
-            f"blocks, at most the target's; none without a target or with shared heads), "
-            f"got {value!r}.")
+            f"--pass_through must be 'auto' or {span} (leading blocks whose heads get no "
+            f"weight), got {value!r}.")
     return blocks
 
 
 def _limited_message(result):
-    """One line: the calibration stopped short of the target to bound the metric's drop."""
+    """One line: why the calibration stopped short of the target."""
+    passed = result.get("pass_through", 0)
+    if passed + 1 > result["target_blocks"] + 0.02:
+        return (
+            f"--target_blocks={result['target_blocks']:g} is out of reach: the first {passed} "
+            f"blocks' heads are of little use on the held-out rows, so they pass their budget on "
+            f"(--pass_through={passed}) and every row runs at least {passed + 1} blocks: "
+            f"calibrated to {result['mean_layers_executed']:.2f} blocks. See {CALIBRATION_FILE}."
+        )
     return (
         f"--target_blocks={result['target_blocks']:g} would cost more than "
         f"--calibration_max_drop={result['max_metric_drop']:g} of the held-out {result['metric_name']} "

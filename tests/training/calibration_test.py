@@ -193,5 +193,9 @@ def test_calibration_passes_useless_first_blocks_through_and_undoes_it():
     features_only = data.map(lambda x, y: x)
     assert calibration.calibrate_halting_bias(model, features_only, 3.0,
                                               apply=False)["pass_through"] == 0
-    with pytest.raises(ValueError, match="pass_through"):
-        calibration.calibrate_halting_bias(model, data, 2.0, pass_through=2)
+    with pytest.raises(ValueError, match=r"pass_through.*\[0, 3\]"):
+        calibration.calibrate_halting_bias(model, data, 2.0, pass_through=4)
+    # Below the pass-through's reach, the target is not met and says so.
+    short = calibration.calibrate_halting_bias(model, data, 2.0, max_metric_drop=None,
+                                               pass_through=2, apply=False)
+    assert short["limited"] and short["mean_layers_executed"] >= 3.0
