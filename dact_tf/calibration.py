@@ -124,11 +124,15 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
             `"auto"` (with labels, `useless_leading_blocks`, at most
             `target_blocks - 1`; without labels, 0). Rows run at least
             `pass_through + 1` blocks: a lower target is not reached
-            (`limited`). Any pass-through the model already
-            has is undone first.
+            (`limited`). Where no shift keeps the metric within the bound
+            with it, the model's own pass-through is kept
+            (`pass_through_dropped`; `limited` when it was asked for by
+            number). The halting values are traced without any
+            pass-through; the bound's reference is the model as it is.
 
     Returns:
         A dict: `shift` (added to every halting bias), `pass_through`,
+        `pass_through_dropped`,
         `mean_layers_executed` (on `dataset`, after the shift), `before`
         (the mean before), `target_blocks`, `limited` (whether the metric
         bound stopped the shift short of the target) and, with labels,
@@ -152,8 +156,8 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
         raise ValueError(f"`max_metric_drop` must be >= 0 or None, got {max_metric_drop}.")
     heads = model.encoder.heads
     most = 0 if heads.shared else n - 1
-    if pass_through != "auto" and not (
-            isinstance(pass_through, (int, np.integer)) and 0 <= pass_through <= most):
+    if pass_through != "auto" and (isinstance(pass_through, bool) or not (
+            isinstance(pass_through, (int, np.integer)) and 0 <= pass_through <= most)):
         raise ValueError(
             f"`pass_through` must be 'auto' or an int in [0, {most}] (shared heads: 0), "
             f"got {pass_through!r}.")
@@ -169,7 +173,8 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
     bounded = labels is not None and max_metric_drop is not None
     if metric_task is None:
         metric_task = model.task  # "classification" or "regression"
-    if pass_through == "auto":
+    asked_auto = pass_through == "auto"
+    if asked_auto:
         # At most target - 1 blocks: the target stays within reach.
         reach = min(most, int(np.floor(float(target_blocks))) - 1)
         pass_through = 0 if labels is None or reach <= 0 else min(
@@ -189,8 +194,9 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
         scores = analysis.task_metrics(metric_task, labels, analysis.predictions(model, outputs))
         return (float(exits.mean()),) + next(iter(scores.items()))
 
-    before = mean_blocks(0.0, 0)
-    reference = metric(0.0, 0) if bounded else None
+    # The model as it is (its shift and pass-through) is the reference.
+    before = mean_blocks(0.0, passed_before)
+    reference = metric(0.0, passed_before) if bounded else None
 
     def solve(passed):
         """`(shift, blocks, metric or None, limited)` with `passed` blocks passed through,
@@ -231,13 +237,17 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
         _, _, shift, blocks, value = min(passing)
         return shift, blocks, value, True
 
-    solved = solve(pass_through) if pass_through else None
-    if solved is None:
-        pass_through = 0
-        solved = solve(0)  # shift 0 always passes the bound
+    solved = solve(pass_through)
+    dropped = solved is None
+    if dropped:
+        # No shift keeps the metric with that pass-through: keep the
+        # model's own (at shift 0 it is the reference, within the bound).
+        pass_through = passed_before
+        solved = solve(passed_before)
     shift, blocks, value, limited = solved
+    limited = limited or (dropped and not asked_auto)
     result = {"target_blocks": float(target_blocks), "before": before, "limited": limited,
-              "pass_through": int(pass_through)}
+              "pass_through": int(pass_through), "pass_through_dropped": bool(dropped)}
     if bounded:
         result.update(metric_name=reference[1], metric_before=float(reference[2]),
                       metric=float(value), max_metric_drop=float(max_metric_drop))

@@ -328,6 +328,10 @@ def warm_start(model, source):
             f"{_first_line(e)}); it may be truncated: copy or train it again."
         ) from e
     model.tau, model.head_loss_weight = settings
+    # A calibrated source may pass its first blocks' budgets through (a
+    # +1e4 bias, with no gradient): start training from its trained values.
+    if getattr(model.encoder, "heads", None) is not None and model.encoder.heads.built:
+        model.encoder.heads.pass_budget_through(0)
 
 
 def _first_line(error, limit=200):

@@ -123,7 +123,16 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
     is training into is refused too (`dact_tf.files.ModelDirLock`).
     See `_train` for what training does.
     """
-    _pass_through(model_config.pass_through)  # before any stage trains
+    # The pass-through is checked before any stage trains (its range once
+    # the model is built).
+    passed = _pass_through(model_config.pass_through)
+    if passed not in ("auto", 0):
+        if model_config.shared_heads:
+            raise ValueError("--pass_through needs a halting unit per block: not with "
+                             "--shared_heads.")
+        if not _criterion(model_config).accumulates or model_config.target_blocks == 0:
+            raise ValueError("--pass_through is part of DACT's calibration to --target_blocks: "
+                             "it needs --method=dact and a target (not --target_blocks=0).")
     if _check_same_run(model_dir, data_config, model_config, train_config):
         if train_config.verbose:
             print(f"{model_dir} already holds this finished run: nothing to train "
@@ -252,8 +261,6 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
                 f"got {target:g}."
             )
     pass_through = _pass_through(model_config.pass_through, model.num_layers)
-    if model_config.shared_heads and pass_through not in ("auto", 0):
-        raise ValueError("--pass_through needs a halting unit per block: not with --shared_heads.")
     train_rows, _ = dataset_sizes(data_config, label_names)
     steps_per_epoch = max(1, -(-train_rows // data_config.batch_size))
     total_steps = steps_per_epoch * train_config.epochs
@@ -437,10 +444,10 @@ def _limited_message(result):
     passed = result.get("pass_through", 0)
     if passed + 1 > result["target_blocks"] + 0.02:
         return (
-            f"--target_blocks={result['target_blocks']:g} is out of reach: the first {passed} "
-            f"blocks' heads are of little use on the held-out rows, so they pass their budget on "
-            f"(--pass_through={passed}) and every row runs at least {passed + 1} blocks: "
-            f"calibrated to {result['mean_layers_executed']:.2f} blocks. See {CALIBRATION_FILE}."
+            f"--target_blocks={result['target_blocks']:g} is out of reach: with "
+            f"--pass_through={passed} the first {passed} blocks pass their budget on and every "
+            f"row runs at least {passed + 1} blocks: calibrated to "
+            f"{result['mean_layers_executed']:.2f} blocks. See {CALIBRATION_FILE}."
         )
     return (
         f"--target_blocks={result['target_blocks']:g} would cost more than "

@@ -301,8 +301,9 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
             pass_through: how many leading blocks hand their whole budget
                 on (their heads then keep no weight in any answer): `"auto"`
                 (with labels, the leading heads scoring below half of the
-                best head's gain over a constant answer; without, none) or
-                an int below `target_blocks`.
+                best head's gain over a constant answer, at most
+                `target_blocks - 1`; without, none) or an int in
+                `[0, num_layers - 1]` (rows then run at least that plus one).
 
         Returns:
             The dict of `calibrate_halting_bias` (`shift`, `pass_through`,

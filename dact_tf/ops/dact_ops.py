@@ -102,8 +102,8 @@ def expected_blocks(accumulated, budgets, task="classification", output_range=(0
     heads. This cost counts what inference runs instead. With the tight
     rule's test written as `g_n > 0`, where
 
-        g_n = q_n * (1 + delta_n) - 1           (classification)
-        g_n = (tol - (1 - q_n) * (hi - lo)) / (hi - lo)   (regression)
+        g_n = q_n * (1 + delta_n) - 1                (classification)
+        g_n = (tol - (1 - q_n) * (hi - lo)) / tol    (regression)
 
     (`q_n = (1 - p_n)^(N - n)`, `delta_n` the margin of `a_n`'s top class,
     held fixed: the cost trains the budgets, never the answers), a row is
@@ -113,7 +113,8 @@ def expected_blocks(accumulated, budgets, task="classification", output_range=(0
         cost = 1 + sum_{n=1}^{N-1} prod_{m<=n} s_m
 
     lies in `[1, N]`: close to the blocks the rule executes when the tests
-    are far from their thresholds. Keeping the whole budget (`p_n = 1`)
+    are far from their thresholds. It models the tight rule whatever rule
+    the model halts with (the paper's rule halts no earlier). Keeping the whole budget (`p_n = 1`)
     costs each block it runs and no more, so early blocks are not pushed to
     hand their weight in `a_N` to the first head.
 
@@ -144,7 +145,7 @@ def expected_blocks(accumulated, budgets, task="classification", output_range=(0
     if task == "regression":
         lo, hi = output_range
         width = float(hi - lo)
-        gap = (float(tolerance) - (1.0 - q) * width) / width
+        gap = (float(tolerance) - (1.0 - q) * width) / float(tolerance)
     else:
         top2 = tf.math.top_k(tf.stop_gradient(accumulated[:-1]), k=2).values
         gap = q * (1.0 + top2[..., 0] - top2[..., 1]) - 1.0

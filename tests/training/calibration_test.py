@@ -180,7 +180,13 @@ def test_calibration_passes_useless_first_blocks_through_and_undoes_it():
     early, _ = train_lib.predict_dataset(model, data)
     full, _ = train_lib.predict_dataset(model, data, full_depth=True)
     np.testing.assert_array_equal(early["predictions"], full["predictions"])
-    # A later calibration starts from the trained halting values.
+    # A later calibration's reference is the model as it is now.
+    check = calibration.calibrate_halting_bias(model, data, 3.0, max_metric_drop=0.0,
+                                               pass_through=2, apply=False)
+    assert check["before"] == pytest.approx(after["mean_layers_executed"])
+    assert check["metric_before"] == pytest.approx(after["accuracy"])
+    assert check["metric"] >= check["metric_before"] and check["pass_through"] == 2
+    # Re-calibrating traces the halting values without the pass-through.
     again = calibration.calibrate_halting_bias(model, data, 3.0, max_metric_drop=None,
                                                pass_through=0, apply=False)
     assert again["pass_through"] == 0 and heads.passed_blocks == 2  # not applied
@@ -199,3 +205,22 @@ def test_calibration_passes_useless_first_blocks_through_and_undoes_it():
     short = calibration.calibrate_halting_bias(model, data, 2.0, max_metric_drop=None,
                                                pass_through=2, apply=False)
     assert short["limited"] and short["mean_layers_executed"] >= 3.0
+
+
+def test_a_warm_start_from_a_calibrated_model_trains_its_halting_units(tmp_path):
+    from dact_tf import model_dir as model_dir_lib
+
+    feats, _ = synthetic_task(8, seed=9)
+    source = DactClassifier(tiny_backbone(seed=9), num_classes=2)
+    source(feats)
+    source.encoder.heads.pass_budget_through(2)
+    path = str(tmp_path / "source.weights.h5")
+    source.save_weights(path)
+    model = DactClassifier(tiny_backbone(seed=1), num_classes=2)
+    model(feats)
+    model_dir_lib.warm_start(model, path)
+    # The +1e4 biases (no gradient through h = 1) are not carried into training.
+    assert model.encoder.heads.passed_blocks == 0
+    source.encoder.heads.pass_budget_through(0)
+    np.testing.assert_allclose(model.encoder.heads.halting_bias_weight.numpy(),
+                               source.encoder.heads.halting_bias_weight.numpy(), atol=1e-3)

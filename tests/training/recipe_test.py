@@ -213,6 +213,14 @@ def test_train_runs_both_stages_keeps_the_best_epoch_and_lands_on_target_blocks(
                                               pass_through="two"),
                         train_lib.TrainConfig(epochs=1, verbose=0))
     assert not (tmp_path / "bad2" / "stage1").exists()
+    for config in (dict(target_blocks=0, pass_through="1"),
+                   dict(method="pabee", pass_through="1"),
+                   dict(shared_heads=True, pass_through="1")):
+        with pytest.raises(ValueError, match="pass_through"):
+            train_lib.train(str(tmp_path / "bad3"), data,
+                            train_lib.ModelConfig(backbone="tiny", **config),
+                            train_lib.TrainConfig(epochs=1, verbose=0))
+    assert not (tmp_path / "bad3" / "stage1").exists()
     assert os.path.getmtime(model_dir / "stage1" / "model.keras") == mtime
     assert 0 <= cal["pass_through"] <= 3
 
@@ -265,9 +273,9 @@ def test_the_limited_calibration_message_names_the_flag_and_the_figures():
         "See calibration.json.")
     short = dict(cal, target_blocks=2.0, pass_through=2, mean_layers_executed=3.2)
     assert train_lib._limited_message(short) == (
-        "--target_blocks=2 is out of reach: the first 2 blocks' heads are of little use on the "
-        "held-out rows, so they pass their budget on (--pass_through=2) and every row runs at "
-        "least 3 blocks: calibrated to 3.20 blocks. See calibration.json.")
+        "--target_blocks=2 is out of reach: with --pass_through=2 the first 2 blocks pass their "
+        "budget on and every row runs at least 3 blocks: calibrated to 3.20 blocks. "
+        "See calibration.json.")
 
 
 def test_the_recipe_pieces_compose_in_a_plain_keras_fit(tmp_path):
@@ -303,7 +311,7 @@ def numpy_expected_blocks(accumulated, budgets, regression=False, span=5.0, tol=
     for i in range(n - 1):  # after blocks 1..N-1
         q = (1.0 - budgets[i]) ** (n - 1 - i)
         if regression:
-            gap = (tol - (1.0 - q) * span) / span
+            gap = (tol - (1.0 - q) * span) / tol
         else:
             top = np.sort(accumulated[i], axis=-1)
             gap = q * (1.0 + top[:, -1] - top[:, -2]) - 1.0
@@ -327,6 +335,9 @@ def test_expected_blocks_matches_its_formula_and_counts_blocks():
     assert ops.expected_blocks(sure, np.ones((5, 1), "float32")).numpy()[0] > 4.5
     assert ops.expected_blocks(sure, np.zeros((5, 1), "float32")).numpy()[0] < 1.1
     assert ops.expected_blocks(sure[:1], np.ones((1, 1), "float32")).numpy()[0] == 1.0
+    # A regressor whose budget is spent stops after block 1 too.
+    assert ops.expected_blocks(scores[:, :1], np.zeros((5, 1), "float32"), task="regression",
+                               output_range=(0, 5)).numpy()[0] < 1.1
     with pytest.raises(ValueError, match="temperature"):
         ops.expected_blocks(sure, np.ones((5, 1), "float32"), temperature=0.0)
 
