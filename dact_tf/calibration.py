@@ -125,9 +125,9 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
             `target_blocks - 1`; without labels, 0). Rows run at least
             `pass_through + 1` blocks: a lower target is not reached
             (`limited`). Where no shift keeps the metric within the bound
-            with it, the model's own pass-through is kept
-            (`pass_through_dropped`; `limited` when it was asked for by
-            number). The halting values are traced without any
+            with it, fewer blocks are passed through, down to none (or the
+            model's own pass-through) (`pass_through_dropped`; `limited`
+            when it was asked for by number). The halting values are traced without any
             pass-through; the bound's reference is the model as it is.
 
     Returns:
@@ -237,13 +237,16 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
         _, _, shift, blocks, value = min(passing)
         return shift, blocks, value, True
 
-    solved = solve(pass_through)
-    dropped = solved is None
-    if dropped:
-        # No shift keeps the metric with that pass-through: keep the
-        # model's own (at shift 0 it is the reference, within the bound).
-        pass_through = passed_before
-        solved = solve(passed_before)
+    # Where no shift keeps the metric within the bound with that many blocks
+    # passed through, fewer are tried; the model's own pass-through at shift
+    # 0 is the reference, always within the bound.
+    requested = pass_through
+    for candidate in list(range(requested, -1, -1)) + [passed_before]:
+        solved = solve(candidate)
+        if solved is not None:
+            pass_through = candidate
+            break
+    dropped = pass_through != requested
     shift, blocks, value, limited = solved
     limited = limited or (dropped and not asked_auto)
     result = {"target_blocks": float(target_blocks), "before": before, "limited": limited,
