@@ -33,6 +33,8 @@ from dact_tf import analysis
 from dact_tf.layers.dact_heads import PASS_THROUGH_BIAS
 
 _MAX_SHIFT = 30.0
+# How close to the target the bisection stops (mean blocks).
+DEFAULT_TOLERANCE = 0.02
 _SCAN_POINTS = 41
 # The default bound: one point of accuracy (or of Pearson, MCC, F1).
 DEFAULT_MAX_METRIC_DROP = 0.01
@@ -54,6 +56,11 @@ def exit_layers_for_shift(model, answers, halting_logits, shift):
     return analysis.replay_exits(model, trace, shift)[0]
 
 
+def _first_metric(metric_task, labels, predictions):
+    """`(name, value)` of the task's first metric."""
+    return next(iter(analysis.task_metrics(metric_task, labels, predictions).items()))
+
+
 def useless_leading_blocks(model, answers, labels, metric_task, fraction=0.5):
     """How many leading heads score below `fraction` of the best head's gain.
 
@@ -73,7 +80,7 @@ def useless_leading_blocks(model, answers, labels, metric_task, fraction=0.5):
     """
 
     def score(predictions):
-        value = next(iter(analysis.task_metrics(metric_task, labels, predictions).values()))
+        value = _first_metric(metric_task, labels, predictions)[1]
         return 0.0 if np.isnan(value) else float(value)
 
     scores = [score(analysis.predictions(model, answers[i])) for i in range(answers.shape[0])]
@@ -91,7 +98,7 @@ def useless_leading_blocks(model, answers, labels, metric_task, fraction=0.5):
     return count
 
 
-def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=True,
+def calibrate_halting_bias(model, dataset, target_blocks, tolerance=DEFAULT_TOLERANCE, apply=True,
                            max_metric_drop=DEFAULT_MAX_METRIC_DROP, metric_task=None,
                            pass_through="auto"):
     """Shifts the halting biases so the mean blocks on `dataset` is `target_blocks`.
@@ -191,8 +198,8 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
         """`(mean blocks, metric name, metric value)` with the biases moved by `shift`."""
         trace = {"answers": answers, "halting_logits": logits}
         exits, outputs = analysis.replay_exits(model, trace, shifts(shift, passed))
-        scores = analysis.task_metrics(metric_task, labels, analysis.predictions(model, outputs))
-        return (float(exits.mean()),) + next(iter(scores.items()))
+        return (float(exits.mean()),) + _first_metric(
+            metric_task, labels, analysis.predictions(model, outputs))
 
     # The model as it is (its shift and pass-through) is the reference.
     before = mean_blocks(0.0, passed_before)
@@ -241,7 +248,7 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=0.02, apply=
     # passed through, fewer are tried; the model's own pass-through at shift
     # 0 is the reference, always within the bound.
     requested = pass_through
-    for candidate in list(range(requested, -1, -1)) + [passed_before]:
+    for candidate in dict.fromkeys([*range(requested, -1, -1), passed_before]):
         solved = solve(candidate)
         if solved is not None:
             pass_through = candidate

@@ -330,8 +330,7 @@ def warm_start(model, source):
     model.tau, model.head_loss_weight = settings
     # A calibrated source may pass its first blocks' budgets through (a
     # +1e4 bias, with no gradient): start training from its trained values.
-    if getattr(model.encoder, "heads", None) is not None and model.encoder.heads.built:
-        model.encoder.heads.pass_budget_through(0)
+    model.encoder.heads.pass_budget_through(0)
 
 
 def _first_line(error, limit=200):

@@ -442,7 +442,7 @@ def _pass_through(value, num_layers=None):
 def _limited_message(result):
     """One line: why the calibration stopped short of the target."""
     passed = result.get("pass_through", 0)
-    if passed + 1 > result["target_blocks"] + 0.02:
+    if passed + 1 > result["target_blocks"] + calibration.DEFAULT_TOLERANCE:
         return (
             f"--target_blocks={result['target_blocks']:g} is out of reach: with "
             f"--pass_through={passed} the first {passed} blocks pass their budget on and every "
