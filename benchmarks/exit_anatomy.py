@@ -33,7 +33,7 @@ from benchmarks import bench_utils  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 flags.DEFINE_list("models", None, "Trained model directories.", required=True)
-flags.DEFINE_string("glue_dir", "../shared/data/glue", "GLUE folder (<TASK>/{train,dev}.tsv).")
+flags.DEFINE_string("glue_dir", None, "GLUE folder: <TASK>/{train,dev}.tsv, as GLUE distributes them (required).")
 flags.DEFINE_integer("train_rows", 1000, "Also report on up to this many of the training rows the model was trained on (0: dev only).", lower_bound=0)
 flags.DEFINE_list("entropy_thresholds", ["0.3", "0.5", "0.6", "0.65", "0.68"], "DACT models: the entropy rule on the same heads (nats).")
 flags.DEFINE_string("results_md", os.path.join(HERE, "EXIT_ANATOMY.md"), "Markdown report.")
@@ -129,4 +129,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    flags.mark_flag_as_required("glue_dir")
     app.run(main)

@@ -30,7 +30,7 @@ every finished point under `--out_dir` (all tasks). Writes
 file.
 
 Usage (from the repository root):
-    PYTHONPATH=. python -m benchmarks.exit_study --glue_dir=../shared/data/glue --tasks=sst2
+    PYTHONPATH=. python -m benchmarks.exit_study --glue_dir=GLUE_DIR --tasks=sst2
 """
 
 import csv
@@ -55,7 +55,7 @@ METHODS = ("static", "dact", "dact_warm", "dact_conf", "dact_frozen", "dact_shar
 METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews_corrcoef",
           "stsb": "pearson", "qnli": "accuracy"}
 
-flags.DEFINE_string("glue_dir", "../shared/data/glue", "GLUE folder (<TASK>/{train,dev}.tsv).")
+flags.DEFINE_string("glue_dir", None, "GLUE folder: <TASK>/{train,dev}.tsv, as GLUE distributes them (required).")
 flags.DEFINE_list("tasks", ["sst2"], "GLUE tasks.")
 flags.DEFINE_list("methods", ["static", "dact", "pabee", "deebert"], f"Methods to run, from {METHODS}; dact_warm is DACT warm-started from the full-depth static model (run static first), dact_frozen the same with the backbone frozen (heads only), dact_conf the same as dact_warm with halting units that also read their answer's confidence (--halting_confidence), dact_shared DACT with one head shared by all blocks.")
 flags.DEFINE_float("halting_confidence", -4.0, "dact_conf: the initial weight of each halting unit on its answer's confidence.")
@@ -336,4 +336,5 @@ def _plot(rows):
 
 
 if __name__ == "__main__":
+    flags.mark_flag_as_required("glue_dir")
     app.run(main)

@@ -9,7 +9,7 @@ skipped, so an interrupted study resumes where it stopped. Writes
 `results/glue_study.csv` and `GLUE_STUDY.md` (next to this file by default).
 
 Usage:
-    PYTHONPATH=. python -m benchmarks.glue_study --glue_dir=../shared/data/glue \
+    PYTHONPATH=. python -m benchmarks.glue_study --glue_dir=GLUE_DIR \
         --tasks=sst2,mrpc --taus=0.03,0.06,0.1 --max_train_examples=2000
 """
 
@@ -27,7 +27,7 @@ from absl import logging  # noqa: E402
 
 from benchmarks import bench_utils  # noqa: E402
 
-flags.DEFINE_string("glue_dir", "../shared/data/glue", "GLUE folder (<TASK>/{train,dev}.tsv).")
+flags.DEFINE_string("glue_dir", None, "GLUE folder: <TASK>/{train,dev}.tsv, as GLUE distributes them (required).")
 flags.DEFINE_list("tasks", ["sst2", "mrpc", "rte", "cola", "stsb"], "GLUE tasks.")
 flags.DEFINE_list("taus", ["0.03", "0.06", "0.1"], "DACT tau values.")
 flags.DEFINE_string("out_dir", "runs/glue_study", "Model directories, one per point.")
@@ -180,4 +180,5 @@ def _write_tables(rows):
 
 
 if __name__ == "__main__":
+    flags.mark_flag_as_required("glue_dir")
     app.run(main)

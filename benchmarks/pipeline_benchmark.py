@@ -11,7 +11,7 @@ model's output for an example does not depend on the padding after it).
 Writes `PIPELINE_RESULTS.md` next to this file.
 
 Usage (from the repository root):
-    PYTHONPATH=. python -m benchmarks.pipeline_benchmark --glue_dir=../shared/data/glue
+    PYTHONPATH=. python -m benchmarks.pipeline_benchmark --glue_dir=GLUE_DIR
 """
 
 import os

@@ -39,7 +39,7 @@ interrupted). Plots (metric vs mean blocks, mean and std over seeds) come
 from `--plot_only`.
 
 Usage (from the repository root):
-    PYTHONPATH=. python -m benchmarks.study --glue_dir=../shared/data/glue \
+    PYTHONPATH=. python -m benchmarks.study --glue_dir=GLUE_DIR \
         --tasks=sst2,mrpc,stsb,rte,cola --seeds=0,1,2 --commit
 """
 
@@ -73,7 +73,7 @@ CSV_KEYS = ("task", "method", "knob", "seed", "train_examples", "metric_name", "
             "holdout_metric", "layers_histogram", "epochs", "train_seconds", "model_dir",
             "pass_through")
 
-flags.DEFINE_string("glue_dir", "../shared/data/glue", "GLUE folder (<TASK>/{train,dev}.tsv).")
+flags.DEFINE_string("glue_dir", None, "GLUE folder: <TASK>/{train,dev}.tsv, as GLUE distributes them (required).")
 flags.DEFINE_list("tasks", ["sst2"], "GLUE tasks, in the order to run.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_list("methods", ["full", "dact", "static", "pabee", "deebert", "dact_paper"],
@@ -457,4 +457,5 @@ def _plot(rows):
 
 
 if __name__ == "__main__":
+    flags.mark_flag_as_required("glue_dir")
     app.run(main)
