@@ -14,9 +14,10 @@ the calibration's reference.
 Each item of `--runs` is `task:seed:blocks` (blocks passed through during
 training). Stage 1 is the study's `full` model of that task and seed
 (trained first where it is missing), so the rows compare with the study's
-`dact` rows of the same seed. Prints one `RESULT` line per point and writes
-`points.json` into each model directory. Results: `STUDY.md`, "Tried, not
-kept".
+`dact` rows of the same seed; the model goes next to them, in
+`<out_dir>/<task>/seed<seed>/dact_pass<blocks>`. Prints one `RESULT` line per
+point and writes `points.json` into each model directory. Results:
+`STUDY.md`, "Tried, not kept".
 
 Usage (from the repository root, the study's flags for data and precision):
     PYTHONPATH=. python -m benchmarks.pass_through_training \
@@ -24,9 +25,7 @@ Usage (from the repository root, the study's flags for data and precision):
         --target_blocks=2,2.5 --runs=cola:0:2,cola:1:2,cola:2:2,mrpc:1:2,mrpc:2:2
 """
 
-import json
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -36,7 +35,6 @@ from absl import flags  # noqa: E402
 from benchmarks import study  # noqa: E402  (defines the data, precision and output flags)
 
 flags.DEFINE_list("runs", [], "task:seed:blocks items: the blocks passed through in training.")
-flags.DEFINE_string("experiment_dir", "runs/pass_through_training", "The DACT models trained here.")
 
 FLAGS = flags.FLAGS
 
@@ -55,57 +53,24 @@ def _pass_through_callback(blocks):
     return PassThroughFromStart()
 
 
-def _undo_keeping(trained_blocks):
-    """`study._undo_calibration` that goes back to the pass-through of training."""
-    from dact_tf import train_lib
-
-    def undo(model, model_dir):
-        with open(os.path.join(model_dir, train_lib.CALIBRATION_FILE)) as f:
-            shift = json.load(f).get("shift", 0.0)
-        heads = model.encoder.heads
-        heads.pass_budget_through(0)
-        heads.shift_halting_bias(-shift)
-        heads.pass_budget_through(trained_blocks)
-
-    return undo
-
-
 def main(argv):
     del argv
-    import keras
-
     from dact_tf import train_lib
-    from dact_tf.models import backbones
 
     for item in FLAGS.runs:
         task, seed, blocks = item.split(":")
         blocks = int(blocks)
-        full = study._model_dir(task, seed, "full")
-        if not os.path.exists(os.path.join(full, train_lib.MODEL_FILE)):
-            study._train(task, seed, "full", study._model_configs(task, seed, "full")[0][1])
-        model_dir = os.path.join(FLAGS.experiment_dir, f"{task}_seed{seed}_pass{blocks}")
-        if not os.path.exists(os.path.join(model_dir, train_lib.MODEL_FILE)):
-            config = train_lib.dataclasses.replace(
-                train_lib.ModelConfig(backbone=FLAGS.backbone), init_from=full)
-            start = time.time()
-            keras.backend.clear_session()
-            train_lib.train(model_dir, study._data_config(task, seed), config,
-                            study._train_config(task),
-                            extra_callbacks=[_pass_through_callback(blocks)])
-            train_lib.write_json(os.path.join(model_dir, "train_seconds.json"),
-                                 {"seconds": time.time() - start})
-        _, tokenizer = backbones.load_backbone(FLAGS.backbone, max_sequence_length=8)
-        data_config = study._data_config(task, seed)
-        preprocessor = backbones.make_preprocessor(
-            tokenizer, sequence_length=data_config.sequence_length)
-        datasets = train_lib.make_datasets(data_config, preprocessor,
-                                           splits=("holdout", "validation"))
-        metric_task = train_lib.task_info(data_config)[3]
-        study._undo_calibration = _undo_keeping(blocks)
+        method = f"dact_pass{blocks}"
+        # The study's `dact` model config; `_train` trains its `full` stage 1 first if missing.
+        model_config = study._model_configs(task, seed, "dact")[0][1]
+        model_dir = study._train(task, seed, method, model_config,
+                                 extra_callbacks=[_pass_through_callback(blocks)])
+        datasets = study._evaluation_datasets(task, seed)
+        metric_task = train_lib.task_info(study._data_config(task, seed))[3]
         results = []
         for knob, settings in study._knobs("dact", "dact"):
-            result = study._point(task, seed, "dact_pass_trained", knob, settings, model_dir,
-                                  datasets, metric_task)
+            result = study._point(task, seed, method, knob, settings, model_dir, datasets,
+                                  metric_task, trained_pass_through=blocks)
             result.pop("dev", None)
             results.append(result)
             print(f"RESULT {task} seed {seed} pass {blocks} {knob}: {result['metric_name']} "

@@ -162,7 +162,7 @@ def _model_configs(task, seed, method):
     raise app.UsageError(f"Unknown method {method!r}; use some of {METHODS}.")
 
 
-def _train(task, seed, name, model_config):
+def _train(task, seed, name, model_config, extra_callbacks=()):
     from dact_tf import train_lib
 
     model_dir = _model_dir(task, seed, name)
@@ -176,7 +176,8 @@ def _train(task, seed, name, model_config):
     import keras
 
     keras.backend.clear_session()
-    train_lib.train(model_dir, _data_config(task, seed), model_config, _train_config(task))
+    train_lib.train(model_dir, _data_config(task, seed), model_config, _train_config(task),
+                    extra_callbacks=extra_callbacks)
     train_lib.write_json(os.path.join(model_dir, "train_seconds.json"),
                          {"seconds": time.time() - start})
     return model_dir
@@ -196,7 +197,8 @@ def _knobs(method, name):
     return [("", {})]
 
 
-def _point(task, seed, method, knob, settings, model_dir, datasets, metric_task):
+def _point(task, seed, method, knob, settings, model_dir, datasets, metric_task,
+           trained_pass_through=0):
     from dact_tf import calibration
     from dact_tf import train_lib
 
@@ -209,7 +211,7 @@ def _point(task, seed, method, knob, settings, model_dir, datasets, metric_task)
         # held-out metric may go): the saved calibration is undone first,
         # so models trained before a change of the calibration are scored
         # with the current one.
-        _undo_calibration(model, model_dir)
+        _undo_calibration(model, model_dir, trained_pass_through)
         trained_target = config["model"].get("target_blocks")
         if target is None and trained_target != 0:
             target = trained_target or model.num_layers / 2.0
@@ -242,8 +244,9 @@ def _point(task, seed, method, knob, settings, model_dir, datasets, metric_task)
     return result
 
 
-def _undo_calibration(model, model_dir):
-    """Puts back the halting biases training left, before `calibration.json`'s shift."""
+def _undo_calibration(model, model_dir, trained_pass_through=0):
+    """Puts back the halting biases training left, before `calibration.json`'s shift
+    (with the first `trained_pass_through` blocks passing their budget on, as in training)."""
     from dact_tf import train_lib
 
     path = os.path.join(model_dir, train_lib.CALIBRATION_FILE)
@@ -253,6 +256,19 @@ def _undo_calibration(model, model_dir):
         heads = model.encoder.heads
         heads.pass_budget_through(0)
         heads.shift_halting_bias(-shift)
+        heads.pass_budget_through(trained_pass_through)
+
+
+def _evaluation_datasets(task, seed):
+    """`{"holdout": ..., "validation": ...}`: the rows every point is scored on."""
+    from dact_tf import train_lib
+    from dact_tf.models import backbones
+
+    _, tokenizer = backbones.load_backbone(FLAGS.backbone, max_sequence_length=8)
+    data_config = _data_config(task, seed)
+    preprocessor = backbones.make_preprocessor(
+        tokenizer, sequence_length=data_config.sequence_length)
+    return train_lib.make_datasets(data_config, preprocessor, splits=("holdout", "validation"))
 
 
 def _schedule():
@@ -264,7 +280,6 @@ def _schedule():
 def main(argv):
     del argv
     from dact_tf import train_lib
-    from dact_tf.models import backbones
 
     _import_committed_points()
     if not FLAGS.plot_only:
@@ -278,12 +293,7 @@ def main(argv):
                 model_dir = _train(task, seed, name, model_config)
                 key = (task, seed)
                 if key not in datasets_cache:
-                    _, tokenizer = backbones.load_backbone(FLAGS.backbone, max_sequence_length=8)
-                    data_config = _data_config(task, seed)
-                    pre = backbones.make_preprocessor(
-                        tokenizer, sequence_length=data_config.sequence_length)
-                    datasets_cache = {key: train_lib.make_datasets(
-                        data_config, pre, splits=("holdout", "validation"))}
+                    datasets_cache = {key: _evaluation_datasets(task, seed)}
                 metric_task = train_lib.task_info(_data_config(task, seed))[3]
                 for knob, settings in todo:
                     logging.info("Evaluating %s seed %s %s %s", task, seed, method, knob)
