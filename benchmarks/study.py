@@ -231,7 +231,9 @@ def _point(task, seed, method, knob, settings, model_dir, datasets, metric_task,
         mean_layers_executed=dev["mean_layers_executed"], backbone_layers=dev["num_layers"],
         accuracy=dev.get("accuracy"), holdout_metric=holdout[metric_name],
         layers_histogram=" ".join(map(str, dev["layers_histogram"])),
-        epochs=config["train"]["epochs"], model_dir=model_dir, dev=dev,
+        epochs=config["train"]["epochs"], dev=dev,
+        # Relative to the repository root, so the committed CSV names no machine's paths.
+        model_dir=os.path.relpath(os.path.abspath(model_dir), os.path.dirname(HERE)),
     )
     if model.method == "dact":
         model.configure_exit(halting_rule="paper")
