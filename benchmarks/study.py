@@ -447,20 +447,24 @@ def _plot(rows):
     for task in sorted({r["task"] for r in rows}):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for method in METHODS:
-            pts = []
+            pts, seeds = [], []
             for (t, m, _), group in groups.items():
                 if t == task and m == method:
                     y, ys = _mean_std([r["metric"] for r in group])
                     x, xs = _mean_std([r["mean_layers_executed"] for r in group])
                     pts.append((x, y, xs, ys))
+                    seeds += [(r["mean_layers_executed"], r["metric"]) for r in group]
             if pts:
                 pts.sort()
                 xs, ys, xe, ye = zip(*pts)
-                ax.errorbar(xs, ys, xerr=xe, yerr=ye, marker="o", capsize=3, label=method,
-                            linestyle="-" if method.startswith(("static", "dact")) else ":")
+                bars = ax.errorbar(xs, ys, xerr=xe, yerr=ye, marker="o", capsize=3, label=method,
+                                   linestyle="-" if method.startswith(("static", "dact")) else ":")
+                # Each seed's own point, faint: a mean over seeds can hide a split.
+                ax.scatter(*zip(*seeds), s=18, alpha=0.5, color=bars[0].get_color(), linewidths=0)
         ax.set_xlabel("mean blocks executed (dev)")
         ax.set_ylabel(f"dev {METRIC[task]}")
-        ax.set_title(f"{task}: {METRIC[task]} vs compute ({FLAGS.backbone}, mean ± std over seeds)")
+        ax.set_title(f"{task}: {METRIC[task]} vs compute ({FLAGS.backbone})\n"
+                     "mean ± std over seeds; small dots: each seed", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
