@@ -274,19 +274,39 @@ def _evaluation_datasets(task, seed):
 
 
 def _schedule():
+    """The `(task, seed, method)` points to run, checked before any training starts."""
     if FLAGS.schedule:
-        return [tuple(item.split(":")) for item in FLAGS.schedule.split(",")]
-    return [(t, s, m) for t in FLAGS.tasks for s in FLAGS.seeds for m in FLAGS.methods]
+        items = [tuple(item.strip().split(":"))
+                 for item in FLAGS.schedule.split(",") if item.strip()]
+    else:
+        items = [(t, s, m) for t in FLAGS.tasks for s in FLAGS.seeds for m in FLAGS.methods]
+    for item in items:
+        name = ":".join(item)
+        if len(item) != 3:
+            raise app.UsageError(f"--schedule item {name!r} is not TASK:SEED:METHOD.")
+        task, seed, method = item
+        if task not in METRIC:
+            raise app.UsageError(f"Unknown task {task!r} in {name!r}; use one of {sorted(METRIC)}.")
+        if not seed.isdigit():
+            raise app.UsageError(f"Seed {seed!r} in {name!r} is not a non-negative integer.")
+        if method not in METHODS:
+            raise app.UsageError(f"Unknown method {method!r} in {name!r}; use one of {METHODS}.")
+        if method == "deebert" and METRIC[task] == "pearson":
+            # DeeBERT exits on the entropy of a class distribution; found here, not hours in.
+            raise app.UsageError(
+                f"{name!r}: DeeBERT needs a classification task; {task} is a regression.")
+    return items
 
 
 def main(argv):
     del argv
     from dact_tf import train_lib
 
+    schedule = _schedule()
     _import_committed_points()
     if not FLAGS.plot_only:
         datasets_cache = {}
-        for task, seed, method in _schedule():
+        for task, seed, method in schedule:
             for name, model_config in _model_configs(task, seed, method):
                 todo = [(k, s) for k, s in _knobs(method, name)
                         if not os.path.exists(_point_path(task, seed, method, k))]
