@@ -275,6 +275,9 @@ def _evaluation_datasets(task, seed):
 
 def _schedule():
     """The `(task, seed, method)` points to run, checked before any training starts."""
+    from dact_tf import exits
+    from dact_tf.data import glue
+
     if FLAGS.schedule:
         items = [tuple(item.strip().split(":"))
                  for item in FLAGS.schedule.split(",") if item.strip()]
@@ -289,12 +292,15 @@ def _schedule():
             raise app.UsageError(f"Unknown task {task!r} in {name!r}; use one of {sorted(METRIC)}.")
         if not seed.isdigit():
             raise app.UsageError(f"Seed {seed!r} in {name!r} is not a non-negative integer.")
-        if method not in METHODS:
-            raise app.UsageError(f"Unknown method {method!r} in {name!r}; use one of {METHODS}.")
-        if method == "deebert" and METRIC[task] == "pearson":
-            # DeeBERT exits on the entropy of a class distribution; found here, not hours in.
-            raise app.UsageError(
-                f"{name!r}: DeeBERT needs a classification task; {task} is a regression.")
+        # Each model's own exit-method check (e.g. DeeBERT refuses a regression
+        # task), run here rather than when its training starts, hours in.
+        kind = "regression" if glue.glue_task(task).is_regression else "classification"
+        for _, model_config in _model_configs(task, seed, method):  # refuses unknown methods
+            try:
+                exits.get(model_config.method).check(
+                    task=kind, shared_heads=model_config.shared_heads)
+            except ValueError as error:
+                raise app.UsageError(f"{name!r}: {error}") from None
     return items
 
 
