@@ -40,10 +40,16 @@ class DataConfig:
             `"max_length"` (every batch padded to `sequence_length`). See
             `dact_tf.data.pipeline`.
         holdout_fraction: the fraction of the training rows held out (not
-            trained on) to pick the best epoch and calibrate
-            `target_blocks`; 0 holds none (then the evaluation set is the
+            trained on) to pick the best epoch and to calibrate and certify
+            the halting; 0 holds none (then the evaluation set is the
             validation data, as in dact_tf < 0.9).
         max_holdout_examples: at most this many rows are held out.
+        calibration_share: the share of the held-out rows kept apart for
+            the calibration's certificate (`dact_tf.certify`): no other
+            choice (best epoch, tau, pass-through) sees them, so the bound
+            it states holds on unseen rows. The rest are selection rows.
+            0: the calibration shares the selection rows (the certificate
+            then says so: selecting on them biases it).
     """
 
     task: str = "sst2"
@@ -60,8 +66,9 @@ class DataConfig:
     max_eval_examples: int = None
     seed: int = 0
     padding: str = "bucket"
-    holdout_fraction: float = 0.1
-    max_holdout_examples: int = 1000
+    holdout_fraction: float = 0.2
+    max_holdout_examples: int = 4000
+    calibration_share: float = 0.6
 
 
 @dataclasses.dataclass

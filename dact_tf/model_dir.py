@@ -133,10 +133,15 @@ def read_config(model_dir, defaults=True):
 _REQUIRED_KEYS = ("lowercase", "label_names", "data", "data.task", "data.sequence_length")
 
 
-_FIELD_MINIMUM = {"data.sequence_length": 1, "data.batch_size": 1,
+_FIELD_MINIMUM = {"data.sequence_length": 1, "data.batch_size": 1, "data.calibration_share": 0,
                   "model.calibration_max_drop": 0}
 #: Keys with a value by default that may also be null.
 _NULLABLE_KEYS = ("model.calibration_max_drop",)
+
+#: What a field an older version did not store meant then, where that is not
+#: today's default: models trained before calibration rows were kept apart
+#: calibrated on their selection rows.
+_LEGACY_DEFAULTS = {"data.calibration_share": 0.0}
 
 #: Keys that older versions stored under another name: `(section, old, new)`.
 _RENAMED_KEYS = (("data", "max_seq_length", "sequence_length"),)
@@ -182,7 +187,7 @@ def _checked_config(config, path, defaults):
             key = f"{section}.{field.name}"
             if field.name not in stored:
                 if defaults:
-                    stored[field.name] = field.default
+                    stored[field.name] = _LEGACY_DEFAULTS.get(key, field.default)
                 continue
             value = stored[field.name]
             nullable = field.default is None or key in _NULLABLE_KEYS

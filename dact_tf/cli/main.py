@@ -51,6 +51,7 @@ flags.DEFINE_integer("seed", _DATA.seed, "Random seed.")
 flags.DEFINE_enum("padding", _DATA.padding, ["bucket", "batch", "max_length"], "bucket: training batches of similar lengths, every batch cut to its longest example (fast); batch: cut only; max_length: pad to --sequence_length.")
 flags.DEFINE_float("holdout_fraction", _DATA.holdout_fraction, "Fraction of the training rows held out to pick the best epoch and calibrate --target_blocks (0: none).", lower_bound=0.0, upper_bound=0.5)
 flags.DEFINE_integer("max_holdout_examples", _DATA.max_holdout_examples, "At most this many training rows are held out.", lower_bound=1)
+flags.DEFINE_float("calibration_share", _DATA.calibration_share, "The share of the held-out rows kept apart for the calibration's certificate (no other choice sees them); the rest pick the best epoch. 0: calibrate on the selection rows (the certificate says so).", lower_bound=0.0, upper_bound=0.9)
 # Model and training.
 flags.DEFINE_string("backbone", _MODEL.backbone, "minilm_l6, tiny, a local Hugging Face BERT dir, or a keras-hub preset (online).")
 flags.DEFINE_float("tau", _MODEL.tau, "Ponder-cost weight: larger means fewer blocks.", lower_bound=0.0)
@@ -367,7 +368,8 @@ SUMMARIES = {
 }
 _DATA = ["task", "data_dir", "train_file", "eval_file", "text_column", "text_pair_column",
          "label_column", "header", "sequence_length", "batch_size", "max_train_examples",
-         "max_eval_examples", "seed", "padding", "holdout_fraction", "max_holdout_examples"]
+         "max_eval_examples", "seed", "padding", "holdout_fraction", "max_holdout_examples",
+         "calibration_share"]
 _EXIT = ["halting_rule", "halting_epsilon", "patience", "entropy_threshold"]
 #: Each command's flags, grouped, for `dact-tf COMMAND --help`.
 COMMAND_FLAGS = {

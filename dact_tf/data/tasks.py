@@ -65,7 +65,7 @@ def make_datasets(data_config, preprocessor, label_names=None, splits=("train", 
     eval_padding = "max_length" if train_padding == "max_length" else "batch"
     common = dict(batch_size=data_config.batch_size, seed=data_config.seed)
     for split in splits:
-        train = split in ("train", "holdout")
+        train = split in TRAINING_SPLITS
         limit = data_config.max_train_examples if train else data_config.max_eval_examples
         shuffle = split == "train"
         padding = train_padding if shuffle else eval_padding
@@ -101,28 +101,67 @@ def make_datasets(data_config, preprocessor, label_names=None, splits=("train", 
 #: Fixed seed of the holdout split: every method and seed holds out the same rows.
 _HOLDOUT_SEED = 20211
 
+#: The splits made of the training file's rows.
+TRAINING_SPLITS = ("train", "holdout", "calibration")
 
-def _holdout_mask(num_rows, data_config):
-    """`[num_rows]` bool, True for the rows held out of training."""
+
+def _row_roles(num_rows, data_config):
+    """`[num_rows]` int: 0 a training row, 1 a selection row, 2 a calibration row.
+
+    `holdout_fraction` of the rows (at most `max_holdout_examples`) are held
+    out, the same ones for every seed; the last `calibration_share` of them
+    (in the split's random order) are calibration rows, the others selection
+    rows (best epoch, the tau controller, the pass-through). With
+    `calibration_share=0` no row is kept apart: the calibration split is the
+    selection rows (as in dact_tf < 0.12).
+    """
     count = int(round(num_rows * float(data_config.holdout_fraction)))
     count = min(count, int(data_config.max_holdout_examples or 0))
     if data_config.holdout_fraction > 0 and count < 1 and num_rows > 1:
         count = 1
-    mask = np.zeros(num_rows, bool)
+    roles = np.zeros(num_rows, np.int8)
     if count:
         if count >= num_rows:
             raise ValueError(
                 f"--holdout_fraction={data_config.holdout_fraction} would hold out all "
                 f"{num_rows} training rows."
             )
-        mask[np.random.default_rng(_HOLDOUT_SEED).permutation(num_rows)[:count]] = True
-    return mask
+        held = np.random.default_rng(_HOLDOUT_SEED).permutation(num_rows)[:count]
+        apart = calibration_rows(count, data_config)
+        roles[held] = 1
+        roles[held[count - apart:]] = 2
+    return roles
+
+
+def calibration_rows(held_out, data_config):
+    """How many of `held_out` rows `data_config` keeps apart for calibration."""
+    share = float(getattr(data_config, "calibration_share", 0.0) or 0.0)
+    apart = int(round(held_out * share))
+    if share > 0 and held_out >= 2:
+        apart = min(max(apart, 1), held_out - 1)  # both parts keep a row
+    return apart if held_out >= 2 else 0
+
+
+def _split_mask(num_rows, data_config, split):
+    """`[num_rows]` bool, True for the rows of `split` (one of `TRAINING_SPLITS`)."""
+    roles = _row_roles(num_rows, data_config)
+    if split == "train":
+        return roles == 0
+    if split == "holdout":
+        return roles == 1 if (roles == 2).any() else roles > 0
+    if (roles == 2).any():
+        return roles == 2
+    return roles == 1  # no rows kept apart: calibration shares the selection rows
+
+
+def _holdout_mask(num_rows, data_config):
+    """`[num_rows]` bool, True for every row held out of training."""
+    return _row_roles(num_rows, data_config) > 0
 
 
 def _select_rows(examples, limit, data_config, split):
     count = len(examples) if limit is None else min(limit, len(examples))
-    mask = _holdout_mask(count, data_config)
-    keep = np.flatnonzero(mask if split == "holdout" else ~mask)
+    keep = np.flatnonzero(_split_mask(count, data_config, split))
     if not len(keep):
         raise ValueError(f"No rows left for the {split!r} split.")
     pick = lambda column: None if column is None else tuple(column[i] for i in keep)  # noqa: E731
@@ -136,13 +175,10 @@ def _select_features(features, limit, data_config, split):
     if limit is not None:
         features = features.take(limit)
     count = _count(features)
-    mask = tf.constant(_holdout_mask(count, data_config))
-    if split == "holdout":
-        if not bool(tf.reduce_any(mask)):
-            raise ValueError("No rows are held out (--holdout_fraction=0).")
-        keep = lambda i, _: mask[i]  # noqa: E731
-    else:
-        keep = lambda i, _: tf.logical_not(mask[i])  # noqa: E731
+    mask = tf.constant(_split_mask(count, data_config, split))
+    if split != "train" and not bool(tf.reduce_any(mask)):
+        raise ValueError("No rows are held out (--holdout_fraction=0).")
+    keep = lambda i, _: mask[i]  # noqa: E731
     return features.enumerate().filter(keep).map(lambda _, x: x)
 
 
