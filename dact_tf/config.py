@@ -92,9 +92,19 @@ class ModelConfig:
       (default) is half the backbone's blocks; 0 lets tau alone decide
       (the paper's way).
     - `calibration_max_drop`: the calibration to `target_blocks` may cost at
-      most this much of the task's metric on the held-out rows (0.01: one
-      point); where the target needs more, the model runs more blocks than
-      the target and training says so. None: no bound.
+      most this much against the plain full-depth model (stage 1, or the
+      `init_from` model): the rate of rows it answers wrongly where that
+      model answers rightly, which bounds the accuracy drop (0.01: one
+      point), certified on the calibration rows with
+      `calibration_confidence` (`dact_tf.certify`). Where the target needs
+      more, or the rows are too few to certify it, the model runs more
+      blocks than the target and training says so.
+    - `calibration_confidence`: the confidence of the certificates, e.g.
+      0.95.
+    - `halting_rule="certified"` (DACT, PABEE, DeeBERT): after training, the
+      most aggressive exit threshold whose disagreement with the model's
+      full-depth answer is certified at most `max_disagreement` on the
+      calibration rows (`dact_tf.certify.certify_halting`).
     - `ponder`: DACT only: the ponder cost, `"budget"` (the paper's
       `sum_n p_n`) or `"blocks"` (a smooth count of the blocks the halting
       rule runs; `dact_tf.ops.expected_blocks`).
@@ -129,6 +139,8 @@ class ModelConfig:
     full_depth_stage: bool = True
     target_blocks: float = None
     calibration_max_drop: float = 0.01
+    calibration_confidence: float = 0.95
+    max_disagreement: float = 0.01
     ponder: str = "budget"
     pass_through: str = "auto"
 

@@ -41,13 +41,18 @@ def predict_dataset(model, dataset, full_depth=False, verbose=0, max_layers=None
     return {k: np.concatenate(v) for k, v in outputs.items()}, np.concatenate(labels)
 
 
-def evaluate(model, dataset, metric_task, verbose=0, max_layers=None):
+def evaluate(model, dataset, metric_task, verbose=0, max_layers=None, full_depth_disagreement=False):
     """The task metrics and the blocks executed of a model on a dataset.
 
     `verbose=1` shows a progress counter on stderr. With `max_layers=K`
     every row is capped at K blocks (anytime answers) and the results add
-    `max_layers` and `exact_fraction`, the fraction of rows that finished
-    by the exit rule within the cap (their answer is the uncapped one).
+    `max_layers` and `exact_fraction`, the fraction of rows whose answer is
+    proven to be the uncapped one (DACT: equal to full depth).
+    `full_depth_disagreement=True` runs every block too and adds
+    `full_depth_disagreement`, the fraction of rows whose answer differs
+    from the full-depth one (regression: by more than the tolerance); 0
+    for DACT's proven rules, at most the certified rate (on most draws)
+    for a certified halting mode.
 
     Returns:
         A dict: the task metric(s), `mean_layers_executed`, `num_layers`,
@@ -59,6 +64,13 @@ def evaluate(model, dataset, metric_task, verbose=0, max_layers=None):
     if max_layers is not None:
         results.update(max_layers=int(max_layers),
                        exact_fraction=float(outputs["exact"].mean()))
+    if full_depth_disagreement:
+        full, _ = predict_dataset(model, dataset, full_depth=True, verbose=verbose)
+        if model.task == "regression":
+            differ = np.abs(outputs["scores"] - full["scores"]) > model.encoder.exit_context.tolerance
+        else:
+            differ = outputs["predictions"] != full["predictions"]
+        results["full_depth_disagreement"] = float(differ.mean())
     return results
 
 

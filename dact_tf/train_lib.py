@@ -17,7 +17,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from dact_tf import calibration
+from dact_tf import calibration_run
 from dact_tf import callbacks as dact_callbacks
 from dact_tf import distribute
 from dact_tf import exits
@@ -61,7 +61,7 @@ from dact_tf.analysis import per_block_from_trace  # noqa: F401
 from dact_tf.analysis import per_block_report  # noqa: F401
 from dact_tf.analysis import trace_dataset  # noqa: F401
 
-CALIBRATION_FILE = "calibration.json"  # in a model dir, with --target_blocks
+from dact_tf.calibration_run import CALIBRATION_FILE  # noqa: E402,F401
 
 STAGE1_DIR = "stage1"
 
@@ -125,7 +125,7 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
     """
     # The pass-through is checked before any stage trains (its range once
     # the model is built).
-    passed = _pass_through(model_config.pass_through)
+    passed = parse_pass_through(model_config.pass_through)
     if passed not in ("auto", 0):
         if model_config.shared_heads:
             raise ValueError("--pass_through needs a halting unit per block: not with "
@@ -133,6 +133,7 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
         if not _criterion(model_config).accumulates or model_config.target_blocks == 0:
             raise ValueError("--pass_through is part of DACT's calibration to --target_blocks: "
                              "it needs --method=dact and a target (not --target_blocks=0).")
+    _check_certified(data_config, model_config)
     if _check_same_run(model_dir, data_config, model_config, train_config):
         if train_config.verbose:
             print(f"{model_dir} already holds this finished run: nothing to train "
@@ -260,7 +261,7 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
                 f"--target_blocks must be in [1, {model.num_layers}] (the model's blocks), "
                 f"got {target:g}."
             )
-    pass_through = _pass_through(model_config.pass_through, model.num_layers)
+    pass_through = parse_pass_through(model_config.pass_through, model.num_layers)
     train_rows, _ = dataset_sizes(data_config, label_names)
     steps_per_epoch = max(1, -(-train_rows // data_config.batch_size))
     total_steps = steps_per_epoch * train_config.epochs
@@ -271,7 +272,7 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
     if model_config.init_from and not resuming:
         # (A resumed run restores every weight from its backup.)
         model_dir_lib.warm_start(model, model_config.init_from)
-    splits = ("holdout", "validation") if holdout else ("validation",)
+    splits = ("holdout", "calibration", "validation") if holdout else ("validation",)
     datasets = {
         split: _shard_by_data(ds)
         for split, ds in make_datasets(data_config, preprocessor, label_names, splits).items()
@@ -392,17 +393,17 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
                                   stage1_done=bool(model_config.init_from), chief_dir=chief_dir)
     else:
         history = fit(1)
-    if target is not None:
-        result = calibration.calibrate_halting_bias(
-            model, datasets["holdout"], target, metric_task=metric_task,
-            max_metric_drop=model_config.calibration_max_drop, pass_through=pass_through)
-        if result["limited"]:  # even when quiet: the model is not what was asked for
-            print(_limited_message(result), file=sys.stderr)
-        result["holdout_layers_executed"] = float(
-            dact_callbacks.halting_statistics(model, datasets["holdout"])["mean_layers_executed"]
-        )
-        history["calibration"] = result
-        write_json(os.path.join(model_dir, CALIBRATION_FILE), result)
+    if target is not None or model_config.halting_rule == "certified":
+        history["calibration"] = calibration_run.calibrate(
+            model, datasets["holdout"], datasets["calibration"], target_blocks=target,
+            pass_through=pass_through, metric_task=metric_task,
+            reference=calibration_run.reference_model(model_config.init_from) if dact else None,
+            max_drop=model_config.calibration_max_drop,
+            confidence=model_config.calibration_confidence,
+            halting_rule=model_config.halting_rule,
+            max_disagreement=model_config.max_disagreement,
+            shared=not data_config.calibration_share, verbose=train_config.verbose)
+        write_json(os.path.join(model_dir, CALIBRATION_FILE), history["calibration"])
     save_model_dir(model_dir, model, tokenizer, config)
     # The model is saved: the stages' backups are no longer needed.
     for stage in (1, 2):
@@ -421,7 +422,31 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
     return model, preprocessor, history
 
 
-def _pass_through(value, num_layers=None):
+def check_certified_flags(method, halting_rule, max_disagreement, max_drop, confidence):
+    """Refuses, before any long work, certificate settings that cannot be met."""
+    for name, value in (("max_disagreement", max_disagreement),
+                        ("calibration_max_drop", max_drop)):
+        if value is not None and not 0.0 < float(value) < 1.0:
+            raise ValueError(f"--{name} must be in (0, 1) (0.01: 1 %), got {value!r}.")
+    if not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"--calibration_confidence must be in (0, 1) (e.g. 0.95), got "
+                         f"{confidence!r}.")
+    if halting_rule == "certified" and not exits.get(method).certified_grid(2):
+        raise ValueError(f"--halting_rule=certified certifies an exit threshold; "
+                         f"--method={method} has none.")
+
+
+def _check_certified(data_config, model_config):
+    """`check_certified_flags` for a training run, and its held-out rows."""
+    check_certified_flags(model_config.method, model_config.halting_rule,
+                          model_config.max_disagreement, model_config.calibration_max_drop,
+                          model_config.calibration_confidence)
+    if model_config.halting_rule == "certified" and not data_config.holdout_fraction:
+        raise ValueError("--halting_rule=certified is certified on held-out rows: set "
+                         "--holdout_fraction > 0.")
+
+
+def parse_pass_through(value, num_layers=None):
     """`ModelConfig.pass_through` as `calibrate_halting_bias` takes it ("auto" or
     an int in `[0, num_layers - 1]`; None: the blocks are not known yet)."""
     if str(value) == "auto":
@@ -437,25 +462,6 @@ def _pass_through(value, num_layers=None):
             f"--pass_through must be 'auto' or {span} (leading blocks whose heads get no "
             f"weight), got {value!r}.")
     return blocks
-
-
-def _limited_message(result):
-    """One line: why the calibration stopped short of the target."""
-    passed = result.get("pass_through", 0)
-    if passed + 1 > result["target_blocks"] + calibration.DEFAULT_TOLERANCE:
-        return (
-            f"--target_blocks={result['target_blocks']:g} is out of reach: with "
-            f"--pass_through={passed} the first {passed} blocks pass their budget on and every "
-            f"row runs at least {passed + 1} blocks: calibrated to "
-            f"{result['mean_layers_executed']:.2f} blocks. See {CALIBRATION_FILE}."
-        )
-    return (
-        f"--target_blocks={result['target_blocks']:g} would cost more than "
-        f"--calibration_max_drop={result['max_metric_drop']:g} of the held-out {result['metric_name']} "
-        f"({result['metric_before']:.4f} before): calibrated to "
-        f"{result['mean_layers_executed']:.2f} blocks instead "
-        f"({result['metric_name']} {result['metric']:.4f}). See {CALIBRATION_FILE}."
-    )
 
 
 def _epoch_checkpoints(directory, suffix, keep):
@@ -485,6 +491,7 @@ def full_depth_config(model_config):
         model_config, method="static", num_layers=None, head_loss_weight=0.0,
         distill_weight=0.0, halting_confidence=0.0, full_depth_stage=False,
         target_blocks=None, init_from=None, freeze_backbone=False, pass_through="auto",
+        halting_rule="tight",
     )
 
 

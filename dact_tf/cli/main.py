@@ -28,7 +28,7 @@ from dact_tf import exits  # noqa: E402
 # overrides only the field it names.
 _DATA, _MODEL, _TRAIN = config.DataConfig(), config.ModelConfig(), config.TrainConfig()
 
-COMMANDS = ("train", "evaluate", "predict", "export")
+COMMANDS = ("train", "calibrate", "evaluate", "predict", "export")
 
 FLAGS = flags.FLAGS
 # Where things are.
@@ -61,7 +61,9 @@ flags.DEFINE_enum("ponder", _MODEL.ponder, ["budget", "blocks"], "DACT: the pond
 flags.DEFINE_float("halting_bias", _MODEL.halting_bias, "Initial bias of the halting units.")
 flags.DEFINE_float("halting_confidence", _MODEL.halting_confidence, "DACT, classification (ignored for regression): the initial weight of each halting unit on its own answer's confidence (negative: confident answers start halting); 0: the paper's halting units.")
 flags.DEFINE_boolean("shared_heads", _MODEL.shared_heads, "One DACT head shared by all blocks.")
-flags.DEFINE_enum("halting_rule", _MODEL.halting_rule, ["tight", "paper", "relaxed", "never"], "Inference halting rule (evaluate/predict/export: override the trained one).")
+flags.DEFINE_enum("halting_rule", _MODEL.halting_rule, ["tight", "paper", "certified", "relaxed", "never"], "Inference halting rule. tight/paper: proven equal to full depth; certified (train, calibrate; DACT, PABEE, DeeBERT): the most aggressive exit threshold whose disagreement with full depth is certified at most --max_disagreement on held-out rows; relaxed: no guarantee. evaluate/predict/export: override the trained one.")
+flags.DEFINE_float("max_disagreement", _MODEL.max_disagreement, "--halting_rule=certified: the bound on the rate of rows whose early answer differs from full depth (0.01: 1 %), certified on held-out rows.", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("calibration_confidence", _MODEL.calibration_confidence, "The confidence of the certificates (--calibration_max_drop, --max_disagreement) on unseen rows.", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float("halting_epsilon", None, "evaluate/predict/export with --halting_rule=relaxed: exit once the budget p_n is below this (no guarantee).", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float("regression_tolerance", _MODEL.regression_tolerance, "Regression: largest score change early exit may cause.", lower_bound=0.0)
 flags.DEFINE_float("head_loss_weight", _MODEL.head_loss_weight, "Weight of the per-block auxiliary loss that trains every head on the label (0: pure DACT).", lower_bound=0.0)
@@ -82,7 +84,7 @@ flags.DEFINE_integer("log_every_steps", _TRAIN.log_every_steps, "Write training 
 flags.DEFINE_boolean("keep_best_epoch", _TRAIN.keep_best_epoch, "Keep the weights of the best epoch on the held-out training rows (not the last epoch's).")
 flags.DEFINE_float("distill_weight", _MODEL.distill_weight, "DACT: weight of the self-distillation of every head and accumulated answer towards the deepest head (0: off).", lower_bound=0.0)
 flags.DEFINE_boolean("full_depth_stage", _MODEL.full_depth_stage, "DACT: first fine-tune the plain full-depth model (kept in MODEL_DIR/stage1), then train DACT from it. Ignored with --init_from.")
-flags.DEFINE_float("calibration_max_drop", _MODEL.calibration_max_drop, "DACT: the most the calibration to --target_blocks may cost of the task's metric on the held-out rows (0.01: one point). Where the target needs more, the model runs more blocks and training says so.", lower_bound=0.0)
+flags.DEFINE_float("calibration_max_drop", _MODEL.calibration_max_drop, "DACT: the most the calibration to --target_blocks may cost against the plain full-depth model (stage 1 or --init_from): the rate of rows answered wrongly where it answers rightly, which bounds the accuracy drop (0.01: one point), certified on held-out rows with --calibration_confidence. Where the target needs more, or the rows cannot certify it, the model runs more blocks and says so.", lower_bound=0.0)
 flags.DEFINE_float("target_blocks", _MODEL.target_blocks, "DACT: the mean blocks to run (e.g. 3 of 6). Training steers tau towards it and the halting is then calibrated on the held-out rows. Default: half the blocks; 0: tau alone decides.", lower_bound=0.0)
 # Scale out.
 flags.DEFINE_enum("distribution_strategy", _TRAIN.distribution_strategy, ["default", "one_device", "mirrored", "multi_worker_mirrored", "tpu"], "tf.distribute strategy for training; --batch_size is the global batch. multi_worker_mirrored reads TF_CONFIG.")
@@ -126,7 +128,7 @@ def _is_builtin(path):
     return os.path.realpath(path).startswith(builtin + os.sep)
 
 
-def _data_config(stored=None):
+def _data_config(stored=None, split="eval"):
     """A DataConfig from the flags; flags not given keep the stored values.
 
     A model directory is data, not instructions: a file or folder path it
@@ -146,13 +148,13 @@ def _data_config(stored=None):
     config = train_lib.DataConfig(**{k: values[k] for k in names})
     if stored is not None:
         custom = config.task in train_lib.CUSTOM_TASKS
-        needed = "eval_file" if custom else "data_dir"
+        needed = f"{split}_file" if custom else "data_dir"
         if not getattr(config, needed) and stored.get(needed):
             raise ValueError(
-                f"The model was trained with --{needed}={stored[needed]}; paths stored in a "
-                f"model directory are not opened on its word: pass --{needed} to evaluate "
-                "on that data" + ("." if custom else " (or leave it unset for tensorflow-"
-                                                     "datasets, online)."))
+                f"The model was trained with --{needed}={stored[needed]}; dact-tf does not "
+                f"open paths read from a model directory: pass --{needed} again to "
+                f"{'find its held-out rows' if split == 'train' else 'evaluate on that data'}"
+                + ("." if custom else " (or leave it unset for tensorflow-datasets, online)."))
     return config
 
 
@@ -172,7 +174,8 @@ def cmd_train():
         distill_weight=FLAGS.distill_weight if exits.get(FLAGS.method).accumulates else 0.0,
         full_depth_stage=FLAGS.full_depth_stage, target_blocks=FLAGS.target_blocks,
         calibration_max_drop=FLAGS.calibration_max_drop, ponder=FLAGS.ponder,
-        pass_through=FLAGS.pass_through,
+        pass_through=FLAGS.pass_through, max_disagreement=FLAGS.max_disagreement,
+        calibration_confidence=FLAGS.calibration_confidence,
     )
     train_config = train_lib.TrainConfig(
         epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
@@ -195,6 +198,72 @@ def cmd_train():
         _exit_now(0)
 
 
+#: Flags that decide which training rows were held out: `calibrate` takes the stored ones.
+_SPLIT_FLAGS = ("holdout_fraction", "max_holdout_examples", "calibration_share",
+                "max_train_examples", "task")
+
+
+def cmd_calibrate():
+    from dact_tf import calibration_run
+    from dact_tf import files
+    from dact_tf import train_lib
+
+    model_dir = _require("model_dir")
+    target = FLAGS.target_blocks if FLAGS["target_blocks"].present else None
+    rule = FLAGS.halting_rule if FLAGS["halting_rule"].present else None
+    if rule not in (None, "certified"):
+        raise ValueError("calibrate certifies a halting mode: --halting_rule=certified (other "
+                         "rules need no calibration: pass them to evaluate/predict/export).")
+    if target is None and rule is None:
+        raise ValueError("calibrate needs --target_blocks=K (a compute target, its cost "
+                         "certified) and/or --halting_rule=certified --max_disagreement=EPS.")
+    changed = [name for name in _SPLIT_FLAGS if FLAGS[name].present]
+    if changed:
+        raise ValueError(f"--{changed[0]} decides which training rows were held out: calibrate "
+                         "uses the model's own split (leave it unset).")
+    stored = train_lib.read_config(model_dir)
+    data_config = _data_config(stored["data"], split="train")
+    if not data_config.holdout_fraction:
+        raise ValueError(f"{model_dir} was trained with --holdout_fraction=0: no held-out rows "
+                         "to calibrate on; train it again with held-out rows.")
+    model, preprocessor, config = train_lib.load_model_dir(model_dir)
+    if target is not None:
+        if not model.exit_criterion.accumulates:
+            raise ValueError(f"--target_blocks sets DACT's halting; {model_dir} holds a "
+                             f"{model.method!r} model.")
+        if not 1.0 <= target <= model.num_layers:
+            raise ValueError(f"--target_blocks must be in [1, {model.num_layers}], got {target:g}.")
+    train_lib.check_certified_flags(
+        model.method, rule, FLAGS.max_disagreement, FLAGS.calibration_max_drop,
+        FLAGS.calibration_confidence)
+    stage1 = os.path.join(model_dir, train_lib.STAGE1_DIR)
+    reference = None
+    if model.exit_criterion.accumulates and target is not None:
+        # The full-depth model: the run's stage 1, or --init_from given again.
+        path = stage1 if os.path.isdir(stage1) else FLAGS.init_from
+        if path is None and stored["model"].get("init_from"):
+            raise ValueError(
+                f"{model_dir} was warm-started from --init_from={stored['model']['init_from']}, "
+                "the full-depth model its cost is measured against: pass --init_from again.")
+        reference = calibration_run.reference_model(path)
+    _, _, _, metric_task = train_lib.task_info(data_config, config["label_names"])
+    datasets = train_lib.make_datasets(data_config, preprocessor, config["label_names"],
+                                       splits=("holdout", "calibration"))
+    with files.ModelDirLock(model_dir):
+        result = calibration_run.calibrate(
+            model, datasets["holdout"], datasets["calibration"], target_blocks=target,
+            pass_through=train_lib.parse_pass_through(FLAGS.pass_through, model.num_layers),
+            metric_task=metric_task, reference=reference, max_drop=FLAGS.calibration_max_drop,
+            confidence=FLAGS.calibration_confidence, halting_rule=rule,
+            max_disagreement=FLAGS.max_disagreement,
+            shared=not data_config.calibration_share)
+        train_lib.write_json(os.path.join(model_dir, train_lib.CALIBRATION_FILE), result)
+        train_lib.save_model_dir(model_dir, model, preprocessor.tokenizer, config)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    if FLAGS.output_json:
+        train_lib.write_json(FLAGS.output_json, result)
+
+
 def _exit_now(code):
     """Flushes stdout and stderr, then ends the process without Python's teardown."""
     from dact_tf.cli import quiet
@@ -215,6 +284,12 @@ def _load_model():
         for name in ("patience", "entropy_threshold", "halting_rule", "halting_epsilon")
         if FLAGS[name].present
     }
+    if (overrides.get("halting_rule") == "certified"
+            and getattr(model.exit_criterion, "halting_rule", None) != "certified"):
+        raise ValueError(
+            "This model has no certified halting: run `dact-tf calibrate "
+            f"--model_dir={FLAGS.model_dir} --halting_rule=certified` first (the data flags "
+            "of training find its held-out rows).")
     if overrides:
         model.configure_exit(**overrides)
     return model, preprocessor, config
@@ -229,7 +304,10 @@ def cmd_evaluate():
     dataset = train_lib.make_datasets(
         data_config, preprocessor, config["label_names"], splits=("validation",)
     )["validation"]
-    results = train_lib.evaluate(model, dataset, metric_task, verbose=1)
+    results = train_lib.evaluate(model, dataset, metric_task, verbose=1,
+                                 full_depth_disagreement=True)
+    if model.certificates:
+        results["certificates"] = model.certificates
     if FLAGS.per_block:
         results["per_block"] = train_lib.per_block_report(model, dataset, metric_task,
                                                           verbose=1)
@@ -319,13 +397,19 @@ def cmd_export():
         name = os.path.basename(os.path.normpath(os.path.abspath(model_dir))) or "dact"
         path = os.path.join(export_dir, f"{name}_{FLAGS.quantize}.tflite")
         vocab = os.path.join(export_dir, f"{name}_vocab.txt")
-        for target in (path, vocab):
+        # The exit settings and what the calibration certified, beside the file.
+        sidecar = path[:-len(".tflite")] + ".json"
+        for target in (path, vocab, sidecar):
             if os.path.exists(target):
                 raise FileExistsError(
                     f"{target} exists; exports never overwrite: use another --export_dir "
                     "or delete it.")
         export.export_tflite(model, path, quantize=FLAGS.quantize)
         train_lib.copy_vocabulary(model_dir, vocab)
+        train_lib.write_json(sidecar, {
+            "method": model.method, "exit": model.exit_criterion.get_config(),
+            "certificates": model.certificates, "label_names": config.get("label_names"),
+            "num_layers": int(model.num_layers)})
     else:
         path = export.export_saved_model(
             model,
@@ -362,6 +446,7 @@ flags.DEFINE_string("command", None, "Set from the first argument; do not pass."
 #: One line per command, for `dact-tf --help`.
 SUMMARIES = {
     "train": "fine-tune a model (DACT or a baseline) into --model_dir; re-run to resume",
+    "calibrate": "certify a trained --model_dir's compute target or halting on its held-out rows",
     "evaluate": "the task metric, blocks executed and exits of a trained --model_dir",
     "predict": "labels, probabilities and blocks executed for --text or --input_file",
     "export": "a SavedModel (TF Serving) or TFLite file with the early exit inside",
@@ -373,10 +458,21 @@ _DATA = ["task", "data_dir", "train_file", "eval_file", "text_column", "text_pai
 _EXIT = ["halting_rule", "halting_epsilon", "patience", "entropy_threshold"]
 #: Each command's flags, grouped, for `dact-tf COMMAND --help`.
 COMMAND_FLAGS = {
+    "calibrate": {
+        "Where": ["model_dir", "output_json"],
+        "Data (the training data, to find the held-out rows)": [
+            "data_dir", "train_file", "text_column", "text_pair_column", "label_column",
+            "header", "batch_size"],
+        "What to certify": ["target_blocks", "calibration_max_drop", "pass_through",
+                            "halting_rule", "max_disagreement", "calibration_confidence",
+                            "init_from"],
+    },
     "train": {
         "Where": ["model_dir"],
         "Data": _DATA,
-        "Model": ["backbone", "method", "target_blocks", "calibration_max_drop", "pass_through", "tau", "tau_warmup_epochs",
+        "Model": ["backbone", "method", "target_blocks", "calibration_max_drop",
+                  "calibration_confidence", "max_disagreement", "pass_through", "tau",
+                  "tau_warmup_epochs",
                   "ponder", "full_depth_stage", "distill_weight", "head_loss_weight", "halting_bias",
                   "halting_confidence", "pooling", "shared_heads", "num_layers", "patience",
                   "entropy_threshold", "halting_rule", "regression_tolerance", "init_from",

@@ -131,6 +131,40 @@ class ExitCriterion:
         """
         raise NotImplementedError
 
+    def proven(self, answer, state, remaining, context, stops):
+        """Where a row that stops here provably gives the answer it would give uncapped.
+
+        The early-exit loop reports it as `exact` under a cap on the
+        blocks (`serve_budget`). Default: every row the method stops (its
+        uncapped answer is, by definition, the one it stops with). A rule
+        certified on data rather than proven (DACT's `"certified"`) answers
+        the proof alone.
+
+        Args:
+            answer, state, remaining, context: as `step` got and returned.
+            stops: bool `[batch]`, what `step` returned.
+
+        Returns:
+            bool `[batch]`.
+        """
+        del answer, state, remaining, context
+        return stops
+
+    def certified_grid(self, num_layers):
+        """The settings a halting certificate tests, safest first.
+
+        `dact_tf.certify.certify_halting` tests them in this order on
+        held-out rows and keeps the most aggressive one whose disagreement
+        with full depth it can bound (fixed-sequence testing). The first
+        setting should agree with full depth on every row.
+
+        Returns:
+            A list of `(knob, value, criterion)`; empty for a method without
+            a knob (static truncation).
+        """
+        del num_layers
+        return []
+
     def ponder_cost(self, state):
         """`[batch]`, the ponder cost reported for rows in `state` (0)."""
         return tf.zeros_like(state[0])

@@ -24,13 +24,16 @@ class Dact(base.ExitCriterion):
 
     Args:
         halting_rule: `"tight"` (default, guaranteed), `"paper"`
-            (guaranteed, looser), `"relaxed"` (faster, no guarantee) or
-            `"never"`.
+            (guaranteed, looser), `"certified"` (the tight test loosened by
+            `halting_slack`, a slack whose disagreement rate with full depth
+            a certificate bounds: `dact_tf.certify.certify_halting`),
+            `"relaxed"` (faster, no guarantee) or `"never"`.
         halting_margin: float in [0, 1], the guaranteed rules' rounding
             margin.
         halting_epsilon: float in [0, 1], `"relaxed"`: also stop once the
             budget `p_n` is below it.
-        halting_slack: float in [0, 1], `"relaxed"`: slack of the test.
+        halting_slack: float in [0, 1], `"relaxed"` and `"certified"`:
+            slack of the test.
 
     Example:
     >>> Dact(halting_rule="paper")
@@ -43,6 +46,9 @@ class Dact(base.ExitCriterion):
     accumulates = True
     #: The halting-bias shifts `sweep` replays (logits).
     SHIFTS = tuple(float(s) for s in np.round(np.arange(-12.0, 12.01, 0.5), 2))
+    #: The slacks a halting certificate tests, safest (the tight rule) first.
+    CERTIFIED_SLACKS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25,
+                        0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
     def __init__(self, halting_rule="tight", halting_margin=1e-5, halting_epsilon=0.0,
                  halting_slack=0.0):
@@ -78,6 +84,20 @@ class Dact(base.ExitCriterion):
             tolerance=context.tolerance, output_range=context.output_range or (0.0, 1.0),
         )
 
+    def proven(self, answer, state, remaining, context, stops):
+        if self.halting_rule not in ("relaxed", "certified"):
+            return stops  # the guaranteed rules (and "never")
+        proof = ops.should_halt(
+            answer, state[0], remaining, task=context.task, rule="tight",
+            margin=self.halting_margin, tolerance=context.tolerance,
+            output_range=context.output_range or (0.0, 1.0))
+        return tf.logical_and(stops, proof)
+
+    def certified_grid(self, num_layers):
+        del num_layers
+        return [("halting_slack", s, Dact("certified", self.halting_margin, 0.0, s))
+                for s in self.CERTIFIED_SLACKS]
+
     def ponder_cost(self, state):
         return state[1]
 
@@ -95,5 +115,7 @@ class Dact(base.ExitCriterion):
         return [("halting_bias_shift", s, self, s) for s in self.SHIFTS]
 
     def summary(self):
+        if self.halting_rule == "certified":
+            return {"halting_rule": self.halting_rule, "halting_slack": self.halting_slack}
         return {"halting_rule": self.halting_rule}
 

@@ -63,6 +63,10 @@ class DeeBert(base.ExitCriterion):
             return parts.main  # stage 1: the last block's answer
         return tf.reduce_mean(parts.block_losses()[:-1])  # stage 2: the other heads
 
+    def certified_grid(self, num_layers):
+        del num_layers  # threshold 0: no row exits early
+        return [("entropy_threshold", t, DeeBert(t)) for t in (0.0,) + self.THRESHOLDS]
+
     def sweep(self, num_layers):
         del num_layers
         return [("entropy_threshold", t, DeeBert(t), 0.0) for t in self.THRESHOLDS]

@@ -62,5 +62,9 @@ class Pabee(base.ExitCriterion):
         weighted = tf.reduce_sum(weights * per_block[:-1]) + n * parts.main
         return weighted / (n * (n + 1) / 2.0)
 
+    def certified_grid(self, num_layers):
+        # Patience N: no row holds its prediction for N blocks before the last.
+        return [("patience", p, Pabee(p)) for p in range(num_layers, 0, -1)]
+
     def sweep(self, num_layers):
         return [("patience", p, Pabee(p), 0.0) for p in range(1, num_layers + 1)]

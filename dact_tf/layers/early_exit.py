@@ -57,10 +57,12 @@ def chain_forward(encoder, inputs, padding_mask, max_layers=None):
         y, h = encoder.heads(encoder._pool(hidden, padding_mask), layer_index=n)
         answer, state, halts = criterion.step(y, h, answer, state, remaining, context)
         done = tf.logical_or(tf.reduce_all(halts), remaining <= 0)
-        stop = done
+        stop = exact = done
         if max_layers is not None:
             stop = tf.logical_or(done, n + 1 >= max_layers[0])
-        return hidden, answer, state, stop, tf.constant(n + 1, tf.int32), done
+            exact = tf.logical_or(tf.reduce_all(criterion.proven(
+                answer, state, remaining, context, halts)), remaining <= 0)
+        return hidden, answer, state, stop, tf.constant(n + 1, tf.int32), exact
 
     for n in range(num_layers):
         if n == 0:
@@ -124,7 +126,8 @@ def loop_forward(encoder, inputs, padding_mask, halting, max_layers):
         done = tf.logical_or(halts, last) if halting else last
         if capped:
             cap = carry[:, c + 2]
-            exact = tf.cast(done, tf.float32)[:, None]
+            proven = criterion.proven(answer, (first, second), remaining, context, halts)
+            exact = tf.cast(tf.logical_or(proven, last) if halting else last, tf.float32)[:, None]
             done = tf.logical_or(done, tf.cast(n + 1, tf.float32) >= cap)
             columns.append(cap[:, None])
         carry = tf.concat(columns, axis=1)

@@ -132,6 +132,11 @@ class DactClassifier(TrainerFixes, keras.Model):
         Eyzaguirre et al. DACT-BERT, arXiv:2109.11745.
     """
 
+    #: What the last calibration certified (`dact_tf.certify`): a dict with
+    #: `compute_target` and/or `halting` certificates, saved with the model
+    #: and written into its exports' metadata; None when nothing is.
+    certificates = None
+
     def __init__(
         self,
         backbone,
@@ -497,13 +502,17 @@ class DactClassifier(TrainerFixes, keras.Model):
             "method": exits.serialize(enc.exit_criterion),
             "num_layers": self.kept_layers,
             "ponder": enc.ponder,
+            **({"certificates": self.certificates} if self.certificates else {}),
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         config["backbone"] = keras.layers.deserialize(config["backbone"])
-        return cls(**legacy_exit_config(config))
+        certificates = config.pop("certificates", None)
+        model = cls(**legacy_exit_config(config))
+        model.certificates = certificates
+        return model
 
 
 def _non_negative(name, value):

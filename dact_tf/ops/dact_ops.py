@@ -24,7 +24,9 @@ References:
 import tensorflow as tf
 
 #: Halting rules accepted by `should_halt`.
-HALTING_RULES = ("tight", "paper", "relaxed", "never")
+HALTING_RULES = ("tight", "paper", "relaxed", "certified", "never")
+#: The rules that loosen the tight test by a slack (no proof per row).
+_SLACK_RULES = ("relaxed", "certified")
 #: Problem types accepted by `should_halt`.
 TASKS = ("classification", "regression")
 
@@ -194,6 +196,11 @@ def should_halt(
       `"tight"`.
     - `"relaxed"` (no guarantee): halts when `p_n < epsilon` or when the tight
       test passes with `slack` subtracted from its right-hand side.
+    - `"certified"` (a certified rate, no proof per row): the tight test
+      with `slack` subtracted from its right-hand side, the slack being the
+      most aggressive one whose disagreement with full depth a certificate
+      bounded on held-out rows (`dact_tf.certify.certify_halting`);
+      `epsilon` is not read.
     - `"never"`: never halts (full depth).
 
     For regression (`a_n` a score in `[lo, hi]`) the guaranteed bound is
@@ -232,7 +239,7 @@ def should_halt(
     if task == "regression":
         lo, hi = output_range
         bound = (1.0 - q) * float(hi - lo)
-        limit = tolerance + (slack if rule == "relaxed" else 0.0)
+        limit = tolerance + (slack if rule in _SLACK_RULES else 0.0)
         halt = bound <= limit
     else:
         top2 = tf.math.top_k(answer, k=2).values
@@ -241,7 +248,7 @@ def should_halt(
             d = tf.cast(remaining, tf.float32)
             halt = first * q > second + d * budget + margin
         else:
-            rhs = 1.0 + margin - (slack if rule == "relaxed" else 0.0)
+            rhs = 1.0 + margin - (slack if rule in _SLACK_RULES else 0.0)
             halt = q * (1.0 + first - second) > rhs
     if rule == "relaxed":
         halt = tf.logical_or(halt, budget < epsilon)

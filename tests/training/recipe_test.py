@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from dact_tf import ops
 from dact_tf import optimization
+from dact_tf import risk_bounds
 from dact_tf import train_lib
 from dact_tf.callbacks import KeepBestEpoch
 from dact_tf.data import builtin_sst2_dir
@@ -154,22 +155,30 @@ def _rows(dataset, tokenizer_vocab=None):
     return rows
 
 
-def test_holdout_rows_are_disjoint_from_training_and_the_same_for_every_seed():
+def test_held_out_rows_split_into_selection_and_calibration_the_same_for_every_seed():
     from dact_tf.models import backbones
 
     pre = backbones.make_preprocessor(backbones.tiny_tokenizer(), 16)
     splits = {}
     for seed in (0, 1):
-        ds = train_lib.make_datasets(_data_config(seed=seed), pre, splits=("train", "holdout"))
+        ds = train_lib.make_datasets(_data_config(seed=seed), pre,
+                                     splits=("train", "holdout", "calibration"))
         splits[seed] = {k: _rows(v) for k, v in ds.items()}
     everything = train_lib.make_datasets(_data_config(holdout_fraction=0.0, padding="batch"), pre,
                                          splits=("train",))["train"]
     allrows = sorted(_rows(everything))
-    train, holdout = splits[0]["train"], splits[0]["holdout"]
-    assert len(holdout) == 12 and len(train) == 108
-    assert sorted(train + holdout) == allrows  # a partition of the first 120 rows
-    assert sorted(splits[1]["holdout"]) == sorted(holdout)  # seed-independent
-    assert train_lib.dataset_sizes(_data_config()) == (108, 12)
+    train, selection, calibration = (splits[0][k] for k in ("train", "holdout", "calibration"))
+    # 20 % of 120 held out; 60 % of those kept apart for the certificates.
+    assert (len(train), len(selection), len(calibration)) == (96, 10, 14)
+    assert sorted(train + selection + calibration) == allrows  # a partition
+    for split in ("holdout", "calibration"):
+        assert sorted(splits[1][split]) == sorted(splits[0][split])  # seed-independent
+    assert train_lib.dataset_sizes(_data_config()) == (96, 24)
+    # calibration_share=0: the calibration shares the selection rows (older models).
+    shared = train_lib.make_datasets(_data_config(calibration_share=0.0), pre,
+                                     splits=("holdout", "calibration"))
+    assert sorted(_rows(shared["holdout"])) == sorted(_rows(shared["calibration"]))
+    assert sorted(_rows(shared["holdout"])) == sorted(selection + calibration)
 
 
 def test_train_runs_both_stages_keeps_the_best_epoch_and_lands_on_target_blocks(tmp_path):
@@ -226,56 +235,54 @@ def test_train_runs_both_stages_keeps_the_best_epoch_and_lands_on_target_blocks(
 
 
 def test_pass_through_setting_is_checked():
-    assert train_lib._pass_through("auto", 6) == "auto"
-    assert train_lib._pass_through("2", 6) == 2
-    assert train_lib._pass_through(5, 6) == 5
-    assert train_lib._pass_through("7") == 7  # the blocks are not known yet
+    assert train_lib.parse_pass_through("auto", 6) == "auto"
+    assert train_lib.parse_pass_through("2", 6) == 2
+    assert train_lib.parse_pass_through(5, 6) == 5
+    assert train_lib.parse_pass_through("7") == 7  # the blocks are not known yet
     for bad, layers in (("6", 6), ("x", 6), ("-1", 6), ("1.5", 6), ("x", None)):
         with pytest.raises(ValueError, match="pass_through"):
-            train_lib._pass_through(bad, layers)
+            train_lib.parse_pass_through(bad, layers)
 
 
-def test_train_bounds_what_the_calibration_costs_and_says_so(tmp_path, capsys):
+def test_train_certifies_what_the_calibration_costs_and_says_so(tmp_path, capsys):
     model_dir = tmp_path / "run"
-    data = _data_config(max_train_examples=400, holdout_fraction=0.25)
+    data = _data_config(max_train_examples=400, holdout_fraction=0.5)
     model, pre, history = train_lib.train(
         str(model_dir), data,
-        train_lib.ModelConfig(backbone="tiny", target_blocks=1.0, calibration_max_drop=0.0,
-                              full_depth_stage=False),
+        train_lib.ModelConfig(backbone="tiny", target_blocks=1.0, calibration_max_drop=0.05),
         train_lib.TrainConfig(epochs=1, learning_rate=1e-3, verbose=0),
     )
     cal = history["calibration"]
     with open(model_dir / train_lib.CALIBRATION_FILE) as f:
-        assert json.load(f) == pytest.approx(cal)
-    # Never below the trained model on the held-out rows, measured on the saved model.
-    holdout = train_lib.make_datasets(data, pre, splits=("holdout",))["holdout"]
+        assert json.load(f) == json.loads(json.dumps(cal))
+    certificate = cal["certificate"]
+    assert certificate["kind"] == "compute_target"
+    assert certificate["reference"] == "the full-depth model"  # stage 1
+    assert certificate["rows"] == 120 and certificate["calibration_rows"] == "kept apart"
+    assert certificate["epsilon"] == 0.05 and certificate["confidence"] == pytest.approx(0.95)
+    # The certificate's own arithmetic: the bound of the rows it counted.
+    assert certificate["bound"] == pytest.approx(
+        risk_bounds.upper_bound(certificate["at_risk"], 120, 0.05))
+    assert certificate["certified"] == (certificate["bound"] <= 0.05)
+    # What the saved model does on the calibration rows is what was certified.
+    rows = train_lib.make_datasets(data, pre, splits=("calibration",))["calibration"]
     reloaded, _, _ = train_lib.load_model_dir(str(model_dir))
-    after = train_lib.evaluate(reloaded, holdout, "sst2")
-    assert cal["metric_name"] == "accuracy" and cal["max_metric_drop"] == 0.0
+    after = train_lib.evaluate(reloaded, rows, "sst2")
     assert after["accuracy"] == pytest.approx(cal["metric"])
-    assert cal["metric"] >= cal["metric_before"]
     assert after["mean_layers_executed"] == pytest.approx(cal["mean_layers_executed"])
+    assert reloaded.certificates["compute_target"] == certificate
+    # Counted against stage 1's own answers on those rows.
+    stage1, _, _ = train_lib.load_model_dir(str(model_dir / "stage1"))
+    ref, labels = train_lib.predict_dataset(stage1, rows, full_depth=True)
+    mine, _ = train_lib.predict_dataset(reloaded, rows)
+    worse = (mine["predictions"] != labels) & (ref["predictions"] == labels)
+    if certificate["certified"]:
+        assert int(worse.sum()) == certificate["at_risk"]
     err = capsys.readouterr().err
-    if cal["limited"]:  # one block would have cost accuracy: training says so
-        assert cal["mean_layers_executed"] > 1.5, cal
-        assert train_lib._limited_message(cal) in err
-    else:  # one block costs nothing on these rows: the target is reached, silently
-        assert cal["mean_layers_executed"] <= 1.5, cal
-        assert "calibration_max_drop" not in err
-
-
-def test_the_limited_calibration_message_names_the_flag_and_the_figures():
-    cal = {"target_blocks": 3.0, "metric_name": "pearson", "metric_before": 0.8446,
-           "metric": 0.8364, "mean_layers_executed": 5.59, "max_metric_drop": 0.01}
-    assert train_lib._limited_message(cal) == (
-        "--target_blocks=3 would cost more than --calibration_max_drop=0.01 of the held-out "
-        "pearson (0.8446 before): calibrated to 5.59 blocks instead (pearson 0.8364). "
-        "See calibration.json.")
-    short = dict(cal, target_blocks=2.0, pass_through=2, mean_layers_executed=3.2)
-    assert train_lib._limited_message(short) == (
-        "--target_blocks=2 is out of reach: with --pass_through=2 the first 2 blocks pass their "
-        "budget on and every row runs at least 3 blocks: calibrated to 3.20 blocks. "
-        "See calibration.json.")
+    if cal["limited"] or not certificate["certified"]:  # training says so, even quiet
+        assert "calibration rows" in err
+    else:
+        assert "Calibrated" not in err
 
 
 def test_the_recipe_pieces_compose_in_a_plain_keras_fit(tmp_path):

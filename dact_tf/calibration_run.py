@@ -1,0 +1,138 @@
+"""The calibration step of a run: a compute target and a halting mode, certified.
+
+`dact-tf train` ends with it, and `dact-tf calibrate` runs it again on a
+trained model directory without retraining; both write `calibration.json`
+(what `calibrate` returns) and the model. See `dact_tf.certify` for what is
+certified and how.
+"""
+
+import os
+import sys
+
+import keras
+
+from dact_tf import calibration
+from dact_tf import certify
+from dact_tf import risk_bounds
+from dact_tf.callbacks import halting_statistics
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def reference_model(path):
+    """The full-depth reference model stored at `path`, or None.
+
+    Args:
+        path: a dact_tf model directory, a `.keras` file, or None (or a
+            weights file, which holds no model).
+    """
+    if not path:
+        return None
+    from dact_tf import model_dir as model_dir_lib
+
+    if os.path.isdir(path):
+        return model_dir_lib.load_model_dir(path)[0]
+    if path.endswith(".keras") and os.path.isfile(path):
+        return keras.models.load_model(path, safe_mode=True)
+    return None
+
+
+def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto",
+              metric_task=None, reference=None, max_drop=0.01,
+              confidence=risk_bounds.DEFAULT_CONFIDENCE, halting_rule=None,
+              max_disagreement=certify.DEFAULT_MAX_DISAGREEMENT, shared=False, verbose=1):
+    """Calibrates a trained model's exit on held-out rows, with certificates.
+
+    Args:
+        model: a trained `DactClassifier`.
+        selection: `(features, labels)` batches that may also have picked
+            the best epoch (the target's shift and pass-through are found on
+            them).
+        rows: `(features, labels)` batches kept apart for the certificates.
+        target_blocks: DACT: the mean blocks to aim at, or None (no target).
+        pass_through: as for `dact_tf.calibration.calibrate_halting_bias`.
+        metric_task: the metric reported (see `dact_tf.analysis.task_metrics`).
+        reference: the plain full-depth `DactClassifier` the cost of the
+            target is measured against, or None (the model's own full
+            depth before the shift; recorded in the certificate).
+        max_drop: float, the certified bound on that cost.
+        confidence: float in (0, 1), of each certificate.
+        halting_rule: `"certified"` for a certified halting mode, else None.
+        max_disagreement: float, its bound on P(early != full depth).
+        shared: bool, whether `rows` are the selection rows.
+        verbose: 0 or 1: print what each certificate says (a target that is
+            not met, or a certificate that cannot be given, is printed
+            always).
+
+    Returns:
+        The dict `calibration.json` holds: the compute target's result
+        (`dact_tf.certify.certify_compute_target`, with
+        `holdout_layers_executed`, the mean blocks on `selection`) and,
+        with a certified halting mode, `halting` (`certify_halting`'s).
+    """
+    result = {}
+    if (target_blocks is not None and halting_rule != "certified"
+            and getattr(model.exit_criterion, "halting_rule", None) == "certified"):
+        # A new shift voids the halting certificate: back to the proven rule.
+        model.configure_exit(halting_rule="tight", halting_slack=0.0)
+    if target_blocks is not None and max_drop is None:  # no bound asked for: no certificate
+        result = calibration.calibrate_halting_bias(
+            model, selection, target_blocks, max_metric_drop=None, metric_task=metric_task,
+            pass_through=pass_through)
+        result["certificate"] = None
+    elif target_blocks is not None:
+        reference_preds = None
+        if reference is not None:
+            reference_preds, _ = certify.reference_predictions(reference, rows)
+        result = certify.certify_compute_target(
+            model, selection, rows, target_blocks, reference_preds, None,
+            max_drop=max_drop, confidence=confidence, metric_task=metric_task,
+            pass_through=pass_through, shared=shared)
+    if target_blocks is not None:
+        result["holdout_layers_executed"] = float(
+            halting_statistics(model, selection)["mean_layers_executed"])
+        certified = result["certificate"] is None or result["certificate"]["certified"]
+        _say(target_message(result), always=result["limited"] or not certified,
+             verbose=verbose)
+    if halting_rule == "certified":
+        halting = certify.certify_halting(model, rows, max_disagreement, confidence,
+                                          shared=shared)
+        result["halting"] = halting
+        _say(f"Certified halting ({halting['knob']}={halting['value']:g}, "
+             f"{halting['mean_layers_executed']:.2f} blocks on the calibration rows): "
+             + certify.describe(halting["certificate"]),
+             always=not halting["certificate"]["certified"], verbose=verbose)
+    model.certificates = {
+        key: value for key, value in (
+            ("compute_target", (result.get("certificate") if target_blocks is not None
+                                else (model.certificates or {}).get("compute_target"))),
+            ("halting", (result["halting"]["certificate"] if "halting" in result else
+                         None if target_blocks is not None
+                         else (model.certificates or {}).get("halting"))),
+        ) if value} or None
+    return result
+
+
+def _say(line, always, verbose):
+    if always or verbose:
+        print(line, file=sys.stderr if always else sys.stdout)
+
+
+def target_message(result):
+    """One line: where the calibration to a target landed, and what is certified."""
+    certificate = result["certificate"]
+    if certificate is None:
+        return (f"Calibrated to {result['mean_layers_executed']:.2f} blocks (target "
+                f"{result['target_blocks']:g}), with no bound on its cost.")
+    line = (f"Calibrated to {result['mean_layers_executed']:.2f} blocks on the calibration rows "
+            f"(target {result['target_blocks']:g}")
+    if result["limited"]:
+        line += (f", which needs {result['target_shift_layers_executed']:.2f}: the certified "
+                 "bound stopped it short")
+    passed = result.get("pass_through", 0)
+    if passed + 1 > result["target_blocks"] + calibration.DEFAULT_TOLERANCE:
+        line += (f"; out of reach: with --pass_through={passed} every row runs at least "
+                 f"{passed + 1} blocks")
+    line += f"); {result['metric_name']} {result['metric']:.4f} "
+    line += f"against the full-depth model's {result['reference_metric']:.4f}. "
+    return line + "Cost " + certify.describe(certificate)

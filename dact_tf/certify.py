@@ -1,0 +1,338 @@
+"""Certificates: promises about unseen rows, computed on held-out rows.
+
+DACT's exact halting needs no statistics: an early answer is proven equal to
+the full-depth one. Two other promises can only be certified on data
+(`dact_tf.risk_bounds` has the statistics):
+
+- **A compute target at a bounded cost** (`certify_compute_target`). The
+  halting biases are shifted so the model runs about `target_blocks`
+  blocks; the cost, against the plain fine-tuned full-depth model a user
+  would otherwise ship (the reference: DACT's stage 1 or the `init_from`
+  model), is the rate of rows the shifted model answers wrongly where the
+  reference answers rightly (regression: where its error exceeds the
+  reference's by more than the model's tolerance). That rate bounds the
+  accuracy drop. The shifts from full depth down to the target are tested
+  in that order on calibration rows (fixed-sequence testing); the model
+  takes the one closest to the target whose rate is certified at most
+  `max_drop` with the given confidence. Where none is, it runs at the
+  safest shift and the result says so, with how many rows would be needed.
+- **A certified halting mode** (`certify_halting`): each row stops at the
+  first block a threshold accepts; the threshold is the most aggressive
+  one, on the exit method's ordered grid (`ExitCriterion.certified_grid`:
+  DACT's slack on the tight test, DeeBERT's entropy, PABEE's patience),
+  whose rate of answers that differ from the model's own full-depth answer
+  is certified at most `max_disagreement`.
+
+Both hold on unseen rows from the distribution the calibration rows were
+drawn from, with probability at least `confidence` each, provided nothing
+else was chosen on those rows: `dact-tf train` keeps calibration rows apart
+from the rows that pick the best epoch (`DataConfig.calibration_share`), and
+the certificate records whether they were shared.
+"""
+
+import math
+
+import numpy as np
+
+from dact_tf import analysis
+from dact_tf import calibration
+from dact_tf import risk_bounds
+from dact_tf.layers.dact_heads import PASS_THROUGH_BIAS
+
+#: The default bound of a certified halting mode: 1 % of rows differ from full depth.
+DEFAULT_MAX_DISAGREEMENT = 0.01
+#: The shift a compute-target certificate starts from (halting values near
+#: 1: every row runs every block), and its step (logits).
+_SAFE_SHIFT = 12.0
+_SHIFT_STEP = 0.25
+
+
+def _predictions(model, answers):
+    return analysis.predictions(model, answers)
+
+
+def _differ(model, a, b):
+    """bool `[rows]`: predictions `a` and `b` differ (regression: by more than the tolerance)."""
+    if model.task == "regression":
+        return np.abs(a - b) > model.encoder.exit_context.tolerance
+    return a != b
+
+
+def full_depth_predictions(model, trace):
+    """The model's own full-depth predictions from a `analysis.trace_dataset` trace."""
+    final = trace["accumulated"] if model.exit_criterion.accumulates else trace["answers"]
+    return _predictions(model, final[-1])
+
+
+def _certificate(kind, risk, epsilon, delta, n, at_risk, bounds, passed, grid, shared, **extra):
+    """The JSON-able record of one certificate."""
+    index = max(passed - 1, 0)
+    rate = at_risk[index] / n
+    certified = passed > 0
+    return {
+        "kind": kind,
+        "risk": risk,
+        "epsilon": float(epsilon),
+        "confidence": 1.0 - delta,
+        "rows": int(n),
+        "at_risk": int(at_risk[index]),
+        "observed_rate": float(rate),
+        "bound": float(bounds[index]) if bounds else None,
+        "certified": bool(certified),
+        "tested": len(bounds),
+        "grid_size": len(grid),
+        "calibration_rows": "shared with the selection rows" if shared else "kept apart",
+        **extra,
+    }
+
+
+def certify_halting(model, dataset, max_disagreement=DEFAULT_MAX_DISAGREEMENT,
+                    confidence=risk_bounds.DEFAULT_CONFIDENCE, apply=True, shared=False,
+                    verbose=0):
+    """Sets the most aggressive exit threshold whose disagreement with full depth is certified.
+
+    Runs every block once on `dataset` (`analysis.trace_dataset`), then
+    replays the exit method's `certified_grid`, safest first, counting the
+    rows whose early answer differs from the model's own full-depth answer
+    (regression: by more than its tolerance). Fixed-sequence testing keeps
+    every setting whose one-sided Clopper-Pearson bound is at most
+    `max_disagreement`; the last one (the fewest blocks) is taken. Where not
+    even the first can be certified (too few rows), the model keeps an exact
+    setting (DACT: the tight rule; DeeBERT, PABEE: full depth) and
+    `certified` is false.
+
+    Args:
+        model: a trained `DactClassifier` (DACT, PABEE or DeeBERT).
+        dataset: batches of features (or `(features, labels)`: labels are
+            not read), rows nothing else was chosen on.
+        max_disagreement: float in (0, 1), the bound on
+            P(early answer != full-depth answer).
+        confidence: float in (0, 1), e.g. 0.95.
+        apply: bool, configure the model's exit with the chosen setting.
+        shared: bool, whether the rows were also used for another choice
+            (recorded in the certificate).
+        verbose: 0 or 1 (a progress counter).
+
+    Returns:
+        A dict: `method`, `knob`, `value` (the chosen setting),
+        `mean_layers_executed` (on the rows), `full_depth_disagreement` (the
+        rate seen) and `certificate` (see the module docstring; `rows_needed`:
+        about how many rows would certify the bound at the most aggressive
+        setting's rate).
+
+    Example:
+    ```python
+    result = certify_halting(model, calibration_rows, max_disagreement=0.01)
+    result["certificate"]["certified"], result["mean_layers_executed"]
+    ```
+    """
+    delta = risk_bounds.delta_from_confidence(confidence)
+    if not 0.0 < float(max_disagreement) < 1.0:
+        raise ValueError(f"`max_disagreement` must be in (0, 1) (0.01: 1 % of rows), "
+                         f"got {max_disagreement!r}.")
+    grid = model.exit_criterion.certified_grid(model.num_layers)
+    if not grid:
+        raise ValueError(f"method={model.method!r} has no exit threshold to certify.")
+    trace, _ = analysis.trace_dataset(model, dataset, verbose=verbose)
+    full = full_depth_predictions(model, trace)
+    n = len(full)
+    replays = []
+
+    def at_risk_of(index):
+        exits, outputs = analysis.replay_exits(model, trace, 0.0, grid[index][2])
+        replays.append(exits)
+        return int(_differ(model, _predictions(model, outputs), full).sum())
+
+    at_risk, bounds = [], []
+    for index in range(len(grid)):
+        at_risk.append(at_risk_of(index))
+        bounds.append(risk_bounds.upper_bound(at_risk[-1], n, delta))
+        if bounds[-1] > max_disagreement:
+            break
+    passed = len(bounds) - (bounds[-1] > max_disagreement)  # the loop stops at a failure
+    knob, value, chosen = grid[max(passed - 1, 0)]
+    exact = passed == 0 or value == grid[0][1]
+    if exact and chosen.name == "dact":
+        chosen = chosen.copy()
+        chosen.configure(halting_rule="tight", halting_slack=0.0)
+    aggressive = at_risk[-1] / n
+    certificate = _certificate(
+        "halting", "P(early answer differs from the full-depth answer)", max_disagreement,
+        delta, n, at_risk, bounds, passed, grid, shared, knob=knob, value=value,
+        exact=bool(exact),
+        rows_needed=risk_bounds.rows_needed(max(aggressive, 1.0 / n), max_disagreement, delta))
+    if apply:
+        model.configure_exit(**chosen.get_config())
+    return {"method": model.method, "knob": knob, "value": value,
+            "mean_layers_executed": float(replays[max(passed - 1, 0)].mean()),
+            "full_depth_disagreement": at_risk[max(passed - 1, 0)] / n,
+            "certificate": certificate}
+
+
+def reference_predictions(reference, dataset, verbose=0):
+    """The full-depth predictions of a reference model on `dataset`.
+
+    Args:
+        reference: a `DactClassifier` (e.g. DACT's stage-1 model).
+        dataset: `(features, labels)` batches.
+
+    Returns:
+        `(predictions, labels)`: class ids (or scores) `[rows]`, labels.
+    """
+    from dact_tf import evaluation
+
+    outputs, labels = evaluation.predict_dataset(reference, dataset, full_depth=True,
+                                                 verbose=verbose)
+    key = "scores" if reference.task == "regression" else "predictions"
+    return outputs[key], labels
+
+
+def _worse_than_reference(model, predictions, reference, labels):
+    """bool `[rows]`: the answer is wrong where the reference's is right
+    (regression: its error exceeds the reference's by more than the tolerance)."""
+    if model.task == "regression":
+        tolerance = model.encoder.exit_context.tolerance
+        return np.abs(predictions - labels) > np.abs(reference - labels) + tolerance
+    return (predictions != labels) & (reference == labels)
+
+
+def certify_compute_target(model, selection, rows, target_blocks, reference, labels,
+                           max_drop=calibration.DEFAULT_MAX_METRIC_DROP,
+                           confidence=risk_bounds.DEFAULT_CONFIDENCE, metric_task=None,
+                           pass_through="auto", shared=False, apply=True, verbose=0):
+    """Shifts the halting towards `target_blocks` as far as a certified cost allows.
+
+    1. On `selection` (rows that may also pick the epoch), the shift that
+       reaches the target and the pass-through are found
+       (`calibration.calibrate_halting_bias`, with no metric bound).
+    2. On `rows` (calibration rows nothing else saw), shifts from
+       `_SAFE_SHIFT` (every row runs every block, DACT's answer is nearly
+       its last head's) down to that shift are tested in order: the rate of
+       rows answered wrongly where the reference answers rightly must have
+       a one-sided Clopper-Pearson bound at most `max_drop`. The last shift
+       that passes is taken.
+
+    Args:
+        model: a trained DACT `DactClassifier`.
+        selection: `(features, labels)` batches for step 1.
+        rows: `(features, labels)` batches, the calibration rows.
+        target_blocks: float in `[1, N]`.
+        reference: `[rows]`, the reference model's predictions on `rows`
+            (`reference_predictions`), or None: the model's own full-depth
+            answer before the shift (a weaker promise; recorded).
+        labels: `[rows]`, the labels of `rows` (the order of `rows`).
+        max_drop: float in (0, 1), the certified bound (0.01: one point).
+        confidence: float in (0, 1).
+        metric_task: as for `analysis.task_metrics` (reported metrics).
+        pass_through: as for `calibrate_halting_bias`.
+        shared: bool, whether `rows` are also `selection` (recorded).
+        apply: bool, shift the model's halting biases.
+
+    Returns:
+        A dict: `shift`, `pass_through`, `target_blocks`, `before` and
+        `mean_layers_executed` (mean blocks on `rows` before and after),
+        `selection_shift` (step 1's), `limited` (the certificate stopped the
+        shift short of the target), `metric_name`, `metric_before`,
+        `metric` and `reference_metric` (on `rows`), `max_metric_drop` and
+        `certificate`.
+    """
+    delta = risk_bounds.delta_from_confidence(confidence)
+    if not 0.0 < float(max_drop) < 1.0:
+        raise ValueError(f"The certified cost bound must be in (0, 1) (0.01: one point), "
+                         f"got {max_drop!r}.")
+    metric_task = metric_task or model.task
+    search = calibration.calibrate_halting_bias(
+        model, selection, target_blocks, max_metric_drop=None, metric_task=metric_task,
+        pass_through=pass_through, apply=False)
+    passed_through, target_shift = search["pass_through"], search["shift"]
+    heads = model.encoder.heads
+    passed_before = heads.passed_blocks
+    heads.pass_budget_through(0)  # trace the trained halting values
+    try:
+        trace, traced_labels = analysis.trace_dataset(model, rows, verbose=verbose)
+    finally:
+        heads.pass_budget_through(passed_before)
+    labels = np.asarray(labels if labels is not None else traced_labels)
+    halting = np.clip(trace["halting"].astype(np.float64), 1e-12, 1 - 1e-12)
+    logits = np.log(halting) - np.log1p(-halting)
+    n_blocks = model.num_layers
+
+    def replay(shift, passed):
+        shifts = shift + np.where(np.arange(n_blocks) < passed, PASS_THROUGH_BIAS, 0.0)
+        exits, outputs = analysis.replay_exits(
+            model, {"answers": trace["answers"], "halting_logits": logits}, shifts)
+        return exits, _predictions(model, outputs)
+
+    before_exits, before_preds = replay(0.0, passed_before)
+    own = reference is None
+    if own:
+        reference = full_depth_predictions(model, trace)
+    reference = np.asarray(reference)
+    start = max(_SAFE_SHIFT, target_shift)
+    count = int(math.floor((start - target_shift) / _SHIFT_STEP))
+    grid = [start - i * _SHIFT_STEP for i in range(count + 1)]
+    if grid[-1] > target_shift:
+        grid.append(target_shift)
+    at_risk, bounds, outcomes = [], [], []
+    n = len(labels)
+    for shift in grid:
+        exits, preds = replay(shift, passed_through)
+        outcomes.append((exits, preds))
+        at_risk.append(int(_worse_than_reference(model, preds, reference, labels).sum()))
+        bounds.append(risk_bounds.upper_bound(at_risk[-1], n, delta))
+        if bounds[-1] > max_drop:
+            break
+    passed = len(bounds) - (bounds[-1] > max_drop)
+    chosen = max(passed - 1, 0)
+    exits, preds = outcomes[chosen]
+    # Rows needed at the target's own rate (the last point tested may stop short of it).
+    target_exits, target_preds = replay(target_shift, passed_through)
+    target_rate = _worse_than_reference(model, target_preds, reference, labels).mean()
+
+    def metric(predictions):
+        return next(iter(analysis.task_metrics(metric_task, labels, predictions).items()))
+
+    name, value = metric(preds)
+    certificate = _certificate(
+        "compute_target", "P(answer wrong where the full-depth reference is right)"
+        if model.task != "regression" else
+        "P(error above the full-depth reference's by more than the tolerance)",
+        max_drop, delta, n, at_risk, bounds, passed, grid, shared,
+        knob="halting_bias_shift", value=float(grid[chosen]),
+        reference="the model's own full depth before the shift" if own else
+        "the full-depth model",
+        rows_needed=risk_bounds.rows_needed(max(float(target_rate), 1.0 / n), max_drop, delta))
+    shift = float(grid[chosen])
+    result = {
+        "target_blocks": float(target_blocks), "shift": shift, "selection_shift": target_shift,
+        "pass_through": int(passed_through), "pass_through_dropped": False,
+        "before": float(before_exits.mean()), "mean_layers_executed": float(exits.mean()),
+        "target_shift_layers_executed": float(target_exits.mean()),
+        "limited": bool(passed < len(grid)) and grid[chosen] != target_shift,
+        "metric_name": name, "metric_before": float(metric(before_preds)[1]),
+        "metric": float(value), "reference_metric": float(metric(reference)[1]),
+        "max_metric_drop": float(max_drop), "certificate": certificate,
+    }
+    if apply:
+        heads.pass_budget_through(0)
+        heads.shift_halting_bias(shift)
+        heads.pass_budget_through(passed_through)
+        model.predict_function = model.test_function = None
+    return result
+
+
+def describe(certificate):
+    """One line for a user: what a certificate promises, or why it could not."""
+    c = certificate
+    what = ("get an answer that differs from full depth" if c["kind"] == "halting" else
+            "are answered wrongly where the full-depth model is right")
+    conf = f"{c['confidence']:.0%} confidence"
+    if c["certified"]:
+        return (f"certified: at most {c['epsilon']:.2%} of unseen rows {what} ({conf}; "
+                f"{c['at_risk']} of {c['rows']} calibration rows, bound {c['bound']:.2%}).")
+    needed = c.get("rows_needed")
+    more = (f"about {needed:,} calibration rows would be needed at the rate seen "
+            f"({c['observed_rate']:.2%})" if needed else
+            f"the rate seen ({c['observed_rate']:.2%}) is already above the bound")
+    return (f"not certified: {c['rows']} calibration rows cannot show that at most "
+            f"{c['epsilon']:.2%} of unseen rows {what} at {conf}; {more}.")

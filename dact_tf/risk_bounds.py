@@ -1,0 +1,171 @@
+"""Distribution-free bounds on a rate, and testing an ordered grid of thresholds.
+
+A threshold rule (DACT's relaxed halting, a shifted halting bias, DeeBERT's
+entropy, PABEE's patience) cannot be proven to keep an answer; it can be
+certified on rows no other choice has seen. The method is Learn-then-Test
+(Angelopoulos, Bates, Candes, Jordan, Lei, 2021), as CATs (Schuster et al.,
+2021) and "Fast yet Safe" (Jazbec et al., 2024) use it for early exit:
+
+- The risk of a setting is a rate: the probability that a row is "at risk"
+  (e.g. its early answer differs from the full-depth one). On `n` rows,
+  `k` of them at risk, the one-sided Clopper-Pearson upper bound
+  `U(k, n, delta)` is the rate `p` at which seeing `k` or fewer rows at risk
+  has probability `delta`: if `U <= epsilon`, the true rate is at most
+  `epsilon` with probability at least `1 - delta` (over the draw of the
+  rows), whatever the distribution of the rows.
+- Many settings: order them from the safest to the most aggressive and test
+  them in that order, each at level `delta`, stopping at the first that
+  fails (fixed-sequence testing). Every setting that passed keeps the
+  guarantee at once, without a multiplicity correction, so any of them
+  may be chosen, e.g. the most aggressive one or the one closest to a
+  compute target.
+
+Nothing here needs SciPy: the binomial tail is summed in log space (exact
+to float64 rounding) and the bound found by bisection.
+"""
+
+import math
+
+#: The default confidence of a certificate, `1 - delta`.
+DEFAULT_CONFIDENCE = 0.95
+
+
+def _check(k, n, delta):
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise ValueError(f"The number of rows must be an integer >= 1, got {n!r}.")
+    if isinstance(k, bool) or int(k) != k or not 0 <= k <= n:
+        raise ValueError(f"The rows at risk must be an integer in [0, {n}], got {k!r}.")
+    if not 0.0 < float(delta) < 1.0:
+        raise ValueError(f"`delta` (1 - confidence) must be in (0, 1), got {delta!r}.")
+    return int(k), int(n), float(delta)
+
+
+def binomial_cdf(k, n, p):
+    """`P(X <= k)` for `X ~ Binomial(n, p)`, summed in log space.
+
+    Args:
+        k: int in `[0, n]`.
+        n: int >= 1.
+        p: float in `[0, 1]`.
+
+    Returns:
+        float in `[0, 1]`.
+    """
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 1.0 if k >= n else 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+             + i * log_p + (n - i) * log_q for i in range(k + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(t - top) for t in terms))
+
+
+def upper_bound(k, n, delta):
+    """The one-sided Clopper-Pearson upper confidence bound of a rate.
+
+    Args:
+        k: int, the rows at risk.
+        n: int >= 1, the rows.
+        delta: float in (0, 1), one minus the confidence.
+
+    Returns:
+        float `U` in `(0, 1]`: `P(Binomial(n, U) <= k) = delta` (1 when
+        `k == n`). The true rate is below `U` with probability at least
+        `1 - delta`.
+
+    Example:
+    >>> round(upper_bound(0, 400, 0.05), 4)  # no row at risk of 400
+    0.0075
+    """
+    k, n, delta = _check(k, n, delta)
+    if k == n:
+        return 1.0
+    if k == 0:  # closed form: (1 - U)^n = delta
+        return -math.expm1(math.log(delta) / n)
+    lo, hi = k / n, 1.0  # the tail falls as p grows
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        if binomial_cdf(k, n, mid) > delta:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12:
+            break
+    return hi
+
+
+def rows_needed(rate, epsilon, delta, limit=10_000_000):
+    """About how many rows certify `epsilon` when the observed rate is `rate`.
+
+    Args:
+        rate: float in `[0, 1]`, the rate seen (rows at risk / rows).
+        epsilon: float in (0, 1), the bound to certify.
+        delta: float in (0, 1).
+        limit: int, the most rows to consider.
+
+    Returns:
+        The smallest `n` (to a few percent) with
+        `upper_bound(ceil(rate * n), n, delta) <= epsilon`, or None where
+        no number of rows does (`rate >= epsilon`) or it is above `limit`.
+    """
+    if not 0.0 < float(epsilon) < 1.0:
+        raise ValueError(f"`epsilon` must be in (0, 1), got {epsilon!r}.")
+    if rate >= epsilon:
+        return None
+
+    def passes(n):
+        return upper_bound(min(n, math.ceil(rate * n - 1e-9)), n, delta) <= epsilon
+
+    hi = 1
+    while not passes(hi):
+        hi *= 2
+        if hi > limit:
+            return None
+    lo = hi // 2
+    while hi - lo > max(1, lo // 50):
+        mid = (lo + hi) // 2
+        if passes(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def fixed_sequence(at_risk, n, epsilon, delta):
+    """Tests an ordered grid of settings, safest first, stopping at the first failure.
+
+    Args:
+        at_risk: ints, the rows at risk under each setting, in the order
+            to test (safest first).
+        n: int, the rows.
+        epsilon: float in (0, 1), the bound on the risk.
+        delta: float in (0, 1).
+
+    Returns:
+        `(passed, bounds)`: how many leading settings passed (each of them
+        has risk at most `epsilon` with probability at least `1 - delta`,
+        all at once), and the upper bound of every setting tested (the
+        settings after the first failure are not tested).
+
+    Example:
+    >>> fixed_sequence([0, 1, 9, 2], n=1000, epsilon=0.01, delta=0.05)[0]
+    2
+    """
+    if not 0.0 < float(epsilon) < 1.0:
+        raise ValueError(f"`epsilon` must be in (0, 1), got {epsilon!r}.")
+    bounds = []
+    for k in at_risk:
+        bounds.append(upper_bound(k, n, delta))
+        if bounds[-1] > epsilon:
+            return len(bounds) - 1, bounds
+    return len(bounds), bounds
+
+
+def delta_from_confidence(confidence):
+    """`1 - confidence`, checked (a confidence in (0, 1))."""
+    confidence = float(confidence)
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"The confidence must be in (0, 1) (e.g. 0.95), got {confidence!r}.")
+    return 1.0 - confidence
