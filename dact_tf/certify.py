@@ -155,12 +155,12 @@ def certify_halting(model, dataset, max_disagreement=DEFAULT_MAX_DISAGREEMENT,
     if exact and chosen.name == "dact":
         chosen = chosen.copy()
         chosen.configure(halting_rule="tight", halting_slack=0.0)
-    aggressive = at_risk[-1] / n
+    aggressive = at_risk[-1] / n  # the rate of the last setting tested
     certificate = _certificate(
         "halting", "P(early answer differs from the full-depth answer)", max_disagreement,
         delta, n, at_risk, bounds, passed, grid, shared, knob=knob, value=value,
         exact=bool(exact),
-        rows_needed=risk_bounds.rows_needed(max(aggressive, 1.0 / n), max_disagreement, delta))
+        rows_needed=risk_bounds.rows_needed(aggressive, max_disagreement, delta))
     if apply:
         model.configure_exit(**chosen.get_config())
     return {"method": model.method, "knob": knob, "value": value,
@@ -301,7 +301,7 @@ def certify_compute_target(model, selection, rows, target_blocks, reference, lab
         knob="halting_bias_shift", value=float(grid[chosen]),
         reference="the model's own full depth before the shift" if own else
         "the full-depth model",
-        rows_needed=risk_bounds.rows_needed(max(float(target_rate), 1.0 / n), max_drop, delta))
+        rows_needed=risk_bounds.rows_needed(float(target_rate), max_drop, delta))
     shift = float(grid[chosen])
     result = {
         "target_blocks": float(target_blocks), "shift": shift, "selection_shift": target_shift,

@@ -1,0 +1,189 @@
+"""Tests of the certificates: the binomial bound, fixed-sequence testing and certified halting."""
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dact_tf import certify
+from dact_tf import risk_bounds
+from dact_tf import train_lib
+from dact_tf.models.dact_classifier import DactClassifier
+from tests.testing import dataset
+from tests.testing import synthetic_task
+from tests.testing import tiny_backbone
+
+
+def _exact_cdf(k, n, p):
+    """P(Binomial(n, p) <= k) in exact rational arithmetic."""
+    p = Fraction(p)
+    return float(sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k + 1)))
+
+
+@pytest.mark.parametrize("k,n,delta", [(0, 50, 0.05), (1, 50, 0.05), (3, 120, 0.1),
+                                       (7, 200, 0.05), (20, 150, 0.01), (149, 150, 0.05)])
+def test_the_upper_bound_is_the_exact_binomial_quantile(k, n, delta):
+    bound = risk_bounds.upper_bound(k, n, delta)
+    assert _exact_cdf(k, n, bound) == pytest.approx(delta, abs=1e-9)
+    # Any smaller rate makes k or fewer rows at risk likelier than delta.
+    assert _exact_cdf(k, n, bound * (1 - 1e-6)) > delta
+    assert risk_bounds.binomial_cdf(k, n, bound) == pytest.approx(delta, abs=1e-9)
+
+
+def test_the_bound_matches_known_values_and_edges():
+    # No row at risk: (1 - U)^n = delta.
+    assert risk_bounds.upper_bound(0, 400, 0.05) == pytest.approx(1 - 0.05 ** (1 / 400))
+    assert risk_bounds.upper_bound(0, 400, 0.05) == pytest.approx(0.00746, abs=1e-5)
+    assert risk_bounds.upper_bound(5, 400, 0.05) == pytest.approx(0.0261, abs=1e-4)
+    assert risk_bounds.upper_bound(5, 1000, 0.05) == pytest.approx(0.01048, abs=1e-5)
+    assert risk_bounds.upper_bound(10, 10, 0.05) == 1.0
+    for bad in [(-1, 10, 0.05), (11, 10, 0.05), (1, 0, 0.05), (1, 10, 0.0), (1, 10, 1.0),
+                (1.5, 10, 0.05), (True, 10, 0.05)]:
+        with pytest.raises(ValueError):
+            risk_bounds.upper_bound(*bad)
+
+
+def test_rows_needed_is_about_the_smallest_count_that_certifies():
+    n = risk_bounds.rows_needed(0.005, 0.01, 0.05)
+    assert risk_bounds.upper_bound(math.ceil(0.005 * n), n, 0.05) <= 0.01
+    smaller = int(n * 0.9)
+    assert risk_bounds.upper_bound(math.ceil(0.005 * smaller), smaller, 0.05) > 0.01
+    assert risk_bounds.rows_needed(0.02, 0.01, 0.05) is None  # the rate is already above
+
+
+def test_fixed_sequence_stops_at_the_first_failure():
+    passed, bounds = risk_bounds.fixed_sequence([0, 1, 9, 2], n=1000, epsilon=0.01, delta=0.05)
+    assert passed == 2 and len(bounds) == 3  # the 4th setting is never tested
+    assert risk_bounds.fixed_sequence([30], 1000, 0.01, 0.05)[0] == 0
+
+
+def test_the_bound_covers_a_known_rate_in_at_least_one_minus_delta_of_draws():
+    rng = np.random.default_rng(0)
+    for rate, n, delta in ((0.01, 500, 0.1), (0.05, 200, 0.05)):
+        draws = rng.binomial(n, rate, size=3000)
+        covered = np.mean([risk_bounds.upper_bound(int(k), n, delta) >= rate for k in draws])
+        assert covered >= 1 - delta, (rate, n, covered)
+
+
+def test_learn_then_test_keeps_the_chosen_settings_risk_below_epsilon():
+    """A grid of settings with known true risks; the certified pick is safe in >= 1 - delta."""
+    rng = np.random.default_rng(1)
+    true_risks = np.array([0.0, 0.002, 0.005, 0.008, 0.012, 0.02, 0.04])
+    epsilon, delta, n, repeats = 0.01, 0.1, 1500, 1000
+    bad = 0
+    for _ in range(repeats):
+        # Each row's risk threshold: a row is at risk under setting j when u < risk_j
+        # (nested, as with thresholds on one score).
+        u = rng.random(n)
+        at_risk = [int((u < r).sum()) for r in true_risks]
+        passed, _ = risk_bounds.fixed_sequence(at_risk, n, epsilon, delta)
+        if passed and true_risks[passed - 1] > epsilon:
+            bad += 1
+    assert bad / repeats <= delta
+    # And it is not vacuous: it usually certifies past the safest setting.
+    assert passed >= 2
+
+
+def _model(method="dact", seed=2, **kwargs):
+    return DactClassifier(tiny_backbone(seed=seed), num_classes=2, tau=0.0, dropout=0.0,
+                          halting_bias=0.0, method=method, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["dact", "pabee", "deebert"])
+def test_certified_halting_bounds_the_disagreement_it_counted(method):
+    feats, labels = synthetic_task(400, seed=2)
+    data = dataset(feats, labels, batch_size=64)
+    model = _model(method)
+    result = certify.certify_halting(model, data, max_disagreement=0.1, confidence=0.9)
+    certificate = result["certificate"]
+    assert certificate["rows"] == 400 and certificate["kind"] == "halting"
+    # What the real early-exit loop now does on these rows is what was counted.
+    early, _ = train_lib.predict_dataset(model, data)
+    full, _ = train_lib.predict_dataset(model, data, full_depth=True)
+    differ = early["predictions"] != full["predictions"]
+    assert int(differ.sum()) == certificate["at_risk"]
+    assert early["layers_executed"].mean() == pytest.approx(result["mean_layers_executed"])
+    assert certificate["bound"] == pytest.approx(
+        risk_bounds.upper_bound(certificate["at_risk"], 400, 0.1))
+    assert certificate["certified"] and certificate["bound"] <= 0.1
+    setting = {result["knob"]: result["value"]}
+    if method == "dact" and not certificate["exact"]:
+        assert model.exit_criterion.halting_rule == "certified"
+    for key, value in setting.items():
+        if method != "dact" or not certificate["exact"]:
+            assert getattr(model.exit_criterion, key) == pytest.approx(value)
+
+
+def test_certified_dact_saves_blocks_and_exact_stays_proven_under_a_cap():
+    feats, labels = synthetic_task(400, seed=3)
+    data = dataset(feats, labels, batch_size=64)
+    model = _model(seed=3)
+    exact_blocks = train_lib.evaluate(model, data, "classification")["mean_layers_executed"]
+    result = certify.certify_halting(model, data, max_disagreement=0.2, confidence=0.9)
+    assert model.exit_criterion.halting_rule == "certified"
+    assert result["mean_layers_executed"] < exact_blocks
+    certified = model.exit_criterion.copy()
+    model.configure_exit(halting_slack=0.3)  # some rows stop where the proof holds too
+    out = model(feats, max_layers=tf.fill([400], model.num_layers))
+    full = model(feats, full_depth=True)
+    exact = out["exact"].numpy()
+    assert exact.any() and not exact.all()
+    # `exact` keeps meaning "proven equal to full depth".
+    np.testing.assert_array_equal(out["predictions"].numpy()[exact],
+                                  full["predictions"].numpy()[exact])
+    # The certified rule's setting survives a save and load, with its certificate.
+    model.configure_exit(**certified.get_config())
+    model.certificates = {"halting": result["certificate"]}
+    restored = DactClassifier.from_config(model.get_config())
+    assert restored.exit_criterion == model.exit_criterion
+    assert restored.certificates == model.certificates
+
+
+def test_too_few_rows_keep_an_exact_setting_and_say_how_many_are_needed():
+    feats, labels = synthetic_task(40, seed=4)
+    model = _model(seed=4)
+    result = certify.certify_halting(model, dataset(feats, labels), max_disagreement=0.01)
+    certificate = result["certificate"]
+    # 0 of 40 rows bounds the rate only by 7.2 %: nothing is certified at 1 %.
+    assert not certificate["certified"] and certificate["exact"]
+    assert model.exit_criterion.halting_rule == "tight"
+    assert certificate["rows_needed"] > 40
+    line = certify.describe(certificate)
+    assert line.startswith("not certified: 40 calibration rows") and "would be needed" in line
+
+
+def test_certifying_is_refused_where_it_cannot_run():
+    feats, labels = synthetic_task(16, seed=1)
+    data = dataset(feats, labels)
+    with pytest.raises(ValueError, match="no exit threshold"):
+        certify.certify_halting(_model("static"), data)
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="max_disagreement"):
+            certify.certify_halting(_model(), data, max_disagreement=bad)
+    with pytest.raises(ValueError, match="confidence"):
+        certify.certify_halting(_model(), data, confidence=1.5)
+
+
+def test_the_compute_target_is_certified_against_the_reference():
+    feats, labels = synthetic_task(600, seed=2)
+    data = dataset(feats, labels, batch_size=64)
+    model = _model()
+    # A reference that is right everywhere: every wrong answer counts.
+    result = certify.certify_compute_target(model, data, data, 2.0, np.asarray(labels), None,
+                                            max_drop=0.7, shared=True)
+    certificate = result["certificate"]
+    early, _ = train_lib.predict_dataset(model, data)
+    wrong = int((early["predictions"] != labels).sum())
+    assert certificate["at_risk"] == wrong
+    assert early["layers_executed"].mean() == pytest.approx(result["mean_layers_executed"])
+    assert certificate["calibration_rows"] == "shared with the selection rows"
+    assert certificate["certified"] and not result["limited"]
+    assert result["mean_layers_executed"] == pytest.approx(2.0, abs=0.3)
+    # A bound the model cannot meet: it stays at the safest shift and says so.
+    model = _model()
+    result = certify.certify_compute_target(model, data, data, 2.0, np.asarray(labels), None,
+                                            max_drop=0.05)
+    assert not result["certificate"]["certified"] and result["limited"]
+    assert result["mean_layers_executed"] > 3.5
