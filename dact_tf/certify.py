@@ -8,10 +8,11 @@ the full-depth one. Two other promises can only be certified on data
   halting biases are shifted so the model runs about `target_blocks`
   blocks; the cost, against the plain fine-tuned full-depth model a user
   would otherwise ship (the reference: DACT's stage 1 or the `init_from`
-  model), is the rate of rows the shifted model answers wrongly where the
-  reference answers rightly (regression: where its error exceeds the
-  reference's by more than the model's tolerance). That rate bounds the
-  accuracy drop. The shifts from full depth down to the target are tested
+  model), is the accuracy drop: the rate of rows the shifted model answers
+  wrongly where the reference answers rightly, less the rate of the other
+  way round (regression: rows whose error exceeds the other model's by more
+  than the tolerance), bounded by `risk_bounds.difference_upper_bound`. The
+  shifts from full depth down to the target are tested
   in that order on calibration rows (fixed-sequence testing); the model
   takes the one closest to the target whose rate is certified at most
   `max_drop` with the given confidence. Where none is, it runs at the
@@ -67,7 +68,7 @@ def full_depth_predictions(model, trace):
 def _certificate(kind, risk, epsilon, delta, n, at_risk, bounds, passed, grid, shared, **extra):
     """The JSON-able record of one certificate."""
     index = max(passed - 1, 0)
-    rate = at_risk[index] / n
+    rate = (at_risk[index] - extra.get("better", 0)) / n
     certified = passed > 0
     return {
         "kind": kind,
@@ -187,13 +188,16 @@ def reference_predictions(reference, dataset, verbose=0):
     return outputs[key], labels
 
 
-def _worse_than_reference(model, predictions, reference, labels):
-    """bool `[rows]`: the answer is wrong where the reference's is right
-    (regression: its error exceeds the reference's by more than the tolerance)."""
+def _against_reference(model, predictions, reference, labels):
+    """`(worse, better)` bool `[rows]`: the answer is wrong where the reference's is
+    right, and the other way round (regression: its error exceeds the other's by
+    more than the tolerance)."""
     if model.task == "regression":
         tolerance = model.encoder.exit_context.tolerance
-        return np.abs(predictions - labels) > np.abs(reference - labels) + tolerance
-    return (predictions != labels) & (reference == labels)
+        mine, theirs = np.abs(predictions - labels), np.abs(reference - labels)
+        return mine > theirs + tolerance, theirs > mine + tolerance
+    right, reference_right = predictions == labels, reference == labels
+    return ~right & reference_right, right & ~reference_right
 
 
 def certify_compute_target(model, selection, rows, target_blocks, reference, labels,
@@ -207,10 +211,11 @@ def certify_compute_target(model, selection, rows, target_blocks, reference, lab
        (`calibration.calibrate_halting_bias`, with no metric bound).
     2. On `rows` (calibration rows nothing else saw), shifts from
        `_SAFE_SHIFT` (every row runs every block, DACT's answer is nearly
-       its last head's) down to that shift are tested in order: the rate of
-       rows answered wrongly where the reference answers rightly must have
-       a one-sided Clopper-Pearson bound at most `max_drop`. The last shift
-       that passes is taken.
+       its last head's) down to that shift are tested in order: the accuracy
+       drop against the reference (rows answered wrongly where it answers
+       rightly, less the other way round) must have
+       an upper confidence bound (`risk_bounds.difference_upper_bound`) at
+       most `max_drop`. The last shift that passes is taken.
 
     Args:
         model: a trained DACT `DactClassifier`.
@@ -273,13 +278,15 @@ def certify_compute_target(model, selection, rows, target_blocks, reference, lab
     grid = [start - i * _SHIFT_STEP for i in range(count + 1)]
     if grid[-1] > target_shift:
         grid.append(target_shift)
-    at_risk, bounds, outcomes = [], [], []
+    at_risk, better, bounds, outcomes = [], [], [], []
     n = len(labels)
     for shift in grid:
         exits, preds = replay(shift, passed_through)
         outcomes.append((exits, preds))
-        at_risk.append(int(_worse_than_reference(model, preds, reference, labels).sum()))
-        bounds.append(risk_bounds.upper_bound(at_risk[-1], n, delta))
+        worse_rows, better_rows = _against_reference(model, preds, reference, labels)
+        at_risk.append(int(worse_rows.sum()))
+        better.append(int(better_rows.sum()))
+        bounds.append(risk_bounds.difference_upper_bound(at_risk[-1], better[-1], n, delta))
         if bounds[-1] > max_drop:
             break
     passed = len(bounds) - (bounds[-1] > max_drop)
@@ -287,21 +294,22 @@ def certify_compute_target(model, selection, rows, target_blocks, reference, lab
     exits, preds = outcomes[chosen]
     # Rows needed at the target's own rate (the last point tested may stop short of it).
     target_exits, target_preds = replay(target_shift, passed_through)
-    target_rate = _worse_than_reference(model, target_preds, reference, labels).mean()
+    target_worse, target_better = _against_reference(model, target_preds, reference, labels)
 
     def metric(predictions):
         return next(iter(analysis.task_metrics(metric_task, labels, predictions).items()))
 
     name, value = metric(preds)
     certificate = _certificate(
-        "compute_target", "P(answer wrong where the full-depth reference is right)"
+        "compute_target", "accuracy drop against the full-depth reference: P(worse) - P(better)"
         if model.task != "regression" else
-        "P(error above the full-depth reference's by more than the tolerance)",
+        "P(error above the reference's by more than the tolerance) - P(the other way round)",
         max_drop, delta, n, at_risk, bounds, passed, grid, shared,
-        knob="halting_bias_shift", value=float(grid[chosen]),
+        knob="halting_bias_shift", value=float(grid[chosen]), better=int(better[chosen]),
         reference="the model's own full depth before the shift" if own else
         "the full-depth model",
-        rows_needed=risk_bounds.rows_needed(float(target_rate), max_drop, delta))
+        rows_needed=risk_bounds.rows_needed(float(target_worse.mean()), max_drop, delta,
+                                            better_rate=float(target_better.mean())))
     shift = float(grid[chosen])
     result = {
         "target_blocks": float(target_blocks), "shift": shift, "selection_shift": target_shift,
@@ -324,8 +332,9 @@ def certify_compute_target(model, selection, rows, target_blocks, reference, lab
 def describe(certificate):
     """One line for a user: what a certificate promises, or why it could not."""
     c = certificate
-    what = ("get an answer that differs from full depth" if c["kind"] == "halting" else
-            "are answered wrongly where the full-depth model is right")
+    if c["kind"] != "halting":
+        return _describe_drop(c)
+    what = "get an answer that differs from full depth"
     conf = f"{c['confidence']:.0%} confidence"
     if c["certified"]:
         return (f"certified: at most {c['epsilon']:.2%} of unseen rows {what} ({conf}; "
@@ -336,3 +345,18 @@ def describe(certificate):
             f"the rate seen ({c['observed_rate']:.2%}) is already above the bound")
     return (f"not certified: {c['rows']} calibration rows cannot show that at most "
             f"{c['epsilon']:.2%} of unseen rows {what} at {conf}; {more}.")
+
+
+def _describe_drop(c):
+    """`describe` for a compute-target certificate (a bound on an accuracy drop)."""
+    conf = f"{c['confidence']:.0%} confidence"
+    counts = (f"{c['at_risk']} worse and {c['better']} better than the full-depth model on "
+              f"{c['rows']} calibration rows")
+    if c["certified"]:
+        return (f"certified: at most {c['epsilon']:.2%} below the full-depth model on unseen "
+                f"rows ({conf}; {counts}, bound {c['bound']:.2%}).")
+    needed = c.get("rows_needed")
+    more = (f"about {needed:,} calibration rows would be needed at the rates seen" if needed
+            else "the drop seen is already above the bound")
+    return (f"not certified: {c['rows']} calibration rows cannot show a drop of at most "
+            f"{c['epsilon']:.2%} against the full-depth model at {conf} ({counts}); {more}.")

@@ -93,8 +93,8 @@ class ModelConfig:
       (the paper's way).
     - `calibration_max_drop`: the calibration to `target_blocks` may cost at
       most this much against the plain full-depth model (stage 1, or the
-      `init_from` model): the rate of rows it answers wrongly where that
-      model answers rightly, which bounds the accuracy drop (0.01: one
+      `init_from` model): the accuracy drop (rows it answers wrongly where
+      that model answers rightly, less the other way round; 0.01: one
       point), certified on the calibration rows with
       `calibration_confidence` (`dact_tf.certify`). Where the target needs
       more, or the rows are too few to certify it, the model runs more

@@ -96,27 +96,71 @@ def upper_bound(k, n, delta):
     return hi
 
 
-def rows_needed(rate, epsilon, delta, limit=10_000_000):
+def lower_bound(k, n, delta):
+    """The one-sided Clopper-Pearson lower confidence bound of a rate.
+
+    Returns:
+        float `L` in `[0, 1)`: the true rate is above `L` with probability
+        at least `1 - delta` (0 when `k == 0`).
+    """
+    k, n, delta = _check(k, n, delta)
+    return 1.0 - upper_bound(n - k, n, delta)
+
+
+def difference_upper_bound(worse, better, n, delta):
+    """An upper confidence bound on `P(worse) - P(better)`, e.g. an accuracy drop.
+
+    Paired comparisons of two models on `n` rows: `worse` rows the first
+    answers wrongly where the second answers rightly, `better` the other
+    way round. The accuracy drop is `P(worse) - P(better)`; its bound is
+    the upper bound of the first rate minus the lower bound of the second,
+    each at `delta / 2` (a union bound), so it holds with probability at
+    least `1 - delta`, whatever the distribution of the rows.
+
+    Args:
+        worse, better: ints, disjoint row counts (`worse + better <= n`).
+        n: int >= 1, the rows.
+        delta: float in (0, 1).
+
+    Returns:
+        float in `(-1, 1]`.
+
+    Example:
+    >>> round(difference_upper_bound(8, 16, 480, 0.05), 4)
+    0.0134
+    """
+    _check(worse + better, n, delta)
+    return upper_bound(worse, n, delta / 2.0) - lower_bound(better, n, delta / 2.0)
+
+
+def rows_needed(rate, epsilon, delta, better_rate=None, limit=10_000_000):
     """About how many rows certify `epsilon` when the observed rate is `rate`.
 
     Args:
         rate: float in `[0, 1]`, the rate seen (rows at risk / rows).
         epsilon: float in (0, 1), the bound to certify.
         delta: float in (0, 1).
+        better_rate: None for `upper_bound`; for `difference_upper_bound`,
+            the rate of the rows counted the other way.
         limit: int, the most rows to consider.
 
     Returns:
-        The smallest `n` (to a few percent) with
-        `upper_bound(ceil(rate * n), n, delta) <= epsilon`, or None where
-        no number of rows does (`rate >= epsilon`) or it is above `limit`.
+        The smallest `n` (to a few percent) whose bound, with the counts
+        these rates give (rounded up, and down for `better_rate`), is at
+        most `epsilon`; None where no number of rows does (the rate, or the
+        difference, is at least `epsilon`) or it is above `limit`.
     """
     if not 0.0 < float(epsilon) < 1.0:
         raise ValueError(f"`epsilon` must be in (0, 1), got {epsilon!r}.")
-    if rate >= epsilon:
+    if rate - (better_rate or 0.0) >= epsilon:
         return None
 
     def passes(n):
-        return upper_bound(min(n, math.ceil(rate * n - 1e-9)), n, delta) <= epsilon
+        worse = min(n, math.ceil(rate * n - 1e-9))
+        if better_rate is None:
+            return upper_bound(worse, n, delta) <= epsilon
+        better = min(n - worse, math.floor(better_rate * n + 1e-9))
+        return difference_upper_bound(worse, better, n, delta) <= epsilon
 
     hi = 1
     while not passes(hi):

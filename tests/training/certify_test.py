@@ -53,6 +53,27 @@ def test_rows_needed_is_about_the_smallest_count_that_certifies():
     assert risk_bounds.rows_needed(0.02, 0.01, 0.05) is None  # the rate is already above
 
 
+def test_the_drop_bound_is_two_exact_one_sided_bounds():
+    bound = risk_bounds.difference_upper_bound(8, 16, 480, 0.05)
+    upper = risk_bounds.upper_bound(8, 480, 0.025)
+    lower = risk_bounds.lower_bound(16, 480, 0.025)
+    assert bound == pytest.approx(upper - lower)
+    # The lower bound is the exact quantile from below: P(X >= 16) = 0.025 at L.
+    assert 1 - _exact_cdf(15, 480, lower) == pytest.approx(0.025, abs=1e-9)
+    assert risk_bounds.lower_bound(0, 50, 0.05) == 0.0
+    with pytest.raises(ValueError):
+        risk_bounds.difference_upper_bound(300, 300, 480, 0.05)  # more rows than there are
+
+
+def test_the_drop_bound_covers_a_known_drop_in_at_least_one_minus_delta_of_draws():
+    rng = np.random.default_rng(2)
+    worse, better, n, delta = 0.03, 0.02, 600, 0.1  # a true drop of one point
+    draws = rng.multinomial(n, [worse, better, 1 - worse - better], size=2000)
+    covered = np.mean([risk_bounds.difference_upper_bound(int(w), int(b), n, delta) >= 0.01
+                       for w, b, _ in draws])
+    assert covered >= 1 - delta
+
+
 def test_fixed_sequence_stops_at_the_first_failure():
     passed, bounds = risk_bounds.fixed_sequence([0, 1, 9, 2], n=1000, epsilon=0.01, delta=0.05)
     assert passed == 2 and len(bounds) == 3  # the 4th setting is never tested

@@ -261,8 +261,8 @@ def test_train_certifies_what_the_calibration_costs_and_says_so(tmp_path, capsys
     assert certificate["rows"] == 120 and certificate["calibration_rows"] == "kept apart"
     assert certificate["epsilon"] == 0.05 and certificate["confidence"] == pytest.approx(0.95)
     # The certificate's own arithmetic: the bound of the rows it counted.
-    assert certificate["bound"] == pytest.approx(
-        risk_bounds.upper_bound(certificate["at_risk"], 120, 0.05))
+    assert certificate["bound"] == pytest.approx(risk_bounds.difference_upper_bound(
+        certificate["at_risk"], certificate["better"], 120, 0.05))
     assert certificate["certified"] == (certificate["bound"] <= 0.05)
     # What the saved model does on the calibration rows is what was certified.
     rows = train_lib.make_datasets(data, pre, splits=("calibration",))["calibration"]
@@ -275,9 +275,9 @@ def test_train_certifies_what_the_calibration_costs_and_says_so(tmp_path, capsys
     stage1, _, _ = train_lib.load_model_dir(str(model_dir / "stage1"))
     ref, labels = train_lib.predict_dataset(stage1, rows, full_depth=True)
     mine, _ = train_lib.predict_dataset(reloaded, rows)
-    worse = (mine["predictions"] != labels) & (ref["predictions"] == labels)
-    if certificate["certified"]:
-        assert int(worse.sum()) == certificate["at_risk"]
+    right, ref_right = mine["predictions"] == labels, ref["predictions"] == labels
+    assert int((~right & ref_right).sum()) == certificate["at_risk"]
+    assert int((right & ~ref_right).sum()) == certificate["better"]
     err = capsys.readouterr().err
     if cal["limited"] or not certificate["certified"]:  # training says so, even quiet
         assert "calibration rows" in err
