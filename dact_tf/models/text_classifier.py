@@ -17,9 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 from dact_tf import calibration
+from dact_tf import calibration_run
 from dact_tf import config
 from dact_tf import exits
 from dact_tf import optimization
+from dact_tf import risk_bounds
 from dact_tf.layers.dact_encoder import legacy_exit_config
 from dact_tf.models import backbones
 from dact_tf.models.dact_classifier import DactClassifier
@@ -279,52 +281,82 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         return super().fit(x=x, y=y, batch_size=batch_size, epochs=epochs,
                            validation_data=validation_data, shuffle=False, **kwargs)
 
-    def calibrate(self, x, target_blocks, y=None, batch_size=None,
-                  max_metric_drop=calibration.DEFAULT_MAX_METRIC_DROP, pass_through="auto"):
-        """Shifts the halting so the mean blocks on `x` is `target_blocks`.
+    def calibrate(self, x, target_blocks=None, y=None, batch_size=None,
+                  max_metric_drop=calibration.DEFAULT_MAX_METRIC_DROP, pass_through="auto", *,
+                  reference=None, max_disagreement=None,
+                  confidence=risk_bounds.DEFAULT_CONFIDENCE):
+        """Sets the exit on held-out rows: a compute target, a certified halting mode, or both.
 
-        Run it after training on rows the model was not trained on (DACT
-        only); see `dact_tf.calibration.calibrate_halting_bias`. The early
-        exit stays exactly equal to full depth. With labels (`y`, or a
-        dataset of `(x, y)`), the shift may cost at most `max_metric_drop`
-        of accuracy (a regressor: Pearson) on these rows; where the target
-        needs more, the model stops short of it and `limited` is true.
+        Run it after training, on rows the model was not trained on and
+        nothing else was chosen on (the certificates hold on unseen rows of
+        the same distribution; see `dact_tf.certify`).
+
+        - `target_blocks` (DACT): the halting biases shift so the mean
+          blocks on `x` is about the target. With labels and
+          `max_metric_drop`, the accuracy drop against `reference` (or, if
+          None, the model's own full depth before the shift) is certified at
+          most `max_metric_drop` with `confidence`; where the rows cannot
+          certify the target, the model runs more blocks (`limited`). The
+          early exit stays exactly equal to the (shifted) model's full depth.
+        - `max_disagreement` (DACT, PABEE, DeeBERT): a certified halting
+          mode, the most aggressive exit threshold whose rate of answers
+          differing from full depth is certified at most `max_disagreement`
+          (labels not needed).
 
         Args:
             x: texts, `(texts, text_pairs)`, or a `tf.data.Dataset` of them
                 (or of `(x, y)`).
-            target_blocks: float in `[1, num_layers]`.
+            target_blocks: float in `[1, num_layers]`, or None.
             y: labels of `x` (arrays), or None.
             batch_size: int, for arrays (default 32).
-            max_metric_drop: float, the bound on the metric's fall (0.01:
-                one point), or None for none.
+            max_metric_drop: float in (0, 1), the certified bound on the
+                accuracy drop (0.01: one point), or None for no bound.
             pass_through: how many leading blocks hand their whole budget
                 on (their heads then keep no weight in any answer): `"auto"`
                 (with labels, the leading heads scoring below half of the
                 best head's gain over a constant answer, at most
                 `target_blocks - 1`; without, none) or an int in
                 `[0, num_layers - 1]` (rows then run at least that plus one).
+            reference: the plain fine-tuned full-depth model (a
+                `DactClassifier`) the drop is measured against, or None.
+            max_disagreement: float in (0, 1), or None (no halting mode).
+            confidence: float in (0, 1), of each certificate.
 
         Returns:
-            The dict of `calibrate_halting_bias` (`shift`, `pass_through`,
-            `mean_layers_executed`, `before`, `target_blocks`, `limited`,
-            and with labels `metric_before` and `metric`).
+            A dict (what `dact-tf calibrate` writes to `calibration.json`):
+            with a target, `shift`, `pass_through`, `mean_layers_executed`,
+            `before`, `target_blocks`, `limited`, with labels `metric_before`,
+            `metric` and `certificate`; with `max_disagreement`, `halting`
+            (`dact_tf.certify.certify_halting`'s result). The certificates
+            are also kept in `self.certificates` (saved with the model and
+            written into its exports' metadata).
 
         Example:
         ```python
-        result = classifier.calibrate(held_out_texts, 3.0, y=held_out_labels)
-        result["mean_layers_executed"], result["limited"]
+        result = classifier.calibrate(held_out_texts, 3.0, y=held_out_labels,
+                                      reference=full_depth_classifier)
+        result["certificate"]["certified"], result["mean_layers_executed"]
+        classifier.calibrate(held_out_texts, max_disagreement=0.01)
         ```
         """
-        if not self.exit_criterion.accumulates:
-            raise ValueError(f"`calibrate` sets DACT's halting; this model is {self.method!r}.")
-        if not 1.0 <= float(target_blocks) <= self.num_layers:
-            raise ValueError(
-                f"`target_blocks` must be in [1, {self.num_layers}], got {target_blocks}.")
+        if target_blocks is None and max_disagreement is None:
+            raise ValueError("`calibrate` needs `target_blocks` (a compute target) and/or "
+                             "`max_disagreement` (a certified halting mode).")
+        if target_blocks is not None:
+            if not self.exit_criterion.accumulates:
+                raise ValueError(
+                    f"`calibrate` sets DACT's halting; this model is {self.method!r}.")
+            if not 1.0 <= float(target_blocks) <= self.num_layers:
+                raise ValueError(
+                    f"`target_blocks` must be in [1, {self.num_layers}], got {target_blocks}.")
         data = self._features_dataset(x, batch_size, y=y)
-        result = calibration.calibrate_halting_bias(self, data, float(target_blocks),
-                                                    max_metric_drop=max_metric_drop,
-                                                    pass_through=pass_through)
+        labelled = isinstance(data.element_spec, tuple)
+        result = calibration_run.calibrate(
+            self, data, data, target_blocks=None if target_blocks is None else float(target_blocks),
+            pass_through=pass_through, reference=reference,
+            max_drop=max_metric_drop if labelled else None, confidence=confidence,
+            halting_rule=None if max_disagreement is None else "certified",
+            max_disagreement=max_disagreement, shared=True, verbose=0)
         self.predict_function = self.test_function = None
         return result
 

@@ -151,26 +151,33 @@ def test_calibrate_reaches_the_target():
                                   model(features, full_depth=True)["predictions"])
 
 
-def test_calibrate_with_labels_bounds_the_accuracy_it_costs():
+def test_calibrate_with_labels_certifies_the_accuracy_it_costs():
     keras.utils.set_random_seed(3)
     model = _model(halting_bias=4.0)
     own = model.predict(TEXTS, verbose=0)["predictions"]  # accuracy 1 before any shift
     free = model.calibrate(TEXTS, 1.0, y=own, max_metric_drop=None)
-    assert "metric" not in free
+    assert free["certificate"] is None
     model.encoder.heads.shift_halting_bias(-free["shift"])  # back to the trained model
     model.predict_function = None
-    bounded = model.calibrate(TEXTS, 1.0, y=own, max_metric_drop=0.0)
+    # 12 rows cannot certify a drop of 5 %: the model runs at the safest shift and says so.
+    bounded = model.calibrate(TEXTS, 1.0, y=own, max_metric_drop=0.05)
     out = model.predict(TEXTS, verbose=0)
     np.testing.assert_array_equal(out["predictions"], own)  # no answer changed
-    assert bounded["metric"] == 1.0 and np.mean(out["layers_executed"]) == pytest.approx(
-        bounded["mean_layers_executed"])
-    assert bounded["limited"] and bounded["mean_layers_executed"] > free["mean_layers_executed"]
-    # The same through a dataset of (texts, labels).
+    assert not bounded["certificate"]["certified"] and bounded["limited"]
+    assert bounded["certificate"]["rows"] == 12
+    assert bounded["certificate"]["calibration_rows"] == "shared with the selection rows"
+    assert np.mean(out["layers_executed"]) == pytest.approx(bounded["mean_layers_executed"])
+    assert bounded["mean_layers_executed"] > free["mean_layers_executed"]
+    assert model.certificates["compute_target"] == bounded["certificate"]
+    # The same through a dataset of (texts, labels), and a certified halting mode.
     again = model.calibrate(tf.data.Dataset.from_tensor_slices((TEXTS, own)).batch(4), 1.0,
-                            max_metric_drop=0.0)
-    assert again["metric_before"] == 1.0 and again["metric"] == 1.0
+                            max_metric_drop=0.05, max_disagreement=0.5)
+    assert again["metric"] == 1.0 and again["halting"]["certificate"]["rows"] == 12
+    assert set(model.certificates) == {"compute_target", "halting"}
     with pytest.raises(ValueError, match="rows"):
         model.calibrate(TEXTS, 1.0, y=own[:3])
+    with pytest.raises(ValueError, match="max_disagreement"):
+        model.calibrate(TEXTS)
 
 
 def test_user_mistakes_are_refused():
