@@ -261,6 +261,9 @@ def _check_model_matches(model, config, model_path):
                         f"{'regression' if regression else 'classification'}")
     elif labels and model.task != "regression" and model.num_classes != len(labels):
         problems.append(f"{model.num_classes} classes, the config names {len(labels)} labels")
+    elif labels and model.label_names and list(model.label_names) != list(labels):
+        # Same count, another order: every answer would come out under the wrong label.
+        problems.append(f"labels {list(model.label_names)}, the config names {list(labels)}")
     if problems:
         raise ValueError(f"{model_path} does not belong to its directory: "
                          + "; ".join(problems) + ".")

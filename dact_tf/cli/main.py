@@ -284,6 +284,11 @@ def _load_model():
         for name in ("patience", "entropy_threshold", "halting_rule", "halting_epsilon")
         if FLAGS[name].present
     }
+    rule = overrides.get("halting_rule", getattr(model.exit_criterion, "halting_rule", None))
+    if "halting_epsilon" in overrides and rule != "relaxed":
+        raise ValueError("--halting_epsilon is the relaxed rule's budget threshold: it needs "
+                         "--halting_rule=relaxed (the model's rule is "
+                         f"{rule or model.method!r}).")
     if (overrides.get("halting_rule") == "certified"
             and getattr(model.exit_criterion, "halting_rule", None) != "certified"):
         raise ValueError(
@@ -295,10 +300,25 @@ def _load_model():
     return model, preprocessor, config
 
 
+def _caps(num_layers):
+    """`--max_layers` as ints in `[1, num_layers]`, or a one-line refusal."""
+    caps = []
+    for value in FLAGS.max_layers or ():
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
+            raise ValueError(f"--max_layers takes integers >= 1, got {value!r}.")
+        if int(text) > num_layers:
+            raise ValueError(f"--max_layers={text} is above the model's {num_layers} blocks "
+                             f"(a cap of {num_layers} is no cap).")
+        caps.append(int(text))
+    return caps
+
+
 def cmd_evaluate():
     from dact_tf import train_lib
 
     model, preprocessor, config = _load_model()
+    caps = _caps(model.num_layers)  # checked before any work
     data_config = _data_config(config["data"])
     _, _, _, metric_task = train_lib.task_info(data_config, config["label_names"])
     dataset = train_lib.make_datasets(
@@ -312,12 +332,7 @@ def cmd_evaluate():
         results["per_block"] = train_lib.per_block_report(model, dataset, metric_task,
                                                           verbose=1)
         print(train_lib.format_per_block(results["per_block"]))
-    if FLAGS.max_layers:
-        caps = []
-        for value in FLAGS.max_layers:
-            if not value.strip().isdigit() or int(value) < 1:
-                raise ValueError(f"--max_layers takes integers >= 1, got {value!r}.")
-            caps.append(int(value))
+    if caps:
         results["budgets"] = [
             {k: v for k, v in train_lib.evaluate(model, dataset, metric_task, verbose=1,
                                                  max_layers=cap).items()

@@ -414,7 +414,8 @@ class DactEncoder(keras.layers.Layer):
         max_layers = tf.convert_to_tensor(max_layers)
         if max_layers.dtype not in (tf.int32, tf.int64):
             raise TypeError(f"`max_layers` must be int32, got {max_layers.dtype.name}.")
-        max_layers = tf.cast(max_layers, tf.int32)
+        # Caps above the blocks mean "no cap": clip them before int32 can wrap them.
+        max_layers = tf.cast(tf.minimum(max_layers, tf.cast(2 ** 30, max_layers.dtype)), tf.int32)
         _check_rank(max_layers, 1, "max_layers")
         checks = [
             tf.debugging.assert_equal(

@@ -434,7 +434,26 @@ def test_tflite_exports_are_named_after_the_model_and_never_overwrite(trained, t
     dact_tf("export", f"--model_dir={model_dir}", f"--export_dir={out}", "--format=tflite",
             cache=root / "cache")
     name = model_dir.name
-    assert sorted(os.listdir(out)) == [f"{name}_none.tflite", f"{name}_vocab.txt"]
+    assert sorted(os.listdir(out)) == [f"{name}_none.json", f"{name}_none.tflite",
+                                       f"{name}_vocab.txt"]
+    sidecar = json.loads((out / f"{name}_none.json").read_text())
+    assert sidecar["method"] == "dact" and sidecar["exit"]["halting_rule"] == "tight"
     again = dact_tf("export", f"--model_dir={model_dir}", f"--export_dir={out}",
                     "--format=tflite", cache=root / "cache", check=False)
     assert again.returncode == 1 and "never overwrite" in again.stderr
+
+
+def test_exit_flags_that_would_be_ignored_or_wrap_are_refused(trained):
+    root, model_dir = trained
+    for args, message in (
+            (["--halting_epsilon=0.5"], "--halting_epsilon is the relaxed rule's"),
+            (["--halting_rule=paper", "--halting_epsilon=0.5"], "needs --halting_rule=relaxed"),
+            (["--max_layers=4294967297"], "above the model's 4 blocks"),
+            (["--max_layers=5"], "above the model's 4 blocks"),
+            (["--max_layers=\u00b2"], "integers >= 1"),
+            (["--halting_rule=certified"], "no certified halting")):
+        proc = dact_tf("evaluate", f"--model_dir={model_dir}", *args, cache=root / "cache",
+                       check=False)
+        assert proc.returncode == 1, args
+        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (
+            args, proc.stderr)

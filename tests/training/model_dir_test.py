@@ -93,3 +93,29 @@ def test_the_lock_is_released_when_training_fails(tmp_path):
             assert (tmp_path / ".lock").exists()
             raise RuntimeError("boom")
     assert not (tmp_path / ".lock").exists()
+
+
+def test_a_model_file_with_another_label_order_is_refused(finished, tmp_path):
+    """Same class count, labels swapped: every answer would come out under the wrong label."""
+    import shutil
+
+    copy = tmp_path / "swapped"
+    shutil.copytree(finished, copy)
+    config = json.loads((copy / "dact_config.json").read_text())
+    assert config["label_names"] == ["negative", "positive"]
+    config["label_names"] = ["positive", "negative"]
+    (copy / "dact_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"does not belong.*labels \['negative', 'positive'\]"):
+        train_lib.load_model_dir(str(copy))
+
+
+def test_caps_above_the_blocks_do_not_wrap(finished):
+    import numpy as np
+    import tensorflow as tf
+
+    model, preprocessor, _ = train_lib.load_model_dir(str(finished))
+    features = preprocessor(x=tf.constant(["a fine film", "a dull mess"]))
+    capped = model(features, max_layers=tf.constant([2 ** 32 + 1, 2 ** 40], tf.int64))
+    full = model(features, full_depth=True)
+    np.testing.assert_array_equal(capped["layers_executed"].numpy(), [model.num_layers] * 2)
+    np.testing.assert_array_equal(capped["predictions"].numpy(), full["predictions"].numpy())
