@@ -200,7 +200,11 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         if not load_weights:
             backbone = backbone.__class__.from_config(backbone.get_config())
         preprocessor = backbones.make_preprocessor(tokenizer, sequence_length=sequence_length)
-        return cls(backbone, num_classes=num_classes or 2, preprocessor=preprocessor, **kwargs)
+        if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) != num_classes
+                                        or num_classes < 2):
+            raise ValueError(f"`num_classes` must be an integer >= 2, got {num_classes!r}.")
+        return cls(backbone, num_classes=2 if num_classes is None else int(num_classes),
+                   preprocessor=preprocessor, **kwargs)
 
     # ------------------------------------------------------------- training
 
@@ -252,7 +256,11 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         Returns:
             A `keras.callbacks.History`.
         """
-        if x is not None and not isinstance(x, tf.data.Dataset):
+        if x is None:
+            raise ValueError("`fit` needs `x`: texts, `(texts, text_pairs)`, token inputs or a "
+                             "tf.data.Dataset of `(x, y)`.")
+        if not isinstance(x, tf.data.Dataset):
+            y = self._checked_labels(x, y)
             data = (x, y, sample_weight)
             if validation_split and validation_data is None:
                 rows = _num_rows(x)
@@ -280,6 +288,44 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         # shuffled above, and datasets are the caller's.
         return super().fit(x=x, y=y, batch_size=batch_size, epochs=epochs,
                            validation_data=validation_data, shuffle=False, **kwargs)
+
+    def _checked_labels(self, x, y):
+        """`y` as an array the loss reads, or a one-line refusal.
+
+        Classification: integer class ids in `[0, num_classes)`, or label
+        names (`label_names`, mapped to their ids). Regression: numbers.
+        """
+        if y is None:
+            raise ValueError("`fit` on arrays needs labels `y` (or pass a tf.data.Dataset of "
+                             "`(x, y)`).")
+        labels = np.asarray(y)
+        rows = _num_rows(x)
+        if labels.ndim != 1 or len(labels) != rows:
+            raise ValueError(f"`y` must hold one label per row: `x` has {rows} rows, `y` has "
+                             f"shape {labels.shape}.")
+        if not rows:
+            raise ValueError("`fit` got no rows.")
+        if self.task == "regression":
+            if labels.dtype.kind not in "iuf":
+                raise TypeError(f"A regressor's labels are numbers, got {labels.dtype}.")
+            return labels.astype("float32")
+        if labels.dtype.kind in "USO":  # names: map them as the command line does
+            names = list(self.label_names or [])
+            unknown = sorted({str(v) for v in labels} - set(names))
+            if unknown:
+                raise ValueError(
+                    f"Label {unknown[0]!r} is not one of the model's label names {names}"
+                    + ("" if names else " (it has none: pass `label_names=[...]` or class ids)")
+                    + ".")
+            return np.asarray([names.index(str(v)) for v in labels], "int32")
+        if labels.dtype.kind == "f" and not np.all(np.equal(np.mod(labels, 1), 0)):
+            raise ValueError("A classifier's labels are class ids (integers), got fractional "
+                             f"values such as {labels[np.mod(labels, 1) != 0][0]}; for scores, "
+                             "build the model with task='regression'.")
+        if labels.dtype.kind not in "iuf" or labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(f"Class ids must be integers in [0, {self.num_classes}), got "
+                             f"values from {labels.min()} to {labels.max()}.")
+        return labels.astype("int32")
 
     def calibrate(self, x, target_blocks=None, y=None, batch_size=None,
                   max_metric_drop=calibration.DEFAULT_MAX_METRIC_DROP, pass_through="auto", *,

@@ -193,6 +193,28 @@ def test_user_mistakes_are_refused():
         _model().fit(x=TEXTS[:1], y=LABELS[:1], validation_split=0.5, verbose=0)
 
 
+def test_fit_refuses_labels_it_would_silently_mistrain_on():
+    model = _model()
+    for y, error, message in (
+            ([0.5] * 12, ValueError, "fractional"),
+            ([0, 1, 2] * 4, ValueError, r"integers in \[0, 2\)"),
+            ([-1] * 12, ValueError, r"integers in \[0, 2\)"),
+            (LABELS[:5], ValueError, "one label per row"),
+            (None, ValueError, "needs labels"),
+            (["good", "bad"] * 6, ValueError, "not one of the model's label names")):
+        with pytest.raises(error, match=message):
+            model.fit(x=TEXTS, y=y, verbose=0)
+    with pytest.raises(ValueError, match="needs `x`"):
+        model.fit(x=None, y=LABELS, verbose=0)
+    for bad in (0, 1, 2.5, True):
+        with pytest.raises(ValueError, match="num_classes"):
+            dact_tf.DactTextClassifier.from_preset("tiny", num_classes=bad)
+    # Label names are mapped as the command line maps them.
+    named = _model(label_names=["negative", "positive"])
+    history = named.fit(x=TEXTS, y=["positive" if v else "negative" for v in LABELS], verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
 def test_saved_model_export_serves_text_in_a_fresh_process(trained, tmp_path):
     from dact_tf.export import saved_model
 
