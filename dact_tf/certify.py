@@ -292,9 +292,10 @@ def certify_compute_target(model, selection, rows, target_blocks, reference, lab
     passed = len(bounds) - (bounds[-1] > max_drop)
     chosen = max(passed - 1, 0)
     exits, preds = outcomes[chosen]
-    # Rows needed at the target's own rate (the last point tested may stop short of it).
-    target_exits, target_preds = replay(target_shift, passed_through)
-    target_worse, target_better = _against_reference(model, target_preds, reference, labels)
+    target_exits, _ = replay(target_shift, passed_through)
+    # Rows needed: at the rates of the shift where the sequence stopped (the
+    # target's, when it was reached).
+    stopped = len(bounds) - 1
 
     def metric(predictions):
         return next(iter(analysis.task_metrics(metric_task, labels, predictions).items()))
@@ -308,8 +309,8 @@ def certify_compute_target(model, selection, rows, target_blocks, reference, lab
         knob="halting_bias_shift", value=float(grid[chosen]), better=int(better[chosen]),
         reference="the model's own full depth before the shift" if own else
         "the full-depth model",
-        rows_needed=risk_bounds.rows_needed(float(target_worse.mean()), max_drop, delta,
-                                            better_rate=float(target_better.mean())))
+        rows_needed=risk_bounds.rows_needed(at_risk[stopped] / n, max_drop, delta,
+                                            better_rate=better[stopped] / n))
     shift = float(grid[chosen])
     result = {
         "target_blocks": float(target_blocks), "shift": shift, "selection_shift": target_shift,

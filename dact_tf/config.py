@@ -67,7 +67,7 @@ class DataConfig:
     seed: int = 0
     padding: str = "bucket"
     holdout_fraction: float = 0.2
-    max_holdout_examples: int = 4000
+    max_holdout_examples: int = 8000
     calibration_share: float = 0.6
 
 
