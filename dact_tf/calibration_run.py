@@ -114,8 +114,9 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
 
 
 def _say(line, always, verbose):
+    # stderr: stdout stays for what a command prints as its result (JSON).
     if always or verbose:
-        print(line, file=sys.stderr if always else sys.stdout)
+        print(line, file=sys.stderr)
 
 
 def target_message(result):

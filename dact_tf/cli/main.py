@@ -222,6 +222,9 @@ def cmd_calibrate():
         raise ValueError(f"--{changed[0]} decides which training rows were held out: calibrate "
                          "uses the model's own split (leave it unset).")
     stored = train_lib.read_config(model_dir)
+    train_lib.check_certified_flags(
+        stored["method"], rule, FLAGS.max_disagreement, FLAGS.calibration_max_drop,
+        FLAGS.calibration_confidence)
     data_config = _data_config(stored["data"], split="train")
     if not data_config.holdout_fraction:
         raise ValueError(f"{model_dir} was trained with --holdout_fraction=0: no held-out rows "
@@ -233,9 +236,6 @@ def cmd_calibrate():
                              f"{model.method!r} model.")
         if not 1.0 <= target <= model.num_layers:
             raise ValueError(f"--target_blocks must be in [1, {model.num_layers}], got {target:g}.")
-    train_lib.check_certified_flags(
-        model.method, rule, FLAGS.max_disagreement, FLAGS.calibration_max_drop,
-        FLAGS.calibration_confidence)
     stage1 = os.path.join(model_dir, train_lib.STAGE1_DIR)
     reference = None
     if model.exit_criterion.accumulates and target is not None:
@@ -252,12 +252,21 @@ def cmd_calibrate():
     with files.ModelDirLock(model_dir):
         result = calibration_run.calibrate(
             model, datasets["holdout"], datasets["calibration"], target_blocks=target,
-            pass_through=train_lib.parse_pass_through(FLAGS.pass_through, model.num_layers),
+            # The pass-through the model was trained with, unless given again.
+            pass_through=train_lib.parse_pass_through(
+                FLAGS.pass_through if FLAGS["pass_through"].present
+                else stored["model"]["pass_through"], model.num_layers),
             metric_task=metric_task, reference=reference, max_drop=FLAGS.calibration_max_drop,
             confidence=FLAGS.calibration_confidence, halting_rule=rule,
             max_disagreement=FLAGS.max_disagreement,
             shared=not data_config.calibration_share)
-        train_lib.write_json(os.path.join(model_dir, train_lib.CALIBRATION_FILE), result)
+        path = os.path.join(model_dir, train_lib.CALIBRATION_FILE)
+        if target is None and os.path.exists(path):
+            # A halting mode alone keeps the target's calibration (it is still the model's).
+            with open(path, encoding="utf-8") as f:
+                previous = json.load(f)
+            result = {**{k: v for k, v in previous.items() if k != "halting"}, **result}
+        train_lib.write_json(path, result)
         train_lib.save_model_dir(model_dir, model, preprocessor.tokenizer, config)
     print(json.dumps(result, indent=2, sort_keys=True))
     if FLAGS.output_json:
@@ -296,7 +305,16 @@ def _load_model():
             f"--model_dir={FLAGS.model_dir} --halting_rule=certified` first (the data flags "
             "of training find its held-out rows).")
     if overrides:
+        calibrated = model.exit_criterion.get_config()
         model.configure_exit(**overrides)
+        if model.certificates and model.exit_criterion.get_config() != calibrated:
+            # The certificates hold for the exit setting the calibration saved, not for
+            # another one: evaluate and the exports must not claim them for it. A
+            # target's certificate still holds under a proven rule (it was made for one).
+            proven = getattr(model.exit_criterion, "halting_rule", None) in ("tight", "paper")
+            kept = {k: v for k, v in model.certificates.items()
+                    if k == "compute_target" and proven}
+            model.certificates = kept or None
     return model, preprocessor, config
 
 
