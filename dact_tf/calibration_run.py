@@ -13,10 +13,25 @@ import keras
 
 from dact_tf import calibration
 from dact_tf import certify
+from dact_tf import exits
 from dact_tf import risk_bounds
 from dact_tf.callbacks import halting_statistics
 
 CALIBRATION_FILE = "calibration.json"
+
+
+def check_flags(method, halting_rule, max_disagreement, max_drop, confidence):
+    """Refuses, before any long work, certificate settings that cannot be met."""
+    for name, value in (("max_disagreement", max_disagreement),
+                        ("calibration_max_drop", max_drop)):
+        if value is not None and not 0.0 < float(value) < 1.0:
+            raise ValueError(f"--{name} must be in (0, 1) (0.01: 1 %), got {value!r}.")
+    if not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"--calibration_confidence must be in (0, 1) (e.g. 0.95), got "
+                         f"{confidence!r}.")
+    if halting_rule == "certified" and not exits.get(method).certified_grid(2):
+        raise ValueError(f"--halting_rule=certified certifies an exit threshold; "
+                         f"--method={method} has none.")
 
 
 def reference_model(path):

@@ -422,23 +422,9 @@ def _train(model_dir, data_config, model_config, train_config, extra_callbacks=(
     return model, preprocessor, history
 
 
-def check_certified_flags(method, halting_rule, max_disagreement, max_drop, confidence):
-    """Refuses, before any long work, certificate settings that cannot be met."""
-    for name, value in (("max_disagreement", max_disagreement),
-                        ("calibration_max_drop", max_drop)):
-        if value is not None and not 0.0 < float(value) < 1.0:
-            raise ValueError(f"--{name} must be in (0, 1) (0.01: 1 %), got {value!r}.")
-    if not 0.0 < float(confidence) < 1.0:
-        raise ValueError(f"--calibration_confidence must be in (0, 1) (e.g. 0.95), got "
-                         f"{confidence!r}.")
-    if halting_rule == "certified" and not exits.get(method).certified_grid(2):
-        raise ValueError(f"--halting_rule=certified certifies an exit threshold; "
-                         f"--method={method} has none.")
-
-
 def _check_certified(data_config, model_config):
     """`check_certified_flags` for a training run, and its held-out rows."""
-    check_certified_flags(model_config.method, model_config.halting_rule,
+    calibration_run.check_flags(model_config.method, model_config.halting_rule,
                           model_config.max_disagreement, model_config.calibration_max_drop,
                           model_config.calibration_confidence)
     if model_config.halting_rule == "certified" and not data_config.holdout_fraction:

@@ -198,79 +198,10 @@ def cmd_train():
         _exit_now(0)
 
 
-#: Flags that decide which training rows were held out: `calibrate` takes the stored ones.
-_SPLIT_FLAGS = ("holdout_fraction", "max_holdout_examples", "calibration_share",
-                "max_train_examples", "task")
-
-
 def cmd_calibrate():
-    from dact_tf import calibration_run
-    from dact_tf import files
-    from dact_tf import train_lib
+    from dact_tf.cli import calibrate
 
-    model_dir = _require("model_dir")
-    target = FLAGS.target_blocks if FLAGS["target_blocks"].present else None
-    rule = FLAGS.halting_rule if FLAGS["halting_rule"].present else None
-    if rule not in (None, "certified"):
-        raise ValueError("calibrate certifies a halting mode: --halting_rule=certified (other "
-                         "rules need no calibration: pass them to evaluate/predict/export).")
-    if target is None and rule is None:
-        raise ValueError("calibrate needs --target_blocks=K (a compute target, its cost "
-                         "certified) and/or --halting_rule=certified --max_disagreement=EPS.")
-    changed = [name for name in _SPLIT_FLAGS if FLAGS[name].present]
-    if changed:
-        raise ValueError(f"--{changed[0]} decides which training rows were held out: calibrate "
-                         "uses the model's own split (leave it unset).")
-    stored = train_lib.read_config(model_dir)
-    train_lib.check_certified_flags(
-        stored["method"], rule, FLAGS.max_disagreement, FLAGS.calibration_max_drop,
-        FLAGS.calibration_confidence)
-    data_config = _data_config(stored["data"], split="train")
-    if not data_config.holdout_fraction:
-        raise ValueError(f"{model_dir} was trained with --holdout_fraction=0: no held-out rows "
-                         "to calibrate on; train it again with held-out rows.")
-    model, preprocessor, config = train_lib.load_model_dir(model_dir)
-    if target is not None:
-        if not model.exit_criterion.accumulates:
-            raise ValueError(f"--target_blocks sets DACT's halting; {model_dir} holds a "
-                             f"{model.method!r} model.")
-        if not 1.0 <= target <= model.num_layers:
-            raise ValueError(f"--target_blocks must be in [1, {model.num_layers}], got {target:g}.")
-    stage1 = os.path.join(model_dir, train_lib.STAGE1_DIR)
-    reference = None
-    if model.exit_criterion.accumulates and target is not None:
-        # The full-depth model: the run's stage 1, or --init_from given again.
-        path = stage1 if os.path.isdir(stage1) else FLAGS.init_from
-        if path is None and stored["model"].get("init_from"):
-            raise ValueError(
-                f"{model_dir} was warm-started from --init_from={stored['model']['init_from']}, "
-                "the full-depth model its cost is measured against: pass --init_from again.")
-        reference = calibration_run.reference_model(path)
-    _, _, _, metric_task = train_lib.task_info(data_config, config["label_names"])
-    datasets = train_lib.make_datasets(data_config, preprocessor, config["label_names"],
-                                       splits=("holdout", "calibration"))
-    with files.ModelDirLock(model_dir):
-        result = calibration_run.calibrate(
-            model, datasets["holdout"], datasets["calibration"], target_blocks=target,
-            # The pass-through the model was trained with, unless given again.
-            pass_through=train_lib.parse_pass_through(
-                FLAGS.pass_through if FLAGS["pass_through"].present
-                else stored["model"]["pass_through"], model.num_layers),
-            metric_task=metric_task, reference=reference, max_drop=FLAGS.calibration_max_drop,
-            confidence=FLAGS.calibration_confidence, halting_rule=rule,
-            max_disagreement=FLAGS.max_disagreement,
-            shared=not data_config.calibration_share)
-        path = os.path.join(model_dir, train_lib.CALIBRATION_FILE)
-        if target is None and os.path.exists(path):
-            # A halting mode alone keeps the target's calibration (it is still the model's).
-            with open(path, encoding="utf-8") as f:
-                previous = json.load(f)
-            result = {**{k: v for k, v in previous.items() if k != "halting"}, **result}
-        train_lib.write_json(path, result)
-        train_lib.save_model_dir(model_dir, model, preprocessor.tokenizer, config)
-    print(json.dumps(result, indent=2, sort_keys=True))
-    if FLAGS.output_json:
-        train_lib.write_json(FLAGS.output_json, result)
+    calibrate.run(_require, _data_config)
 
 
 def _exit_now(code):
@@ -476,96 +407,12 @@ def main(argv):
 
 flags.DEFINE_string("command", None, "Set from the first argument; do not pass.")
 
-#: One line per command, for `dact-tf --help`.
-SUMMARIES = {
-    "train": "fine-tune a model (DACT or a baseline) into --model_dir; re-run to resume",
-    "calibrate": "certify a trained --model_dir's compute target or halting on its held-out rows",
-    "evaluate": "the task metric, blocks executed and exits of a trained --model_dir",
-    "predict": "labels, probabilities and blocks executed for --text or --input_file",
-    "export": "a SavedModel (TF Serving) or TFLite file with the early exit inside",
-}
-_DATA = ["task", "data_dir", "train_file", "eval_file", "text_column", "text_pair_column",
-         "label_column", "header", "sequence_length", "batch_size", "max_train_examples",
-         "max_eval_examples", "seed", "padding", "holdout_fraction", "max_holdout_examples",
-         "calibration_share"]
-_EXIT = ["halting_rule", "halting_epsilon", "patience", "entropy_threshold"]
-#: Each command's flags, grouped, for `dact-tf COMMAND --help`.
-COMMAND_FLAGS = {
-    "calibrate": {
-        "Where": ["model_dir", "output_json"],
-        "Data (the training data, to find the held-out rows)": [
-            "data_dir", "train_file", "text_column", "text_pair_column", "label_column",
-            "header", "batch_size"],
-        "What to certify": ["target_blocks", "calibration_max_drop", "pass_through",
-                            "halting_rule", "max_disagreement", "calibration_confidence",
-                            "init_from"],
-    },
-    "train": {
-        "Where": ["model_dir"],
-        "Data": _DATA,
-        "Model": ["backbone", "method", "target_blocks", "calibration_max_drop",
-                  "calibration_confidence", "max_disagreement", "pass_through", "tau",
-                  "tau_warmup_epochs",
-                  "ponder", "full_depth_stage", "distill_weight", "head_loss_weight", "halting_bias",
-                  "halting_confidence", "pooling", "shared_heads", "num_layers", "patience",
-                  "entropy_threshold", "halting_rule", "regression_tolerance", "init_from",
-                  "freeze_backbone"],
-        "Training": ["epochs", "learning_rate", "optimizer", "weight_decay", "warmup_fraction",
-                     "keep_best_epoch", "keep_checkpoints", "log_every_steps"],
-        "Scale out": ["distribution_strategy", "tpu", "worker_timeout", "mixed_precision",
-                      "jit_compile"],
-    },
-    "evaluate": {
-        "Where": ["model_dir", "output_json", "per_block", "plot_dir", "max_layers"],
-        "Data (default: what the model was trained with)": [
-            "task", "data_dir", "eval_file", "max_eval_examples", "batch_size"],
-        "Exit (override the trained setting)": _EXIT,
-    },
-    "predict": {
-        "Where": ["model_dir", "text", "text_pair", "input_file", "output_json"],
-        "Exit (override the trained setting)": _EXIT,
-    },
-    "export": {
-        "Where": ["model_dir", "export_dir", "format", "version", "quantize", "text_signatures"],
-        "Exit (override the trained setting)": _EXIT,
-    },
-}
-
-
-def usage():
-    """`dact-tf --help`: the commands, one line each."""
-    lines = ["Usage: dact-tf COMMAND [--flag=value ...]", "", "Commands:"]
-    lines += [f"  {name:<9} {text}" for name, text in SUMMARIES.items()]
-    lines += ["", "`dact-tf COMMAND --help` lists a command's flags and their defaults;",
-              "`--verbosity=1` adds TensorFlow's logs and stack traces to errors."]
-    return "\n".join(lines)
-
-
-def command_help(command):
-    """`dact-tf COMMAND --help`: the command's own flags, grouped, with defaults."""
-    lines = [f"Usage: dact-tf {command} [--flag=value ...]", "", SUMMARIES[command] + "."]
-    for group, names in COMMAND_FLAGS[command].items():
-        lines += ["", f"{group}:"]
-        for name in names:
-            flag = FLAGS[name]
-            default = "" if flag.default is None else f" (default: {flag.default_as_str})"
-            lines.append(f"  --{name}{default}")
-            lines.append(f"      {flag.help}")
-    return "\n".join(lines)
-
-
-def _help_requested(argv):
-    """`(True, text)` if argv asks for help, else `(False, None)`."""
-    asks = any(a in ("--help", "-h", "--help=true", "help") for a in argv[1:])
-    commands = [a for a in argv[1:] if a in COMMANDS]
-    if not asks:
-        return False, None
-    return True, command_help(commands[0]) if commands else usage()
-
-
 def run():
     """Console-script entry point."""
-    wanted, text = _help_requested(sys.argv)
+    from dact_tf.cli.help_text import help_requested
+    from dact_tf.cli.help_text import usage
+
+    wanted, text = help_requested(sys.argv)
     if wanted:
         print(text)
         sys.exit(0)

@@ -1,0 +1,98 @@
+"""`dact-tf calibrate`: certify a trained model directory's exit on its held-out rows.
+
+It finds the rows the model was trained without (the training-data flags,
+its stored split), certifies a compute target (`--target_blocks`, its cost
+against the full-depth model bounded by `--calibration_max_drop`) and/or a
+halting mode (`--halting_rule=certified --max_disagreement=EPS`), and
+stores the result in the model directory (`calibration.json`, `model.keras`)
+so `evaluate`, `predict` and `export` use it from then on. See
+`dact_tf.certify`.
+"""
+
+import json
+import os
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+#: Flags that decide which training rows were held out: `calibrate` takes the stored ones.
+_SPLIT_FLAGS = ("holdout_fraction", "max_holdout_examples", "calibration_share",
+                "max_train_examples", "task")
+
+
+def run(require, data_config_from):
+    """Runs the command with the parsed flags (`dact_tf.cli.main` defines them).
+
+    Args:
+        require: `main._require`, a flag's value or a one-line refusal.
+        data_config_from: `main._data_config`, the stored data config with
+            the path flags given again.
+    """
+    from dact_tf import calibration_run
+    from dact_tf import files
+    from dact_tf import train_lib
+
+    model_dir = require("model_dir")
+    target = FLAGS.target_blocks if FLAGS["target_blocks"].present else None
+    rule = FLAGS.halting_rule if FLAGS["halting_rule"].present else None
+    if rule not in (None, "certified"):
+        raise ValueError("calibrate certifies a halting mode: --halting_rule=certified (other "
+                         "rules need no calibration: pass them to evaluate/predict/export).")
+    if target is None and rule is None:
+        raise ValueError("calibrate needs --target_blocks=K (a compute target, its cost "
+                         "certified) and/or --halting_rule=certified --max_disagreement=EPS.")
+    changed = [name for name in _SPLIT_FLAGS if FLAGS[name].present]
+    if changed:
+        raise ValueError(f"--{changed[0]} decides which training rows were held out: calibrate "
+                         "uses the model's own split (leave it unset).")
+    stored = train_lib.read_config(model_dir)
+    calibration_run.check_flags(
+        stored["method"], rule, FLAGS.max_disagreement, FLAGS.calibration_max_drop,
+        FLAGS.calibration_confidence)
+    data_config = data_config_from(stored["data"], split="train")
+    if not data_config.holdout_fraction:
+        raise ValueError(f"{model_dir} was trained with --holdout_fraction=0: no held-out rows "
+                         "to calibrate on; train it again with held-out rows.")
+    model, preprocessor, config = train_lib.load_model_dir(model_dir)
+    if target is not None:
+        if not model.exit_criterion.accumulates:
+            raise ValueError(f"--target_blocks sets DACT's halting; {model_dir} holds a "
+                             f"{model.method!r} model.")
+        if not 1.0 <= target <= model.num_layers:
+            raise ValueError(f"--target_blocks must be in [1, {model.num_layers}], got {target:g}.")
+    stage1 = os.path.join(model_dir, train_lib.STAGE1_DIR)
+    reference = None
+    if model.exit_criterion.accumulates and target is not None:
+        # The full-depth model: the run's stage 1, or --init_from given again.
+        path = stage1 if os.path.isdir(stage1) else FLAGS.init_from
+        if path is None and stored["model"].get("init_from"):
+            raise ValueError(
+                f"{model_dir} was warm-started from --init_from={stored['model']['init_from']}, "
+                "the full-depth model its cost is measured against: pass --init_from again.")
+        reference = calibration_run.reference_model(path)
+    _, _, _, metric_task = train_lib.task_info(data_config, config["label_names"])
+    datasets = train_lib.make_datasets(data_config, preprocessor, config["label_names"],
+                                       splits=("holdout", "calibration"))
+    with files.ModelDirLock(model_dir):
+        result = calibration_run.calibrate(
+            model, datasets["holdout"], datasets["calibration"], target_blocks=target,
+            # The pass-through the model was trained with, unless given again.
+            pass_through=train_lib.parse_pass_through(
+                FLAGS.pass_through if FLAGS["pass_through"].present
+                else stored["model"]["pass_through"], model.num_layers),
+            metric_task=metric_task, reference=reference, max_drop=FLAGS.calibration_max_drop,
+            confidence=FLAGS.calibration_confidence, halting_rule=rule,
+            max_disagreement=FLAGS.max_disagreement,
+            shared=not data_config.calibration_share)
+        path = os.path.join(model_dir, train_lib.CALIBRATION_FILE)
+        if target is None and os.path.exists(path):
+            # A halting mode alone keeps the target's calibration (it is still the model's).
+            with open(path, encoding="utf-8") as f:
+                previous = json.load(f)
+            result = {**{k: v for k, v in previous.items() if k != "halting"}, **result}
+        train_lib.write_json(path, result)
+        train_lib.save_model_dir(model_dir, model, preprocessor.tokenizer, config)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    if FLAGS.output_json:
+        train_lib.write_json(FLAGS.output_json, result)
