@@ -188,7 +188,7 @@ def reference_predictions(reference, dataset, verbose=0):
     return outputs[key], labels
 
 
-def _against_reference(model, predictions, reference, labels):
+def against_reference(model, predictions, reference, labels):
     """`(worse, better)` bool `[rows]`: the answer is wrong where the reference's is
     right, and the other way round (regression: its error exceeds the other's by
     more than the tolerance)."""
@@ -283,7 +283,7 @@ def certify_compute_target(model, selection, rows, target_blocks, reference, lab
     for shift in grid:
         exits, preds = replay(shift, passed_through)
         outcomes.append((exits, preds))
-        worse_rows, better_rows = _against_reference(model, preds, reference, labels)
+        worse_rows, better_rows = against_reference(model, preds, reference, labels)
         at_risk.append(int(worse_rows.sum()))
         better.append(int(better_rows.sum()))
         bounds.append(risk_bounds.difference_upper_bound(at_risk[-1], better[-1], n, delta))

@@ -15,6 +15,7 @@ import pytest
 
 from dact_tf import risk_bounds
 from dact_tf.data import builtin_sst2_dir
+from tests.cli.cli_test import dact_tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA = [f"--data_dir={builtin_sst2_dir()}"]
@@ -29,17 +30,6 @@ TRAIN = [
 ]
 CALIBRATION_ROWS = 120
 EVAL_ROWS = 48
-
-
-def dact_tf(*args, cache, check=True):
-    env = dict(os.environ, DACT_TF_CACHE=str(cache), PYTHONPATH=REPO)
-    proc = subprocess.run(
-        [sys.executable, "-m", "dact_tf", *args],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"dact-tf {args} failed:\n{proc.stderr[-3000:]}")
-    return proc
 
 
 @pytest.fixture(scope="module")
