@@ -1,0 +1,799 @@
+r"""Certified calibration in practice: do the certificates hold on the evaluation set?
+
+For each group (the kept model directories of ONE task and seed) and each
+bound EPS in `--epsilons`, it scores on the evaluation set (the task's
+`validation` split: never trained, selected or calibrated on):
+
+- `full` (mode `plain`): the plain full-depth fine-tune (`--method=static`);
+  the reference of the compute target and of `agreement_with_full`;
+- `static_k3` (or `static3`, any `static_kK`/`staticK`; mode `plain`);
+- `dact`, mode `exact`: the DACT model as trained (tight rule: proven equal to
+  its own full depth);
+- `dact`, mode `target`: a fresh load, `calibration_run.calibrate` to half the
+  blocks with the accuracy drop against `full` certified at most EPS on the
+  calibration rows (`dact_tf.certify.certify_compute_target`);
+- `dact`, mode `certified`: a fresh load, `certify.certify_halting` at EPS on the
+  calibration rows (the most aggressive halting slack whose disagreement with
+  the model's own full depth is certified at most EPS);
+- `dact`, mode `target+certified`: both, as `calibrate(..., halting_rule=
+  "certified")` runs them (`dact-tf train/calibrate --halting_rule=certified`);
+- `deebert`, `pabee`: mode `trained` (their trained threshold) and mode
+  `certified` at each EPS, if present.
+
+Each point records the metric, the mean blocks and `full_depth_disagreement`
+(rows whose answer differs from the model's OWN full-depth answer) on the
+evaluation set, `agreement_with_full` (rows answered as the `full` model
+answers), `drop_vs_full` (the evaluation-set accuracy drop against `full`,
+P(worse) - P(better): what the compute target certifies), the certificate
+(certified, bound, rows at risk, rows), the mean blocks on the calibration
+rows (the real loop; the certificate's replay is recorded beside it) and
+`check`: whether the certified quantity, measured on the evaluation set, is
+at most EPS. The evaluation rate is itself a sample: a certificate (a bound
+on the population rate, 95 % confidence) is contradicted only when the
+evaluation rate's own lower confidence bound (`eval_lower`) exceeds EPS.
+
+The held-out rows are exactly training's: each group's `DataConfig` is the
+stored `data` config of its `dact` model, with only its paths fixed (GLUE:
+`--glue_dir`; custom TSV/CSV: the stored files, or `--data_override`), and
+every model of the group must share the split (checked).
+
+Resumable per point: each finished point is a JSON file under `--out_dir`
+and is skipped when present; after each point the CSV and the Markdown are
+rewritten; one plot per group (metric vs mean blocks) at the end.
+
+Usage (from the repository root):
+    PYTHONPATH=. python -m benchmarks.certified_study \
+        --groups=qnli4k:0=runs/small/qnli,sst2:0=runs/study/sst2/seed0 \
+        --glue_dir=GLUE_DIR --epsilons=0.005,0.01,0.02
+"""
+
+import csv
+import gc
+import glob
+import hashlib
+import json
+import os
+import re
+import shlex
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from benchmarks import bench_utils  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+#: The metric each GLUE task is reported with (as benchmarks/study.py); custom data: accuracy.
+METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews_corrcoef",
+          "stsb": "pearson", "qnli": "accuracy"}
+METHOD_ORDER = ("full", "static", "dact", "deebert", "pabee")
+MODE_ORDER = ("plain", "exact", "trained", "target", "certified", "target+certified")
+CERTIFIED_MODES = ("certified", "target+certified")
+CSV_KEYS = (
+    "task", "seed", "method", "mode", "eps", "metric_name", "metric", "mean_blocks",
+    "full_depth_disagreement", "agreement_with_full", "drop_vs_full", "check_quantity",
+    "check", "eval_lower", "certified", "cert_kind", "cert_bound", "cert_at_risk",
+    "cert_rows", "cert_observed_rate", "knob", "value", "target_certified", "target_bound",
+    "target_at_risk", "target_better", "target_shift", "target_limited", "pass_through",
+    "calibration_blocks", "certificate_blocks", "calibration_disagreement",
+    "calibration_rows_shared", "eval_rows", "num_layers", "seconds", "group", "model_dir",
+)
+
+flags.DEFINE_list("groups", None, "NAME=DIR items: DIR holds one task and seed's model dirs "
+                  "(full, dact; optionally deebert, pabee, static_k3/static3); NAME is "
+                  "LABEL:SEED, e.g. qnli4k:0=runs/small/qnli.")
+flags.DEFINE_list("epsilons", ["0.005", "0.01", "0.02"], "The bounds EPS: max_disagreement of "
+                  "the certified halting, max_drop of the compute target.")
+flags.DEFINE_float("confidence", 0.95, "The confidence of every certificate.")
+flags.DEFINE_float("target_blocks", None, "DACT's compute target (None: half the blocks).")
+flags.DEFINE_string("glue_dir", None, "GLUE folder (<TASK>/{train,dev}.tsv) for groups of GLUE "
+                    "tasks: a model directory's stored data_dir is not reused (except the "
+                    "sample bundled with dact_tf).")
+flags.DEFINE_multi_string("data_override", [], "NAME:key=value;key=value: DataConfig fields of "
+                          "group NAME to replace (e.g. qnli4k:0:eval_file=/data/test.tsv). "
+                          "Repeatable.")
+flags.DEFINE_list("methods", ["full", "static", "dact", "deebert", "pabee"],
+                  "Which of the group's models to score (those present).")
+flags.DEFINE_string("out_dir", "runs/certified_study/points", "Finished points (JSON).")
+flags.DEFINE_string("results_csv", os.path.join(HERE, "results", "certified_study.csv"),
+                    "The CSV.")
+flags.DEFINE_string("results_md", os.path.join(HERE, "CERTIFIED_STUDY.md"), "The Markdown.")
+flags.DEFINE_string("plot_dir", HERE, "Where certified_study_<group>.png go.")
+flags.DEFINE_boolean("plot_only", False, "Only rewrite the CSV, Markdown and plots.")
+flags.DEFINE_integer("verbose", 0, "1: progress counters of each pass.")
+FLAGS = flags.FLAGS
+
+
+# ---------------------------------------------------------------------------------------------
+# Groups and their data.
+
+def _parse_groups():
+    groups = []
+    for item in FLAGS.groups or []:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            raise app.UsageError(f"--groups item {item!r} is not NAME=DIR.")
+        label, _, seed = name.partition(":")
+        seed = seed or "0"
+        if not seed.isdigit():
+            raise app.UsageError(f"--groups item {item!r}: the seed {seed!r} is not an integer.")
+        if not os.path.isdir(directory):
+            raise app.UsageError(f"--groups item {item!r}: {directory} is not a directory.")
+        groups.append({"name": name, "label": label, "seed": int(seed),
+                       "dir": directory, "models": _group_models(directory)})
+    return groups
+
+
+def _group_models(directory):
+    """`{method name: model dir}` of the finished model directories in `directory`."""
+    models = {}
+    for entry in sorted(os.listdir(directory)):
+        path = os.path.join(directory, entry)
+        if not os.path.exists(os.path.join(path, "model.keras")):
+            continue  # not a model dir, or training has not finished
+        static = re.fullmatch(r"static_?k?(\d+)", entry)
+        if entry in ("full", "dact", "deebert", "pabee"):
+            models[entry] = path
+        elif static:  # the study's static_k3, or static3
+            models[f"static_k{static.group(1)}"] = path
+    return models
+
+
+def _method_family(method):
+    return "static" if method.startswith("static_k") else method
+
+
+def _overrides(name):
+    """`{field: value}` of `--data_override` items for group `name`."""
+    import dataclasses
+
+    from dact_tf import train_lib
+
+    fields = {f.name: f.type for f in dataclasses.fields(train_lib.DataConfig)}
+    out = {}
+    for item in FLAGS.data_override:
+        if not item.startswith(name + ":"):
+            continue
+        for pair in item[len(name) + 1:].split(";"):
+            if not pair.strip():
+                continue
+            key, sep, value = pair.partition("=")
+            key = key.strip()
+            if not sep or key not in fields:
+                raise app.UsageError(f"--data_override {item!r}: {pair!r} is not FIELD=VALUE "
+                                     f"with a DataConfig field ({', '.join(fields)}).")
+            kind = fields[key]
+            if value.strip().lower() in ("", "none", "null"):
+                out[key] = None
+            elif kind is bool:
+                out[key] = value.strip().lower() in ("1", "true", "yes")
+            elif kind in (int, float):
+                out[key] = kind(value)
+            else:
+                out[key] = value
+    return out
+
+
+def _is_builtin(path):
+    from dact_tf import data
+
+    builtin = os.path.realpath(os.path.dirname(data.builtin_sst2_dir()))
+    return os.path.realpath(path).startswith(builtin + os.sep)
+
+
+#: The stored data fields that must be equal across a group's models: the data and its tokens.
+_SAME_FIELDS = ("task", "train_file", "eval_file", "sequence_length", "text_column",
+                "text_pair_column", "label_column", "header")
+#: The fields that decide how many rows are held out and kept apart: equal, or giving the
+#: same counts (the held-out rows are the first `count` of one fixed permutation and the
+#: calibration rows their last `apart`; e.g. max_holdout_examples went from 4,000 to
+#: 8,000, which changes nothing for 4,000 training rows).
+_COUNT_FIELDS = ("max_train_examples", "holdout_fraction", "max_holdout_examples",
+                 "calibration_share")
+
+
+def _data_config(group):
+    """The group's `DataConfig`: its DACT model's stored one, paths fixed; checked across models."""
+    from dact_tf import train_lib
+
+    configs = {m: train_lib.read_config(d) for m, d in group["models"].items()}
+    stored = dict(configs["dact"]["data"])
+    label_names = configs["dact"]["label_names"]
+    for method, config in configs.items():
+        for key in _SAME_FIELDS:
+            if config["data"].get(key) != stored.get(key):
+                raise ValueError(
+                    f"{group['name']}: {group['models'][method]} was trained with "
+                    f"{key}={config['data'].get(key)!r}, the dact model with "
+                    f"{key}={stored.get(key)!r}: not one group.")
+        if config["label_names"] != label_names:
+            raise ValueError(f"{group['name']}: {method} has other labels than dact.")
+    vocabularies = {_file_hash(os.path.join(d, "vocab.txt")) for d in group["models"].values()}
+    if len(vocabularies) > 1:
+        raise ValueError(f"{group['name']}: the models' vocabularies differ.")
+    if stored["task"] in train_lib.CUSTOM_TASKS:
+        # dact-tf does not open file paths read from a model directory; these
+        # directories are our own study's (trained by us from files we made),
+        # so the stored train/eval files are reused when they exist.
+        for key in ("train_file", "eval_file"):
+            if stored.get(key) and not os.path.exists(stored[key]):
+                stored[key] = None
+    else:
+        data_dir = stored.get("data_dir")
+        if FLAGS.glue_dir:
+            stored["data_dir"] = FLAGS.glue_dir
+        elif not (data_dir and _is_builtin(data_dir) and os.path.isdir(data_dir)):
+            raise app.UsageError(f"{group['name']}: a GLUE task ({stored['task']}): pass "
+                                 "--glue_dir (stored data paths are not reopened).")
+    stored.update(_overrides(group["name"]))
+    if stored["task"] in train_lib.CUSTOM_TASKS:
+        for key in ("train_file", "eval_file"):
+            if not stored.get(key):
+                raise app.UsageError(
+                    f"{group['name']}: {key} is missing (stored path absent): pass "
+                    f"--data_override={group['name']}:{key}=PATH.")
+    if not stored.get("holdout_fraction"):
+        raise ValueError(f"{group['name']}: trained with --holdout_fraction=0: no calibration "
+                         "rows to certify on.")
+    data_config = train_lib.DataConfig(**stored)
+    counts = None
+    for method, config in configs.items():
+        other = {k: config["data"].get(k) for k in _COUNT_FIELDS}
+        if all(other[k] == stored.get(k) for k in _COUNT_FIELDS):
+            continue
+        counts = counts or _split_counts(data_config, label_names)
+        theirs = _split_counts(train_lib.dataclasses.replace(data_config, **other), label_names)
+        if theirs != counts:
+            raise ValueError(
+                f"{group['name']}: {group['models'][method]} held out other rows than the dact "
+                f"model ({', '.join(f'{k}={v!r}' for k, v in other.items())}: (train, selection, "
+                f"calibration) rows {theirs}, the dact model's {counts}): not one group.")
+    return data_config, label_names
+
+
+def _split_counts(data_config, label_names):
+    """`(training, selection, calibration)` rows of a data config."""
+    from dact_tf.data import tasks
+
+    train, held = tasks.dataset_sizes(data_config, label_names)
+    apart = tasks.calibration_rows(held, data_config)
+    return train, held - apart, apart
+
+
+def _file_hash(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _datasets(data_config, preprocessor, label_names):
+    from dact_tf import train_lib
+
+    datasets = train_lib.make_datasets(data_config, preprocessor, label_names,
+                                       splits=("holdout", "calibration", "validation"))
+    # Tokenized once: every point reads the same rows, in the same order.
+    return {split: ds.cache() for split, ds in datasets.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Points.
+
+def _point_name(group, method, mode, eps):
+    name = f"{group['label']}_seed{group['seed']}_{method}_{mode.replace('+', '-')}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name + (f"_eps{eps:g}" if eps is not None else ""))
+
+
+def _point_path(group, method, mode, eps):
+    return os.path.join(FLAGS.out_dir, _point_name(group, method, mode, eps) + ".json")
+
+
+def _plan(group, epsilons):
+    """`[(method, mode, eps)]` of the group's points, in the order to run."""
+    models = group["models"]
+    wanted = set(FLAGS.methods)
+    plan = []
+    for method in sorted(models, key=_method_key):
+        if _method_family(method) not in wanted:
+            continue
+        if method == "full" or method.startswith("static_k"):
+            plan.append((method, "plain", None))
+        elif method == "dact":
+            plan.append((method, "exact", None))
+        else:
+            plan.append((method, "trained", None))
+    for eps in epsilons:
+        if "dact" in wanted:
+            plan += [("dact", mode, eps) for mode in ("target", "certified", "target+certified")]
+        plan += [(m, "certified", eps) for m in ("deebert", "pabee") if m in models and m in wanted]
+    return plan
+
+
+def _method_key(method):
+    family = _method_family(method)
+    return (METHOD_ORDER.index(family) if family in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def _differ(model, a, b):
+    """bool `[rows]`: answers `a` and `b` differ (regression: by more than the tolerance)."""
+    import numpy as np
+
+    if model.task == "regression":
+        return np.abs(np.asarray(a) - np.asarray(b)) > model.encoder.exit_context.tolerance
+    return np.asarray(a) != np.asarray(b)
+
+
+def _answers(model, outputs):
+    return outputs["scores"] if model.task == "regression" else outputs["predictions"]
+
+
+class Group:
+    """One group's data, `full` model and evaluation-set answers, loaded when first needed."""
+
+    def __init__(self, group):
+        from dact_tf import train_lib
+
+        self.group = group
+        self.data_config, self.label_names = _data_config(group)
+        self.metric_task = train_lib.task_info(self.data_config, self.label_names)[3]
+        self.metric_name = METRIC.get(self.data_config.task, "accuracy")
+        init_from = train_lib.read_config(group["models"]["dact"])["model"].get("init_from")
+        if init_from and os.path.realpath(init_from) != os.path.realpath(group["models"]["full"]):
+            logging.warning("%s: the dact model was warm-started from %s, not from the group's "
+                            "full model %s (the compute target's reference).", group["name"],
+                            init_from, group["models"]["full"])
+        self._datasets = None
+        self._full = None
+        self._full_answers = None
+        # `{(method, split): answers}`: a model's own full-depth answers, which
+        # no exit setting changes (DACT's a_N depends on the halting biases
+        # only: not cached for the compute-target modes, which shift them).
+        self.own_full = {}
+
+    @property
+    def datasets(self):
+        if self._datasets is None:
+            from dact_tf import train_lib
+
+            _, preprocessor, _ = train_lib.load_model_dir(self.group["models"]["dact"])
+            self._datasets = _datasets(self.data_config, preprocessor, self.label_names)
+        return self._datasets
+
+    @property
+    def full(self):
+        if self._full is None:
+            from dact_tf import train_lib
+
+            self._full = train_lib.load_model_dir(self.group["models"]["full"])[0]
+        return self._full
+
+    @property
+    def full_answers(self):
+        """The `full` model's answers on the evaluation set (the agreement's reference)."""
+        if self._full_answers is None:
+            from dact_tf import evaluation
+
+            outputs, _ = evaluation.predict_dataset(self.full, self.datasets["validation"],
+                                                    verbose=FLAGS.verbose)
+            self._full_answers = _answers(self.full, outputs)
+        return self._full_answers
+
+
+def _run_point(g, method, mode, eps):
+    """Loads the model fresh, applies the mode, and scores it."""
+    from dact_tf import calibration_run
+    from dact_tf import certify
+    from dact_tf import train_lib
+
+    group, ds = g.group, g.datasets
+    model_dir = group["models"][method]
+    model, _, config = train_lib.load_model_dir(model_dir)
+    shared = not g.data_config.calibration_share
+    point = {"calibration": None, "halting": None}
+    start = time.time()
+    if mode in ("target", "target+certified"):
+        target = FLAGS.target_blocks or model.num_layers / 2.0
+        result = calibration_run.calibrate(
+            model, ds["holdout"], ds["calibration"], target_blocks=target,
+            pass_through=train_lib.parse_pass_through(config["model"].get("pass_through", "auto"),
+                                                      model.num_layers),
+            metric_task=g.metric_task, reference=g.full, max_drop=eps,
+            confidence=FLAGS.confidence,
+            halting_rule="certified" if mode == "target+certified" else None,
+            max_disagreement=eps, shared=shared, verbose=0)
+        point["halting"] = result.pop("halting", None)
+        point["calibration"] = result
+    elif mode == "certified":
+        point["halting"] = certify.certify_halting(
+            model, ds["calibration"], max_disagreement=eps, confidence=FLAGS.confidence,
+            shared=shared, verbose=FLAGS.verbose)
+    point.update(_score(g, model, None if "target" in mode else method))
+    point.update(
+        task=group["label"], seed=group["seed"], method=method, mode=mode, eps=eps,
+        group=group["name"], num_layers=int(model.num_layers),
+        exit_settings=model.exit_criterion.summary(),
+        stored_init_from=config["model"].get("init_from"),
+        model_dir=_relative(model_dir), seconds=round(time.time() - start, 1),
+        command="PYTHONPATH=. python -m benchmarks.certified_study "
+        + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    point.update(_certificate_columns(point, eps))
+    del model
+    gc.collect()
+    return point
+
+
+def _relative(path):
+    path = os.path.abspath(path)
+    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
+
+
+def _score(g, model, cache_key=None):
+    """The evaluation-set metric, blocks and disagreements, and the calibration rows' blocks.
+
+    `cache_key`: the method, where the model's own full-depth answers are
+    those of the model as trained (reused across its points); None: computed.
+    """
+    import numpy as np
+
+    from dact_tf import evaluation
+
+    ds, verbose = g.datasets, FLAGS.verbose
+
+    def own_full(split, answers=None):
+        if model.method == "static":
+            return answers  # every row runs the same blocks: its answer is its full depth
+        key = (cache_key, split)
+        if cache_key is None or key not in g.own_full:
+            outputs, _ = evaluation.predict_dataset(model, ds[split], full_depth=True,
+                                                    verbose=verbose)
+            if cache_key is None:
+                return _answers(model, outputs)
+            g.own_full[key] = _answers(model, outputs)
+        return g.own_full[key]
+
+    outputs, labels = evaluation.predict_dataset(model, ds["validation"], verbose=verbose)
+    results = evaluation.results_from_outputs(model, outputs, labels, g.metric_task)
+    answers = _answers(model, outputs)
+    differ = _differ(model, answers, own_full("validation", answers))
+    if cache_key == "full" and g._full_answers is None:
+        g._full_answers = answers  # the `full` model's own point: the reference itself
+    reference = g.full_answers
+    worse, better = _against(model, answers, reference, labels)
+    cal, _ = evaluation.predict_dataset(model, ds["calibration"], verbose=verbose)
+    return {
+        "metric_name": g.metric_name,
+        "metric": float(results[g.metric_name]),
+        "metrics": {k: float(v) for k, v in results.items()
+                    if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)},
+        "mean_blocks": float(results["mean_layers_executed"]),
+        "layers_histogram": results["layers_histogram"],
+        "eval_rows": int(len(answers)),
+        "full_depth_disagreement": float(differ.mean()),
+        "full_depth_disagreement_rows": int(differ.sum()),
+        "agreement_with_full": float((~_differ(model, answers, reference)).mean()),
+        "drop_vs_full": float(worse.mean() - better.mean()),
+        "worse_than_full_rows": int(worse.sum()), "better_than_full_rows": int(better.sum()),
+        "calibration_blocks": float(cal["layers_executed"].mean()),
+        "calibration_disagreement": float(
+            _differ(model, _answers(model, cal),
+                    own_full("calibration", _answers(model, cal))).mean()),
+        "calibration_rows": int(len(cal["layers_executed"])),
+    }
+
+
+def _against(model, answers, reference, labels):
+    """`(worse, better)` bool `[rows]` against the reference, as the compute target counts them."""
+    import numpy as np
+
+    answers, reference, labels = map(np.asarray, (answers, reference, labels))
+    if model.task == "regression":
+        tolerance = model.encoder.exit_context.tolerance
+        mine, theirs = np.abs(answers - labels), np.abs(reference - labels)
+        return mine > theirs + tolerance, theirs > mine + tolerance
+    right, reference_right = answers == labels, reference == labels
+    return ~right & reference_right, right & ~reference_right
+
+
+def _certificate_columns(point, eps):
+    """The flat CSV columns of a point's certificates and its evaluation-set check."""
+    from dact_tf import risk_bounds
+
+    out = {}
+    halting, calibration = point["halting"], point["calibration"]
+    primary = (halting or {}).get("certificate") or (calibration or {}).get("certificate")
+    if primary:
+        out.update(certified=primary["certified"], cert_kind=primary["kind"],
+                   cert_bound=primary["bound"], cert_at_risk=primary["at_risk"],
+                   cert_rows=primary["rows"], cert_observed_rate=primary["observed_rate"],
+                   knob=primary.get("knob"), value=primary.get("value"),
+                   calibration_rows_shared=primary["calibration_rows"] != "kept apart")
+    if halting:
+        out["certificate_blocks"] = halting["mean_layers_executed"]
+    if calibration:
+        target = calibration.get("certificate") or {}
+        out.update(target_certified=target.get("certified"), target_bound=target.get("bound"),
+                   target_at_risk=target.get("at_risk"), target_better=target.get("better"),
+                   target_shift=calibration.get("shift"),
+                   target_limited=calibration.get("limited"),
+                   pass_through=calibration.get("pass_through"))
+        if not halting:
+            out["certificate_blocks"] = calibration.get("mean_layers_executed")
+    delta = risk_bounds.delta_from_confidence(FLAGS.confidence)
+    n = point["eval_rows"]
+    if point["mode"] in CERTIFIED_MODES:
+        # The halting certificate: P(answer != own full depth) <= EPS.
+        out.update(check_quantity="full_depth_disagreement",
+                   check=point["full_depth_disagreement"] <= eps,
+                   eval_lower=risk_bounds.lower_bound(point["full_depth_disagreement_rows"], n,
+                                                      delta))
+    elif point["mode"] == "target":
+        # The compute target's certificate: P(worse) - P(better) against full <= EPS.
+        worse, better = point["worse_than_full_rows"], point["better_than_full_rows"]
+        lower = (risk_bounds.lower_bound(worse, n, delta / 2)
+                 - risk_bounds.upper_bound(better, n, delta / 2))
+        out.update(check_quantity="drop_vs_full", check=point["drop_vs_full"] <= eps,
+                   eval_lower=lower)
+    elif point["mode"] == "exact":
+        # Proven, not certified: no row may differ from the model's own full depth.
+        out.update(check_quantity="full_depth_disagreement",
+                   check=point["full_depth_disagreement_rows"] == 0)
+    return out
+
+
+def _write_point(path, point):
+    import numpy as np
+
+    def default(value):
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        raise TypeError(f"not JSON-able: {type(value).__name__}")
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(point, f, indent=2, sort_keys=True, default=default)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs.
+
+def _collect_rows():
+    rows = []
+    for path in sorted(glob.glob(os.path.join(FLAGS.out_dir, "*.json"))):
+        with open(path) as f:
+            rows.append(json.load(f))
+    return sorted(rows, key=_row_key)
+
+
+def _row_key(r):
+    mode = MODE_ORDER.index(r["mode"]) if r["mode"] in MODE_ORDER else len(MODE_ORDER)
+    return (r["task"], r["seed"], r["eps"] is not None, r["eps"] or 0.0,
+            _method_key(r["method"]), mode)
+
+
+def _csv_value(value):
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+def _write_outputs(rows, plots):
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.results_csv)), exist_ok=True)
+    with open(FLAGS.results_csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_KEYS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({k: _csv_value(r.get(k)) for k in CSV_KEYS} for r in rows)
+    bench_utils.write_generated_markdown(FLAGS.results_md, _markdown(rows))
+    if plots:
+        _plot(rows)
+
+
+def _groups(rows):
+    out = {}
+    for r in rows:
+        out.setdefault((r["task"], r["seed"]), []).append(r)
+    return out
+
+
+def _yes(value):
+    return "-" if value is None else ("yes" if value else "**no**")
+
+
+def _markdown(rows):
+    env = bench_utils.environment()
+    confidence = f"{FLAGS.confidence:.0%}"
+    lines = [
+        "# Certified calibration on the evaluation set: DACT, DeeBERT and PABEE",
+        "",
+        "Generated by `benchmarks/certified_study.py` from its finished points (every row, with "
+        "more columns, in `results/certified_study.csv`). Command of the last run, from the "
+        "repository root:",
+        "",
+        "    PYTHONPATH=. python -m benchmarks.certified_study "
+        + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "",
+        f"Machine: {env['cpu_model']}, {env['cpu_cores']} cores (shared with a background "
+        f"training job; load average {env['load_average_at_start'][0]:.1f} when last written), "
+        f"{', '.join(env['gpus']) or 'no GPU'}; TensorFlow {env['tensorflow']}, Keras "
+        f"{env['keras']}; dact_tf at commit {env['git_commit'][:10]}"
+        + (" with uncommitted changes" if env["dact_tf_uncommitted_changes"] else "")
+        + f"; last written {env['date_utc']}.",
+        "",
+        f"Certificates at {confidence} confidence on the calibration rows (held out of "
+        "training and of the best-epoch choice); every other figure on the evaluation set "
+        "(never trained, selected or calibrated on). Modes: `plain` (as trained, full depth or "
+        "static truncation), `exact` (DACT as trained: its tight rule is proven equal to its "
+        "own full depth), `trained` (a baseline's trained threshold), `target` (DACT "
+        "calibrated to half the blocks, its accuracy drop against `full` certified at most "
+        "EPS), `certified` (the most aggressive exit threshold whose disagreement with the "
+        "model's own full depth is certified at most EPS), `target+certified` (both, in that "
+        "order).",
+        "",
+        "Columns: *blocks* and *cal. blocks*: mean blocks on the evaluation and calibration "
+        "rows; *disagr.*: evaluation rows whose answer differs from the model's own full-depth "
+        "answer; *agree full*: rows answered as the separately fine-tuned `full` model answers; "
+        "*drop vs full*: P(worse) - P(better) against `full` (the compute target's quantity); "
+        "*≤ EPS*: the certified quantity measured on the evaluation set is at most EPS "
+        "(certified modes: disagreement; `target`: drop vs full; `exact`: no row differs; "
+        "*no claim*: the certificate was not given, the model fell back to its safe setting). The "
+        "evaluation rate is a sample too: *lower* is its one-sided lower "
+        f"{confidence} bound; only a lower bound above EPS contradicts a certificate. "
+        "*certificate*: certified or not, its upper bound, rows at risk / calibration rows "
+        "(`target`: worse rows, less better ones), and the setting chosen.",
+    ]
+    for (task, seed), group in _groups(rows).items():
+        first = group[0]
+        lines += [
+            "",
+            f"## {task}, seed {seed}",
+            "",
+            f"`{os.path.dirname(first['model_dir'])}`: {first['eval_rows']} evaluation rows, "
+            f"{first['calibration_rows']} calibration rows, {first['num_layers']} blocks."
+            + "".join(f" Points from `{c}`." for c in sorted({r["command"] for r in group
+                                                              if r.get("command")})),
+            "",
+            "| method | mode | EPS | metric | blocks | cal. blocks | disagr. | ≤ EPS | lower "
+            "| agree full | drop vs full | certificate |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in group:
+            lines.append(
+                f"| {r['method']} | {r['mode']} | {_fmt(r['eps'], 'g')} "
+                f"| {r['metric_name']} {r['metric']:.4f} | {r['mean_blocks']:.2f} "
+                f"| {r['calibration_blocks']:.2f} | {r['full_depth_disagreement']:.4f} "
+                f"| {_check_cell(r)} "
+                f"| {_fmt(r.get('eval_lower'), '.4f')} "
+                f"| {r['agreement_with_full']:.4f} | {r['drop_vs_full']:+.4f} "
+                f"| {_certificate_cell(r)} |")
+    return "\n".join(lines)
+
+
+def _check_cell(r):
+    """`check`; where the certificate it tests was not given, the model makes no claim."""
+    cell = _yes(r.get("check"))
+    if r.get("check") is not None and r["mode"] != "exact" and not r.get("certified"):
+        cell = cell.replace("**", "") + " (no claim)"
+    return cell
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def _certificate_cell(r):
+    parts = []
+    target = (r.get("calibration") or {}).get("certificate")
+    if target:
+        limited = ", limited" if r.get("target_limited") else ""
+        parts.append(
+            f"target {'certified' if target['certified'] else '**not certified**'} "
+            f"(bound {target['bound']:+.4f}, {target['at_risk']}-{target['better']}/"
+            f"{target['rows']}, shift {target['value']:g}{limited})")
+    halting = (r.get("halting") or {}).get("certificate")
+    if halting:
+        parts.append(
+            f"halting {'certified' if halting['certified'] else '**not certified**'} "
+            f"(bound {halting['bound']:.4f}, {halting['at_risk']}/{halting['rows']}, "
+            f"{halting['knob']}={halting['value']:g})")
+    return "; ".join(parts) or "-"
+
+
+def _plot(rows):
+    plt = bench_utils.pyplot()
+    if plt is None:
+        logging.warning("No plots: matplotlib is missing.")
+        return
+    colours = {"plain": "tab:gray", "exact": "tab:blue", "trained": "tab:brown",
+               "target": "tab:orange", "certified": "tab:green", "target+certified": "tab:red"}
+    markers = {"full": "s", "static": "v", "dact": "o", "deebert": "^", "pabee": "D"}
+    for (task, seed), group in _groups(rows).items():
+        fig, ax = plt.subplots(figsize=(7.5, 4.8))
+        seen, notes = set(), {}
+        for r in group:
+            family = _method_family(r["method"])
+            label = f"{r['method']} {r['mode']}"
+            ax.scatter(r["mean_blocks"], r["metric"], color=colours.get(r["mode"], "k"),
+                       marker=markers.get(family, "x"), s=40,
+                       label=None if label in seen else label, zorder=3)
+            seen.add(label)
+            if r["eps"] is not None:
+                # Points of one method and mode at one place share one note: "EPS, EPS".
+                key = (round(r["mean_blocks"], 3), round(r["metric"], 4), r["method"], r["mode"])
+                notes.setdefault(key, []).append(f"{r['eps']:g}")
+        stacked = {}
+        for (x, y, method, mode), values in notes.items():
+            row = stacked.setdefault((x, y), 0)
+            stacked[(x, y)] += 1
+            ax.annotate(", ".join(values), (x, y), textcoords="offset points",
+                        xytext=(5, 3 - 9 * row), fontsize=6.5,
+                        color=colours.get(mode, "k"))
+        ax.set_xlabel("mean blocks executed (evaluation set)")
+        ax.set_ylabel(f"evaluation {group[0]['metric_name']}")
+        ax.set_title(f"{task}, seed {seed}: certified modes (annotation: EPS)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"certified_study_{task}_seed{seed}.png")
+        fig.savefig(os.path.join(FLAGS.plot_dir, name), dpi=120)
+        plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def main(argv):
+    del argv
+    try:
+        epsilons = [float(e) for e in FLAGS.epsilons]
+    except ValueError:
+        raise app.UsageError(f"--epsilons must be numbers, got {FLAGS.epsilons}.") from None
+    if not all(0.0 < e < 1.0 for e in epsilons):
+        raise app.UsageError("Every --epsilons value must be in (0, 1).")
+    if not FLAGS.groups and not FLAGS.plot_only:
+        raise app.UsageError("--groups is required (NAME=DIR,...).")
+    groups = _parse_groups()
+    names = {g["name"] for g in groups}
+    for item in FLAGS.data_override:
+        if not any(item.startswith(n + ":") for n in names):
+            raise app.UsageError(f"--data_override {item!r} names no group of --groups.")
+    if not FLAGS.plot_only:
+        for group in groups:
+            missing = [m for m in ("full", "dact") if m not in group["models"]]
+            if missing:
+                raise app.UsageError(f"{group['dir']} has no finished {' or '.join(missing)} "
+                                     "model directory.")
+        for group in groups:
+            todo = [p for p in _plan(group, epsilons)
+                    if not os.path.exists(_point_path(group, *p))]
+            logging.info("%s: %d points to run (%s)", group["name"], len(todo),
+                         ", ".join(sorted(group["models"])))
+            if not todo:
+                continue
+            g = Group(group)
+            for method, mode, eps in todo:
+                logging.info("%s %s %s eps=%s", group["name"], method, mode, eps)
+                point = _run_point(g, method, mode, eps)
+                _write_point(_point_path(group, method, mode, eps), point)
+                logging.info("  %s %.4f at %.2f blocks, disagreement %.4f, check %s (%.0f s)",
+                             point["metric_name"], point["metric"], point["mean_blocks"],
+                             point["full_depth_disagreement"], point.get("check"),
+                             point["seconds"])
+                _write_outputs(_collect_rows(), plots=False)
+            del g
+            gc.collect()
+    rows = _collect_rows()
+    if not rows:
+        logging.warning("No finished points under %s.", FLAGS.out_dir)
+        return
+    _write_outputs(rows, plots=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
