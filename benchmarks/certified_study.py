@@ -720,9 +720,11 @@ def _plot(rows):
         for r in group:
             family = _method_family(r["method"])
             label = f"{r['method']} {r['mode']}"
+            # Later modes smaller and on top: points at one place stay visible.
+            order = MODE_ORDER.index(r["mode"]) if r["mode"] in MODE_ORDER else 0
             ax.scatter(r["mean_blocks"], r["metric"], color=colours.get(r["mode"], "k"),
-                       marker=markers.get(family, "x"), s=40,
-                       label=None if label in seen else label, zorder=3)
+                       marker=markers.get(family, "x"), s=110 - 16 * order,
+                       label=None if label in seen else label, zorder=3 + order)
             seen.add(label)
             if r["eps"] is not None:
                 # Points of one method and mode at one place share one note: "EPS, EPS".
@@ -739,7 +741,7 @@ def _plot(rows):
         ax.set_ylabel(f"evaluation {group[0]['metric_name']}")
         ax.set_title(f"{task}, seed {seed}: certified modes (annotation: EPS)", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="best", markerscale=0.6)
         fig.tight_layout()
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"certified_study_{task}_seed{seed}.png")
         fig.savefig(os.path.join(FLAGS.plot_dir, name), dpi=120)

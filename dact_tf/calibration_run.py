@@ -86,9 +86,10 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
         with a certified halting mode, `halting` (`certify_halting`'s).
     """
     result = {}
-    if (target_blocks is not None and halting_rule != "certified"
+    if (target_blocks is not None
             and getattr(model.exit_criterion, "halting_rule", None) == "certified"):
-        # A new shift voids the halting certificate: back to the proven rule.
+        # A new shift voids the halting certificate: back to the proven rule (the
+        # target is searched and certified under it; a halting mode is certified anew).
         model.configure_exit(halting_rule="tight", halting_slack=0.0)
     if target_blocks is not None and max_drop is None:  # no bound asked for: no certificate
         result = calibration.calibrate_halting_bias(
