@@ -318,15 +318,6 @@ def _method_key(method):
     return (METHOD_ORDER.index(family) if family in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
-def _differ(model, a, b):
-    """bool `[rows]`: answers `a` and `b` differ (regression: by more than the tolerance)."""
-    import numpy as np
-
-    if model.task == "regression":
-        return np.abs(np.asarray(a) - np.asarray(b)) > model.encoder.exit_context.tolerance
-    return np.asarray(a) != np.asarray(b)
-
-
 def _answers(model, outputs):
     return outputs["scores"] if model.task == "regression" else outputs["predictions"]
 
@@ -440,6 +431,7 @@ def _score(g, model, cache_key=None):
     """
     import numpy as np
 
+    from dact_tf import certify
     from dact_tf import evaluation
 
     ds, verbose = g.datasets, FLAGS.verbose
@@ -459,11 +451,11 @@ def _score(g, model, cache_key=None):
     outputs, labels = evaluation.predict_dataset(model, ds["validation"], verbose=verbose)
     results = evaluation.results_from_outputs(model, outputs, labels, g.metric_task)
     answers = _answers(model, outputs)
-    differ = _differ(model, answers, own_full("validation", answers))
+    differ = certify.differs(model, answers, own_full("validation", answers))
     if cache_key == "full" and g._full_answers is None:
         g._full_answers = answers  # the `full` model's own point: the reference itself
     reference = g.full_answers
-    worse, better = _against(model, answers, reference, labels)
+    worse, better = certify.against_reference(model, *map(np.asarray, (answers, reference, labels)))
     cal, _ = evaluation.predict_dataset(model, ds["calibration"], verbose=verbose)
     return {
         "metric_name": g.metric_name,
@@ -475,28 +467,15 @@ def _score(g, model, cache_key=None):
         "eval_rows": int(len(answers)),
         "full_depth_disagreement": float(differ.mean()),
         "full_depth_disagreement_rows": int(differ.sum()),
-        "agreement_with_full": float((~_differ(model, answers, reference)).mean()),
+        "agreement_with_full": float((~certify.differs(model, answers, reference)).mean()),
         "drop_vs_full": float(worse.mean() - better.mean()),
         "worse_than_full_rows": int(worse.sum()), "better_than_full_rows": int(better.sum()),
         "calibration_blocks": float(cal["layers_executed"].mean()),
         "calibration_disagreement": float(
-            _differ(model, _answers(model, cal),
+            certify.differs(model, _answers(model, cal),
                     own_full("calibration", _answers(model, cal))).mean()),
         "calibration_rows": int(len(cal["layers_executed"])),
     }
-
-
-def _against(model, answers, reference, labels):
-    """`(worse, better)` bool `[rows]` against the reference, as the compute target counts them."""
-    import numpy as np
-
-    answers, reference, labels = map(np.asarray, (answers, reference, labels))
-    if model.task == "regression":
-        tolerance = model.encoder.exit_context.tolerance
-        mine, theirs = np.abs(answers - labels), np.abs(reference - labels)
-        return mine > theirs + tolerance, theirs > mine + tolerance
-    right, reference_right = answers == labels, reference == labels
-    return ~right & reference_right, right & ~reference_right
 
 
 def _certificate_columns(point, eps):

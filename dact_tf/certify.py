@@ -52,7 +52,7 @@ def _predictions(model, answers):
     return analysis.predictions(model, answers)
 
 
-def _differ(model, a, b):
+def differs(model, a, b):
     """bool `[rows]`: predictions `a` and `b` differ (regression: by more than the tolerance)."""
     if model.task == "regression":
         return np.abs(a - b) > model.encoder.exit_context.tolerance
@@ -142,7 +142,7 @@ def certify_halting(model, dataset, max_disagreement=DEFAULT_MAX_DISAGREEMENT,
     def at_risk_of(index):
         exits, outputs = analysis.replay_exits(model, trace, 0.0, grid[index][2])
         replays.append(exits)
-        return int(_differ(model, _predictions(model, outputs), full).sum())
+        return int(differs(model, _predictions(model, outputs), full).sum())
 
     at_risk, bounds = [], []
     for index in range(len(grid)):

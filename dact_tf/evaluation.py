@@ -65,12 +65,12 @@ def evaluate(model, dataset, metric_task, verbose=0, max_layers=None, full_depth
         results.update(max_layers=int(max_layers),
                        exact_fraction=float(outputs["exact"].mean()))
     if full_depth_disagreement:
+        from dact_tf import certify
+
         full, _ = predict_dataset(model, dataset, full_depth=True, verbose=verbose)
-        if model.task == "regression":
-            differ = np.abs(outputs["scores"] - full["scores"]) > model.encoder.exit_context.tolerance
-        else:
-            differ = outputs["predictions"] != full["predictions"]
-        results["full_depth_disagreement"] = float(differ.mean())
+        key = "scores" if model.task == "regression" else "predictions"
+        results["full_depth_disagreement"] = float(
+            certify.differs(model, outputs[key], full[key]).mean())
     return results
 
 

@@ -98,7 +98,7 @@ def test_calibrate_certifies_a_halting_mode_and_the_exports_carry_it(trained, tm
     # Certified, and past the tight rule: the model now runs the certified rule.
     assert cert["certified"] is True and cert["bound"] <= 0.3
     assert cert["exact"] is False and halting["value"] > 0.0
-    assert 1.0 <= halting["mean_layers_executed"] <= 4.0
+    assert halting["mean_layers_executed"] >= 1.0 and halting["mean_layers_executed"] <= 4.0
     model, _, _ = train_lib.load_model_dir(str(model_dir))
     assert model.exit_criterion.halting_rule == "certified"
     assert model.exit_criterion.halting_slack == pytest.approx(halting["value"])

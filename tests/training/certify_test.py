@@ -59,7 +59,8 @@ def test_the_drop_bound_is_two_exact_one_sided_bounds():
     lower = risk_bounds.lower_bound(16, 480, 0.025)
     assert bound == pytest.approx(upper - lower)
     # The lower bound is the exact quantile from below: P(X >= 16) = 0.025 at L.
-    assert 1 - _exact_cdf(15, 480, lower) == pytest.approx(0.025, abs=1e-9)
+    upper_tail = 1 - _exact_cdf(15, 480, lower)
+    assert upper_tail == pytest.approx(0.025, abs=1e-9)
     assert risk_bounds.lower_bound(0, 50, 0.05) == 0.0
     with pytest.raises(ValueError):
         risk_bounds.difference_upper_bound(300, 300, 480, 0.05)  # more rows than there are
