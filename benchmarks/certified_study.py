@@ -15,8 +15,8 @@ bound EPS in `--epsilons`, it scores on the evaluation set (the task's
 - `dact`, mode `certified`: a fresh load, `certify.certify_halting` at EPS on the
   calibration rows (the most aggressive halting slack whose disagreement with
   the model's own full depth is certified at most EPS);
-- `dact`, mode `target+certified`: both, as `calibrate(..., halting_rule=
-  "certified")` runs them (`dact-tf train/calibrate --halting_rule=certified`);
+- `dact`, mode `target+certified`: both, as `calibrate(..., max_disagreement=
+  EPS)` runs them (`dact-tf train/calibrate --halting_rule=certified`);
 - `deebert`, `pabee`: mode `trained` (their trained threshold) and mode
   `certified` at each EPS, if present.
 
@@ -394,8 +394,8 @@ def _run_point(g, method, mode, eps):
                                                       model.num_layers),
             metric_task=g.metric_task, reference=g.full, max_drop=eps,
             confidence=FLAGS.confidence,
-            halting_rule="certified" if mode == "target+certified" else None,
-            max_disagreement=eps, shared=shared, verbose=0)
+            max_disagreement=eps if mode == "target+certified" else None, shared=shared,
+            verbose=0)
         point["halting"] = result.pop("halting", None)
         point["calibration"] = result
     elif mode == "certified":

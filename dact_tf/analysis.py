@@ -96,7 +96,7 @@ def per_block_from_trace(model, trace, labels, metric_task):
     """`per_block_report`'s result from `trace_dataset`'s output."""
     n, count = model.num_layers, len(labels)
     regression = model.task == "regression"
-    dact = model.exit_criterion.accumulates
+    criterion = model.exit_criterion
 
     def preds(answers):  # [..., batch, C] -> predictions
         return answers[..., 0] if regression else answers.argmax(-1)
@@ -106,9 +106,9 @@ def per_block_from_trace(model, trace, labels, metric_task):
             return float(np.abs(pred[rows] - labels[rows]).mean())
         return float((pred[rows] == labels[rows]).mean())
 
-    # What the early-exit loop returns: a_exit for DACT, y_exit otherwise.
+    # What the early-exit loop returns: the method's answer at the exit.
     exit_index = trace["exit_layers"] - 1
-    final = trace["accumulated"] if dact else trace["answers"]
+    final = criterion.answers_in(trace)
     output = preds(final[exit_index, np.arange(count)])
     suffix = "mae" if regression else "accuracy"
     blocks = []
@@ -122,10 +122,8 @@ def per_block_from_trace(model, trace, labels, metric_task):
             f"exit_{suffix}": subset_score(output, rows) if rows.any() else None,
             f"exit_head_{suffix}": subset_score(head, rows) if rows.any() else None,
         }
-        if dact:
-            row["accumulated"] = task_metrics(metric_task, labels, preds(trace["accumulated"][i]))
-            row["mean_halting"] = float(trace["halting"][i].mean())
-            row["mean_budget"] = float(trace["budgets"][i].mean())
+        row.update(criterion.per_block_columns(
+            trace, i, lambda answers: task_metrics(metric_task, labels, preds(answers))))
         blocks.append(row)
     return {"method": model.method, "num_layers": n, "num_examples": count, "blocks": blocks}
 
@@ -198,16 +196,7 @@ def replay_exits(model, trace, shift=0.0, criterion=None):
     context = model.encoder.exit_context
     answers = trace["answers"]
     n, rows = answers.shape[0], answers.shape[1]
-    halting = trace.get("halting")
-    if criterion.accumulates:
-        logits = trace.get("halting_logits")
-        if logits is None:
-            halting = np.clip(trace["halting"].astype(np.float64), 1e-12, 1 - 1e-12)
-            logits = np.log(halting) - np.log1p(-halting)
-        logits = logits + np.reshape(np.asarray(shift, np.float64), (-1, 1))
-        halting = tf.sigmoid(tf.constant(logits, tf.float32))
-    elif halting is None:
-        halting = np.zeros((n, rows), np.float32)  # the baselines never read it
+    halting = criterion.replay_halting(trace, shift)
     answer, _ = ops.initial_state(rows, answers.shape[2])
     state = criterion.initial_state(rows, context)
     outputs, halts = [], []

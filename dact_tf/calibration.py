@@ -152,13 +152,8 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=DEFAULT_TOLE
     result["mean_layers_executed"]  # about 3.0, unless result["limited"]
     ```
     """
-    if not model.exit_criterion.accumulates:
-        raise ValueError(
-            f"Only DACT models have halting units to calibrate, not method={model.method!r}."
-        )
     n = model.num_layers
-    if not 1.0 <= float(target_blocks) <= n:
-        raise ValueError(f"`target_blocks` must be in [1, {n}], got {target_blocks}.")
+    model.exit_criterion.check_target_blocks(target_blocks, n)
     if max_metric_drop is not None and not float(max_metric_drop) >= 0:
         raise ValueError(f"`max_metric_drop` must be >= 0 or None, got {max_metric_drop}.")
     heads = model.encoder.heads
@@ -174,92 +169,34 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=DEFAULT_TOLE
         trace, labels = analysis.trace_dataset(model, dataset)
     finally:
         heads.pass_budget_through(passed_before)
-    answers, halting = trace["answers"], trace["halting"]
-    halting = np.clip(halting.astype(np.float64), 1e-12, 1 - 1e-12)
-    logits = np.log(halting) - np.log1p(-halting)
-    bounded = labels is not None and max_metric_drop is not None
-    if metric_task is None:
-        metric_task = model.task  # "classification" or "regression"
+    search = _ShiftSearch(model, trace, labels, metric_task or model.task, target_blocks,
+                          tolerance, max_metric_drop)
     asked_auto = pass_through == "auto"
     if asked_auto:
         # At most target - 1 blocks: the target stays within reach.
         reach = min(most, int(np.floor(float(target_blocks))) - 1)
         pass_through = 0 if labels is None or reach <= 0 else min(
-            reach, useless_leading_blocks(model, answers, labels, metric_task))
-    pass_through = int(pass_through)
-
-    def shifts(shift, passed):
-        return shift + np.where(np.arange(n) < passed, PASS_THROUGH_BIAS, 0.0)
-
-    def mean_blocks(shift, passed):
-        return float(exit_layers_for_shift(model, answers, logits, shifts(shift, passed)).mean())
-
-    def metric(shift, passed):
-        """`(mean blocks, metric name, metric value)` with the biases moved by `shift`."""
-        trace = {"answers": answers, "halting_logits": logits}
-        exits, outputs = analysis.replay_exits(model, trace, shifts(shift, passed))
-        return (float(exits.mean()),) + _first_metric(
-            metric_task, labels, analysis.predictions(model, outputs))
-
+            reach, useless_leading_blocks(model, search.answers, labels, search.metric_task))
+    requested = int(pass_through)
     # The model as it is (its shift and pass-through) is the reference.
-    before = mean_blocks(0.0, passed_before)
-    reference = metric(0.0, passed_before) if bounded else None
-
-    def solve(passed):
-        """`(shift, blocks, metric or None, limited)` with `passed` blocks passed through,
-        or None where no shift keeps the metric within the bound."""
-        lo, hi = -_MAX_SHIFT, _MAX_SHIFT  # mean blocks grows with the shift
-        start = mean_blocks(0.0, passed)
-        best = (abs(start - target_blocks), 0.0, start)
-        for _ in range(40):
-            mid = (lo + hi) / 2.0
-            blocks = mean_blocks(mid, passed)
-            best = min(best, (abs(blocks - target_blocks), mid, blocks))
-            if abs(blocks - target_blocks) <= tolerance:
-                break
-            if blocks < target_blocks:
-                lo = mid
-            else:
-                hi = mid
-        _, shift, blocks = best
-        # Rows run at least passed + 1 blocks: a lower target is out of reach.
-        short = passed + 1 > float(target_blocks) + tolerance
-        if not bounded:
-            return shift, blocks, None, short
-        floor = reference[2] - float(max_metric_drop)
-        value = metric(shift, passed)[2]
-        if value >= floor or np.isnan(reference[2]):
-            return shift, blocks, value, short
-        # Not monotone in general: scan the shifts from the target's (which
-        # fails) to the trained model's, keep the closest to the target that
-        # passes (on a tie, the smaller shift).
-        passing = []
-        for candidate in np.linspace(shift, 0.0, _SCAN_POINTS)[1:]:
-            candidate_blocks, _, candidate_value = metric(candidate, passed)
-            if candidate_value >= floor:
-                passing.append((abs(candidate_blocks - target_blocks), abs(candidate),
-                                float(candidate), candidate_blocks, candidate_value))
-        if not passing:
-            return None
-        _, _, shift, blocks, value = min(passing)
-        return shift, blocks, value, True
-
+    before = search.mean_blocks(0.0, passed_before)
+    search.reference = search.metric(0.0, passed_before) if search.bounded else None
     # Where no shift keeps the metric within the bound with that many blocks
     # passed through, fewer are tried; the model's own pass-through at shift
     # 0 is the reference, always within the bound.
-    requested = pass_through
     for candidate in dict.fromkeys([*range(requested, -1, -1), passed_before]):
-        solved = solve(candidate)
+        solved = search.solve(candidate)
         if solved is not None:
             pass_through = candidate
             break
     dropped = pass_through != requested
     shift, blocks, value, limited = solved
-    limited = limited or (dropped and not asked_auto)
-    result = {"target_blocks": float(target_blocks), "before": before, "limited": limited,
+    result = {"target_blocks": float(target_blocks), "before": before,
+              "limited": limited or (dropped and not asked_auto),
               "pass_through": int(pass_through), "pass_through_dropped": bool(dropped)}
-    if bounded:
-        result.update(metric_name=reference[1], metric_before=float(reference[2]),
+    if search.bounded:
+        result.update(metric_name=search.reference[1],
+                      metric_before=float(search.reference[2]),
                       metric=float(value), max_metric_drop=float(max_metric_drop))
     if apply:
         heads.pass_budget_through(0)
@@ -269,3 +206,76 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=DEFAULT_TOLE
         model.predict_function = model.test_function = None
     result.update(shift=float(shift), mean_layers_executed=blocks)
     return result
+
+
+class _ShiftSearch:
+    """`calibrate_halting_bias`'s search over shifts of the halting logits, on a trace."""
+
+    def __init__(self, model, trace, labels, metric_task, target_blocks, tolerance,
+                 max_metric_drop):
+        self.model, self.labels, self.metric_task = model, labels, metric_task
+        self.target, self.tolerance = float(target_blocks), tolerance
+        self.max_metric_drop = max_metric_drop
+        self.bounded = labels is not None and max_metric_drop is not None
+        self.answers = trace["answers"]
+        halting = np.clip(trace["halting"].astype(np.float64), 1e-12, 1 - 1e-12)
+        self.logits = np.log(halting) - np.log1p(-halting)
+        self.reference = None  # `metric` of the model as it is
+
+    def shifts(self, shift, passed):
+        n = self.model.num_layers
+        return shift + np.where(np.arange(n) < passed, PASS_THROUGH_BIAS, 0.0)
+
+    def mean_blocks(self, shift, passed):
+        return float(exit_layers_for_shift(self.model, self.answers, self.logits,
+                                           self.shifts(shift, passed)).mean())
+
+    def metric(self, shift, passed):
+        """`(mean blocks, metric name, metric value)` with the biases moved by `shift`."""
+        trace = {"answers": self.answers, "halting_logits": self.logits}
+        exits, outputs = analysis.replay_exits(self.model, trace, self.shifts(shift, passed))
+        return (float(exits.mean()),) + _first_metric(
+            self.metric_task, self.labels, analysis.predictions(self.model, outputs))
+
+    def bisect(self, passed):
+        """`(shift, blocks)` closest to the target (mean blocks grows with the shift)."""
+        lo, hi = -_MAX_SHIFT, _MAX_SHIFT
+        start = self.mean_blocks(0.0, passed)
+        best = (abs(start - self.target), 0.0, start)
+        for _ in range(40):
+            mid = (lo + hi) / 2.0
+            blocks = self.mean_blocks(mid, passed)
+            best = min(best, (abs(blocks - self.target), mid, blocks))
+            if abs(blocks - self.target) <= self.tolerance:
+                break
+            if blocks < self.target:
+                lo = mid
+            else:
+                hi = mid
+        return best[1], best[2]
+
+    def solve(self, passed):
+        """`(shift, blocks, metric or None, limited)` with `passed` blocks passed through,
+        or None where no shift keeps the metric within the bound."""
+        shift, blocks = self.bisect(passed)
+        # Rows run at least passed + 1 blocks: a lower target is out of reach.
+        short = passed + 1 > self.target + self.tolerance
+        if not self.bounded:
+            return shift, blocks, None, short
+        floor = self.reference[2] - float(self.max_metric_drop)
+        value = self.metric(shift, passed)[2]
+        if value >= floor or np.isnan(self.reference[2]):
+            return shift, blocks, value, short
+        # Not monotone in general: scan the shifts from the target's (which
+        # fails) to the trained model's, keep the closest to the target that
+        # passes (on a tie, the smaller shift).
+        passing = []
+        for candidate in np.linspace(shift, 0.0, _SCAN_POINTS)[1:]:
+            candidate_blocks, _, candidate_value = self.metric(candidate, passed)
+            if candidate_value >= floor:
+                passing.append((abs(candidate_blocks - self.target), abs(candidate),
+                                float(candidate), candidate_blocks, candidate_value))
+        if not passing:
+            return None
+        _, _, shift, blocks, value = min(passing)
+        return shift, blocks, value, True

@@ -54,8 +54,8 @@ def reference_model(path):
 
 def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto",
               metric_task=None, reference=None, max_drop=0.01,
-              confidence=risk_bounds.DEFAULT_CONFIDENCE, halting_rule=None,
-              max_disagreement=certify.DEFAULT_MAX_DISAGREEMENT, shared=False, verbose=1):
+              confidence=risk_bounds.DEFAULT_CONFIDENCE, max_disagreement=None, shared=False,
+              verbose=1):
     """Calibrates a trained model's exit on held-out rows, with certificates.
 
     Args:
@@ -72,8 +72,8 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
             depth before the shift; recorded in the certificate).
         max_drop: float, the certified bound on that cost.
         confidence: float in (0, 1), of each certificate.
-        halting_rule: `"certified"` for a certified halting mode, else None.
-        max_disagreement: float, its bound on P(early != full depth).
+        max_disagreement: float: certify a halting mode (`--halting_rule=
+            certified`) with this bound on P(early != full depth); None: none.
         shared: bool, whether `rows` are the selection rows.
         verbose: 0 or 1: print what each certificate says (a target that is
             not met, or a certificate that cannot be given, is printed
@@ -101,7 +101,7 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
         if reference is not None:
             reference_preds, _ = certify.reference_predictions(reference, rows)
         result = certify.certify_compute_target(
-            model, selection, rows, target_blocks, reference_preds, None,
+            model, selection, rows, target_blocks, reference_preds,
             max_drop=max_drop, confidence=confidence, metric_task=metric_task,
             pass_through=pass_through, shared=shared)
     if target_blocks is not None:
@@ -110,7 +110,7 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
         certified = result["certificate"] is None or result["certificate"]["certified"]
         _say(target_message(result), always=result["limited"] or not certified,
              verbose=verbose)
-    if halting_rule == "certified":
+    if max_disagreement is not None:
         halting = certify.certify_halting(model, rows, max_disagreement, confidence,
                                           shared=shared)
         result["halting"] = halting

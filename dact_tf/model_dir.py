@@ -12,9 +12,10 @@ A *model directory* holds everything a trained model needs:
       best/                the best epoch on the held-out rows (its weights only
                            while training: then they are model.keras's)
       stage1/              DACT's default recipe: the full-depth stage-1 model dir
-      calibration.json     with --target_blocks: the halting-bias shift, the blocks and
-                           the held-out metric before and after (`limited`: the
-                           metric bound stopped it short of the target)
+      calibration.json     with --target_blocks and/or --halting_rule=certified: the
+                           halting-bias shift, the blocks, the metrics before and
+                           after, and the certificates (`limited`: the certified
+                           bound stopped it short of the target)
       tensorboard/         TensorBoard: train/ (every --log_every_steps steps) and
                            validation/ (held-out rows, with dact/ halting curves)
       history.csv          per-epoch fit logs (appended across resumed runs)
@@ -238,7 +239,7 @@ def load_model_dir(model_dir):
         ) from None
     _check_model_matches(model, config, model_path)
     tokenizer = keras_hub.models.BertTokenizer(
-        vocabulary=os.path.join(model_dir, VOCAB_FILE), lowercase=config["lowercase"]
+        vocabulary=_own_vocabulary(model_dir), lowercase=config["lowercase"]
     )
     preprocessor = backbones_lib.make_preprocessor(
         tokenizer, sequence_length=config["data"]["sequence_length"]
@@ -264,6 +265,12 @@ def _check_model_matches(model, config, model_path):
     elif labels and model.label_names and list(model.label_names) != list(labels):
         # Same count, another order: every answer would come out under the wrong label.
         problems.append(f"labels {list(model.label_names)}, the config names {list(labels)}")
+    longest = getattr(model.backbone, "max_sequence_length", None)
+    length = config.get("data", {}).get("sequence_length")
+    if longest and isinstance(length, int) and length > longest:
+        # (A crafted value would make the preprocessor pad every row that far.)
+        problems.append(f"sequence_length {length} in the config, above the backbone's "
+                        f"maximum {longest}")
     if problems:
         raise ValueError(f"{model_path} does not belong to its directory: "
                          + "; ".join(problems) + ".")
@@ -284,12 +291,33 @@ def check_resumable(model_dir, config):
             )
 
 
-def copy_vocabulary(model_dir, target):
+def copy_vocabulary(model_dir, target, overwrite=True):
     """Copies a model directory's `vocab.txt` to `target` (a file, or a folder
-    to hold `vocab.txt`), with the umask's permissions."""
+    to hold `vocab.txt`), with the umask's permissions.
+
+    With `overwrite=False` an existing `target` with the same vocabulary is
+    kept (exports of one model share it); another one is refused.
+    """
     if os.path.isdir(target):
         target = os.path.join(target, VOCAB_FILE)
-    files.atomic_write(target, lambda tmp: shutil.copyfile(os.path.join(model_dir, VOCAB_FILE), tmp))
+    source = _own_vocabulary(model_dir)
+    try:
+        files.atomic_write(target, lambda tmp: shutil.copyfile(source, tmp), overwrite)
+    except FileExistsError:
+        with open(source, "rb") as mine, open(target, "rb") as theirs:
+            if mine.read() != theirs.read():
+                raise FileExistsError(
+                    f"{target} exists and holds another vocabulary; exports never "
+                    "overwrite: use another --export_dir or delete it.") from None
+
+
+def _own_vocabulary(model_dir):
+    """`model_dir`'s vocab.txt, refused where it is a link (it could point anywhere)."""
+    path = os.path.join(model_dir, VOCAB_FILE)
+    if os.path.islink(path):
+        raise ValueError(f"{path} is a symbolic link: dact_tf reads and exports only the "
+                         "model directory's own vocabulary file; copy the file there.")
+    return path
 
 
 def warm_start(model, source):

@@ -47,6 +47,20 @@ def _metric_name(report):
     return next(iter(report["blocks"][0]["head"]))
 
 
+def _budget_curve(model, answers, exits, labels, metric_task, metric):
+    """Anytime answers: the metric with every row capped at k blocks (`serve_budget`)."""
+    budget = []
+    for k in range(1, model.num_layers + 1):
+        stop = np.minimum(exits, k)
+        capped = answers[stop - 1, np.arange(len(labels))]
+        point = {"max_layers": k, "mean_layers_executed": float(stop.mean()),
+                 "exact_fraction": float((exits <= k).mean())}
+        point[metric] = analysis.task_metrics(
+            metric_task, labels, analysis.predictions(model, capped))[metric]
+        budget.append(point)
+    return budget
+
+
 def write_model_report(model, dataset, metric_task, directory, verbose=0, title=None):
     """Writes the accuracy-vs-blocks plot, the exit histogram and their CSVs.
 
@@ -80,18 +94,9 @@ def write_model_report(model, dataset, metric_task, directory, verbose=0, title=
     n = model.num_layers
     exits, outputs = analysis.replay_exits(model, trace)
     here = analysis.task_metrics(metric_task, labels, analysis.predictions(model, outputs))
-    answers = trace["accumulated" if model.exit_criterion.accumulates else "answers"]
+    answers = model.exit_criterion.answers_in(trace)
     full = analysis.task_metrics(metric_task, labels, analysis.predictions(model, answers[-1]))
-    # Anytime answers: every row capped at k blocks (`serve_budget`).
-    budget = []
-    for k in range(1, n + 1):
-        stop = np.minimum(exits, k)
-        capped = answers[stop - 1, np.arange(len(labels))]
-        point = {"max_layers": k, "mean_layers_executed": float(stop.mean()),
-                 "exact_fraction": float((exits <= k).mean())}
-        point[metric] = analysis.task_metrics(
-            metric_task, labels, analysis.predictions(model, capped))[metric]
-        budget.append(point)
+    budget = _budget_curve(model, answers, exits, labels, metric_task, metric)
 
     rows = []
     for row in report["blocks"]:

@@ -6,7 +6,7 @@ Fine-tunes a DACT model from all-MiniLM-L6-v2 (shipped by the PyPI package
 the dev set: accuracy with early exit and at full depth, the mean number of
 blocks executed, and the measured early-exit speedup against full depth (batch
 32 and batch 1), next to the ideal `N / mean blocks`. Needs no internet and
-no ../shared. It trains with the defaults of `dact-tf train`: a full-depth
+no data beyond what the package ships. It trains with the defaults of `dact-tf train`: a full-depth
 stage, then DACT from it with self-distillation, steered towards half the
 blocks and calibrated there as far as a certified bound on the accuracy it
 costs against the full-depth model allows (4 points here: 2,000 sentences

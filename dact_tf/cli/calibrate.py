@@ -56,14 +56,14 @@ def run(require, data_config_from):
                          "to calibrate on; train it again with held-out rows.")
     model, preprocessor, config = train_lib.load_model_dir(model_dir)
     if target is not None:
-        if not model.exit_criterion.accumulates:
-            raise ValueError(f"--target_blocks sets DACT's halting; {model_dir} holds a "
-                             f"{model.method!r} model.")
-        if not 1.0 <= target <= model.num_layers:
-            raise ValueError(f"--target_blocks must be in [1, {model.num_layers}], got {target:g}.")
+        try:
+            model.exit_criterion.check_target_blocks(target, model.num_layers)
+        except ValueError as error:
+            raise ValueError(f"--target_blocks: {model_dir} holds a {model.method!r} model: "
+                             f"{error}") from None
     stage1 = os.path.join(model_dir, train_lib.STAGE1_DIR)
     reference = None
-    if model.exit_criterion.accumulates and target is not None:
+    if target is not None:
         # The full-depth model: the run's stage 1, or --init_from given again.
         path = stage1 if os.path.isdir(stage1) else FLAGS.init_from
         if path is None and stored["model"].get("init_from"):
@@ -82,8 +82,8 @@ def run(require, data_config_from):
                 FLAGS.pass_through if FLAGS["pass_through"].present
                 else stored["model"]["pass_through"], model.num_layers),
             metric_task=metric_task, reference=reference, max_drop=FLAGS.calibration_max_drop,
-            confidence=FLAGS.calibration_confidence, halting_rule=rule,
-            max_disagreement=FLAGS.max_disagreement,
+            confidence=FLAGS.calibration_confidence,
+            max_disagreement=FLAGS.max_disagreement if rule == "certified" else None,
             shared=not data_config.calibration_share)
         path = os.path.join(model_dir, train_lib.CALIBRATION_FILE)
         if target is None and os.path.exists(path):

@@ -31,7 +31,7 @@ COMMAND_FLAGS = {
     "train": {
         "Where": ["model_dir"],
         "Data": _DATA,
-        "Model": ["backbone", "method", "target_blocks", "calibration_max_drop",
+        "Model": ["recipe", "backbone", "method", "target_blocks", "calibration_max_drop",
                   "calibration_confidence", "max_disagreement", "pass_through", "tau",
                   "tau_warmup_epochs",
                   "ponder", "full_depth_stage", "distill_weight", "head_loss_weight", "halting_bias",
@@ -50,7 +50,7 @@ COMMAND_FLAGS = {
         "Exit (override the trained setting)": _EXIT,
     },
     "predict": {
-        "Where": ["model_dir", "text", "text_pair", "input_file", "output_json"],
+        "Where": ["model_dir", "text", "text_pair", "input_file", "output_json", "batch_size"],
         "Exit (override the trained setting)": _EXIT,
     },
     "export": {
@@ -58,6 +58,14 @@ COMMAND_FLAGS = {
         "Exit (override the trained setting)": _EXIT,
     },
 }
+
+
+def foreign_flags(command):
+    """The dact-tf flags given on the command line that `command` does not read."""
+    own = {name for names in COMMAND_FLAGS[command].values() for name in names}
+    every = {name for groups in COMMAND_FLAGS.values() for names in groups.values()
+             for name in names}
+    return sorted(name for name in every - own if FLAGS[name].present)
 
 
 def usage():

@@ -12,6 +12,7 @@ directory from another run) end with one message naming the problem and exit
 status 1; `--verbosity=1` shows the stack trace too.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -53,6 +54,7 @@ flags.DEFINE_float("holdout_fraction", _DATA.holdout_fraction, "Fraction of the 
 flags.DEFINE_integer("max_holdout_examples", _DATA.max_holdout_examples, "At most this many training rows are held out.", lower_bound=1)
 flags.DEFINE_float("calibration_share", _DATA.calibration_share, "The share of the held-out rows kept apart for the calibration's certificate (no other choice sees them); the rest pick the best epoch. 0: calibrate on the selection rows (the certificate says so).", lower_bound=0.0, upper_bound=0.9)
 # Model and training.
+flags.DEFINE_enum("recipe", "default", sorted(config.RECIPES), "train: the named recipe every model and training flag not given takes its value from: default (the study's recipe, the flags' defaults) or paper (the paper's pure DACT: first-token pooling, tau 1e-3, no per-block or distillation loss, one stage, no target; constant Adam, last epoch).")
 flags.DEFINE_string("backbone", _MODEL.backbone, "minilm_l6, tiny, a local Hugging Face BERT dir, or a keras-hub preset (online).")
 flags.DEFINE_float("tau", _MODEL.tau, "Ponder-cost weight: larger means fewer blocks.", lower_bound=0.0)
 flags.DEFINE_float("tau_warmup_epochs", _MODEL.tau_warmup_epochs, "Grow tau linearly from 0 over this many epochs (0: constant tau).", lower_bound=0.0)
@@ -97,8 +99,8 @@ flags.DEFINE_string("output_json", None, "Write the results here as JSON.")
 flags.DEFINE_boolean("per_block", False, "evaluate: also report every block's own metric, DACT's accumulated answer and halting, and where examples exit (is it the heads or the halting that costs accuracy?).")
 flags.DEFINE_list("max_layers", None, "evaluate: also report the metric with every row capped at K blocks (anytime answers under a budget), for each K given (e.g. 1,2,3), with the fraction of rows whose answer is exact (finished by the exit rule within the cap).")
 flags.DEFINE_string("plot_dir", None, "evaluate: write the model's accuracy-vs-blocks plot (per-block heads, the exit knob's curve replayed without retraining, this model, full depth), the exit histogram and their CSVs here.")
-flags.DEFINE_string("text", None, "predict: one text.")
-flags.DEFINE_string("text_pair", None, "predict: the second text, for pair tasks.")
+flags.DEFINE_multi_string("text", None, "predict: a text; repeat the flag for several (one answer each, in order).")
+flags.DEFINE_multi_string("text_pair", None, "predict: the second text of a pair task; one per --text, in the same order.")
 flags.DEFINE_string("input_file", None, "predict: a file with one text per line (pairs: tab-separated).")
 # Export.
 flags.DEFINE_string("export_dir", None, "export: base directory (versions go in BASE/N).")
@@ -144,7 +146,7 @@ def _data_config(stored=None, split="eval"):
         if stored is None or FLAGS[name].present:
             values[name] = getattr(FLAGS, name)
         elif name in _PATH_FLAGS and values[name] and not _is_builtin(str(values[name])):
-            values[name] = None  # stored, not given: not opened on the directory's word
+            values[name] = None  # stored, not given: a stored path is not opened
     config = train_lib.DataConfig(**{k: values[k] for k in names})
     if stored is not None:
         custom = config.task in train_lib.CUSTOM_TASKS
@@ -158,34 +160,32 @@ def _data_config(stored=None, split="eval"):
     return config
 
 
+def _given_flags(base, renamed=None):
+    """`base` (a `ModelConfig` or `TrainConfig`) with the fields given as flags.
+
+    A field whose flag is on the command line takes the flag's value; the
+    others keep `base`'s (the `--recipe`'s), so `--recipe=paper --tau=0.01`
+    is the paper's recipe with another tau.
+    """
+    renamed = renamed or {}
+    values = {}
+    for field in dataclasses.fields(base):
+        name = renamed.get(field.name, field.name)
+        if name in FLAGS and FLAGS[name].present:
+            values[field.name] = FLAGS[name].value
+    return dataclasses.replace(base, **values)
+
+
 def cmd_train():
     from dact_tf import train_lib
 
     model_dir = _require("model_dir")
-    model_config = train_lib.ModelConfig(
-        backbone=FLAGS.backbone, tau=FLAGS.tau, tau_warmup_epochs=FLAGS.tau_warmup_epochs,
-        halting_bias=FLAGS.halting_bias, halting_confidence=FLAGS.halting_confidence,
-        shared_heads=FLAGS.shared_heads,
-        halting_rule=FLAGS.halting_rule, regression_tolerance=FLAGS.regression_tolerance,
-        head_loss_weight=FLAGS.head_loss_weight, pooling=FLAGS.pooling,
-        method=FLAGS.method, patience=FLAGS.patience,
-        entropy_threshold=FLAGS.entropy_threshold, num_layers=FLAGS.num_layers,
-        init_from=FLAGS.init_from, freeze_backbone=FLAGS.freeze_backbone,
-        distill_weight=FLAGS.distill_weight if exits.get(FLAGS.method).accumulates else 0.0,
-        full_depth_stage=FLAGS.full_depth_stage, target_blocks=FLAGS.target_blocks,
-        calibration_max_drop=FLAGS.calibration_max_drop, ponder=FLAGS.ponder,
-        pass_through=FLAGS.pass_through, max_disagreement=FLAGS.max_disagreement,
-        calibration_confidence=FLAGS.calibration_confidence,
-    )
-    train_config = train_lib.TrainConfig(
-        epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
-        optimizer=FLAGS.optimizer, weight_decay=FLAGS.weight_decay,
-        warmup_fraction=FLAGS.warmup_fraction, keep_best_epoch=FLAGS.keep_best_epoch,
-        distribution_strategy=FLAGS.distribution_strategy, tpu_address=FLAGS.tpu,
-        mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile,
-        keep_checkpoints=FLAGS.keep_checkpoints, log_every_steps=FLAGS.log_every_steps,
-        worker_timeout=FLAGS.worker_timeout,
-    )
+    model_config, train_config = config.recipe(FLAGS.recipe)
+    model_config = _given_flags(model_config)
+    # A method without accumulated answers stores no distillation weight.
+    model_config = train_lib.dataclasses.replace(model_config, distill_weight=exits.get(
+        model_config.method).recipe_settings(model_config)["distill_weight"])
+    train_config = _given_flags(train_config, renamed={"tpu_address": "tpu"})
     model, _, history = train_lib.train(model_dir, _data_config(), model_config, train_config)
     if history:
         print(f"Trained model written to {model_dir} ({model.num_layers} blocks).")
@@ -311,19 +311,23 @@ def _predict_inputs(pair_model):
             raise type(e)(f"--input_file {e}") from None
     if FLAGS.text is None:
         raise ValueError("predict needs --text or --input_file.")
-    if not FLAGS.text.strip():
+    texts, pairs = list(FLAGS.text), FLAGS.text_pair
+    if any(not text.strip() for text in texts):
         raise ValueError("--text is empty.")
     if not pair_model:
-        if FLAGS.text_pair is not None:
+        if pairs is not None:
             raise ValueError("This model reads single sentences, but --text_pair gives a "
                              "second one (it would be ignored).")
-        return [FLAGS.text], None
-    if FLAGS.text_pair is None:
+        return texts, None
+    if pairs is None:
         raise ValueError("This model reads sentence pairs: give --text and --text_pair, or "
                          "tab-separated pairs in --input_file.")
-    if not FLAGS.text_pair.strip():
+    if len(pairs) != len(texts):
+        raise ValueError(f"Got {len(texts)} --text and {len(pairs)} --text_pair: this model "
+                         "reads pairs, one --text_pair for each --text.")
+    if any(not pair.strip() for pair in pairs):
         raise ValueError("--text_pair is empty: this model reads sentence pairs.")
-    return [FLAGS.text], [FLAGS.text_pair]
+    return texts, list(pairs)
 
 
 def cmd_predict():
@@ -341,6 +345,11 @@ def cmd_predict():
         print(json.dumps(row))
     if FLAGS.output_json:
         train_lib.write_json(FLAGS.output_json, rows)
+
+
+def _write_json_file(path, value):
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
 
 
 def cmd_export():
@@ -363,17 +372,21 @@ def cmd_export():
         vocab = os.path.join(export_dir, f"{name}_vocab.txt")
         # The exit settings and what the calibration certified, beside the file.
         sidecar = path[:-len(".tflite")] + ".json"
-        for target in (path, vocab, sidecar):
+        for target in (path, sidecar):  # checked early; the writes refuse a race too
             if os.path.exists(target):
                 raise FileExistsError(
                     f"{target} exists; exports never overwrite: use another --export_dir "
                     "or delete it.")
-        export.export_tflite(model, path, quantize=FLAGS.quantize)
-        train_lib.copy_vocabulary(model_dir, vocab)
-        train_lib.write_json(sidecar, {
+        from dact_tf import files
+
+        # The variants of one model (--quantize) share its vocabulary file.
+        train_lib.copy_vocabulary(model_dir, vocab, overwrite=False)
+        files.atomic_write(path, lambda tmp: export.export_tflite(
+            model, tmp, quantize=FLAGS.quantize), overwrite=False)
+        files.atomic_write(sidecar, lambda tmp: _write_json_file(tmp, {
             "method": model.method, "exit": model.exit_criterion.get_config(),
             "certificates": model.certificates, "label_names": config.get("label_names"),
-            "num_layers": int(model.num_layers)})
+            "num_layers": int(model.num_layers)}), overwrite=False)
     else:
         path = export.export_saved_model(
             model,
@@ -396,6 +409,14 @@ def main(argv):
             f"Usage: dact-tf {{{','.join(COMMANDS)}}} --flags (got: {extra or 'nothing'})"
         )
     FLAGS.command = argv[1]
+    from dact_tf.cli.help_text import foreign_flags
+
+    foreign = foreign_flags(argv[1])
+    if foreign:
+        print(f"dact-tf {argv[1]}: error: {', '.join('--' + n for n in foreign)} "
+              f"{'is not a flag' if len(foreign) == 1 else 'are not flags'} of {argv[1]} "
+              f"(dact-tf {argv[1]} --help lists its flags).", file=sys.stderr)
+        sys.exit(1)
     try:
         globals()[f"cmd_{argv[1]}"]()
     except _USER_ERRORS as e:

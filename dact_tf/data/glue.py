@@ -25,6 +25,7 @@ import os
 import numpy as np
 from absl import logging
 
+from dact_tf import config as config_lib
 from dact_tf.data import network
 from dact_tf.data import tsv
 from dact_tf.data.tfds_store import default_data_dir  # noqa: F401 (public here too)
@@ -264,6 +265,7 @@ def read_glue_file(task, path):
         label_names=task.label_names,
         file_labels=task.file_labels,
         regression=task.is_regression,
+        label_range=config_lib.REGRESSION_OUTPUT_RANGE if task.is_regression else None,
     )
 
 

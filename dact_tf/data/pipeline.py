@@ -52,7 +52,6 @@ def make_dataset(
     shuffle_buffer_size=None,
     max_examples=None,
     drop_remainder=False,
-    prefetch=True,
     padding="max_length",
 ):
     """Builds batched model inputs from texts (or text pairs) and labels.
@@ -74,7 +73,6 @@ def make_dataset(
             100,000 examples), i.e. a uniform shuffle.
         max_examples: int or None. Keep only the first `max_examples`.
         drop_remainder: bool. Drop a last, smaller batch.
-        prefetch: bool. Prefetch batches (`tf.data.AUTOTUNE`).
         padding: one of `PADDINGS`: `"max_length"` (every batch `[B, S]`),
             `"batch"` (each batch cut to its longest example) or `"bucket"`
             (examples grouped by length, then cut; reorders examples: for
@@ -120,7 +118,7 @@ def make_dataset(
         shuffle_buffer_size=shuffle_buffer_size,
         max_examples=max_examples,
         drop_remainder=drop_remainder,
-        prefetch=prefetch,
+        prefetch=True,
         padding=padding,
     )
 

@@ -14,6 +14,8 @@ import tempfile
 
 import numpy as np
 
+from dact_tf import files
+
 _CACHE_FORMAT = 1  # bump when the stored layout changes
 
 
@@ -127,7 +129,7 @@ def store_as_tfds(
                 description=f"Stored by dact_tf from {examples.source}.",
                 disable_shuffling=True,
             )
-            os.chmod(tmp, 0o755)  # mkdtemp makes it private
+            files.publish(tmp)  # mkdtemp makes it private: the umask's permissions
             try:
                 os.rename(tmp, folder)
             except OSError:

@@ -224,6 +224,20 @@ def column_index(column, header_fields, path, what="column"):
     return header_fields.index(column)
 
 
+def _refuse_a_column_read_twice(columns, width, path):
+    """One column read twice (e.g. the label as the text, or -1 and 1 of 2)."""
+    used = {}
+    for what, column in columns:
+        if -width <= column < width:
+            index = column % width
+            if index in used:
+                raise ValueError(
+                    f"{path}: the {what} column ({column}) is the {used[index]} column "
+                    f"too (column {index} of {width}): the model would "
+                    + ("read its own labels." if what == "label" else "read one text twice."))
+            used[index] = what
+
+
 def rows_to_examples(
     rows,
     *,
@@ -234,6 +248,7 @@ def rows_to_examples(
     label_names=None,
     file_labels=None,
     regression=False,
+    label_range=None,
 ):
     """Turns `(line_number, fields)` rows into validated `TextExamples`.
 
@@ -250,6 +265,8 @@ def rows_to_examples(
             file, when it differs from `label_names[i]` (GLUE's SST-2 writes
             "0"/"1" for negative/positive).
         regression: bool. Labels are float targets.
+        label_range: `(lo, hi)` or None: regression targets must lie within
+            (the model's scores cannot leave it).
 
     Returns:
         TextExamples.
@@ -269,19 +286,8 @@ def rows_to_examples(
     columns = [("text", text_column)]
     if text_pair_column is not None:
         columns.append(("text pair", text_pair_column))
-    if rows:  # one column read twice (e.g. the label as the text, or -1 and 1 of 2)
-        width = len(rows[0][1])
-        used = {}
-        for what, column in columns + [("label", label_column)]:
-            if -width <= column < width:
-                index = column % width
-                if index in used:
-                    raise ValueError(
-                        f"{path}: the {what} column ({column}) is the {used[index]} column "
-                        f"too (column {index} of {width}): the model would "
-                        + ("read its own labels." if what == "label" else "read one text twice.")
-                    )
-                used[index] = what
+    if rows:
+        _refuse_a_column_read_twice(columns + [("label", label_column)], len(rows[0][1]), path)
     for line_number, fields in rows:
         for what, column in columns:
             try:
@@ -314,13 +320,13 @@ def rows_to_examples(
             try:
                 value = float(raw)
             except ValueError:
-                raise ValueError(
-                    f"{path}:{line_number}: label {raw!r} is not a number."
-                ) from None
+                raise ValueError(f"{path}:{line_number}: label {raw!r} is not a number.") from None
             if not np.isfinite(value):
+                raise ValueError(f"{path}:{line_number}: label {raw!r} is not finite.")
+            if label_range is not None and not label_range[0] <= value <= label_range[1]:
                 raise ValueError(
-                    f"{path}:{line_number}: label {raw!r} is not finite."
-                )
+                    f"{path}:{line_number}: label {raw!r} is outside the score range "
+                    f"[{label_range[0]:g}, {label_range[1]:g}].")
             labels[i] = value
         names = None
     else:

@@ -16,11 +16,14 @@ with `@exits.register` and import the module here.
 from dact_tf.exits.base import ExitContext
 from dact_tf.exits.base import ExitCriterion
 from dact_tf.exits.base import LossParts
-from dact_tf.exits.base import from_options
-from dact_tf.exits.base import get
-from dact_tf.exits.base import names
+from dact_tf.exits.registry import from_arguments
+from dact_tf.exits.registry import from_options
+from dact_tf.exits.registry import knob_names
+from dact_tf.exits.registry import legacy_config
+from dact_tf.exits.registry import get
+from dact_tf.exits.registry import names
 from dact_tf.exits.base import register
-from dact_tf.exits.base import serialize
+from dact_tf.exits.registry import serialize
 # The methods, in the order `names()` lists them.
 from dact_tf.exits.dact import Dact
 from dact_tf.exits.pabee import Pabee
@@ -28,4 +31,5 @@ from dact_tf.exits.deebert import DeeBert
 from dact_tf.exits.static import Static
 
 __all__ = ["Dact", "DeeBert", "ExitContext", "ExitCriterion", "LossParts", "Pabee", "Static",
-           "from_options", "get", "names", "register", "serialize"]
+           "from_arguments", "from_options", "get", "knob_names", "legacy_config", "names",
+           "register", "serialize"]

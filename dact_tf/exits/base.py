@@ -5,8 +5,8 @@ row would give and whether it can stop. DACT and the baselines share the
 heads, the early-exit loop of `dact_tf.layers.DactEncoder`, the model's
 losses and the exports; an `ExitCriterion` object is all that differs:
 
-- its **loop state**: two float32 columns per row, carried from block to
-  block (`initial_state`);
+- its **loop state**: named float32 columns per row (`state_fields`, any
+  number), carried from block to block (`initial_state`);
 - its **step**: after block n, from the block's own answer `y_n` and
   halting value `h_n`, the answer the row would give if it stopped here,
   the new state and whether it stops (`step`);
@@ -22,7 +22,9 @@ Adding a method is one new module with a subclass decorated with
 import dataclasses
 
 import keras
+import numpy as np
 import tensorflow as tf
+
 
 _REGISTRY = {}
 
@@ -85,19 +87,30 @@ class ExitCriterion:
     `display_name`, `settings` (the constructor arguments that are knobs,
     stored by `get_config`) and override `step` and `loss`.
 
+    Beyond the loop, a method owns what differs between methods elsewhere:
+    which answers a trace holds for it (`answers_in`), the extra per-block
+    columns `evaluate --per_block` reports (`per_block_columns`), how a
+    replay shifts its halting (`replay_halting`), its recipe's settings
+    (`recipe_settings`, `uses_full_depth_stage`, `check_distill_weight`),
+    its compute target (`check_target_blocks`, `calibrates_to_target`),
+    its training stages (`training_stages`, `start_stage`) and its proven
+    setting (`proven_form`). Nothing outside `dact_tf/exits/` asks which
+    method it holds.
+
     Class attributes:
-        accumulates: True where the method answers with DACT's accumulated
-            `a_n`: it reads the halting units, pays a ponder cost (the
-            `tau` term) and can be calibrated to a number of blocks.
         training_stages: 1, or 2 for a method trained in two stages
-            (`DactClassifier.start_second_stage`).
+            (`start_stage`).
+        trains_halting_units: True where the method reads the halting
+            units (then they are trained; otherwise they are frozen).
     """
 
     name = None
     display_name = None
     settings = ()
-    accumulates = False
+    #: The names of the loop state's columns (`initial_state`, `step`).
+    state_fields = ()
     training_stages = 1
+    trains_halting_units = False
 
     # ------------------------------------------------------------ checks
 
@@ -108,10 +121,11 @@ class ExitCriterion:
     # -------------------------------------------------------------- loop
 
     def initial_state(self, batch_size, context):
-        """The two `[batch]` float32 state columns before block 1."""
+        """The state before block 1: a tuple of `[batch]` float32 columns, one per
+        name in `state_fields` (default: zeros)."""
         del context
         zeros = tf.zeros(tf.reshape(batch_size, [1]), tf.float32)
-        return zeros, zeros
+        return tuple(zeros for _ in self.state_fields)
 
     def step(self, y, h, answer, state, remaining, context):
         """One block: the answer so far, the new state, and who stops.
@@ -121,7 +135,7 @@ class ExitCriterion:
             h: float `[batch]`, this block's halting value `h_n`.
             answer: float `[batch, outputs]`, the answer after the previous
                 block (before block 1: zeros).
-            state: the two `[batch]` state columns.
+            state: the tuple of `[batch]` state columns (`state_fields`).
             remaining: int (tensor or Python), the blocks after this one.
             context: the `ExitContext`.
 
@@ -165,15 +179,134 @@ class ExitCriterion:
         del num_layers
         return []
 
-    def ponder_cost(self, state):
-        """`[batch]`, the ponder cost reported for rows in `state` (0)."""
-        return tf.zeros_like(state[0])
+    def ponder_cost(self, state, answer):
+        """`[batch]`, the ponder cost reported for rows in `state` (default: 0).
+
+        Args:
+            state: the state columns; answer: `[batch, outputs]`, the rows'
+                answers.
+        """
+        del state
+        return tf.zeros(tf.shape(answer)[:1], tf.float32)
 
     # ---------------------------------------------------------- training
 
     def loss(self, parts):
         """The training loss, from `LossParts` (default: the main loss)."""
         return parts.main
+
+    def training_callbacks(self, model_config, target_blocks, steps_per_epoch, total_steps,
+                           selection):
+        """Keras callbacks the method's training needs (default: none).
+
+        Args:
+            model_config: the `ModelConfig` being trained.
+            target_blocks: the compute target, or None.
+            steps_per_epoch, total_steps: ints.
+            selection: the held-out selection dataset.
+        """
+        del model_config, target_blocks, steps_per_epoch, total_steps, selection
+        return []
+
+    def start_stage(self, model, stage):
+        """Prepares `model` (a `DactClassifier`) for training stage `stage` (2).
+
+        Default: a one-stage method refuses.
+        """
+        del model
+        raise ValueError(f"`method={self.name!r}` trains in one stage, not in two stages "
+                         f"(no stage {stage}).")
+
+    def recipe_settings(self, model_config, task="classification"):
+        """The recipe's settings this method uses, from a `ModelConfig`.
+
+        Returns:
+            A dict with `distill_weight` and `halting_confidence`: the
+            config's values where the method uses them, else 0.
+        """
+        del model_config, task
+        return {"distill_weight": 0.0, "halting_confidence": 0.0}
+
+    def check_distill_weight(self, weight):
+        """Refuses a self-distillation weight the method cannot use."""
+        if weight:
+            raise ValueError(
+                f"`distill_weight` trains DACT's accumulated answers; `method={self.name!r}` "
+                "has none (use 0).")
+
+    def uses_full_depth_stage(self, model_config):
+        """Whether `train` first fine-tunes a plain full-depth model (stage 1)."""
+        del model_config
+        return False
+
+    # ---------------------------------------------------- compute target
+
+    def calibrates_to_target(self, model_config):
+        """Whether training calibrates this method to `model_config.target_blocks`."""
+        del model_config
+        return False
+
+    def check_target_blocks(self, target_blocks, num_layers):
+        """Refuses a compute target (mean blocks) the method cannot be calibrated to."""
+        del target_blocks, num_layers
+        raise ValueError(f"`target_blocks` calibrates DACT's halting units; "
+                         f"`method={self.name!r}` has none.")
+
+    # ------------------------------------------------------------ traces
+
+    def answers_in(self, trace):
+        """`[N, batch, outputs]`: the answer a row gives when it stops after each block.
+
+        From a trace (`DactEncoder.trace` or `dact_tf.analysis.trace_dataset`):
+        the blocks' own answers `y_n` (DACT: the accumulated `a_n`). The last
+        is the model's full-depth answer.
+        """
+        return trace["answers"]
+
+    def reported_ponder_cost(self, trace):
+        """`[batch]`, the `"ponder_cost"` output for a full-depth trace (default: 0)."""
+        return tf.zeros_like(trace["ponder_cost"])
+
+    def ponder_loss(self, trace, ponder, context):
+        """`[batch]`, the cost training adds times `tau`, or None (default: none).
+
+        Args:
+            trace: a training trace (`DactEncoder.trace`).
+            ponder: the encoder's `ponder` setting.
+            context: the `ExitContext`.
+        """
+        del trace, ponder, context
+        return None
+
+    def training_outputs(self, trace):
+        """Extra outputs of a training call that the method's `loss` reads."""
+        del trace
+        return {}
+
+    def replay_halting(self, trace, shift):
+        """The halting values a replay reads, `[N, rows]` (numpy or tensor).
+
+        `shift` is DACT's calibration knob (added to the halting logits);
+        the other methods never read the halting values.
+        """
+        del shift
+        halting = trace.get("halting")
+        if halting is None:
+            answers = trace["answers"]
+            return np.zeros(answers.shape[:2], np.float32)
+        return halting
+
+    def per_block_columns(self, trace, index, score):
+        """Extra columns of `evaluate --per_block`'s row for block `index` (0-based).
+
+        `score(answers)` gives the task metrics of `[rows, outputs]` answers.
+        """
+        del trace, index, score
+        return {}
+
+    def proven_form(self):
+        """A copy of this criterion set to its proven setting (default: itself)."""
+        return self.copy()
 
     # ------------------------------------------------------------- knobs
 
@@ -251,73 +384,3 @@ def register(cls):
         raise ValueError(f"An exit method named {cls.name!r} is already registered.")
     _REGISTRY[cls.name] = cls
     return keras.saving.register_keras_serializable(package="dact_tf")(cls)
-
-
-def names():
-    """The registered methods' names, in registration order."""
-    return tuple(_REGISTRY)
-
-
-def get(method, **settings):
-    """An `ExitCriterion` from a name, a serialized config or an object.
-
-    Args:
-        method: a registered name (`"dact"`, `"pabee"`, ...), a dict from
-            `serialize`, or an `ExitCriterion` (returned as is).
-        **settings: knobs for a method given by name (None: its default).
-            A knob the method does not have is refused.
-
-    Returns:
-        An `ExitCriterion` (a copy, when given one).
-
-    Example:
-    >>> get("pabee", patience=3)
-    Pabee(patience=3)
-    """
-    settings = {k: v for k, v in settings.items() if v is not None}
-    if isinstance(method, ExitCriterion):
-        if settings:
-            raise ValueError(
-                f"Give the settings {sorted(settings)} to the {type(method).__name__} "
-                "object itself, not next to it.")
-        # A copy: `configure_exit` on one model must not change another's.
-        return method.copy()
-    if isinstance(method, dict):
-        if settings:
-            raise ValueError(f"Got settings {sorted(settings)} next to a serialized method.")
-        method = keras.saving.deserialize_keras_object(method)
-        if not isinstance(method, ExitCriterion):
-            raise ValueError(f"The serialized method is a {type(method).__name__}, "
-                             "not an ExitCriterion.")
-        return method
-    if not isinstance(method, str) or method not in _REGISTRY:
-        raise ValueError(f"`method` must be one of {names()} or an ExitCriterion, "
-                         f"got {method!r}.")
-    cls = _REGISTRY[method]
-    unknown = sorted(set(settings) - set(cls.settings))
-    if unknown:
-        cls().configure(**{unknown[0]: settings[unknown[0]]})  # raises, naming the owner
-    return cls(**settings)
-
-
-def from_options(method, options):
-    """`get(method, ...)` with the knobs of that method picked from `options`.
-
-    For configs that hold every method's knobs (`dact_tf.config.ModelConfig`,
-    configs of models saved before exit methods were objects): the knobs of
-    other methods are ignored.
-
-    Args:
-        method: a registered name, or anything `get` takes.
-        options: a mapping (or dataclass) holding knob values by name.
-    """
-    if dataclasses.is_dataclass(options):
-        options = dataclasses.asdict(options)
-    if isinstance(method, str) and method in _REGISTRY:
-        return get(method, **{k: options.get(k) for k in _REGISTRY[method].settings})
-    return get(method)
-
-
-def serialize(criterion):
-    """A JSON-able config of `criterion`, for `get` (and Keras configs)."""
-    return keras.saving.serialize_keras_object(criterion)

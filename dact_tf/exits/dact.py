@@ -3,7 +3,9 @@
 import numpy as np
 import tensorflow as tf
 
+from dact_tf import config
 from dact_tf import ops
+from dact_tf.callbacks import tau_scheduler
 from dact_tf.exits import base
 
 
@@ -43,15 +45,16 @@ class Dact(base.ExitCriterion):
     name = "dact"
     display_name = "DACT"
     settings = ("halting_rule", "halting_margin", "halting_epsilon", "halting_slack")
-    accumulates = True
+    state_fields = ("budget", "ponder")
+    trains_halting_units = True
     #: The halting-bias shifts `sweep` replays (logits).
     SHIFTS = tuple(float(s) for s in np.round(np.arange(-12.0, 12.01, 0.5), 2))
     #: The slacks a halting certificate tests, safest (the tight rule) first.
     CERTIFIED_SLACKS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25,
                         0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
-    def __init__(self, halting_rule="tight", halting_margin=1e-5, halting_epsilon=0.0,
-                 halting_slack=0.0):
+    def __init__(self, halting_rule=config.ModelConfig.halting_rule, halting_margin=1e-5,
+                 halting_epsilon=0.0, halting_slack=0.0):
         for key, value in (("halting_rule", halting_rule), ("halting_margin", halting_margin),
                            ("halting_epsilon", halting_epsilon), ("halting_slack", halting_slack)):
             self._set(key, value)
@@ -98,7 +101,8 @@ class Dact(base.ExitCriterion):
         return [("halting_slack", s, Dact("certified", self.halting_margin, 0.0, s))
                 for s in self.CERTIFIED_SLACKS]
 
-    def ponder_cost(self, state):
+    def ponder_cost(self, state, answer):
+        del answer
         return state[1]
 
     def loss(self, parts):
@@ -113,6 +117,80 @@ class Dact(base.ExitCriterion):
     def sweep(self, num_layers):
         del num_layers
         return [("halting_bias_shift", s, self, s) for s in self.SHIFTS]
+
+    def training_callbacks(self, model_config, target_blocks, steps_per_epoch, total_steps,
+                           selection):
+        """DACT's tau schedule (the weight of the ponder cost).
+
+        tau grows from 0 while the heads learn to answer: with untrained
+        heads the ponder cost alone would drive every example to halt at
+        block 1. With a compute target, tau is then steered towards it.
+        """
+        warmup = int(round(model_config.tau_warmup_epochs * steps_per_epoch))
+        if target_blocks is None:
+            return [tau_scheduler.TauScheduler(
+                tau_scheduler.LinearTauWarmup(model_config.tau, warmup))]
+        control = config.TAU_CONTROL  # why these constants: `config.TauControl`
+        interval = max(1, (total_steps - warmup) // control.measurements)
+        return [tau_scheduler.TargetBlocksTau(
+            target_blocks, model_config.tau, warmup, data=selection.take(2),
+            interval=interval, gain=control.gain,
+            tau_range=(model_config.tau * control.low, model_config.tau * control.high))]
+
+    def recipe_settings(self, model_config, task="classification"):
+        # The halting units read the answer's confidence in classification only.
+        return {"distill_weight": model_config.distill_weight,
+                "halting_confidence": (0.0 if task == "regression"
+                                       else model_config.halting_confidence)}
+
+    def check_distill_weight(self, weight):
+        del weight  # DACT distills its accumulated answers
+
+    def uses_full_depth_stage(self, model_config):
+        return bool(model_config.full_depth_stage and not model_config.init_from)
+
+    def calibrates_to_target(self, model_config):
+        return model_config.target_blocks != 0
+
+    def check_target_blocks(self, target_blocks, num_layers):
+        if not 1.0 <= float(target_blocks) <= num_layers:
+            raise ValueError(f"`target_blocks` must be in [1, {num_layers}], got {target_blocks}.")
+
+    def answers_in(self, trace):
+        return trace["accumulated"]
+
+    def reported_ponder_cost(self, trace):
+        return trace["ponder_cost"]
+
+    def ponder_loss(self, trace, ponder, context):
+        """The paper's `sum_n p_n` (`"budget"`) or the smooth count of the
+        blocks the halting rule runs (`"blocks"`, `ops.expected_blocks`)."""
+        if ponder == "blocks":
+            return ops.expected_blocks(
+                trace["accumulated"], trace["budgets"], task=context.task,
+                output_range=context.output_range, tolerance=context.tolerance)
+        return trace["ponder_cost"]
+
+    def training_outputs(self, trace):
+        return {"block_accumulated": trace["accumulated"]}
+
+    def replay_halting(self, trace, shift):
+        logits = trace.get("halting_logits")
+        if logits is None:
+            halting = np.clip(trace["halting"].astype(np.float64), 1e-12, 1 - 1e-12)
+            logits = np.log(halting) - np.log1p(-halting)
+        logits = logits + np.reshape(np.asarray(shift, np.float64), (-1, 1))
+        return tf.sigmoid(tf.constant(logits, tf.float32))
+
+    def per_block_columns(self, trace, index, score):
+        return {"accumulated": score(trace["accumulated"][index]),
+                "mean_halting": float(trace["halting"][index].mean()),
+                "mean_budget": float(trace["budgets"][index].mean())}
+
+    def proven_form(self):
+        if self.halting_rule in ("relaxed", "certified"):
+            return Dact("tight", self.halting_margin)
+        return self.copy()
 
     def summary(self):
         if self.halting_rule == "certified":

@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from dact_tf import config
 from dact_tf.exits import base
 from dact_tf.ops import exit_ops
 
@@ -16,8 +17,8 @@ class DeeBert(base.ExitCriterion):
     full-depth prediction.
 
     Training: stage 1 trains the whole model on the last block's answer;
-    stage 2 (`DactClassifier.start_second_stage`) freezes the backbone and
-    trains the other blocks' heads on the mean of their losses.
+    stage 2 (`start_stage`) freezes the backbone and trains the other
+    blocks' heads on the mean of their losses.
 
     Args:
         entropy_threshold: float >= 0 (nats).
@@ -31,7 +32,7 @@ class DeeBert(base.ExitCriterion):
     display_name = "DeeBERT"
     settings = ("entropy_threshold",)
     training_stages = 2
-    DEFAULT_ENTROPY_THRESHOLD = 0.3
+    DEFAULT_ENTROPY_THRESHOLD = config.ModelConfig.entropy_threshold
     #: The thresholds `sweep` replays (nats).
     THRESHOLDS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
@@ -62,6 +63,18 @@ class DeeBert(base.ExitCriterion):
         if parts.stage == 1 or parts.num_layers == 1:
             return parts.main  # stage 1: the last block's answer
         return tf.reduce_mean(parts.block_losses()[:-1])  # stage 2: the other heads
+
+    def start_stage(self, model, stage):
+        """Stage 2: freezes `model`'s backbone; `loss` then trains the other heads.
+
+        The last block's head gets no gradient, so with a freshly compiled
+        optimizer (call `compile` again, as Keras requires after changing
+        `trainable`) the final classifier stays exactly as stage 1 left it.
+        """
+        if stage != 2:
+            raise ValueError(f"DeeBERT trains in stages 1 and 2, not {stage}.")
+        model.backbone.trainable = False
+        model.training_stage = 2
 
     def certified_grid(self, num_layers):
         del num_layers  # threshold 0: no row exits early

@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from dact_tf import config
 from dact_tf.exits import base
 from dact_tf.ops import exit_ops
 
@@ -31,7 +32,8 @@ class Pabee(base.ExitCriterion):
     name = "pabee"
     display_name = "PABEE"
     settings = ("patience",)
-    DEFAULT_PATIENCE = 2
+    state_fields = ("previous", "count")  # the last prediction, how long it held
+    DEFAULT_PATIENCE = config.ModelConfig.patience
 
     def __init__(self, patience=DEFAULT_PATIENCE):
         self._set("patience", patience)

@@ -23,4 +23,4 @@ class Static(base.ExitCriterion):
 
     def step(self, y, h, answer, state, remaining, context):
         del h, answer, remaining, context
-        return y, state, tf.zeros(tf.shape(state[0]), tf.bool)
+        return y, state, tf.zeros(tf.shape(y)[:1], tf.bool)

@@ -333,7 +333,17 @@ def build_serving_module(
         if text_pair:
             raise ValueError("`text_pair=True` needs a `packer`.")
         return module, signatures
+    _add_text_signatures(module, signatures, lambda f: run(features(
+        f["token_ids"], f["padding_mask"], f["segment_ids"]), False), packer, text_pair,
+        vocabulary_file)
+    return module, signatures
 
+
+def _add_text_signatures(module, signatures, run_features, packer, text_pair, vocabulary_file):
+    """Adds `serve_text` (and `serve_text_pair`) and the vocabulary asset to `module`.
+
+    `run_features(f)` answers the packer's features `f`.
+    """
     if vocabulary_file is None:
         vocabulary_file = os.path.join(
             tempfile.mkdtemp(prefix="dact_vocab_"), VOCABULARY_FILENAME
@@ -341,12 +351,8 @@ def build_serving_module(
         write_vocabulary(packer.tokenizer, vocabulary_file)
     module.vocabulary_file = tf.saved_model.Asset(vocabulary_file)
 
-    def run_text(segments):
-        f = packer(segments)
-        return run(features(f["token_ids"], f["padding_mask"], f["segment_ids"]), False)
-
     def predict_text(text):
-        return run_text(text)
+        return run_features(packer(text))
 
     module.predict_text = tf.function(
         predict_text,
@@ -356,7 +362,7 @@ def build_serving_module(
     if text_pair:
 
         def predict_text_pair(text_a, text_b):
-            return run_text((text_a, text_b))
+            return run_features(packer((text_a, text_b)))
 
         module.predict_text_pair = tf.function(
             predict_text_pair,
@@ -366,7 +372,6 @@ def build_serving_module(
             ],
         )
         signatures[SERVE_TEXT_PAIR] = module.predict_text_pair
-    return module, signatures
 
 
 # ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from dact_tf import config as config_lib
 from dact_tf import exits
 from dact_tf import ops
 from dact_tf.layers import early_exit
@@ -59,6 +60,16 @@ class DactEncoder(keras.layers.Layer):
         num_outputs: int, the number of classes (1 for regression).
         task: `"classification"` or `"regression"`.
         output_range: `(lo, hi)`, the score range for regression.
+        method: the exit criterion: a name from `dact_tf.exits.names()`
+            (`"dact"`; `"pabee"`, `"deebert"`, `"static"`), an
+            `ExitCriterion` object, or its serialized config; None:
+            `config.method`.
+        config: a `dact_tf.config.ModelConfig`, where every setting below
+            not given takes its value (None: the default recipe's).
+        **kwargs: the settings below (each None or left out: `config`'s
+            value), and base layer arguments (`name`, `dtype`, ...).
+
+    Settings (keyword arguments):
         head_hidden_dim: int or None, the hidden width of the heads.
         head_activation: the heads' hidden activation.
         shared_heads: bool, one head for all blocks.
@@ -66,6 +77,8 @@ class DactEncoder(keras.layers.Layer):
         halting_confidence: float, classification only: 0 (the paper's
             halting units) or the initial weight with which each halting
             unit also reads its answer's confidence (see `DactHeads`).
+            Left out: the recipe's value where the method and task use it
+            (DACT classification), else 0.
         dropout: float, dropout on the pooled vector the heads read, in
             training (the model's `dropout`).
         tau: float >= 0, the weight of the ponder cost. Stored in a
@@ -82,14 +95,11 @@ class DactEncoder(keras.layers.Layer):
             paper) or `"mean"` (the mean over real tokens; right for
             backbones trained with mean pooling, such as sentence-transformer
             MiniLMs, whose early-block first-token vectors barely vary).
-        method: the exit criterion: a name from `dact_tf.exits.names()`
-            (`"dact"`, default; `"pabee"`, `"deebert"`, `"static"`), an
-            `ExitCriterion` object, or its serialized config.
         halting_rule, halting_margin, halting_epsilon, halting_slack,
         patience, entropy_threshold: knobs of a `method` given by name
-            (None: its default); see `dact_tf.exits.Dact`, `Pabee` and
-            `DeeBert`. A knob of another method is refused.
-        **kwargs: base layer arguments.
+            (None: `config`'s, else the method's default); see
+            `dact_tf.exits.Dact`, `Pabee` and `DeeBert`. A knob of another
+            method is refused.
 
     Call arguments:
         inputs: float `[batch, seq, hidden]`, the embedded tokens.
@@ -121,37 +131,18 @@ class DactEncoder(keras.layers.Layer):
         Eyzaguirre et al. DACT-BERT, arXiv:2109.11745.
     """
 
-    def __init__(
-        self,
-        blocks,
-        num_outputs,
-        task="classification",
-        output_range=None,
-        head_hidden_dim=None,
-        head_activation="tanh",
-        shared_heads=False,
-        halting_bias=2.0,
-        halting_confidence=0.0,
-        dropout=0.0,
-        tau=1e-3,
-        regression_tolerance=0.05,
-        pooling="cls",
-        method="dact",
-        ponder="budget",
-        halting_rule=None,
-        halting_margin=None,
-        halting_epsilon=None,
-        halting_slack=None,
-        patience=None,
-        entropy_threshold=None,
-        **kwargs,
-    ):
+    def __init__(self, blocks, num_outputs, task="classification", output_range=None,
+                 method=None, config=None, **kwargs):
+        self.exit_criterion = exits.from_arguments(method, kwargs, config)
+        given_confidence = kwargs.get("halting_confidence")
+        s = config_lib.settings(kwargs, ENCODER_SETTINGS, config)
+        if given_confidence is None:  # what the method and task use of the recipe's
+            s["halting_confidence"] = self.exit_criterion.recipe_settings(
+                config or config_lib.ModelConfig(), task)["halting_confidence"]
         super().__init__(**kwargs)
         blocks = list(blocks)
-        self.exit_criterion = exits.get(
-            method, halting_rule=halting_rule, halting_margin=halting_margin,
-            halting_epsilon=halting_epsilon, halting_slack=halting_slack, patience=patience,
-            entropy_threshold=entropy_threshold)
+        (head_hidden_dim, head_activation, shared_heads, halting_bias, halting_confidence,
+         dropout, tau, regression_tolerance, pooling, ponder) = (s[k] for k in ENCODER_SETTINGS)
         self.exit_criterion.check(task=task, shared_heads=bool(shared_heads))
         if pooling not in POOLINGS:
             raise ValueError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
@@ -254,38 +245,25 @@ class DactEncoder(keras.layers.Layer):
             trace = self.trace(
                 inputs, padding_mask, training=bool(training), exit_layers=bool(training)
             )
-            ponder = trace["ponder_cost"]
-            dact = self.exit_criterion.accumulates
+            criterion = self.exit_criterion
             layers = (
                 trace["exit_layers"]
                 if training
-                else tf.fill(tf.shape(ponder), tf.constant(self.num_layers, tf.int32))
+                else tf.fill(tf.shape(trace["ponder_cost"]),
+                             tf.constant(self.num_layers, tf.int32))
             )
-            out = self._outputs(
-                trace["accumulated"][-1] if dact else trace["answers"][-1],
-                layers,
-                ponder if dact else tf.zeros_like(ponder),
-            )
+            out = self._outputs(criterion.answers_in(trace)[-1], layers,
+                                criterion.reported_ponder_cost(trace))
             if training:
-                if dact:
-                    self.add_loss(tf.cast(self.tau, tf.float32)
-                                  * tf.reduce_mean(self._ponder_loss(trace)))
-                # Each block's own answer (and DACT's accumulated answers),
-                # for the per-block losses.
+                ponder = criterion.ponder_loss(trace, self.ponder, self.exit_context)
+                if ponder is not None:
+                    self.add_loss(tf.cast(self.tau, tf.float32) * tf.reduce_mean(ponder))
+                # Each block's own answer (and what else the method's loss
+                # reads: DACT's accumulated answers).
                 out["block_answers"] = trace["answers"]
-                if dact:
-                    out["block_accumulated"] = trace["accumulated"]
+                out.update(criterion.training_outputs(trace))
             return out
         return self.adaptive_forward(inputs, padding_mask, max_layers=max_layers)
-
-    def _ponder_loss(self, trace):
-        """`[batch]`, the ponder cost training pays (see `ponder`)."""
-        if self.ponder == "blocks":
-            context = self.exit_context
-            return ops.expected_blocks(
-                trace["accumulated"], trace["budgets"], task=self.task,
-                output_range=context.output_range, tolerance=context.tolerance)
-        return trace["ponder_cost"]
 
     def _outputs(self, answer, layers_executed, ponder):
         out = {"layers_executed": layers_executed, "ponder_cost": ponder}
@@ -466,7 +444,9 @@ class DactEncoder(keras.layers.Layer):
         config["blocks"] = [keras.layers.deserialize(b) for b in config["blocks"]]
         if "head_dropout" in config:  # the name before one name per concept
             config["dropout"] = config.pop("head_dropout")
-        return cls(**legacy_exit_config(config))
+        for key, value in _PRE_RECIPE_DEFAULTS.items():
+            config.setdefault(key, value)  # what an older file left out meant then
+        return cls(**exits.legacy_config(config))
 
 
 def _check_range(name, value, lo, hi):
@@ -476,20 +456,12 @@ def _check_range(name, value, lo, hi):
         raise ValueError(f"`{name}` must be {bounds}, got {value}.")
 
 
-#: The knobs configs saved before exit methods were objects held flat.
-_LEGACY_EXIT_KEYS = ("halting_rule", "halting_margin", "halting_epsilon", "halting_slack",
-                     "patience", "entropy_threshold")
+#: The defaults before they came from `dact_tf.config.ModelConfig` (dact_tf
+#: < 0.10): what a saved config that lacks a setting meant.
+_PRE_RECIPE_DEFAULTS = {"halting_bias": 2.0, "halting_confidence": 0.0, "dropout": 0.0,
+                        "tau": 1e-3, "pooling": "cls", "ponder": "budget"}
 
-
-def legacy_exit_config(config):
-    """`config` with a flat, older exit configuration turned into `method`.
-
-    Configs written before exit methods were objects store `method` as a
-    name next to every method's knobs; the knobs of the model's own method
-    are kept, the others dropped.
-    """
-    config = dict(config)
-    legacy = {k: config.pop(k) for k in _LEGACY_EXIT_KEYS if k in config}
-    if legacy:
-        config["method"] = exits.from_options(config.get("method", "dact"), legacy)
-    return config
+#: The `ModelConfig` fields a `DactEncoder` reads (its keyword arguments).
+ENCODER_SETTINGS = ("head_hidden_dim", "head_activation", "shared_heads", "halting_bias",
+                    "halting_confidence", "dropout", "tau", "regression_tolerance", "pooling",
+                    "ponder")

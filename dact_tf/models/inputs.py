@@ -35,42 +35,13 @@ def standardize_inputs(inputs, *, input_keys, backbone_name, max_length, vocabul
     >>> mask.numpy().tolist()
     [[True, True, True, False]]
     """
-    keys = input_keys
     if not isinstance(inputs, dict):
         inputs = {"token_ids": inputs}
-    unknown = sorted(set(inputs) - set(keys))
-    if unknown:
-        raise ValueError(
-            f"Unknown input keys {unknown}; {backbone_name} reads some of "
-            f"{keys}."
-        )
-    if "token_ids" not in inputs:
-        raise ValueError(
-            f"The inputs need `token_ids`; got keys {sorted(inputs)}."
-        )
-    token_ids = tf.convert_to_tensor(inputs["token_ids"])
-    if not token_ids.dtype.is_integer:
-        raise ValueError(
-            f"`token_ids` must be integers, got dtype {token_ids.dtype.name}."
-        )
-    if token_ids.shape.rank != 2:
-        raise ValueError(
-            "`token_ids` must have shape [batch, seq], got "
-            f"{token_ids.shape}."
-        )
-    if token_ids.shape[0] == 0:
-        raise ValueError("Got an empty batch (batch size 0).")
-    max_len = max_length
-    if token_ids.shape[1] is not None and token_ids.shape[1] > max_len:
-        raise ValueError(
-            f"Sequences of length {token_ids.shape[1]} are longer than the "
-            f"backbone's maximum, {max_len}."
-        )
+    token_ids = _checked_token_ids(inputs, input_keys, backbone_name, max_length)
     padding_mask = inputs.get("padding_mask")
     if padding_mask is None:
         padding_mask = tf.not_equal(token_ids, 0)
-    padding_mask = tf.convert_to_tensor(padding_mask)
-    others = {"padding_mask": padding_mask}
+    others = {"padding_mask": tf.convert_to_tensor(padding_mask)}
     if num_segments is not None:
         segment_ids = inputs.get("segment_ids")
         if segment_ids is None:
@@ -78,62 +49,66 @@ def standardize_inputs(inputs, *, input_keys, backbone_name, max_length, vocabul
         segment_ids = tf.convert_to_tensor(segment_ids)
         if not segment_ids.dtype.is_integer:
             raise ValueError(
-                f"`segment_ids` must be integers, got {segment_ids.dtype.name}."
-            )
+                f"`segment_ids` must be integers, got {segment_ids.dtype.name}.")
         others["segment_ids"] = segment_ids
     for name, t in others.items():
-        if t.shape.rank != 2 or not t.shape.is_compatible_with(
-            token_ids.shape
-        ):
+        if t.shape.rank != 2 or not t.shape.is_compatible_with(token_ids.shape):
             raise ValueError(
-                f"`{name}` must have the shape of `token_ids` "
-                f"{token_ids.shape}, got {t.shape}."
-            )
-    # Checks that need values; they run inside graphs too (SavedModel).
-    vocab = vocabulary_size
-    checks = [
-        tf.debugging.assert_equal(
-            tf.shape(t),
-            tf.shape(token_ids),
-            message=f"{name} and token_ids must have the same shape",
-        )
-        for name, t in others.items()
-    ] + [
-        tf.debugging.assert_less_equal(
-            tf.shape(token_ids)[1],
-            max_len,
-            message=f"sequence longer than the model's maximum {max_len}",
-        ),
-        tf.debugging.assert_greater(
-            tf.shape(token_ids)[0], 0, message="empty batch"
-        ),
-        tf.debugging.assert_non_negative(
-            token_ids, message="token_ids must be >= 0"
-        ),
-        tf.debugging.assert_less(
-            token_ids,
-            tf.cast(vocab, token_ids.dtype),
-            message=f"token_ids must be < the vocabulary size {vocab}",
-        ),
-    ]
-    if num_segments is not None:
-        segment_ids = others["segment_ids"]
-        checks += [
-            tf.debugging.assert_non_negative(
-                segment_ids, message="segment_ids must be >= 0"
-            ),
-            tf.debugging.assert_less(
-                segment_ids,
-                tf.cast(num_segments, segment_ids.dtype),
-                message="segment_ids must be < the number of segments "
-                f"{num_segments}",
-            ),
-        ]
+                f"`{name}` must have the shape of `token_ids` {token_ids.shape}, got {t.shape}.")
+    checks = _value_checks(token_ids, others, max_length, vocabulary_size, num_segments)
     # The gathers wait for the checks (on GPU a bad id would silently
     # read zeros).
     with tf.control_dependencies(checks):
         ids = {"token_ids": tf.identity(tf.cast(token_ids, tf.int32))}
         if num_segments is not None:
             ids["segment_ids"] = tf.identity(tf.cast(others["segment_ids"], tf.int32))
-    ids["padding_mask"] = padding_mask
-    return ids, padding_mask
+    ids["padding_mask"] = others["padding_mask"]
+    return ids, others["padding_mask"]
+
+
+def _checked_token_ids(inputs, keys, backbone_name, max_length):
+    """`token_ids` as a tensor, after the checks a graph can make when it is built."""
+    unknown = sorted(set(inputs) - set(keys))
+    if unknown:
+        raise ValueError(f"Unknown input keys {unknown}; {backbone_name} reads some of {keys}.")
+    if "token_ids" not in inputs:
+        raise ValueError(f"The inputs need `token_ids`; got keys {sorted(inputs)}.")
+    token_ids = tf.convert_to_tensor(inputs["token_ids"])
+    if not token_ids.dtype.is_integer:
+        raise ValueError(f"`token_ids` must be integers, got dtype {token_ids.dtype.name}.")
+    if token_ids.shape.rank != 2:
+        raise ValueError(f"`token_ids` must have shape [batch, seq], got {token_ids.shape}.")
+    if token_ids.shape[0] == 0:
+        raise ValueError("Got an empty batch (batch size 0).")
+    if token_ids.shape[1] is not None and token_ids.shape[1] > max_length:
+        raise ValueError(
+            f"Sequences of length {token_ids.shape[1]} are longer than the "
+            f"backbone's maximum, {max_length}.")
+    return token_ids
+
+
+def _value_checks(token_ids, others, max_length, vocabulary_size, num_segments):
+    """The checks that need values; they run inside graphs too (SavedModel)."""
+    checks = [
+        tf.debugging.assert_equal(tf.shape(t), tf.shape(token_ids),
+                                  message=f"{name} and token_ids must have the same shape")
+        for name, t in others.items()
+    ] + [
+        tf.debugging.assert_less_equal(
+            tf.shape(token_ids)[1], max_length,
+            message=f"sequence longer than the model's maximum {max_length}"),
+        tf.debugging.assert_greater(tf.shape(token_ids)[0], 0, message="empty batch"),
+        tf.debugging.assert_non_negative(token_ids, message="token_ids must be >= 0"),
+        tf.debugging.assert_less(
+            token_ids, tf.cast(vocabulary_size, token_ids.dtype),
+            message=f"token_ids must be < the vocabulary size {vocabulary_size}"),
+    ]
+    if num_segments is not None:
+        segment_ids = others["segment_ids"]
+        checks += [
+            tf.debugging.assert_non_negative(segment_ids, message="segment_ids must be >= 0"),
+            tf.debugging.assert_less(
+                segment_ids, tf.cast(num_segments, segment_ids.dtype),
+                message=f"segment_ids must be < the number of segments {num_segments}"),
+        ]
+    return checks

@@ -22,7 +22,6 @@ from dact_tf import config
 from dact_tf import exits
 from dact_tf import optimization
 from dact_tf import risk_bounds
-from dact_tf.layers.dact_encoder import legacy_exit_config
 from dact_tf.models import backbones
 from dact_tf.models.dact_classifier import DactClassifier
 
@@ -63,21 +62,12 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         preprocessor: a keras-hub `TextClassifierPreprocessor` for the
             backbone (e.g. `dact_tf.make_preprocessor`), or None: the model
             then takes token inputs only.
-        tau, halting_bias, regression_tolerance, dropout, head_loss_weight,
-        pooling, shared_heads, num_layers: see `DactClassifier`; the
-            defaults come from `dact_tf.config.ModelConfig`.
-        method: the exit criterion, a name or a `dact_tf.exits` object
-            (default `ModelConfig.method`, DACT).
-        halting_rule, patience, entropy_threshold: knobs of a `method` given
-            by name (None: `ModelConfig`'s value); a knob of another method
-            is refused.
-        halting_confidence: float or None. None: the recipe's value for DACT
-            classification (`ModelConfig.halting_confidence`), else 0.
-        distill_weight: float or None. None: the recipe's value for DACT
-            (`ModelConfig.distill_weight`), 0 for the baselines.
-        **kwargs: more `DactClassifier` arguments (`task="regression"`,
-            `output_range`, `label_names`, `head_hidden_dim`, ...) and
-            keras-hub Task arguments (`compile=False`, `name`).
+        **kwargs: `DactClassifier` arguments (`method`, `config` (a
+            `dact_tf.config.ModelConfig`), `task="regression"`,
+            `output_range`, `label_names`, `num_layers`, and its settings
+            such as `tau`, `pooling` or `patience`: each left out is the
+            recipe's) and keras-hub Task arguments (`compile=False`,
+            `name`).
 
     Example:
     >>> import dact_tf
@@ -92,51 +82,12 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
     backbone_cls = backbones.DactBertBackbone
     preprocessor_cls = backbones.DactBertTextClassifierPreprocessor
 
-    def __init__(
-        self,
-        backbone,
-        num_classes=2,
-        preprocessor=None,
-        *,
-        tau=_MODEL.tau,
-        halting_bias=_MODEL.halting_bias,
-        halting_confidence=None,
-        halting_rule=None,
-        regression_tolerance=_MODEL.regression_tolerance,
-        dropout=_MODEL.dropout,
-        head_loss_weight=_MODEL.head_loss_weight,
-        distill_weight=None,
-        pooling=_MODEL.pooling,
-        method=_MODEL.method,
-        patience=None,
-        entropy_threshold=None,
-        shared_heads=_MODEL.shared_heads,
-        num_layers=_MODEL.num_layers,
-        **kwargs,
-    ):
-        given = dict(halting_rule=halting_rule, patience=patience,
-                     entropy_threshold=entropy_threshold)
-        if isinstance(method, str) and method in exits.names():
-            # The method's knobs not given take the recipe's (ModelConfig) values.
-            settings = exits.get(method).settings
-            given = {k: getattr(_MODEL, k) if v is None and k in settings else v
-                     for k, v in given.items()}
-        method = exits.get(method, **given)
-        dact = method.accumulates
-        regression = kwargs.get("task") == "regression"
-        if halting_confidence is None:
-            halting_confidence = _MODEL.halting_confidence if dact and not regression else 0.0
-        if distill_weight is None:
-            distill_weight = _MODEL.distill_weight if dact else 0.0
+    def __init__(self, backbone, num_classes=2, preprocessor=None, **kwargs):
         # keras-hub's Task, then DactClassifier (the next class in the MRO)
         # build the model; Task compiles it with `self.compile()` defaults.
-        super().__init__(
-            backbone=backbone, num_classes=num_classes, tau=tau, halting_bias=halting_bias,
-            halting_confidence=halting_confidence,
-            regression_tolerance=regression_tolerance, dropout=dropout,
-            head_loss_weight=head_loss_weight, distill_weight=distill_weight, pooling=pooling,
-            method=method, shared_heads=shared_heads, num_layers=num_layers, **kwargs,
-        )
+        # Every DactClassifier setting not given is the recipe's
+        # (`dact_tf.config.ModelConfig`, or `config=`).
+        super().__init__(backbone=backbone, num_classes=num_classes, **kwargs)
         if preprocessor is not None and not callable(preprocessor):
             raise TypeError(
                 f"`preprocessor` must be a keras-hub preprocessor layer, got "
@@ -389,19 +340,13 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
             raise ValueError("`calibrate` needs `target_blocks` (a compute target) and/or "
                              "`max_disagreement` (a certified halting mode).")
         if target_blocks is not None:
-            if not self.exit_criterion.accumulates:
-                raise ValueError(
-                    f"`calibrate` sets DACT's halting; this model is {self.method!r}.")
-            if not 1.0 <= float(target_blocks) <= self.num_layers:
-                raise ValueError(
-                    f"`target_blocks` must be in [1, {self.num_layers}], got {target_blocks}.")
+            self.exit_criterion.check_target_blocks(target_blocks, self.num_layers)
         data = self._features_dataset(x, batch_size, y=y)
         labelled = isinstance(data.element_spec, tuple)
         result = calibration_run.calibrate(
             self, data, data, target_blocks=None if target_blocks is None else float(target_blocks),
             pass_through=pass_through, reference=reference,
             max_drop=max_metric_drop if labelled else None, confidence=confidence,
-            halting_rule=None if max_disagreement is None else "certified",
             max_disagreement=max_disagreement, shared=True, verbose=0)
         self.predict_function = self.test_function = None
         return result
@@ -444,7 +389,10 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         config["backbone"] = keras.layers.deserialize(config["backbone"])
         if isinstance(config.get("preprocessor"), dict):
             config["preprocessor"] = keras.layers.deserialize(config["preprocessor"])
-        return cls(**legacy_exit_config(config))
+        certificates = config.pop("certificates", None)
+        model = cls(**exits.legacy_config(config))
+        model.certificates = certificates
+        return model
 
 
 def _is_saved_task(preset):

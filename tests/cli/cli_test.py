@@ -78,7 +78,14 @@ def test_evaluate_and_predict(trained):
     lines.write_text("good movie\nterrible , boring mess\n")
     proc = dact_tf("predict", f"--model_dir={model_dir}", f"--input_file={lines}",
                    cache=root / "cache")
-    assert len(proc.stdout.strip().splitlines()) == 2
+    from_file = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert len(from_file) == 2
+    # --text repeated: one answer per text, in order (not only the last one).
+    proc = dact_tf("predict", f"--model_dir={model_dir}", "--text=good movie",
+                   "--text=terrible , boring mess", cache=root / "cache")
+    rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [r["text"] for r in rows] == ["good movie", "terrible , boring mess"]
+    assert [r["label"] for r in rows] == [r["label"] for r in from_file]
 
 
 @pytest.mark.parametrize(
@@ -86,6 +93,8 @@ def test_evaluate_and_predict(trained):
     [
         (["train", "--task=nope", "--model_dir={root}/x"], "Unknown GLUE task 'nope'"),
         (["evaluate", "--model_dir={root}/missing"], "not a dact_tf model directory"),
+        (["evaluate", "--model_dir={model_dir}", "--recipe=paper"],
+         "--recipe is not a flag of evaluate"),
         (["train", "--task=tsv", "--train_file={root}/bad.tsv", "--eval_file={root}/bad.tsv",
           "--header=false", "--model_dir={root}/y", "--backbone=tiny"], "bad.tsv:2"),
         (["predict", "--model_dir={model_dir}", "--text= "], "--text is empty"),
@@ -360,7 +369,7 @@ def test_export_without_text_signatures_runs_in_saved_model_cli(trained):
     assert "Result for output key predictions" in run.stdout
 
 
-def test_paths_stored_in_a_model_dir_are_not_opened_on_its_word(trained, tmp_path):
+def test_paths_stored_in_a_model_dir_are_not_opened_unless_given_again(trained, tmp_path):
     """A crafted dact_config.json cannot make evaluate read (and print) other files."""
     import shutil
 
@@ -441,6 +450,12 @@ def test_tflite_exports_are_named_after_the_model_and_never_overwrite(trained, t
     again = dact_tf("export", f"--model_dir={model_dir}", f"--export_dir={out}",
                     "--format=tflite", cache=root / "cache", check=False)
     assert again.returncode == 1 and "never overwrite" in again.stderr
+    # A second variant of the same model goes beside it, sharing the vocabulary.
+    dact_tf("export", f"--model_dir={model_dir}", f"--export_dir={out}", "--format=tflite",
+            "--quantize=dynamic", cache=root / "cache")
+    assert sorted(os.listdir(out)) == sorted([
+        f"{name}_none.json", f"{name}_none.tflite", f"{name}_dynamic.json",
+        f"{name}_dynamic.tflite", f"{name}_vocab.txt"])
 
 
 def test_exit_flags_that_would_be_ignored_or_wrap_are_refused(trained):

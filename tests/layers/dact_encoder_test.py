@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dact_tf.config import ModelConfig
 from dact_tf.layers import DactEncoder
 from tests.testing import numpy_dact
 from tests.testing import run_layer_test
 
 HIDDEN, SEQ, LAYERS = 16, 8, 5
+
+
+PAPER = ModelConfig.paper(dropout=0.0)
 
 
 def make_encoder(seed=0, num_layers=LAYERS, **kwargs):
@@ -22,6 +26,8 @@ def make_encoder(seed=0, num_layers=LAYERS, **kwargs):
     kwargs.setdefault("num_outputs", 3)
     # Random heads with this bias exit all over the stack.
     kwargs.setdefault("halting_bias", -0.5)
+    # The paper's heads (first token, no confidence input), no dropout.
+    kwargs.setdefault("config", PAPER)
     encoder = DactEncoder(blocks, **kwargs)
     encoder.build((None, None, HIDDEN))
     return encoder

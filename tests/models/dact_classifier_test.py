@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dact_tf.config import ModelConfig
 from dact_tf.models import DactClassifier
 from tests.testing import dataset
 from tests.testing import numpy_dact
@@ -14,9 +15,14 @@ from tests.testing import synthetic_task
 from tests.testing import tiny_backbone
 
 
+#: These tests train the paper's pure DACT (loss on a_N plus the ponder cost).
+PAPER = ModelConfig.paper()
+
+
 def train(tau, epochs=4, seed=0, **kwargs):
     feats, labels = synthetic_task(768, seed=seed)
-    model = DactClassifier(tiny_backbone(seed=seed), num_classes=2, tau=tau, **kwargs)
+    model = DactClassifier(tiny_backbone(seed=seed), num_classes=2, tau=tau, config=PAPER,
+                           **kwargs)
     model.compile(optimizer=keras.optimizers.Adam(2e-3))
     history = model.fit(dataset(feats, labels), epochs=epochs, verbose=0)
     return model, history
@@ -212,7 +218,8 @@ def test_bad_construction_arguments():
 
 def test_head_loss_weight_adds_the_mean_block_nll():
     feats, labels = synthetic_task(16, seed=9)
-    model = DactClassifier(tiny_backbone(seed=9), num_classes=2, tau=0.0, dropout=0.0)
+    model = DactClassifier(tiny_backbone(seed=9), num_classes=2, tau=0.0, dropout=0.0,
+                           config=PAPER)
     model.compile()
     y_pred = model(feats, training=True)
     base = float(model.compute_loss(y=labels, y_pred=y_pred))

@@ -6,11 +6,16 @@ import pytest
 import tensorflow as tf
 
 from dact_tf import exits
+from dact_tf.config import ModelConfig
 from dact_tf.models.dact_classifier import DactClassifier
 from dact_tf.ops import exit_ops
 from tests import testing
 
 NUM_LAYERS = 4
+
+
+#: The paper's heads (first token, no confidence input, no extra losses).
+PAPER = ModelConfig.paper()
 
 
 def _model(method, seed=0, task="classification", num_classes=3, **kwargs):
@@ -21,6 +26,7 @@ def _model(method, seed=0, task="classification", num_classes=3, **kwargs):
         output_range=(0.0, 5.0) if task == "regression" else None,
         method=method,
         dropout=0.0,
+        config=kwargs.pop("config", PAPER),
         **kwargs,
     )
 
@@ -291,6 +297,75 @@ def test_a_new_method_is_one_registered_class(tmp_path):
     assert loaded.exit_criterion == exits.get("test_max_probability", threshold=threshold)
     np.testing.assert_array_equal(loaded.predict(feats, verbose=0)["layers_executed"],
                                   expected)
+
+
+@exits.register
+class _RisingConfidence(exits.ExitCriterion):
+    """A sixth method with three named state columns and a loss term of its own.
+
+    Exits once the top probability of the block's own answer rose `rises`
+    blocks in a row. State: the previous top probability, the rises so far
+    and the blocks seen (reported as its "ponder cost", so the third column
+    is visible in the outputs). Loss: the last block's, plus
+    `entropy_weight` times that answer's mean entropy.
+    """
+
+    name = "test_rising_confidence"
+    settings = ("rises", "entropy_weight")
+    state_fields = ("previous", "rises", "blocks")
+
+    def __init__(self, rises=2, entropy_weight=0.1):
+        self.rises, self.entropy_weight = int(rises), float(entropy_weight)
+
+    def initial_state(self, batch_size, context):
+        previous, rises, blocks = super().initial_state(batch_size, context)
+        return previous - 1.0, rises, blocks
+
+    def step(self, y, h, answer, state, remaining, context):
+        previous, rises, blocks = state
+        top = tf.reduce_max(y, axis=-1)
+        rises = tf.where(top > previous, rises + 1.0, tf.zeros_like(rises))
+        return y, (top, rises, blocks + 1.0), rises >= self.rises
+
+    def ponder_cost(self, state, answer):
+        return state[2]
+
+    def loss(self, parts):
+        last = tf.cast(parts.block_answers[-1], tf.float32)
+        entropy = -tf.reduce_sum(last * tf.math.log(last + 1e-7), axis=-1)
+        return parts.main + self.entropy_weight * tf.reduce_mean(entropy)
+
+
+def test_a_method_with_three_state_fields_and_its_own_loss_is_one_class():
+    model = _model("test_rising_confidence", seed=2, halting_bias=0.0, num_classes=3, rises=2)
+    feats = testing.random_features(40, seq_len=12, seed=6)
+    answers = model.trace(feats)["answers"].numpy()  # [N, batch, C]
+    # NumPy replay of the rule: the first block after which the top
+    # probability rose twice in a row (block 1 always rises from -1).
+    top = answers.max(-1)
+    rose = top > np.concatenate([np.full((1, 40), -1.0), top[:-1]])
+    streak = np.zeros_like(top)
+    for n in range(NUM_LAYERS):
+        streak[n] = np.where(rose[n], (streak[n - 1] if n else 0) + 1, 0)
+    stops = streak >= 2
+    expected = np.where(stops.any(0), stops.argmax(0) + 1, NUM_LAYERS)
+    for batch_size in (16, 1):  # the compacting loop, and the chain of batch 1
+        out = model.predict(feats, batch_size=batch_size, verbose=0)
+        np.testing.assert_array_equal(out["layers_executed"], expected)
+        # The third state column travels through the loop and its compaction.
+        np.testing.assert_array_equal(out["ponder_cost"], expected.astype(np.float32))
+        np.testing.assert_allclose(out["probabilities"],
+                                   answers[expected - 1, np.arange(40)], atol=1e-5)
+    assert len(set(expected.tolist())) > 1
+    # Its loss term is added to the last block's loss.
+    labels = np.arange(40) % 3
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    y_pred = model(feats, training=True)
+    last = y_pred["block_answers"].numpy()[-1]
+    entropy = -(last * np.log(last + 1e-7)).sum(-1).mean()
+    ce = keras.losses.sparse_categorical_crossentropy(labels, last).numpy().mean()
+    loss = model.compute_loss(x=feats, y=labels, y_pred=y_pred)
+    assert float(loss) == pytest.approx(ce + 0.1 * entropy, rel=1e-4)
 
 
 def test_dact_relaxed_epsilon_exits_at_the_budget_threshold():

@@ -151,7 +151,7 @@ def test_calibrate_reaches_the_target():
                                   model(features, full_depth=True)["predictions"])
 
 
-def test_calibrate_with_labels_certifies_the_accuracy_it_costs():
+def test_calibrate_with_labels_certifies_the_accuracy_it_costs(tmp_path):
     keras.utils.set_random_seed(3)
     model = _model(halting_bias=4.0)
     own = model.predict(TEXTS, verbose=0)["predictions"]  # accuracy 1 before any shift
@@ -174,6 +174,13 @@ def test_calibrate_with_labels_certifies_the_accuracy_it_costs():
                             max_metric_drop=0.05, max_disagreement=0.5)
     assert again["metric"] == 1.0 and again["halting"]["certificate"]["rows"] == 12
     assert set(model.certificates) == {"compute_target", "halting"}
+    # The calibrated Task round-trips, certificates and all.
+    path = str(tmp_path / "calibrated.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert loaded.certificates == json.loads(json.dumps(model.certificates))
+    np.testing.assert_array_equal(loaded.predict(TEXTS, verbose=0)["layers_executed"],
+                                  model.predict(TEXTS, verbose=0)["layers_executed"])
     with pytest.raises(ValueError, match="rows"):
         model.calibrate(TEXTS, 1.0, y=own[:3])
     with pytest.raises(ValueError, match="max_disagreement"):

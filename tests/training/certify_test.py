@@ -10,6 +10,7 @@ import tensorflow as tf
 from dact_tf import certify
 from dact_tf import risk_bounds
 from dact_tf import train_lib
+from dact_tf.config import ModelConfig
 from dact_tf.models.dact_classifier import DactClassifier
 from tests.testing import dataset
 from tests.testing import synthetic_task
@@ -110,7 +111,7 @@ def test_learn_then_test_keeps_the_chosen_settings_risk_below_epsilon():
 
 def _model(method="dact", seed=2, **kwargs):
     return DactClassifier(tiny_backbone(seed=seed), num_classes=2, tau=0.0, dropout=0.0,
-                          halting_bias=0.0, method=method, **kwargs)
+                          halting_bias=0.0, method=method, config=ModelConfig.paper(), **kwargs)
 
 
 @pytest.mark.parametrize("method", ["dact", "pabee", "deebert"])
@@ -193,7 +194,7 @@ def test_the_compute_target_is_certified_against_the_reference():
     data = dataset(feats, labels, batch_size=64)
     model = _model()
     # A reference that is right everywhere: every wrong answer counts.
-    result = certify.certify_compute_target(model, data, data, 2.0, np.asarray(labels), None,
+    result = certify.certify_compute_target(model, data, data, 2.0, np.asarray(labels),
                                             max_drop=0.7, shared=True)
     certificate = result["certificate"]
     early, _ = train_lib.predict_dataset(model, data)
@@ -205,7 +206,7 @@ def test_the_compute_target_is_certified_against_the_reference():
     assert result["mean_layers_executed"] == pytest.approx(2.0, abs=0.3)
     # A bound the model cannot meet: it stays at the safest shift and says so.
     model = _model()
-    result = certify.certify_compute_target(model, data, data, 2.0, np.asarray(labels), None,
+    result = certify.certify_compute_target(model, data, data, 2.0, np.asarray(labels),
                                             max_drop=0.05)
     assert not result["certificate"]["certified"] and result["limited"]
     assert result["mean_layers_executed"] > 3.5

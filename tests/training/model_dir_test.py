@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -109,6 +110,18 @@ def test_a_model_file_with_another_label_order_is_refused(finished, tmp_path):
         train_lib.load_model_dir(str(copy))
 
 
+def test_a_crafted_sequence_length_is_refused_before_anything_is_allocated(finished, tmp_path):
+    import shutil
+
+    copy = tmp_path / "crafted"
+    shutil.copytree(finished, copy)
+    config = json.loads((copy / "dact_config.json").read_text())
+    config["data"]["sequence_length"] = 2 ** 31
+    (copy / "dact_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"sequence_length 2147483648 .*above the backbone"):
+        train_lib.load_model_dir(str(copy))
+
+
 def test_caps_above_the_blocks_do_not_wrap(finished):
     import numpy as np
     import tensorflow as tf
@@ -119,3 +132,92 @@ def test_caps_above_the_blocks_do_not_wrap(finished):
     full = model(features, full_depth=True)
     np.testing.assert_array_equal(capped["layers_executed"].numpy(), [model.num_layers] * 2)
     np.testing.assert_array_equal(capped["predictions"].numpy(), full["predictions"].numpy())
+
+
+def _race_for_the_lock(model_dir, barrier, results):
+    barrier.wait()
+    try:
+        with files.ModelDirLock(model_dir):
+            results.put(1)
+            time.sleep(0.3)
+    except ValueError:
+        results.put(0)
+
+
+def test_two_writers_starting_at_once_never_both_get_the_lock(tmp_path):
+    """Both read the lock at the same instant: exactly one may write the directory."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for trial in range(20):
+        model_dir = str(tmp_path / f"run{trial}")
+        barrier, results = context.Barrier(2), context.Queue()
+        racers = [context.Process(target=_race_for_the_lock, args=(model_dir, barrier, results))
+                  for _ in range(2)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(30)
+        assert sorted([results.get(timeout=5), results.get(timeout=5)]) == [0, 1], trial
+        assert not os.path.exists(os.path.join(model_dir, ".lock"))
+
+
+def test_the_same_process_may_take_its_lock_again(tmp_path):
+    with files.ModelDirLock(str(tmp_path)):
+        with files.ModelDirLock(str(tmp_path)):
+            assert (tmp_path / ".lock").exists()
+        assert (tmp_path / ".lock").exists()  # the outer holder still runs
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_a_model_dir_written_by_an_earlier_release_loads_and_answers_the_same(tmp_path):
+    """Saved at commit eaf8379, before the layers' defaults came from ModelConfig."""
+    import shutil
+
+    import numpy as np
+
+    source = os.path.join(os.path.dirname(os.path.dirname(__file__)), "testdata",
+                          "model_dir_eaf8379")
+    model_dir = tmp_path / "old"
+    shutil.copytree(source, model_dir)
+    expected = json.loads((model_dir / "expected_predictions.json").read_text())
+    model, preprocessor, config = train_lib.load_model_dir(str(model_dir))
+    assert model.method == expected["method"] == config["method"]
+    assert model.exit_criterion.get_config() == expected["exit"]
+    features = preprocessor(expected["texts"])
+    out = model.predict(features, verbose=0)
+    np.testing.assert_allclose(out["probabilities"], expected["probabilities"], atol=1e-5)
+    np.testing.assert_array_equal(out["layers_executed"], expected["layers_executed"])
+    full = model(features, full_depth=True)
+    np.testing.assert_allclose(full["probabilities"], expected["full_depth_probabilities"],
+                               atol=1e-5)
+
+
+def test_a_linked_vocabulary_is_refused_and_exports_never_overwrite(finished, tmp_path):
+    import shutil
+
+    copy = tmp_path / "linked"
+    shutil.copytree(finished, copy)
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text((copy / "vocab.txt").read_text())
+    (copy / "vocab.txt").unlink()
+    (copy / "vocab.txt").symlink_to(outside)
+    with pytest.raises(ValueError, match="vocab.txt is a symbolic link"):
+        train_lib.load_model_dir(str(copy))
+    with pytest.raises(ValueError, match="symbolic link"):
+        train_lib.copy_vocabulary(str(copy), str(tmp_path / "v.txt"))
+    # An export target that appears meanwhile is never replaced.
+    target = tmp_path / "model.tflite"
+    target.write_text("theirs")
+    with pytest.raises(FileExistsError, match="never overwrite"):
+        files.atomic_write(str(target), lambda tmp: open(tmp, "w").write("mine"),
+                           overwrite=False)
+    assert target.read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+    # The vocabulary of the same model is shared; another one is refused.
+    shared = tmp_path / "shared_vocab.txt"
+    train_lib.copy_vocabulary(str(finished), str(shared), overwrite=False)
+    train_lib.copy_vocabulary(str(finished), str(shared), overwrite=False)
+    shared.write_text("[PAD]\n")
+    with pytest.raises(FileExistsError, match="another vocabulary"):
+        train_lib.copy_vocabulary(str(finished), str(shared), overwrite=False)

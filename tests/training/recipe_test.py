@@ -63,7 +63,8 @@ def test_distillation_gradient_does_not_reach_the_teacher():
 
 def test_model_adds_the_weighted_distillation_loss():
     feats, labels = synthetic_task(16, seed=4)
-    model = DactClassifier(tiny_backbone(seed=4), num_classes=2, tau=0.0, dropout=0.0)
+    model = DactClassifier(tiny_backbone(seed=4), num_classes=2, tau=0.0, dropout=0.0,
+                           distill_weight=0.0)
     model.compile()
     y_pred = model(feats, training=True)
     base = float(model.compute_loss(y=labels, y_pred=y_pred))
@@ -286,7 +287,7 @@ def test_train_certifies_what_the_calibration_costs_and_says_so(tmp_path, capsys
 
 
 def test_the_recipe_pieces_compose_in_a_plain_keras_fit(tmp_path):
-    """The README's "Using it from Python" recipe, on a tiny model."""
+    """The Python recipe of `docs/python.md`, on a tiny model."""
     import dact_tf
 
     feats, labels = synthetic_task(192, seed=6)
