@@ -434,9 +434,12 @@ def _write_outputs(rows, plots):
         "",
         f"Machine: {env['cpu_model']}, {env['cpu_cores']} cores, "
         f"{', '.join(env['gpus']) or 'no GPU'}; last written {env['date_utc']}. Backbone "
-        f"`{FLAGS.backbone}`; full training sets (less 10% held out for model selection, at "
-        "most 1,000 rows), GLUE dev sets for every figure; sequence length 64 (SST-2, CoLA) or "
-        "128 (pairs). Mean ± std over the seeds listed (n).",
+        f"`{FLAGS.backbone}`; full training sets less each run's held-out rows (its "
+        "`DataConfig`: runs before 2026-12-06 held out 10 %, at most 1,000 rows; later ones "
+        "20 %, capped by `max_holdout_examples`, 60 % of them kept apart for the calibration), "
+        "GLUE dev sets for "
+        "every figure; sequence length 64 (SST-2, CoLA) or 128 (pairs). Mean ± std over the "
+        "seeds listed (n).",
         "",
         "Mean blocks are the tight halting rule's (the default); DACT rows also give the "
         "paper's rule on the same model (identical predictions by construction) and the "

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from dact_tf import analysis
 from dact_tf import progress
+from dact_tf.callbacks import exit_summary
 
 def predict_dataset(model, dataset, full_depth=False, verbose=0, max_layers=None):
     """Runs the model over a dataset; returns `(outputs dict, labels)`.
@@ -78,17 +79,9 @@ def results_from_outputs(model, outputs, labels, metric_task):
     """`evaluate`'s results from outputs of `predict_dataset` (early exit)."""
     preds = outputs["scores"] if model.task == "regression" else outputs["predictions"]
     results = analysis.task_metrics(metric_task, labels, preds)
-    layers = outputs["layers_executed"]
-    n = model.num_layers
     results.update(model.exit_criterion.summary())
-    results.update(
-        method=model.method,
-        mean_layers_executed=float(layers.mean()),
-        num_layers=n,
-        layers_histogram=np.bincount(layers, minlength=n + 1)[1:].tolist(),
-        ideal_speedup=float(n / layers.mean()),
-        num_examples=int(len(layers)),
-    )
+    results.update(method=model.method,
+                   **exit_summary(outputs["layers_executed"], model.num_layers))
     return results
 
 

@@ -65,6 +65,16 @@ def atomic_write(path, write, overwrite=True):
             os.remove(tmp)
 
 
+def write_vocabulary(tokenizer, path):
+    """Writes `tokenizer`'s vocabulary to `path`, one token a line (`vocab.txt`)."""
+    vocab = tokenizer.get_vocabulary()
+    bad = [t for t in vocab if "\n" in t or "\r" in t]
+    if bad:
+        raise ValueError(f"Tokens with line breaks cannot be written: {bad[:3]}")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(vocab) + "\n")
+
+
 def write_json(path, results):
     """Writes results as JSON, atomically."""
 

@@ -56,12 +56,8 @@ VOCAB_FILE = "vocab.txt"
 def save_model_dir(model_dir, model, tokenizer, config):
     """Writes the final model, the vocabulary and the config, each atomically."""
     files.atomic_write(os.path.join(model_dir, MODEL_FILE), model.save)
-
-    def write_vocab(path):
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("\n".join(tokenizer.get_vocabulary()) + "\n")
-
-    files.atomic_write(os.path.join(model_dir, VOCAB_FILE), write_vocab)
+    files.atomic_write(os.path.join(model_dir, VOCAB_FILE),
+                       lambda path: files.write_vocabulary(tokenizer, path))
     write_config(model_dir, config)
 
 

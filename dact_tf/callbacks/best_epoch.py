@@ -6,6 +6,8 @@ import os
 
 import keras
 
+from dact_tf import files
+
 
 class KeepBestEpoch(keras.callbacks.Callback):
     """Restores, at the end of training, the weights of the best epoch.
@@ -76,15 +78,10 @@ class KeepBestEpoch(keras.callbacks.Callback):
         value = float(value)
         if math.isnan(value) or not self._better(value):
             return
-        os.makedirs(self.directory, exist_ok=True)
-        tmp = self._weights_path + ".tmp.weights.h5"
-        self.model.save_weights(tmp)
-        os.replace(tmp, self._weights_path)
+        files.atomic_write(self._weights_path, self.model.save_weights)
         self.best, self.best_epoch = value, int(epoch)
-        tmp = self._state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"monitor": self.monitor, "best": value, "epoch": int(epoch)}, f)
-        os.replace(tmp, self._state_path)
+        files.write_json(self._state_path,
+                         {"monitor": self.monitor, "best": value, "epoch": int(epoch)})
 
     def on_train_end(self, logs=None):
         if self.best_epoch is not None:

@@ -43,20 +43,33 @@ def halting_statistics(model, data, max_batches=None):
         exits.append(exit_layers.numpy())
     if not exits:
         raise ValueError("halting_statistics got no data.")
-    exits = np.concatenate(exits)
-    count = len(exits)
-    histogram = np.bincount(exits, minlength=num_layers + 1)[1:]
-    mean_layers = float(exits.mean())
+    summary = exit_summary(np.concatenate(exits), num_layers)
+    count = summary["num_examples"]
     return {
-        "num_examples": count,
-        "num_layers": num_layers,
+        **summary,
         "ponder_cost": ponder_sum / count,
-        "mean_layers_executed": mean_layers,
-        "ideal_speedup": num_layers / mean_layers,
         "halting_mean": (halting_sum / count).tolist(),
-        "exit_rate": (histogram / count).tolist(),
-        "layers_histogram": histogram.tolist(),
+        "exit_rate": (np.asarray(summary["layers_histogram"]) / count).tolist(),
     }
+
+
+def exit_summary(layers_executed, num_layers):
+    """What the blocks executed per row say: one place for every report.
+
+    Args:
+        layers_executed: int `[rows]`, 1-based blocks each row ran.
+        num_layers: int, the model's blocks.
+
+    Returns:
+        A dict: `num_examples`, `num_layers`, `mean_layers_executed`,
+        `ideal_speedup` (`num_layers / mean`) and `layers_histogram` (rows
+        per number of blocks 1..N).
+    """
+    layers = np.asarray(layers_executed)
+    mean = float(layers.mean())
+    return {"num_examples": int(len(layers)), "num_layers": int(num_layers),
+            "mean_layers_executed": mean, "ideal_speedup": float(num_layers / mean),
+            "layers_histogram": np.bincount(layers, minlength=num_layers + 1)[1:].tolist()}
 
 
 def _trace_function(model):

@@ -14,11 +14,12 @@ import os
 
 from absl import flags
 
+from dact_tf.cli import help_text
+
 FLAGS = flags.FLAGS
 
 #: Flags that decide which training rows were held out: `calibrate` takes the stored ones.
-_SPLIT_FLAGS = ("holdout_fraction", "max_holdout_examples", "calibration_share",
-                "max_train_examples", "task")
+_SPLIT_FLAGS = help_text.REFUSED_BY_COMMAND["calibrate"]
 
 
 def run(require, data_config_from):
@@ -58,9 +59,8 @@ def run(require, data_config_from):
     if target is not None:
         try:
             model.exit_criterion.check_target_blocks(target, model.num_layers)
-        except ValueError as error:
-            raise ValueError(f"--target_blocks: {model_dir} holds a {model.method!r} model: "
-                             f"{error}") from None
+        except ValueError as error:  # the method's own words, as a flag
+            raise ValueError(str(error).replace("`target_blocks`", "--target_blocks")) from None
     stage1 = os.path.join(model_dir, train_lib.STAGE1_DIR)
     reference = None
     if target is not None:

@@ -60,9 +60,15 @@ COMMAND_FLAGS = {
 }
 
 
+#: Flags a command does not list but refuses itself, with a message of its own.
+REFUSED_BY_COMMAND = {"calibrate": ("holdout_fraction", "max_holdout_examples",
+                                    "calibration_share", "max_train_examples", "task")}
+
+
 def foreign_flags(command):
     """The dact-tf flags given on the command line that `command` does not read."""
     own = {name for names in COMMAND_FLAGS[command].values() for name in names}
+    own.update(REFUSED_BY_COMMAND.get(command, ()))
     every = {name for groups in COMMAND_FLAGS.values() for names in groups.values()
              for name in names}
     return sorted(name for name in every - own if FLAGS[name].present)

@@ -14,6 +14,8 @@ TF Text ops left in an export are the tokenizer's own
 
 import tensorflow as tf
 
+from dact_tf import files
+
 TRUNCATE_MODES = ("round_robin", "waterfall")
 
 
@@ -196,9 +198,4 @@ def make_packer(model, tokenizer, sequence_length, truncate):
 
 def write_vocabulary(tokenizer, path):
     """Writes `tokenizer`'s vocabulary to `path`, one token a line (TF Serving's asset)."""
-    vocab = tokenizer.get_vocabulary()
-    bad = [t for t in vocab if "\n" in t or "\r" in t]
-    if bad:
-        raise ValueError(f"Tokens with line breaks cannot be written: {bad[:3]}")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(vocab) + "\n")
+    files.write_vocabulary(tokenizer, path)

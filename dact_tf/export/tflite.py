@@ -372,15 +372,8 @@ def _read(model):
 
 
 def _write_atomically(path, content):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-dact-", suffix=".tflite", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp):
+        with open(tmp, "wb") as f:
             f.write(content)
-        files.publish(tmp)  # mkstemp's 0600 -> what the umask gives
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    files.atomic_write(path, write)

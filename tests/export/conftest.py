@@ -13,6 +13,7 @@ import keras_hub
 import numpy as np
 import pytest
 
+from dact_tf.config import ModelConfig
 from dact_tf.export import export_saved_model
 from dact_tf.models import DactClassifier
 from tests.testing import random_features
@@ -47,8 +48,11 @@ def small_tokenizer():
 def make_model(task="classification", seed=0, pooling="cls", **kwargs):
     """A random tiny DactClassifier whose heads exit at varied blocks.
 
-    `kwargs` go to `DactClassifier` (e.g. `method="pabee"`).
+    `kwargs` go to `DactClassifier` (e.g. `method="pabee"`). The heads are
+    the paper's (`ModelConfig.paper()`: no confidence input) unless `config`
+    is given; the CLI's export tests cover the default recipe's.
     """
+    kwargs.setdefault("config", ModelConfig.paper())
     backbone = tiny_backbone(
         num_layers=NUM_LAYERS, vocabulary_size=VOCAB_SIZE, max_len=MAX_LEN, seed=seed
     )
