@@ -65,6 +65,15 @@ def atomic_write(path, write, overwrite=True):
             os.remove(tmp)
 
 
+def remove_empty_dirs(path):
+    """Removes `path` and the folders below it that hold no file (bottom-up)."""
+    for root, _, _ in sorted(os.walk(path), key=lambda entry: -len(entry[0])):
+        try:
+            os.rmdir(root)  # only succeeds on an empty folder
+        except OSError:
+            pass
+
+
 def write_vocabulary(tokenizer, path):
     """Writes `tokenizer`'s vocabulary to `path`, one token a line (`vocab.txt`)."""
     vocab = tokenizer.get_vocabulary()

@@ -129,16 +129,22 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
                   "(delete the folder to train again).")
         model, preprocessor, _ = load_model_dir(model_dir)
         return model, preprocessor, {}
+    created = not os.path.exists(model_dir)
     os.makedirs(model_dir, exist_ok=True)
     # The workers of one cluster share the directory by design (only the
     # chief writes it): no lock between them.
     lock = (contextlib.nullcontext()
             if train_config.distribution_strategy == "multi_worker_mirrored"
             else files.ModelDirLock(model_dir))
-    with lock:
-        # DACT's full-depth stage 1 is a `train` of its own (checked, locked).
-        return TrainingRun(model_dir, data_config, model_config, train_config,
-                           extra_callbacks, train_fn=train).run()
+    try:
+        with lock:
+            # DACT's full-depth stage 1 is a `train` of its own (checked, locked).
+            return TrainingRun(model_dir, data_config, model_config, train_config,
+                               extra_callbacks, train_fn=train).run()
+    except BaseException:
+        if created:  # a run that failed before writing anything leaves no empty folders
+            files.remove_empty_dirs(model_dir)
+        raise
 
 
 def _check_certified(data_config, model_config):

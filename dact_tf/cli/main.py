@@ -394,7 +394,8 @@ def cmd_export():
             version=FLAGS.version,
             tokenizer=preprocessor.tokenizer,
             sequence_length=config["data"]["sequence_length"],
-            text_pair=train_lib.is_pair_task(config),
+            # A pair model gets serve_text_pair only: one sentence is not its input.
+            text_pair="only" if train_lib.is_pair_task(config) else False,
             text_signatures=FLAGS.text_signatures,
         )
     bar.update()
@@ -422,8 +423,15 @@ def main(argv):
     except _USER_ERRORS as e:
         if FLAGS.verbosity >= 1:
             raise
-        print(f"dact-tf {argv[1]}: error: {e}", file=sys.stderr)
+        print(f"dact-tf {argv[1]}: error: {_one_line(e)}", file=sys.stderr)
         sys.exit(1)
+
+
+def _one_line(error):
+    """An error as the line the user reads: an OS error names its file, without `[Errno N]`."""
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f"{error.filename}: {error.strerror.lower()}."
+    return str(error)
 
 
 flags.DEFINE_string("command", None, "Set from the first argument; do not pass.")

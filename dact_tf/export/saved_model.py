@@ -152,7 +152,10 @@ def export_saved_model(
         sequence_length: int, the packed length for the text signatures
             (default and maximum: the backbone's `max_sequence_length`).
         text_pair: bool, also export `serve_text_pair` (sentence-pair tasks
-            such as MRPC, RTE, QNLI).
+            such as MRPC, RTE, QNLI); `"only"`: export `serve_text_pair` and
+            no single-sentence `serve_text` (a pair model given one sentence
+            would answer without a word; `dact-tf export` does this for pair
+            models).
         truncate: `"round_robin"` or `"waterfall"`, how text pairs are cut to
             `sequence_length`.
         text_signatures: bool. False exports the token-id signatures only
@@ -191,7 +194,9 @@ def export_saved_model(
     if tokenizer is not None:
         packer = make_packer(model, tokenizer, sequence_length, truncate)
     elif text_pair:
-        raise ValueError("`text_pair=True` needs a `tokenizer`.")
+        raise ValueError("`text_pair` needs a `tokenizer`.")
+    if text_pair not in (False, True, "only"):
+        raise ValueError(f"`text_pair` must be True, False or 'only', got {text_pair!r}.")
     vocabulary_only = None
     if not text_signatures:
         vocabulary_only, packer, text_pair = (packer.tokenizer if packer else None), None, False
@@ -252,7 +257,8 @@ def build_serving_module(
         model: a `DactClassifier`.
         packer: None or a `dact_tf.export.text.TextPacker`: adds
             `serve_text`.
-        text_pair: bool, add `serve_text_pair` (needs `packer`).
+        text_pair: bool, add `serve_text_pair` (needs `packer`); `"only"`:
+            `serve_text_pair` without `serve_text`.
         vocabulary_file: str or None, the tokenizer's vocabulary written one
             token a line (the SavedModel asset). None writes it to a new
             temporary folder.
@@ -354,11 +360,12 @@ def _add_text_signatures(module, signatures, run_features, packer, text_pair, vo
     def predict_text(text):
         return run_features(packer(text))
 
-    module.predict_text = tf.function(
-        predict_text,
-        input_signature=[tf.TensorSpec([None], tf.string, name="text")],
-    )
-    signatures[SERVE_TEXT] = module.predict_text
+    if text_pair != "only":
+        module.predict_text = tf.function(
+            predict_text,
+            input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+        )
+        signatures[SERVE_TEXT] = module.predict_text
     if text_pair:
 
         def predict_text_pair(text_a, text_b):

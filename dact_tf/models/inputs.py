@@ -80,6 +80,8 @@ def _checked_token_ids(inputs, keys, backbone_name, max_length):
         raise ValueError(f"`token_ids` must have shape [batch, seq], got {token_ids.shape}.")
     if token_ids.shape[0] == 0:
         raise ValueError("Got an empty batch (batch size 0).")
+    if token_ids.shape[1] == 0:
+        raise ValueError("Got sequences of length 0: every row needs at least one token.")
     if token_ids.shape[1] is not None and token_ids.shape[1] > max_length:
         raise ValueError(
             f"Sequences of length {token_ids.shape[1]} are longer than the "
@@ -98,6 +100,8 @@ def _value_checks(token_ids, others, max_length, vocabulary_size, num_segments):
             tf.shape(token_ids)[1], max_length,
             message=f"sequence longer than the model's maximum {max_length}"),
         tf.debugging.assert_greater(tf.shape(token_ids)[0], 0, message="empty batch"),
+        tf.debugging.assert_greater(tf.shape(token_ids)[1], 0,
+                                    message="sequences of length 0 (no token)"),
         tf.debugging.assert_non_negative(token_ids, message="token_ids must be >= 0"),
         tf.debugging.assert_less(
             token_ids, tf.cast(vocabulary_size, token_ids.dtype),

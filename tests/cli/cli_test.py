@@ -472,3 +472,14 @@ def test_exit_flags_that_would_be_ignored_or_wrap_are_refused(trained):
         assert proc.returncode == 1, args
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (
             args, proc.stderr)
+
+
+def test_a_missing_file_is_named_and_a_failed_run_leaves_no_empty_folders(tmp_path):
+    model_dir = tmp_path / "never"
+    proc = dact_tf("train", "--task=tsv", f"--train_file={tmp_path}/missing.tsv",
+                   f"--eval_file={tmp_path}/missing.tsv", f"--model_dir={model_dir}",
+                   *TINY, cache=tmp_path / "cache", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"dact-tf train: error: {tmp_path}/missing.tsv: "
+                                   "no such file or directory."), proc.stderr
+    assert not model_dir.exists()  # not even an empty stage1/

@@ -82,6 +82,7 @@ FRESH_LOAD = textwrap.dedent(
         "mask_shape": dict(ok, padding_mask=ok["padding_mask"][:, :4]),
         "segment_shape": dict(ok, segment_ids=ok["segment_ids"][:, :3]),
         "empty_batch": {k: v[:0] for k, v in ok.items()},
+        "empty_rows": {k: v[:, :0] for k, v in ok.items()},
     }
     info["errors"] = {}
     for name, bad in bad_inputs.items():
@@ -196,6 +197,7 @@ def test_fresh_process_input_checks_survive_export(fresh):
     assert "padding_mask and token_ids" in errors["mask_shape"]
     assert "segment_ids and token_ids" in errors["segment_shape"]
     assert "empty batch" in errors["empty_batch"]
+    assert "sequences of length 0" in errors["empty_rows"]
 
 
 def test_segment_ids_are_checked(plain_export):
@@ -513,3 +515,24 @@ def test_a_killed_exports_temporary_folder_is_removed_by_the_next_export(classif
     export_saved_model(classifier, str(base))
     assert not stale.exists() and live.exists()
     assert sorted(n for n in os.listdir(base) if not n.startswith(".")) == ["1"]
+
+
+def test_a_pair_only_export_has_no_single_sentence_signature(classifier, tmp_path):
+    """`text_pair="only"` (what `dact-tf export` gives pair models): a single sentence has
+    no signature to be answered by, as if it were a whole pair."""
+    import tensorflow_text  # noqa: F401  (the text signatures' ops)
+
+    from tests.export.conftest import small_tokenizer
+
+    path = export_saved_model(classifier, str(tmp_path), tokenizer=small_tokenizer(),
+                              text_pair="only")
+    meta = read_metadata(path)
+    assert "serve_text_pair" in meta["signatures"] and "serve_text" not in meta["signatures"]
+    loaded = tf.saved_model.load(path)
+    assert "serve_text" not in loaded.signatures
+    out = loaded.signatures["serve_text_pair"](text_a=tf.constant(["a b", "c"]),
+                                               text_b=tf.constant(["d", "e f"]))
+    assert out["predictions"].shape == (2,)
+    with pytest.raises(ValueError, match="text_pair"):
+        export_saved_model(classifier, str(tmp_path / "x"), tokenizer=small_tokenizer(),
+                           text_pair="yes")
