@@ -98,7 +98,8 @@ def command_help(command):
 
 def help_requested(argv):
     """`(True, text)` if argv asks for help, else `(False, None)`."""
-    asks = any(a in ("--help", "-h", "--help=true", "help") for a in argv[1:])
+    # --helpshort too: absl suggests it after a misspelled flag.
+    asks = any(a in ("--help", "-h", "--help=true", "help", "--helpshort") for a in argv[1:])
     commands = [a for a in argv[1:] if a in SUMMARIES]
     if not asks:
         return False, None

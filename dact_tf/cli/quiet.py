@@ -16,6 +16,7 @@ stderr, so the filter never holds them back.
 
 import atexit
 import contextlib
+import logging as py_logging
 import os
 import re
 import sys
@@ -98,6 +99,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"dact-tf: warning: {message}", file=file or sys.stderr)
 
 
+class _NoRetracingAdvice(py_logging.Filter):
+    """Drops TensorFlow's retracing advice (a warning about our own deliberate traces)."""
+
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
 def install():
     """Filters TensorFlow's noise out of this process's stderr (idempotent).
 
@@ -110,6 +118,11 @@ def install():
                    "google.protobuf", "absl"):
         warnings.filterwarnings("ignore", module=module + r"(\.|$)")
     warnings.showwarning = _show_warning
+    # tf.function's "... triggered tf.function retracing" advice: each cap of
+    # `evaluate --max_layers` is a new trace on purpose.
+    tf_logger = py_logging.getLogger("tensorflow")
+    if not any(isinstance(f, _NoRetracingAdvice) for f in tf_logger.filters):
+        tf_logger.addFilter(_NoRetracingAdvice())
     try:
         from absl import logging
 

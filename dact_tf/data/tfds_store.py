@@ -6,7 +6,9 @@ tfds, so local files and tfds' own `glue/<task>` reach the pipeline the
 same way (`dact_tf.data.glue.load_glue`).
 """
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -116,19 +118,10 @@ def store_as_tfds(
         os.makedirs(data_dir, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=data_dir)
         try:
-            tfds.dataset_builders.store_as_tfds_dataset(
-                name=name,
-                version="1.0.0",
-                features=tfds_features(
-                    text_feature, pair_feature, examples.label_names
-                ),
-                split_datasets={split: _example_dicts(
-                    examples, text_feature, pair_feature
-                )},
-                data_dir=tmp,
-                description=f"Stored by dact_tf from {examples.source}.",
-                disable_shuffling=True,
-            )
+            # tfds prints "Downloading and preparing dataset" and "downloaded and
+            # prepared" to stdout, though nothing is downloaded: keep them out.
+            with contextlib.redirect_stdout(io.StringIO()):
+                _store(tfds, name, examples, text_feature, pair_feature, split, tmp)
             files.publish(tmp)  # mkdtemp makes it private: the umask's permissions
             try:
                 os.rename(tmp, folder)
@@ -143,6 +136,19 @@ def store_as_tfds(
                 shutil.rmtree(tmp, ignore_errors=True)
     builder = tfds.builder_from_directory(version_dir)
     return builder.as_dataset(split=split, shuffle_files=False)
+
+
+def _store(tfds, name, examples, text_feature, pair_feature, split, data_dir):
+    """`tfds.dataset_builders.store_as_tfds_dataset` of `examples` under `data_dir`."""
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name=name,
+        version="1.0.0",
+        features=tfds_features(text_feature, pair_feature, examples.label_names),
+        split_datasets={split: _example_dicts(examples, text_feature, pair_feature)},
+        data_dir=data_dir,
+        description=f"Stored by dact_tf from {examples.source}.",
+        disable_shuffling=True,
+    )
 
 
 def _example_dicts(examples, text_feature, pair_feature):

@@ -81,6 +81,10 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
 
     backbone_cls = backbones.DactBertBackbone
     preprocessor_cls = backbones.DactBertTextClassifierPreprocessor
+    #: `"single"` or `"pair"`: the texts `fit` trained on (saved with the
+    #: model); `predict`, `evaluate` and `calibrate` refuse the other kind.
+    #: None: not known (token inputs, or a model saved before it was kept).
+    text_input = None
 
     def __init__(self, backbone, num_classes=2, preprocessor=None, **kwargs):
         # keras-hub's Task, then DactClassifier (the next class in the MRO)
@@ -210,6 +214,7 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         if x is None:
             raise ValueError("`fit` needs `x`: texts, `(texts, text_pairs)`, token inputs or a "
                              "tf.data.Dataset of `(x, y)`.")
+        self.text_input = _text_kind(x) or self.text_input
         if not isinstance(x, tf.data.Dataset):
             y = self._checked_labels(x, y)
             data = (x, y, sample_weight)
@@ -341,6 +346,7 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
                              "`max_disagreement` (a certified halting mode).")
         if target_blocks is not None:
             self.exit_criterion.check_target_blocks(target_blocks, self.num_layers)
+        self._check_text_input(x)
         data = self._features_dataset(x, batch_size, y=y)
         labelled = isinstance(data.element_spec, tuple)
         result = calibration_run.calibrate(
@@ -350,6 +356,25 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
             max_disagreement=max_disagreement, shared=True, verbose=0)
         self.predict_function = self.test_function = None
         return result
+
+    def predict(self, x=None, batch_size=None, **kwargs):
+        """`keras.Model.predict` on texts, `(texts, text_pairs)` or token inputs."""
+        self._check_text_input(x)
+        return super().predict(x=x, batch_size=batch_size, **kwargs)
+
+    def evaluate(self, x=None, y=None, batch_size=None, **kwargs):
+        """`keras.Model.evaluate` on texts, `(texts, text_pairs)` or token inputs."""
+        self._check_text_input(x)
+        return super().evaluate(x=x, y=y, batch_size=batch_size, **kwargs)
+
+    def _check_text_input(self, x):
+        """Refuses single texts for a model fit on pairs, and the other way round."""
+        kind = _text_kind(x)
+        if kind and self.text_input and kind != self.text_input:
+            raise ValueError(
+                "This model was fit on (texts, text_pairs); got single texts: give "
+                "`(texts, text_pairs)`." if self.text_input == "pair" else
+                "This model was fit on single texts; got (texts, text_pairs).")
 
     def _features_dataset(self, x, batch_size, y=None):
         """Batches of the model's token inputs from `x`, with their labels where
@@ -381,6 +406,8 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         config = DactClassifier.get_config(self)
         config["preprocessor"] = (
             None if self.preprocessor is None else keras.layers.serialize(self.preprocessor))
+        if self.text_input:
+            config["text_input"] = self.text_input
         return config
 
     @classmethod
@@ -390,8 +417,9 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         if isinstance(config.get("preprocessor"), dict):
             config["preprocessor"] = keras.layers.deserialize(config["preprocessor"])
         certificates = config.pop("certificates", None)
+        text_input = config.pop("text_input", None)
         model = cls(**exits.legacy_config(config))
-        model.certificates = certificates
+        model.certificates, model.text_input = certificates, text_input
         return model
 
 
@@ -406,6 +434,29 @@ def _as_tensors(x):
     if isinstance(x, tuple):
         return tuple(tf.constant(np.asarray(v)) for v in x)
     return tf.constant(np.asarray(x))
+
+
+def _text_kind(x):
+    """`"pair"` for `(texts, text_pairs)`, `"single"` for texts, None for anything else."""
+    if isinstance(x, tf.data.Dataset):
+        spec = x.element_spec
+        if isinstance(spec, tuple) and len(spec) in (2, 3) and isinstance(spec[0], tuple):
+            spec = spec[0]  # ((texts, pairs), labels[, weights])
+        elif isinstance(spec, tuple) and len(spec) in (2, 3) and not isinstance(spec[1], tuple):
+            spec = spec[0] if spec[1].dtype != tf.string else spec  # (texts, labels)
+        specs = spec if isinstance(spec, tuple) else (spec,)
+        if not all(getattr(s, "dtype", None) == tf.string for s in specs):
+            return None
+        return "pair" if len(specs) == 2 else "single" if len(specs) == 1 else None
+    parts = x if isinstance(x, tuple) else (x,)
+    if isinstance(x, dict) or not parts or len(parts) > 2:
+        return None
+    try:
+        if not all(np.asarray(p).dtype.kind in "USO" for p in parts):
+            return None
+    except (TypeError, ValueError):
+        return None
+    return "pair" if len(parts) == 2 else "single"
 
 
 def _num_rows(x):

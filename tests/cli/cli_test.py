@@ -321,6 +321,9 @@ def test_help_lists_the_commands_and_each_commands_own_flags(tmp_path):
         assert text in train.stdout
     export = dact_tf("export", "--help", cache=tmp_path)
     assert "--export_dir" in export.stdout and "--learning_rate" not in export.stdout
+    # --helpshort (absl suggests it after a misspelled flag) gives the same page.
+    short = dact_tf("export", "--helpshort", cache=tmp_path)
+    assert short.returncode == 0 and short.stdout == export.stdout
     bare = dact_tf(cache=tmp_path, check=False)
     assert bare.returncode == 1 and "Commands:" in bare.stdout
 

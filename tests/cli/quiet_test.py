@@ -51,6 +51,25 @@ def test_the_filter_drops_noise_written_to_fd_2_and_keeps_the_rest_in_order():
     assert proc.stderr.split(b"--start--\n", 1)[1] == expected
 
 
+def test_tensorflows_retracing_advice_is_dropped_and_its_other_warnings_kept():
+    script = textwrap.dedent("""
+        import logging, sys
+        from dact_tf.cli import quiet
+        quiet.install()
+        quiet.install()  # idempotent: one filter
+        logger = logging.getLogger("tensorflow")
+        logger.addHandler(logging.StreamHandler(sys.stdout))
+        logger.warning("5 out of the last 5 calls to <f> triggered tf.function retracing.")
+        logger.warning("a warning that matters")
+        print(len(logger.filters))
+    """)
+    env = dict(os.environ, PYTHONPATH=REPO, DACT_TF_QUIET="0")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env,
+                          cwd=REPO, timeout=120, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["a warning that matters", "1"]
+
+
 def test_verbosity_or_the_environment_turns_the_filter_off():
     assert quiet.is_command_line(["/venv/bin/dact-tf", "train"], {})
     assert not quiet.is_command_line(["/venv/bin/dact-tf", "train", "--verbosity=1"], {})

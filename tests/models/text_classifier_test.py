@@ -237,3 +237,27 @@ def test_saved_model_export_serves_text_in_a_fresh_process(trained, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_a_pair_model_refuses_single_texts_and_the_other_way_round(tmp_path):
+    pairs = (TEXTS, list(reversed(TEXTS)))
+    model = _model()
+    model.fit(x=pairs, y=LABELS, epochs=1, verbose=0)
+    assert model.text_input == "pair"
+    out = model.predict(pairs, verbose=0)
+    assert out["predictions"].shape == (len(TEXTS),)
+    with pytest.raises(ValueError, match=r"fit on \(texts, text_pairs\); got single texts"):
+        model.predict(TEXTS, verbose=0)
+    with pytest.raises(ValueError, match="got single texts"):
+        model.evaluate(tf.data.Dataset.from_tensor_slices((TEXTS, LABELS)).batch(4), verbose=0)
+    with pytest.raises(ValueError, match="got single texts"):
+        model.calibrate(TEXTS, target_blocks=2.0)
+    # The kind is saved with the model.
+    path = str(tmp_path / "pairs.keras")
+    model.save(path)
+    assert keras.models.load_model(path, safe_mode=True).text_input == "pair"
+    single = _model()
+    single.fit(x=TEXTS, y=LABELS, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="fit on single texts; got \\(texts, text_pairs\\)"):
+        single.predict(pairs, verbose=0)
+    assert single.predict(TEXTS[:2], verbose=0)["predictions"].shape == (2,)
