@@ -38,6 +38,7 @@ from dact_tf import files
 from dact_tf.cli import quiet
 
 from dact_tf.export import saved_model as saved_model_lib
+from dact_tf.export.precision import float32_model
 
 QUANTIZE_MODES = ("none", "dynamic", "float16")
 TFLITE_SIGNATURES = (saved_model_lib.SERVING_DEFAULT, saved_model_lib.FULL_DEPTH,
@@ -138,7 +139,9 @@ def export_tflite(
             saved_model_dir = os.fspath(source)
         else:
             tmp_saved_model = tempfile.mkdtemp(prefix="dact_tflite_")
-            module, sigs = saved_model_lib.build_serving_module(source)
+            # A model trained under mixed precision converts as a float32 copy: the
+            # converter has no bfloat16 builtins (as `export_saved_model` does).
+            module, sigs = saved_model_lib.build_serving_module(float32_model(source))
             saved_model_dir = os.path.join(tmp_saved_model, "1")
             tf.saved_model.save(module, saved_model_dir, signatures=sigs)
         content = _convert_first_that_works(saved_model_dir, signatures, quantize)

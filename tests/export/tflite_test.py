@@ -245,6 +245,12 @@ def test_a_mixed_bfloat16_model_exports_in_float32_and_converts(tmp_path, featur
     got = _run(path, "serving_default", features)
     np.testing.assert_array_equal(got["layers_executed"], early["layers_executed"].numpy())
     np.testing.assert_allclose(got["probabilities"], early["probabilities"].numpy(), atol=1e-5)
+    # Straight from the in-memory model too (what `dact-tf export --format=tflite`
+    # does): it used to keep the bfloat16 graph, which has no builtins.
+    direct = _run(export_tflite(model, str(tmp_path / "direct.tflite")), "serving_default",
+                  features)
+    np.testing.assert_array_equal(direct["layers_executed"], got["layers_executed"])
+    np.testing.assert_allclose(direct["probabilities"], got["probabilities"], atol=1e-5)
     # The float32 export answers like the bfloat16 model, to bfloat16's precision.
     keras_out = model(inputs, full_depth=True)
     np.testing.assert_allclose(
