@@ -112,7 +112,9 @@ def loop_forward(encoder, inputs, padding_mask, halting, max_layers):
             done_at = tf.where(done)[:, 0]
             keep_at = tf.where(tf.logical_not(done))[:, 0]
             rows_done = tf.gather(s["rows"], done_at)[:, None]
-            out = s["out"] + tf.scatter_nd(rows_done, tf.gather(finished, done_at),
+            # Only the rows that finish are packed (not every row at every block).
+            packed = tf.concat([tf.gather(part, done_at) for part in finished], 1)
+            out = s["out"] + tf.scatter_nd(rows_done, packed,
                                            tf.shape(s["out"]))
             return (tf.gather(hidden, keep_at), tf.gather(s["mask"], keep_at),
                     tf.gather(s["rows"], keep_at), tf.gather(carry, keep_at), out)
@@ -156,7 +158,7 @@ class _Layout:
         return tf.concat(columns, 1)
 
     def step(self, n, hidden, mask, carry, halting):
-        """Block `n`'s heads and exit step: `(carry, finished rows' out columns, done)`."""
+        """Block `n`'s heads and exit step: `(carry, the out columns' parts, done)`."""
         c, k, criterion, context = self.c, self.k, self.criterion, self.context
         y, h = self.encoder.heads(self.encoder._pool(hidden, mask), layer_index=n)
         remaining = self.encoder.num_layers - 1 - n
@@ -174,7 +176,7 @@ class _Layout:
             finished.append(tf.cast(exact, tf.float32)[:, None])
             done = tf.logical_or(done, tf.cast(n + 1, tf.float32) >= cap)
             columns.append(cap[:, None])
-        return tf.concat(columns, 1), tf.concat(finished, 1), done
+        return tf.concat(columns, 1), finished, done
 
     def outputs(self, out, inputs):
         """The encoder's output dict from the finished rows' `out` columns."""
