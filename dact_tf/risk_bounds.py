@@ -112,10 +112,27 @@ def difference_upper_bound(worse, better, n, delta):
 
     Paired comparisons of two models on `n` rows: `worse` rows the first
     answers wrongly where the second answers rightly, `better` the other
-    way round. The accuracy drop is `P(worse) - P(better)`; its bound is
-    the upper bound of the first rate minus the lower bound of the second,
-    each at `delta / 2` (a union bound), so it holds with probability at
-    least `1 - delta`, whatever the distribution of the rows.
+    way round (the discordant rows; every other row counts for neither).
+    The drop factors as `q * (2 r - 1)`, where `q = P(worse) + P(better)`
+    is the discordant rate and `r = P(worse | discordant)`. Given the
+    number of discordant rows `d = worse + better`, `worse` is exactly
+    `Binomial(d, r)` (McNemar's conditioning), so the bound is
+
+        `U(d, n, delta / 2) * (2 U(worse, d, delta / 2) - 1)`
+
+    with `U` the one-sided Clopper-Pearson upper bound, or 0 when the
+    second factor is negative (then the drop is at most 0). Each bound
+    fails with probability at most `delta / 2` (the conditional one for
+    every `d`, hence also unconditionally), so both hold, and the drop is
+    below the product, with probability at least `1 - delta`, whatever the
+    distribution of the rows.
+
+    Bounding `P(worse)` from above and `P(better)` from below separately
+    (a union bound on the two margins) is also valid but ignores that the
+    two counts come from the same few discordant rows: when they are
+    balanced, e.g. 8 worse and 16 better of 480, it gives +1.34 % where
+    this gives +0.78 %. When nearly every discordant row is worse the two
+    agree within a few tenths of a point.
 
     Args:
         worse, better: ints, disjoint row counts (`worse + better <= n`).
@@ -123,14 +140,21 @@ def difference_upper_bound(worse, better, n, delta):
         delta: float in (0, 1).
 
     Returns:
-        float in `(-1, 1]`.
+        float in `[0, 1]`.
 
     Example:
     >>> round(difference_upper_bound(8, 16, 480, 0.05), 4)
-    0.0134
+    0.0078
     """
-    _check(worse + better, n, delta)
-    return upper_bound(worse, n, delta / 2.0) - lower_bound(better, n, delta / 2.0)
+    for count in (worse, better):
+        _check(count, max(worse + better, 1), delta)
+    discordant, n, delta = _check(worse + better, n, delta)
+    if discordant == 0:  # r unknown: its bound is 1, the drop at most q
+        return upper_bound(0, n, delta / 2.0)
+    share = upper_bound(worse, discordant, delta / 2.0)
+    if share <= 0.5:
+        return 0.0
+    return upper_bound(discordant, n, delta / 2.0) * (2.0 * share - 1.0)
 
 
 def rows_needed(rate, epsilon, delta, better_rate=None, limit=10_000_000):

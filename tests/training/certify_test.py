@@ -54,26 +54,44 @@ def test_rows_needed_is_about_the_smallest_count_that_certifies():
     assert risk_bounds.rows_needed(0.02, 0.01, 0.05) is None  # the rate is already above
 
 
-def test_the_drop_bound_is_two_exact_one_sided_bounds():
+def test_the_drop_bound_is_the_discordant_rate_times_the_worse_share():
     bound = risk_bounds.difference_upper_bound(8, 16, 480, 0.05)
-    upper = risk_bounds.upper_bound(8, 480, 0.025)
-    lower = risk_bounds.lower_bound(16, 480, 0.025)
-    assert bound == pytest.approx(upper - lower)
-    # The lower bound is the exact quantile from below: P(X >= 16) = 0.025 at L.
-    upper_tail = 1 - _exact_cdf(15, 480, lower)
+    rate = risk_bounds.upper_bound(24, 480, 0.025)  # rows where the two models differ
+    share = risk_bounds.upper_bound(8, 24, 0.025)  # of those, the worse ones
+    assert bound == pytest.approx(rate * (2 * share - 1))
+    # Each factor is the exact Clopper-Pearson quantile: P(X <= k) = 0.025 at the bound.
+    assert _exact_cdf(24, 480, rate) == pytest.approx(0.025, abs=1e-9)
+    assert _exact_cdf(8, 24, share) == pytest.approx(0.025, abs=1e-9)
+    # Tighter than bounding the two margins apart (upper minus lower, 2.5 % each)...
+    margins = (risk_bounds.upper_bound(8, 480, 0.025)
+               - risk_bounds.lower_bound(16, 480, 0.025))
+    assert margins == pytest.approx(0.0134, abs=1e-4) and bound < 0.01 < margins
+    # ...and the lower margin is the exact quantile from below: P(X >= 16) = 0.025.
+    upper_tail = 1 - _exact_cdf(15, 480, risk_bounds.lower_bound(16, 480, 0.025))
     assert upper_tail == pytest.approx(0.025, abs=1e-9)
     assert risk_bounds.lower_bound(0, 50, 0.05) == 0.0
-    with pytest.raises(ValueError):
-        risk_bounds.difference_upper_bound(300, 300, 480, 0.05)  # more rows than there are
+    # Mostly better rows: the share's bound is under a half, the drop at most 0.
+    assert risk_bounds.difference_upper_bound(2, 20, 480, 0.05) == 0.0
+    # No discordant row: the drop is at most the discordant rate's bound.
+    assert risk_bounds.difference_upper_bound(0, 0, 400, 0.05) == pytest.approx(
+        risk_bounds.upper_bound(0, 400, 0.025))
+    for bad in [(300, 300, 480), (-1, 5, 480), (5, -1, 480), (1.5, 2, 480)]:
+        with pytest.raises(ValueError):
+            risk_bounds.difference_upper_bound(*bad, 0.05)
 
 
-def test_the_drop_bound_covers_a_known_drop_in_at_least_one_minus_delta_of_draws():
+@pytest.mark.parametrize("worse,better,n,delta", [
+    (0.03, 0.02, 600, 0.1),  # a one-point drop from balanced discordant rows
+    (0.01, 0.0, 500, 0.1),  # every discordant row worse: the share's bound is 1
+    (0.06, 0.05, 300, 0.05),  # many discordant rows
+])
+def test_the_drop_bound_covers_a_known_drop_in_at_least_one_minus_delta_of_draws(
+        worse, better, n, delta):
     rng = np.random.default_rng(2)
-    worse, better, n, delta = 0.03, 0.02, 600, 0.1  # a true drop of one point
-    draws = rng.multinomial(n, [worse, better, 1 - worse - better], size=2000)
-    covered = np.mean([risk_bounds.difference_upper_bound(int(w), int(b), n, delta) >= 0.01
-                       for w, b, _ in draws])
-    assert covered >= 1 - delta
+    draws = rng.multinomial(n, [worse, better, 1 - worse - better], size=3000)
+    covered = np.mean([risk_bounds.difference_upper_bound(int(w), int(b), n, delta)
+                       >= worse - better - 1e-12 for w, b, _ in draws])
+    assert covered >= 1 - delta, covered
 
 
 def test_fixed_sequence_stops_at_the_first_failure():
