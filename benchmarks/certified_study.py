@@ -11,7 +11,7 @@ bound EPS in `--epsilons`, it scores on the evaluation set (the task's
   its own full depth);
 - `dact`, mode `target`: a fresh load, `calibration_run.calibrate` to half the
   blocks with the accuracy drop against `full` certified at most EPS on the
-  calibration rows (`dact_tf.certify.certify_compute_target`);
+  calibration rows (`dact_tf.calibration.certify.certify_compute_target`);
 - `dact`, mode `certified`: a fresh load, `certify.certify_halting` at EPS on the
   calibration rows (the most aggressive halting slack whose disagreement with
   the model's own full depth is certified at most EPS);
@@ -153,7 +153,7 @@ def _overrides(name):
     """`{field: value}` of `--data_override` items for group `name`."""
     import dataclasses
 
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     fields = {f.name: f.type for f in dataclasses.fields(train_lib.DataConfig)}
     out = {}
@@ -200,7 +200,7 @@ _COUNT_FIELDS = ("max_train_examples", "holdout_fraction", "max_holdout_examples
 
 def _data_config(group):
     """The group's `DataConfig`: its DACT model's stored one, paths fixed; checked across models."""
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     configs = {m: train_lib.read_config(d) for m, d in group["models"].items()}
     stored = dict(configs["dact"]["data"])
@@ -272,7 +272,7 @@ def _file_hash(path):
 
 
 def _datasets(data_config, preprocessor, label_names):
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     datasets = train_lib.make_datasets(data_config, preprocessor, label_names,
                                        splits=("holdout", "calibration", "validation"))
@@ -326,7 +326,7 @@ class Group:
     """One group's data, `full` model and evaluation-set answers, loaded when first needed."""
 
     def __init__(self, group):
-        from dact_tf import train_lib
+        from dact_tf.training import train_lib
 
         self.group = group
         self.data_config, self.label_names = _data_config(group)
@@ -348,7 +348,7 @@ class Group:
     @property
     def datasets(self):
         if self._datasets is None:
-            from dact_tf import train_lib
+            from dact_tf.training import train_lib
 
             _, preprocessor, _ = train_lib.load_model_dir(self.group["models"]["dact"])
             self._datasets = _datasets(self.data_config, preprocessor, self.label_names)
@@ -357,7 +357,7 @@ class Group:
     @property
     def full(self):
         if self._full is None:
-            from dact_tf import train_lib
+            from dact_tf.training import train_lib
 
             self._full = train_lib.load_model_dir(self.group["models"]["full"])[0]
         return self._full
@@ -366,7 +366,7 @@ class Group:
     def full_answers(self):
         """The `full` model's answers on the evaluation set (the agreement's reference)."""
         if self._full_answers is None:
-            from dact_tf import evaluation
+            from dact_tf.evaluation import scoring as evaluation
 
             outputs, _ = evaluation.predict_dataset(self.full, self.datasets["validation"],
                                                     verbose=FLAGS.verbose)
@@ -376,9 +376,9 @@ class Group:
 
 def _run_point(g, method, mode, eps):
     """Loads the model fresh, applies the mode, and scores it."""
-    from dact_tf import calibration_run
-    from dact_tf import certify
-    from dact_tf import train_lib
+    from dact_tf.calibration import calibration_run
+    from dact_tf.calibration import certify
+    from dact_tf.training import train_lib
 
     group, ds = g.group, g.datasets
     model_dir = group["models"][method]
@@ -431,8 +431,8 @@ def _score(g, model, cache_key=None):
     """
     import numpy as np
 
-    from dact_tf import certify
-    from dact_tf import evaluation
+    from dact_tf.calibration import certify
+    from dact_tf.evaluation import scoring as evaluation
 
     ds, verbose = g.datasets, FLAGS.verbose
 
@@ -480,7 +480,7 @@ def _score(g, model, cache_key=None):
 
 def _certificate_columns(point, eps):
     """The flat CSV columns of a point's certificates and its evaluation-set check."""
-    from dact_tf import risk_bounds
+    from dact_tf.calibration import risk_bounds
 
     out = {}
     halting, calibration = point["halting"], point["calibration"]

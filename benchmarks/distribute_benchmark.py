@@ -64,7 +64,7 @@ def _setup_devices():
 def _build(config):
     import keras
 
-    from dact_tf import distribute
+    from dact_tf.training import distribute
     from dact_tf.models import backbones
     from dact_tf.models.dact_classifier import DactClassifier
 

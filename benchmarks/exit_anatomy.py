@@ -59,7 +59,7 @@ def _entropy_rule(answers, labels, thresholds):
 
 
 def _section(model_dir):
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     model, preprocessor, config = train_lib.load_model_dir(model_dir)
     data = dict(config["data"], data_dir=FLAGS.glue_dir, seed=0)

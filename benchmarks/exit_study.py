@@ -1,7 +1,7 @@
 r"""Accuracy vs blocks executed: DACT against PABEE, DeeBERT and static truncation.
 
 For each task it trains, on the same backbone, data pipeline and budget
-(`dact_tf.train_lib.train`, what `dact-tf train --method=...` runs):
+(`dact_tf.training.train_lib.train`, what `dact-tf train --method=...` runs):
 
 - DACT at each `--taus` (one model per tau), and with `dact_warm` in
   `--methods` also warm-started from the full-depth static model (a
@@ -82,7 +82,7 @@ FLAGS = flags.FLAGS
 
 
 def _data_config(task):
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     return train_lib.DataConfig(
         task=task, data_dir=FLAGS.glue_dir, sequence_length=FLAGS.sequence_length,
@@ -92,7 +92,7 @@ def _data_config(task):
 
 def _trained(task, name, model_config):
     """Loads the model dir `<out_dir>/<task>/<name>`, training it if needed."""
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     model_dir = os.path.join(FLAGS.out_dir, task, name)
     reuse = os.path.join(FLAGS.reuse_dact_from or "", task, name)  # glue_study's dact_tau*
@@ -113,7 +113,7 @@ def _trained(task, name, model_config):
 
 def _models(task):
     """`(method, knob, model name, ModelConfig)` per model to train."""
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     common = dict(backbone=FLAGS.backbone, tau_warmup_epochs=FLAGS.tau_warmup_epochs)
     for method in FLAGS.methods:
@@ -186,7 +186,7 @@ def _time_export(model, export_root, timing_batches):
 
 
 def _point(task, method, knob_name, knob, model_dir, dev, timing_batches):
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     model, _, _ = train_lib.load_model_dir(model_dir)
     if knob_name in ("patience", "entropy_threshold"):
@@ -206,7 +206,7 @@ def _point(task, method, knob_name, knob, model_dir, dev, timing_batches):
 
 def main(argv):
     del argv
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
     from dact_tf.models import backbones
 
     for task in FLAGS.tasks:

@@ -174,7 +174,7 @@ def load_dev_set(model_dir):
     """`(model, config, arrays, labels)`: the dev set as int32 numpy arrays."""
     import tensorflow as tf
 
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     model, preprocessor, config = train_lib.load_model_dir(model_dir)
     data_config = train_lib.DataConfig(**config["data"])
@@ -783,7 +783,7 @@ def main(argv):
             for k in ("backbone", "tau", "halting_rule", "pooling")})
 
     # The Keras reference, before any patching.
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     t0 = time.perf_counter()
     keras_out, keras_labels = train_lib.predict_dataset(model, dataset)

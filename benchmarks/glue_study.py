@@ -45,7 +45,7 @@ FLAGS = flags.FLAGS
 
 
 def _data_config(task):
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     return train_lib.DataConfig(
         task=task, data_dir=FLAGS.glue_dir, sequence_length=FLAGS.sequence_length,
@@ -61,7 +61,7 @@ def _plain_point(task, model_dir):
     import numpy as np
 
     from dact_tf import data as dact_data
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
     from dact_tf.models import backbones
 
     data_config = _data_config(task)
@@ -96,7 +96,7 @@ def _plain_point(task, model_dir):
 
 
 def _dact_point(task, tau, model_dir):
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     data_config = _data_config(task)
     model_config = train_lib.ModelConfig(

@@ -2,7 +2,7 @@ r"""Does the pass-through help when DACT trains with it, not only after training
 
 The default recipe trains DACT with every halting unit free and lets the
 calibration pass the budget of leading blocks with useless heads through
-(`dact_tf.calibration`, `--pass_through=auto`). This experiment trains the
+(`dact_tf.calibration.halting_bias`, `--pass_through=auto`). This experiment trains the
 DACT stage with those blocks already passing their budget through (their
 halting values fixed at 1 from the first step), so that the later halting
 units learn where to stop in the context inference will use, then scores the
@@ -55,7 +55,7 @@ def _pass_through_callback(blocks):
 
 def main(argv):
     del argv
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     for item in FLAGS.runs:
         task, seed, blocks = item.split(":")

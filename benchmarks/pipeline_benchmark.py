@@ -45,7 +45,7 @@ def main(argv):
     import numpy as np
 
     from dact_tf import data as dact_data
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
     from dact_tf.models import backbones
     from dact_tf.models.dact_classifier import DactClassifier
 

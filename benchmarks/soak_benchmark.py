@@ -28,7 +28,7 @@ The model, one of (first that is set):
   smoke runs.
 
 Requests: `--num_requests` distinct requests of `--batch_size` SST-2 dev
-sentences (`dact_tf/resources/sst2/dev.tsv`, drawn with `--seed`), tokenized
+sentences (`dact_tf/resources/sst2/dev/tsv`, drawn with `--seed`), tokenized
 and truncated to `--seq_len` tokens by the model's tokenizer (an export's
 `assets.extra/vocab.txt` if it has one, else `--backbone`'s), then padded to
 the request's longest sentence (`--pad=longest`, what `serve_text` and a
@@ -209,7 +209,7 @@ def prepare_model(export_base, texts):
         return path, tokenizer, info
 
     if FLAGS.model_dir:
-        from dact_tf import train_lib
+        from dact_tf.training import train_lib
 
         model, preprocessor, config = train_lib.load_model_dir(FLAGS.model_dir)
         tokenizer = preprocessor.tokenizer

@@ -1,7 +1,7 @@
 r"""The accuracy-per-block study: DACT's default recipe against the baselines.
 
 For each task and seed it trains, on the same backbone, data, held-out rows
-and fine-tuning recipe (`dact_tf.train_lib.train`: AdamW, warm-up, linear
+and fine-tuning recipe (`dact_tf.training.train_lib.train`: AdamW, warm-up, linear
 decay, best epoch on held-out training rows):
 
 - `full`: plain full-depth fine-tuning (`--method=static`, every block). It
@@ -12,7 +12,7 @@ decay, best epoch on held-out training rows):
   self-distillation, tau steered to the default target of half the blocks
   and the halting calibrated to it on the held-out rows: `knob=default`),
   and the same trained model re-calibrated after training to each of
-  `--target_blocks` (`knob=target<K>`; see `dact_tf.calibration`);
+  `--target_blocks` (`knob=target<K>`; see `dact_tf.calibration.halting_bias`);
 - `dact_paper`: the paper's form (loss on `a_N` plus the ponder cost, no
   per-block or distillation loss, no stage 1, no target: tau decides), and
   calibrated after training to the same targets;
@@ -99,7 +99,7 @@ FLAGS = flags.FLAGS
 
 
 def _data_config(task, seed):
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     return train_lib.DataConfig(
         task=task, data_dir=FLAGS.glue_dir, sequence_length=SEQ_LENGTH.get(task, 128),
@@ -108,7 +108,7 @@ def _data_config(task, seed):
 
 
 def _train_config(task):
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     epochs = dict(item.split(":") for item in FLAGS.epochs_per_task.split(",") if item)
     kwargs = dict(epochs=int(epochs.get(task, FLAGS.epochs)), verbose=2,
@@ -124,7 +124,7 @@ def _model_dir(task, seed, name):
 
 def _model_configs(task, seed, method):
     """`(model name, ModelConfig)` of each model `method` needs, in order."""
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     base = train_lib.ModelConfig(backbone=FLAGS.backbone)
     full = _model_dir(task, seed, "full")
@@ -163,7 +163,7 @@ def _model_configs(task, seed, method):
 
 
 def _train(task, seed, name, model_config, extra_callbacks=()):
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     model_dir = _model_dir(task, seed, name)
     if os.path.exists(os.path.join(model_dir, train_lib.MODEL_FILE)):
@@ -199,8 +199,8 @@ def _knobs(method, name):
 
 def _point(task, seed, method, knob, settings, model_dir, datasets, metric_task,
            trained_pass_through=0):
-    from dact_tf import calibration
-    from dact_tf import train_lib
+    from dact_tf.calibration import halting_bias as calibration
+    from dact_tf.training import train_lib
 
     model, _, config = train_lib.load_model_dir(model_dir)
     result = {}
@@ -249,7 +249,7 @@ def _point(task, seed, method, knob, settings, model_dir, datasets, metric_task,
 def _undo_calibration(model, model_dir, trained_pass_through=0):
     """Puts back the halting biases training left, before `calibration.json`'s shift
     (with the first `trained_pass_through` blocks passing their budget on, as in training)."""
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     path = os.path.join(model_dir, train_lib.CALIBRATION_FILE)
     if os.path.exists(path):
@@ -263,7 +263,7 @@ def _undo_calibration(model, model_dir, trained_pass_through=0):
 
 def _evaluation_datasets(task, seed):
     """`{"holdout": ..., "validation": ...}`: the rows every point is scored on."""
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
     from dact_tf.models import backbones
 
     _, tokenizer = backbones.load_backbone(FLAGS.backbone, max_sequence_length=8)
@@ -306,7 +306,7 @@ def _schedule():
 
 def main(argv):
     del argv
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     schedule = _schedule()
     _import_committed_points()
@@ -360,7 +360,7 @@ def _import_committed_points():
     """
     if not os.path.exists(FLAGS.results_csv):
         return
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     with open(FLAGS.results_csv, newline="") as f:
         rows = list(csv.DictReader(f))

@@ -2,7 +2,7 @@
 
 `DataConfig` (where the data comes from), `ModelConfig` (what model) and
 `TrainConfig` (how to train). Their defaults are the recipe the study in
-`benchmarks/STUDY.md` chose; `dact-tf train`'s flags, `dact_tf.train_lib.train`,
+`benchmarks/STUDY.md` chose; `dact-tf train`'s flags, `dact_tf.training.train_lib.train`,
 `dact_tf.DactTextClassifier`, the demo and the benchmarks all read them, and
 flags override only the fields they are given.
 
@@ -81,7 +81,7 @@ class DataConfig:
             validation data, as in dact_tf < 0.9).
         max_holdout_examples: at most this many rows are held out.
         calibration_share: the share of the held-out rows kept apart for
-            the calibration's certificate (`dact_tf.certify`): no other
+            the calibration's certificate (`dact_tf.calibration.certify`): no other
             choice (best epoch, tau, pass-through) sees them, so the bound
             it states holds on unseen rows. The rest are selection rows.
             0: the calibration shares the selection rows (the certificate
@@ -124,7 +124,7 @@ class ModelConfig:
     - `target_blocks`: DACT only: the mean number of blocks to run. During
       training tau is steered towards it (`TargetBlocksTau`); after training
       the halting biases are shifted so that the mean blocks executed on
-      the held-out training rows is this (`dact_tf.calibration`). None
+      the held-out training rows is this (`dact_tf.calibration.halting_bias`). None
       (default) is half the backbone's blocks; 0 lets tau alone decide
       (the paper's way).
     - `calibration_max_drop`: the calibration to `target_blocks` may cost at
@@ -132,7 +132,7 @@ class ModelConfig:
       `init_from` model): the accuracy drop (rows it answers wrongly where
       that model answers rightly, less the other way round; 0.01: one
       point), certified on the calibration rows with
-      `calibration_confidence` (`dact_tf.certify`). Where the target needs
+      `calibration_confidence` (`dact_tf.calibration.certify`). Where the target needs
       more, or the rows are too few to certify it, the model runs more
       blocks than the target and training says so.
     - `calibration_confidence`: the confidence of the certificates, e.g.
@@ -140,7 +140,7 @@ class ModelConfig:
     - `halting_rule="certified"` (DACT, PABEE, DeeBERT): after training, the
       most aggressive exit threshold whose disagreement with the model's
       full-depth answer is certified at most `max_disagreement` on the
-      calibration rows (`dact_tf.certify.certify_halting`).
+      calibration rows (`dact_tf.calibration.certify.certify_halting`).
     - `ponder`: DACT only: the ponder cost, `"budget"` (the paper's
       `sum_n p_n`) or `"blocks"` (a smooth count of the blocks the halting
       rule runs; `dact_tf.ops.expected_blocks`).
@@ -148,7 +148,7 @@ class ModelConfig:
       calibration makes hand their whole budget on (`h_n = 1`: their heads
       keep no weight in any answer and no row stops there). `"auto"`: the
       leading heads that score below half of the best head's gain over a
-      constant answer on the held-out rows (`dact_tf.calibration`); an
+      constant answer on the held-out rows (`dact_tf.calibration.halting_bias`); an
       integer: that many; 0: none.
     - `init_from`: warm start from another trained model.
     - `freeze_backbone`: train the heads only.

@@ -46,8 +46,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     from dact_tf import data
-    from dact_tf import plots
-    from dact_tf import train_lib
+    from dact_tf.evaluation import plots
+    from dact_tf.training import train_lib
 
     data_config = train_lib.DataConfig(
         task="sst2",
@@ -100,7 +100,7 @@ def main(argv):
     print("blocks histogram           " + "  ".join(f"{k + 1}:{c}" for k, c in enumerate(hist)))
     print(f"ideal speedup              {results['ideal_speedup']:.2f}x")
     if model.certificates and model.certificates.get("compute_target"):
-        from dact_tf import certify
+        from dact_tf.calibration import certify
 
         print("cost of the target         "
               + certify.describe(model.certificates["compute_target"]))

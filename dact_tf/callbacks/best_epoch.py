@@ -6,7 +6,7 @@ import os
 
 import keras
 
-from dact_tf import files
+from dact_tf.utils import files
 
 
 class KeepBestEpoch(keras.callbacks.Callback):

@@ -161,7 +161,7 @@ class TargetBlocksTau(keras.callbacks.Callback):
     With `data` (a few batches of held-out rows) the blocks are measured
     there, at inference, exactly as the exit will run; without, they are
     estimated from the training batches (where dropout makes exits later).
-    A final `dact_tf.calibration.calibrate_halting_bias` pins the target.
+    A final `dact_tf.calibration.halting_bias.calibrate_halting_bias` pins the target.
 
     tau lives in the model's weights, so a resumed run continues from the
     tau it had reached.

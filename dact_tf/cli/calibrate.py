@@ -6,7 +6,7 @@ against the full-depth model bounded by `--calibration_max_drop`) and/or a
 halting mode (`--halting_rule=certified --max_disagreement=EPS`), and
 stores the result in the model directory (`calibration.json`, `model.keras`)
 so `evaluate`, `predict` and `export` use it from then on. See
-`dact_tf.certify`.
+`dact_tf.calibration.certify`.
 """
 
 import json
@@ -30,9 +30,9 @@ def run(require, data_config_from):
         data_config_from: `main._data_config`, the stored data config with
             the path flags given again.
     """
-    from dact_tf import calibration_run
-    from dact_tf import files
-    from dact_tf import train_lib
+    from dact_tf.calibration import calibration_run
+    from dact_tf.utils import files
+    from dact_tf.training import train_lib
 
     model_dir = require("model_dir")
     target = FLAGS.target_blocks if FLAGS["target_blocks"].present else None

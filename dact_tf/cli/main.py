@@ -137,7 +137,7 @@ def _data_config(stored=None, split="eval"):
     stores (the training data's) is not opened unless it is the data
     shipped with dact_tf; other paths must be given again as flags.
     """
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     names = [f.name for f in train_lib.dataclasses.fields(train_lib.DataConfig)]
     # A model dir from an older dact_tf lacks the newer fields: their defaults.
@@ -177,7 +177,7 @@ def _given_flags(base, renamed=None):
 
 
 def cmd_train():
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     model_dir = _require("model_dir")
     model_config, train_config = config.recipe(FLAGS.recipe)
@@ -206,7 +206,7 @@ def cmd_calibrate():
 
 def _exit_now(code):
     """Flushes stdout and stderr, then ends the process without Python's teardown."""
-    from dact_tf.cli import quiet
+    from dact_tf.utils import quiet
 
     sys.stdout.flush()
     sys.stderr.flush()
@@ -216,7 +216,7 @@ def _exit_now(code):
 
 def _load_model():
     """The trained model of --model_dir, with the exit flags given as overrides."""
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     model, preprocessor, config = train_lib.load_model_dir(_require("model_dir"))
     overrides = {
@@ -264,7 +264,7 @@ def _caps(num_layers):
 
 
 def cmd_evaluate():
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     model, preprocessor, config = _load_model()
     caps = _caps(model.num_layers)  # checked before any work
@@ -288,7 +288,7 @@ def cmd_evaluate():
              if k not in ("method", "num_layers", "num_examples")}
             for cap in caps]
     if FLAGS.plot_dir:
-        from dact_tf import plots
+        from dact_tf.evaluation import plots
 
         written = plots.write_model_report(model, dataset, metric_task, FLAGS.plot_dir, verbose=1)
         results["plots"] = {k: v for k, v in written.items() if isinstance(v, str)}
@@ -303,7 +303,7 @@ def _predict_inputs(pair_model):
     if FLAGS.input_file and (FLAGS.text is not None or FLAGS.text_pair is not None):
         raise ValueError("predict reads --text (and --text_pair) or --input_file, not both.")
     if FLAGS.input_file:
-        from dact_tf import prediction
+        from dact_tf.evaluation import prediction
 
         try:
             return prediction.read_text_file(FLAGS.input_file, pair_model)
@@ -331,8 +331,8 @@ def _predict_inputs(pair_model):
 
 
 def cmd_predict():
-    from dact_tf import prediction
-    from dact_tf import train_lib
+    from dact_tf.evaluation import prediction
+    from dact_tf.training import train_lib
 
     model_dir = _require("model_dir")
     # The inputs are checked before the model loads (its config says pairs or not).
@@ -354,12 +354,12 @@ def _write_json_file(path, value):
 
 def cmd_export():
     from dact_tf import export
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     model_dir = _require("model_dir")
     export_dir = _require("export_dir")
     model, preprocessor, config = _load_model()
-    from dact_tf import progress
+    from dact_tf.utils import progress
 
     bar = progress.Progress(f"Exporting {FLAGS.format} (tracing the early-exit graph)",
                             total=1, unit="files")
@@ -377,7 +377,7 @@ def cmd_export():
                 raise FileExistsError(
                     f"{target} exists; exports never overwrite: use another --export_dir "
                     "or delete it.")
-        from dact_tf import files
+        from dact_tf.utils import files
 
         # The variants of one model (--quantize) share its vocabulary file.
         train_lib.copy_vocabulary(model_dir, vocab, overwrite=False)

@@ -16,7 +16,7 @@ import tempfile
 
 import numpy as np
 
-from dact_tf import files
+from dact_tf.utils import files
 
 _CACHE_FORMAT = 1  # bump when the stored layout changes
 

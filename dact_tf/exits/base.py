@@ -13,7 +13,7 @@ losses and the exports; an `ExitCriterion` object is all that differs:
 - its **training loss**, from the loss on the final answer and the
   per-block losses (`loss`);
 - its **knobs**: settings that may change after training
-  (`configure`), and the sweep `dact_tf.analysis.exit_curve` replays.
+  (`configure`), and the sweep `dact_tf.evaluation.analysis.exit_curve` replays.
 
 Adding a method is one new module with a subclass decorated with
 `@register`, imported in `dact_tf/exits/__init__.py`.
@@ -167,7 +167,7 @@ class ExitCriterion:
     def certified_grid(self, num_layers):
         """The settings a halting certificate tests, safest first.
 
-        `dact_tf.certify.certify_halting` tests them in this order on
+        `dact_tf.calibration.certify.certify_halting` tests them in this order on
         held-out rows and keeps the most aggressive one whose disagreement
         with full depth it can bound (fixed-sequence testing). The first
         setting should agree with full depth on every row.
@@ -257,7 +257,7 @@ class ExitCriterion:
     def answers_in(self, trace):
         """`[N, batch, outputs]`: the answer a row gives when it stops after each block.
 
-        From a trace (`DactEncoder.trace` or `dact_tf.analysis.trace_dataset`):
+        From a trace (`DactEncoder.trace` or `dact_tf.evaluation.analysis.trace_dataset`):
         the blocks' own answers `y_n` (DACT: the accumulated `a_n`). The last
         is the model's full-depth answer.
         """
@@ -339,7 +339,7 @@ class ExitCriterion:
         return type(self).from_config(self.get_config())
 
     def sweep(self, num_layers):
-        """The settings `dact_tf.analysis.exit_curve` replays.
+        """The settings `dact_tf.evaluation.analysis.exit_curve` replays.
 
         Returns:
             A list of `(knob, value, criterion, halting_shift)`: the knob's

@@ -28,7 +28,7 @@ class Dact(base.ExitCriterion):
         halting_rule: `"tight"` (default, guaranteed), `"paper"`
             (guaranteed, looser), `"certified"` (the tight test loosened by
             `halting_slack`, a slack whose disagreement rate with full depth
-            a certificate bounds: `dact_tf.certify.certify_halting`),
+            a certificate bounds: `dact_tf.calibration.certify.certify_halting`),
             `"relaxed"` (faster, no guarantee) or `"never"`.
         halting_margin: float in [0, 1], the guaranteed rules' rounding
             margin.

@@ -85,7 +85,7 @@ def build(model, version, packer, signatures):
         "exit": model.exit_criterion.get_config(),
         # Before exit methods were objects the only exit setting listed.
         "halting_rule": getattr(model.exit_criterion, "halting_rule", None),
-        # What the calibration certified on held-out rows (dact_tf.certify).
+        # What the calibration certified on held-out rows (dact_tf.calibration.certify).
         "certificates": model.certificates,
         "signatures": sorted(signatures),
         "inputs": {k: "int32 [batch, seq]" for k in INPUT_KEYS if k in model.input_keys},

@@ -29,7 +29,7 @@ import tempfile
 
 import tensorflow as tf
 
-from dact_tf import files
+from dact_tf.utils import files
 
 from dact_tf.export import metadata
 from dact_tf.export.metadata import (  # noqa: F401 (public names)

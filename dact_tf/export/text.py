@@ -14,7 +14,7 @@ TF Text ops left in an export are the tokenizer's own
 
 import tensorflow as tf
 
-from dact_tf import files
+from dact_tf.utils import files
 
 TRUNCATE_MODES = ("round_robin", "waterfall")
 

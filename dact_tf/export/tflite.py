@@ -34,8 +34,8 @@ import warnings
 
 import tensorflow as tf
 
-from dact_tf import files
-from dact_tf.cli import quiet
+from dact_tf.utils import files
+from dact_tf.utils import quiet
 
 from dact_tf.export import saved_model as saved_model_lib
 from dact_tf.export.precision import float32_model

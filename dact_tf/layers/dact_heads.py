@@ -257,7 +257,7 @@ class DactHeads(keras.layers.Layer):
     def shift_halting_bias(self, shift):
         """Adds `shift` to every halting unit's bias (negative: halt earlier).
 
-        Used by `dact_tf.calibration.calibrate_halting_bias` to move a trained
+        Used by `dact_tf.calibration.halting_bias.calibrate_halting_bias` to move a trained
         model to a compute budget; the halting guarantee is unaffected.
         """
         self.halting_bias_weight.assign(self.halting_bias_weight + float(shift))
@@ -283,7 +283,7 @@ class DactHeads(keras.layers.Layer):
         any answer, and no row stops before block `blocks + 1` (the halting
         test cannot pass while `p_n = 1`). The recurrence and the guarantee
         are unchanged. `0` restores the trained biases. Used by
-        `dact_tf.calibration.calibrate_halting_bias` where the first heads
+        `dact_tf.calibration.halting_bias.calibrate_halting_bias` where the first heads
         are of little use (on CoLA the first two score an MCC near 0).
 
         Args:

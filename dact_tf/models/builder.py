@@ -1,6 +1,6 @@
 """The one builder: configs in, a model out.
 
-`dact-tf train` (through `dact_tf.train_lib.train`), `DactTextClassifier.
+`dact-tf train` (through `dact_tf.training.train_lib.train`), `DactTextClassifier.
 from_preset`, the tests and the benchmarks build their models here, so a
 `ModelConfig` means the same model wherever it is used.
 

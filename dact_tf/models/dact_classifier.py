@@ -143,7 +143,7 @@ class DactClassifier(TrainerFixes, keras.Model):
         Eyzaguirre et al. DACT-BERT, arXiv:2109.11745.
     """
 
-    #: What the last calibration certified (`dact_tf.certify`): a dict with
+    #: What the last calibration certified (`dact_tf.calibration.certify`): a dict with
     #: `compute_target` and/or `halting` certificates, saved with the model
     #: and written into its exports' metadata; None when nothing is.
     certificates = None

@@ -199,7 +199,7 @@ def should_halt(
     - `"certified"` (a certified rate, no proof per row): the tight test
       with `slack` subtracted from its right-hand side, the slack being the
       most aggressive one whose disagreement with full depth a certificate
-      bounded on held-out rows (`dact_tf.certify.certify_halting`);
+      bounded on held-out rows (`dact_tf.calibration.certify.certify_halting`);
       `epsilon` is not read.
     - `"never"`: never halts (full depth).
 

@@ -1,13 +1,13 @@
-"""Tests of dact_tf.analysis (replayed exits, exit curves) and dact_tf.plots."""
+"""Tests of dact_tf.evaluation.analysis (replayed exits, exit curves) and dact_tf.evaluation.plots."""
 
 import csv
 
 import numpy as np
 import pytest
 
-from dact_tf import analysis
-from dact_tf import plots
-from dact_tf import train_lib
+from dact_tf.evaluation import analysis
+from dact_tf.evaluation import plots
+from dact_tf.training import train_lib
 from dact_tf.models.dact_classifier import DactClassifier
 from tests.testing import dataset
 from tests.testing import synthetic_task

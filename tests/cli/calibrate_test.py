@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from dact_tf import risk_bounds
+from dact_tf.calibration import risk_bounds
 from dact_tf.data import builtin_sst2_dir
 from tests.cli.cli_test import dact_tf
 
@@ -63,7 +63,7 @@ def _copy(trained, tmp_path, name="model"):
 
 def _calibration_rows(model_dir):
     """The saved model of `model_dir`, its calibration rows, and their metric task."""
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     model, preprocessor, config = train_lib.load_model_dir(str(model_dir))
     data_config = train_lib.DataConfig(**config["data"])
@@ -74,7 +74,7 @@ def _calibration_rows(model_dir):
 
 
 def test_calibrate_certifies_a_halting_mode_and_the_exports_carry_it(trained, tmp_path):
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
     from dact_tf.export import metadata
 
     cache, model_dir = _copy(trained, tmp_path)
@@ -128,8 +128,8 @@ def test_calibrate_certifies_a_halting_mode_and_the_exports_carry_it(trained, tm
 
 
 def test_calibrate_to_a_compute_target_then_evaluate_reports_it(trained, tmp_path):
-    from dact_tf import evaluation
-    from dact_tf import train_lib
+    from dact_tf.evaluation import scoring as evaluation
+    from dact_tf.training import train_lib
 
     cache, model_dir = _copy(trained, tmp_path)
     dact_tf("calibrate", f"--model_dir={model_dir}", *DATA, "--target_blocks=2",

@@ -6,8 +6,8 @@ import subprocess
 import sys
 import textwrap
 
-from dact_tf import progress
-from dact_tf.cli import quiet
+from dact_tf.utils import progress
+from dact_tf.utils import quiet
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,7 +35,7 @@ def test_noise_lines_are_recognised_and_user_lines_are_not():
 def test_the_filter_drops_noise_written_to_fd_2_and_keeps_the_rest_in_order():
     script = textwrap.dedent("""
         import os, sys
-        from dact_tf.cli import quiet
+        from dact_tf.utils import quiet
         quiet.install()
         os.write(2, b"--start--\\n")  # importing TensorFlow above was not filtered yet
         for line in %r:
@@ -54,7 +54,7 @@ def test_the_filter_drops_noise_written_to_fd_2_and_keeps_the_rest_in_order():
 def test_tensorflows_retracing_advice_is_dropped_and_its_other_warnings_kept():
     script = textwrap.dedent("""
         import logging, sys
-        from dact_tf.cli import quiet
+        from dact_tf.utils import quiet
         quiet.install()
         quiet.install()  # idempotent: one filter
         logger = logging.getLogger("tensorflow")
@@ -98,7 +98,7 @@ def test_native_output_written_while_holding_the_gil_does_not_hang():
     # a file and reaches the filter afterwards (noise dropped, order kept).
     script = textwrap.dedent("""
         import ctypes, os
-        from dact_tf.cli import quiet
+        from dact_tf.utils import quiet
         quiet.install()
         os.write(2, b"--start--\\n")
         libc = ctypes.PyDLL(None)  # PyDLL: the GIL stays held during the call

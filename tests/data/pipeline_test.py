@@ -200,7 +200,7 @@ def test_dynamic_padding_keeps_every_example_and_cuts_batches(preprocessor, padd
 def test_bucketed_training_data_give_the_same_metrics_as_padded():
     import keras
 
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
     from dact_tf.data import builtin_sst2_dir
     from dact_tf.models.dact_classifier import DactClassifier
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dact_tf import distribute
+from dact_tf.training import distribute
 from dact_tf.data import builtin_sst2_dir
 from dact_tf.models import backbones
 from dact_tf.models.dact_classifier import DactClassifier

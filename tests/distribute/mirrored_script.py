@@ -25,7 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dact_tf import callbacks as dact_callbacks  # noqa: E402
-from dact_tf import distribute  # noqa: E402
+from dact_tf.training import distribute  # noqa: E402
 from dact_tf.models.dact_classifier import DactClassifier  # noqa: E402
 from tests import testing  # noqa: E402
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dact_tf import train_lib
+from dact_tf.training import train_lib
 from dact_tf.models.dact_classifier import DactClassifier
 from tests.testing import dataset
 from tests.testing import synthetic_task

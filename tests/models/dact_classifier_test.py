@@ -147,7 +147,7 @@ def test_regression():
     del rng
     # The per-block report of a regression model: Pearson per block, and the
     # exits' mean absolute errors add up to the early-exit loop's.
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     blocks = train_lib.per_block_report(model, dataset(feats, scores), "regression")["blocks"]
     hist = np.bincount(out["layers_executed"], minlength=model.num_layers + 1)[1:]
@@ -246,7 +246,7 @@ def test_keras_int8_quantization_keeps_the_guarantee():
 
 
 def test_per_block_report_matches_the_loop_and_a_numpy_reference(trained):
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     model, _, feats, labels = trained
     data = dataset(feats, labels)
@@ -279,7 +279,7 @@ def test_per_block_report_matches_the_loop_and_a_numpy_reference(trained):
 
 
 def test_per_block_report_of_a_baseline_and_bad_input():
-    from dact_tf import train_lib
+    from dact_tf.training import train_lib
 
     feats, labels = synthetic_task(96, seed=3)
     model = DactClassifier(tiny_backbone(seed=3), num_classes=2, method="pabee", patience=1)

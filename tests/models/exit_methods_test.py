@@ -262,7 +262,7 @@ class _MaxProbability(exits.ExitCriterion):
 
 
 def test_a_new_method_is_one_registered_class(tmp_path):
-    from dact_tf import analysis
+    from dact_tf.evaluation import analysis
 
     assert "test_max_probability" in exits.names()
     model = _model("test_max_probability", seed=3, halting_bias=0.0, num_classes=2)

@@ -1,11 +1,11 @@
-"""Tests of dact_tf.calibration: halting-bias calibration to a compute target."""
+"""Tests of dact_tf.calibration.halting_bias: halting-bias calibration to a compute target."""
 
 import numpy as np
 import pytest
 
-from dact_tf import analysis
-from dact_tf import calibration
-from dact_tf import train_lib
+from dact_tf.evaluation import analysis
+from dact_tf.calibration import halting_bias as calibration
+from dact_tf.training import train_lib
 from dact_tf.models.dact_classifier import DactClassifier
 from tests.testing import dataset
 from tests.testing import synthetic_task
@@ -208,7 +208,7 @@ def test_calibration_passes_useless_first_blocks_through_and_undoes_it():
 
 
 def test_a_warm_start_from_a_calibrated_model_trains_its_halting_units(tmp_path):
-    from dact_tf import model_dir as model_dir_lib
+    from dact_tf.models import model_dir as model_dir_lib
 
     feats, _ = synthetic_task(8, seed=9)
     source = DactClassifier(tiny_backbone(seed=9), num_classes=2)

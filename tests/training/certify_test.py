@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dact_tf import certify
-from dact_tf import risk_bounds
-from dact_tf import train_lib
+from dact_tf.calibration import certify
+from dact_tf.calibration import risk_bounds
+from dact_tf.training import train_lib
 from dact_tf.config import ModelConfig
 from dact_tf.models.dact_classifier import DactClassifier
 from tests.testing import dataset

@@ -5,7 +5,7 @@ import os
 
 import tensorflow as tf
 
-from dact_tf import train_lib
+from dact_tf.training import train_lib
 from dact_tf.data import builtin_sst2_dir
 
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from dact_tf import files
-from dact_tf import train_lib
+from dact_tf.utils import files
+from dact_tf.training import train_lib
 from dact_tf.data import builtin_sst2_dir
 
 

@@ -1,9 +1,9 @@
-"""dact_tf.prediction: texts from a file, and one answer row per text."""
+"""dact_tf.evaluation.prediction: texts from a file, and one answer row per text."""
 
 import numpy as np
 import pytest
 
-from dact_tf import prediction
+from dact_tf.evaluation import prediction
 from dact_tf.models import backbones
 from tests.export.conftest import LABELS
 from tests.export.conftest import make_model

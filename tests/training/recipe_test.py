@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 
 from dact_tf import ops
-from dact_tf import optimization
-from dact_tf import risk_bounds
-from dact_tf import train_lib
+from dact_tf.training import optimization
+from dact_tf.calibration import risk_bounds
+from dact_tf.training import train_lib
 from dact_tf.callbacks import KeepBestEpoch
 from dact_tf.data import builtin_sst2_dir
 from dact_tf.models.dact_classifier import DactClassifier
@@ -298,13 +298,13 @@ def test_the_recipe_pieces_compose_in_a_plain_keras_fit(tmp_path):
                                    head_loss_weight=1.0, distill_weight=1.0,
                                    halting_confidence=-4.0, tau=0.06)
     epochs, steps = 3, 3 * 6
-    model.compile(optimizer=dact_tf.optimization.make_optimizer("adamw", 1e-3, total_steps=steps))
+    model.compile(optimizer=dact_tf.training.optimization.make_optimizer("adamw", 1e-3, total_steps=steps))
     model.fit(train, validation_data=heldout, epochs=epochs, verbose=0, callbacks=[
         dact_tf.callbacks.TargetBlocksTau(2.0, initial_tau=0.06, warmup_steps=steps // 10,
                                           data=heldout.take(1), interval=2),
         dact_tf.callbacks.KeepBestEpoch("val_accuracy", "max", str(tmp_path / "best")),
     ])
-    result = dact_tf.calibration.calibrate_halting_bias(model, heldout, target_blocks=2.0,
+    result = dact_tf.calibration.halting_bias.calibrate_halting_bias(model, heldout, target_blocks=2.0,
                                                         max_metric_drop=None)
     blocks = train_lib.evaluate(model, heldout, "classification")["mean_layers_executed"]
     assert abs(blocks - 2.0) <= 0.5 and blocks == pytest.approx(result["mean_layers_executed"])

@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from dact_tf import resume
-from dact_tf import train_lib
+from dact_tf.training import resume
+from dact_tf.training import train_lib
 from dact_tf.data import builtin_sst2_dir
 
 

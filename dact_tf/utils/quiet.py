@@ -10,7 +10,7 @@ warnings in words, tracebacks) unchanged; Python-side INFO logs (absl,
 tensorflow-datasets) are switched off and Python warnings from TensorFlow
 and Keras are hidden. `--verbosity=0` or higher shows everything.
 
-Progress bars (`dact_tf.progress.Progress`) write to the terminal's real
+Progress bars (`dact_tf.utils.progress.Progress`) write to the terminal's real
 stderr, so the filter never holds them back.
 """
 
@@ -24,7 +24,7 @@ import tempfile
 import threading
 import warnings
 
-from dact_tf import progress
+from dact_tf.utils import progress
 
 #: Lines written by TensorFlow's C++ logging (absl before InitializeLog).
 _CPP_LOG = re.compile(rb"^[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^\]]+\] ")

@@ -5,8 +5,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from dact_tf import analysis
-from dact_tf import progress
+from dact_tf.evaluation import analysis
+from dact_tf.utils import progress
 from dact_tf.callbacks import exit_summary
 
 def predict_dataset(model, dataset, full_depth=False, verbose=0, max_layers=None):
@@ -66,12 +66,10 @@ def evaluate(model, dataset, metric_task, verbose=0, max_layers=None, full_depth
         results.update(max_layers=int(max_layers),
                        exact_fraction=float(outputs["exact"].mean()))
     if full_depth_disagreement:
-        from dact_tf import certify
-
         full, _ = predict_dataset(model, dataset, full_depth=True, verbose=verbose)
         key = "scores" if model.task == "regression" else "predictions"
         results["full_depth_disagreement"] = float(
-            certify.differs(model, outputs[key], full[key]).mean())
+            analysis.differs(model, outputs[key], full[key]).mean())
     return results
 
 

@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from dact_tf import analysis
+from dact_tf.evaluation import analysis
 
 
 def _pyplot():

@@ -1,19 +1,19 @@
 """Training DACT models and the baselines: what `dact-tf train`, the examples and the benchmarks call.
 
-`train` writes a model directory (its layout: `dact_tf.model_dir`),
-resumably (`dact_tf.resume`): DACT's default recipe runs its full-depth
+`train` writes a model directory (its layout: `dact_tf.models.model_dir`),
+resumably (`dact_tf.training.resume`): DACT's default recipe runs its full-depth
 stage 1 first, DeeBERT its two stages; the best epoch on the held-out rows
 is kept, and with `target_blocks` the halting is calibrated on them. The
-run itself, step by step, is a `dact_tf.training_run.TrainingRun`.
+run itself, step by step, is a `dact_tf.training.training_run.TrainingRun`.
 """
 
 import contextlib
 import dataclasses
 import os
 
-from dact_tf import calibration_run
-from dact_tf import files
-from dact_tf import training_run
+from dact_tf.calibration import calibration_run
+from dact_tf.utils import files
+from dact_tf.training import training_run
 
 # The configs (one source of defaults) live in `dact_tf.config`.
 from dact_tf.config import DataConfig  # noqa: F401
@@ -21,39 +21,39 @@ from dact_tf.config import ModelConfig  # noqa: F401
 from dact_tf.config import TrainConfig  # noqa: F401
 
 # What other modules now hold keeps its name here, for the CLI, the
-# benchmarks and existing user code: model directories (`dact_tf.model_dir`),
-# the task data (`dact_tf.data.tasks`), evaluation (`dact_tf.evaluation`), the
-# per-block analysis (`dact_tf.analysis`) and JSON files (`dact_tf.files`).
+# benchmarks and existing user code: model directories (`dact_tf.models.model_dir`),
+# the task data (`dact_tf.data.tasks`), evaluation (`dact_tf.evaluation.scoring`), the
+# per-block analysis (`dact_tf.evaluation.analysis`) and JSON files (`dact_tf.utils.files`).
 from dact_tf.data.tasks import CUSTOM_TASKS  # noqa: F401
 from dact_tf.data.tasks import dataset_sizes  # noqa: F401
 from dact_tf.data.tasks import is_pair_task  # noqa: F401
 from dact_tf.data.tasks import make_datasets  # noqa: F401
 from dact_tf.data.tasks import task_info  # noqa: F401
-from dact_tf.evaluation import evaluate  # noqa: F401
-from dact_tf.evaluation import measure_speedup  # noqa: F401
-from dact_tf.evaluation import predict_dataset  # noqa: F401
-from dact_tf.evaluation import results_from_outputs  # noqa: F401
-from dact_tf.files import write_json  # noqa: F401
-from dact_tf.model_dir import CONFIG_FILE  # noqa: F401
-from dact_tf.model_dir import MODEL_FILE  # noqa: F401
-from dact_tf.model_dir import VOCAB_FILE  # noqa: F401
-from dact_tf.model_dir import copy_vocabulary  # noqa: F401
-from dact_tf.model_dir import load_model_dir  # noqa: F401
-from dact_tf.model_dir import read_config  # noqa: F401
-from dact_tf.model_dir import save_model_dir  # noqa: F401
-from dact_tf.analysis import format_per_block  # noqa: F401
-from dact_tf.analysis import per_block_from_trace  # noqa: F401
-from dact_tf.analysis import per_block_report  # noqa: F401
-from dact_tf.analysis import trace_dataset  # noqa: F401
+from dact_tf.evaluation.scoring import evaluate  # noqa: F401
+from dact_tf.evaluation.scoring import measure_speedup  # noqa: F401
+from dact_tf.evaluation.scoring import predict_dataset  # noqa: F401
+from dact_tf.evaluation.scoring import results_from_outputs  # noqa: F401
+from dact_tf.utils.files import write_json  # noqa: F401
+from dact_tf.models.model_dir import CONFIG_FILE  # noqa: F401
+from dact_tf.models.model_dir import MODEL_FILE  # noqa: F401
+from dact_tf.models.model_dir import VOCAB_FILE  # noqa: F401
+from dact_tf.models.model_dir import copy_vocabulary  # noqa: F401
+from dact_tf.models.model_dir import load_model_dir  # noqa: F401
+from dact_tf.models.model_dir import read_config  # noqa: F401
+from dact_tf.models.model_dir import save_model_dir  # noqa: F401
+from dact_tf.evaluation.analysis import format_per_block  # noqa: F401
+from dact_tf.evaluation.analysis import per_block_from_trace  # noqa: F401
+from dact_tf.evaluation.analysis import per_block_report  # noqa: F401
+from dact_tf.evaluation.analysis import trace_dataset  # noqa: F401
 
-from dact_tf.calibration_run import CALIBRATION_FILE  # noqa: E402,F401
+from dact_tf.calibration.calibration_run import CALIBRATION_FILE  # noqa: E402,F401
 
-# The run's steps and helpers live in `dact_tf.training_run`.
-from dact_tf.training_run import STAGE1_DIR  # noqa: F401
-from dact_tf.training_run import TrainingRun  # noqa: F401
-from dact_tf.training_run import full_depth_config  # noqa: F401
-from dact_tf.training_run import parse_pass_through  # noqa: F401
-from dact_tf.training_run import compile_model as _compile  # noqa: F401
+# The run's steps and helpers live in `dact_tf.training.training_run`.
+from dact_tf.training.training_run import STAGE1_DIR  # noqa: F401
+from dact_tf.training.training_run import TrainingRun  # noqa: F401
+from dact_tf.training.training_run import full_depth_config  # noqa: F401
+from dact_tf.training.training_run import parse_pass_through  # noqa: F401
+from dact_tf.training.training_run import compile_model as _compile  # noqa: F401
 
 
 #: TrainConfig fields a resumed run may change: they do not change what is
@@ -97,11 +97,11 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
     model is loaded and returned (with an empty history). A re-run whose
     data, model or training flags differ from the stored run is refused
     with a `ValueError` naming the flag; a directory another live process
-    is training into is refused too (`dact_tf.files.ModelDirLock`).
-    See `dact_tf.training_run.TrainingRun` for what training does.
+    is training into is refused too (`dact_tf.utils.files.ModelDirLock`).
+    See `dact_tf.training.training_run.TrainingRun` for what training does.
 
     Args:
-        model_dir: str, the model directory (see `dact_tf.model_dir`).
+        model_dir: str, the model directory (see `dact_tf.models.model_dir`).
         data_config: `DataConfig`.
         model_config: `ModelConfig`.
         train_config: `TrainConfig`.
@@ -110,7 +110,7 @@ def train(model_dir, data_config, model_config, train_config, extra_callbacks=()
     Returns:
         `(model, preprocessor, history)`; history is a dict of lists (and,
         with `target_blocks`, `"calibration"`: the result of
-        `dact_tf.calibration.calibrate_halting_bias`).
+        `dact_tf.calibration.halting_bias.calibrate_halting_bias`).
     """
     # The pass-through is checked before any stage trains (its range once
     # the model is built).

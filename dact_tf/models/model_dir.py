@@ -7,7 +7,7 @@ A *model directory* holds everything a trained model needs:
       vocab.txt            the tokenizer's vocabulary (predict/export need no backbone)
       model.keras          the final model (written atomically)
       backup/              the training state every 50 batches and epoch: an interrupted
-                           run resumes at the batch after it (`dact_tf.resume`)
+                           run resumes at the batch after it (`dact_tf.training.resume`)
       checkpoints/         the last --keep_checkpoints epochs' `.weights.h5`
       best/                the best epoch on the held-out rows (its weights only
                            while training: then they are model.keras's)
@@ -36,7 +36,7 @@ import keras
 import keras_hub
 
 from dact_tf import exits
-from dact_tf import files
+from dact_tf.utils import files
 from dact_tf.config import DataConfig
 from dact_tf.config import ModelConfig
 from dact_tf.config import TrainConfig
@@ -102,7 +102,7 @@ def read_config(model_dir, defaults=True):
             raise ValueError(f"{path}: not valid JSON ({e}).") from None
         except UnicodeDecodeError:
             raise ValueError(f"{path}: not a text file.") from None
-    if not isinstance(config, dict) or config.get("format") != "dact_tf.model_dir":
+    if not isinstance(config, dict) or config.get("format") != "dact_tf.models.model_dir":
         raise ValueError(f"{path}: not a dact_tf model directory config.")
     version = config.get("dact_tf_version", "0")
     major = str(version).split(".")[0]

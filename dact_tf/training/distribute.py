@@ -9,8 +9,8 @@ names into strategies and dtype policies.
 Example:
 
 ```python
-strategy = dact_tf.distribute.get_strategy("mirrored")
-dact_tf.distribute.set_mixed_precision("auto")
+strategy = dact_tf.training.distribute.get_strategy("mirrored")
+dact_tf.training.distribute.set_mixed_precision("auto")
 with strategy.scope():
     model = dact_tf.DactClassifier(backbone, num_classes=2)
     model.compile(optimizer=keras.optimizers.Adam(1e-4))
@@ -27,7 +27,7 @@ import sys
 import keras
 import tensorflow as tf
 
-from dact_tf.cli import quiet
+from dact_tf.utils import quiet
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 PRECISIONS = ("none", "auto", "mixed_float16", "mixed_bfloat16")

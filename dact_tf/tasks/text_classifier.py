@@ -16,12 +16,12 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from dact_tf import calibration
-from dact_tf import calibration_run
+from dact_tf.calibration import halting_bias
+from dact_tf.calibration import calibration_run
 from dact_tf import config
 from dact_tf import exits
-from dact_tf import optimization
-from dact_tf import risk_bounds
+from dact_tf.training import optimization
+from dact_tf.calibration import risk_bounds
 from dact_tf.models import backbones
 from dact_tf.models.dact_classifier import DactClassifier
 
@@ -53,7 +53,7 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
     adds two steps `fit` alone does not take: it first fine-tunes the plain
     full-depth model and starts DACT from it, and it steers tau to a target
     number of blocks; `calibrate` gives the second to Python users (see
-    `dact_tf.train_lib.train` for both).
+    `dact_tf.training.train_lib.train` for both).
 
     Args:
         backbone: a `keras_hub.models.BertBackbone` (e.g. from
@@ -170,7 +170,7 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
             optimizer: `"auto"`: AdamW at `TrainConfig.learning_rate` (5e-5)
                 with weight decay 0.01 (none on biases and LayerNorm), its
                 learning rate planned by every `fit` call over that call's
-                steps (`dact_tf.optimization.FitPlannedDecay`: 10% warm-up,
+                steps (`dact_tf.training.optimization.FitPlannedDecay`: 10% warm-up,
                 then a linear decay to 0). Or any Keras optimizer.
             loss: `"auto"`: see `DactClassifier.compile` (the answer is
                 already a distribution).
@@ -284,14 +284,14 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         return labels.astype("int32")
 
     def calibrate(self, x, target_blocks=None, y=None, batch_size=None,
-                  max_metric_drop=calibration.DEFAULT_MAX_METRIC_DROP, pass_through="auto", *,
+                  max_metric_drop=halting_bias.DEFAULT_MAX_METRIC_DROP, pass_through="auto", *,
                   reference=None, max_disagreement=None,
                   confidence=risk_bounds.DEFAULT_CONFIDENCE):
         """Sets the exit on held-out rows: a compute target, a certified halting mode, or both.
 
         Run it after training, on rows the model was not trained on and
         nothing else was chosen on (the certificates hold on unseen rows of
-        the same distribution; see `dact_tf.certify`).
+        the same distribution; see `dact_tf.calibration.certify`).
 
         - `target_blocks` (DACT): the halting biases shift so the mean
           blocks on `x` is about the target. With labels and
@@ -329,7 +329,7 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
             with a target, `shift`, `pass_through`, `mean_layers_executed`,
             `before`, `target_blocks`, `limited`, with labels `metric_before`,
             `metric` and `certificate`; with `max_disagreement`, `halting`
-            (`dact_tf.certify.certify_halting`'s result). The certificates
+            (`dact_tf.calibration.certify.certify_halting`'s result). The certificates
             are also kept in `self.certificates` (saved with the model and
             written into its exports' metadata).
 

@@ -2,7 +2,7 @@
 
 DACT's exact halting needs no statistics: an early answer is proven equal to
 the full-depth one. Two other promises can only be certified on data
-(`dact_tf.risk_bounds` has the statistics):
+(`dact_tf.calibration.risk_bounds` has the statistics):
 
 - **A compute target at a bounded cost** (`certify_compute_target`). The
   halting biases are shifted so the model runs about `target_blocks`
@@ -35,9 +35,9 @@ import math
 
 import numpy as np
 
-from dact_tf import analysis
-from dact_tf import calibration
-from dact_tf import risk_bounds
+from dact_tf.evaluation import analysis
+from dact_tf.calibration import halting_bias
+from dact_tf.calibration import risk_bounds
 from dact_tf.layers.dact_heads import PASS_THROUGH_BIAS
 
 #: The default bound of a certified halting mode: 1 % of rows differ from full depth.
@@ -52,11 +52,7 @@ def _predictions(model, answers):
     return analysis.predictions(model, answers)
 
 
-def differs(model, a, b):
-    """bool `[rows]`: predictions `a` and `b` differ (regression: by more than the tolerance)."""
-    if model.task == "regression":
-        return np.abs(a - b) > model.encoder.exit_context.tolerance
-    return a != b
+differs = analysis.differs
 
 
 def full_depth_predictions(model, trace):
@@ -178,9 +174,9 @@ def reference_predictions(reference, dataset, verbose=0):
     Returns:
         `(predictions, labels)`: class ids (or scores) `[rows]`, labels.
     """
-    from dact_tf import evaluation
+    from dact_tf.evaluation import scoring
 
-    outputs, labels = evaluation.predict_dataset(reference, dataset, full_depth=True,
+    outputs, labels = scoring.predict_dataset(reference, dataset, full_depth=True,
                                                  verbose=verbose)
     key = "scores" if reference.task == "regression" else "predictions"
     return outputs[key], labels
@@ -230,7 +226,7 @@ def _test_in_sequence(model, grid, replay, reference, labels, max_drop, delta):
 
 
 def certify_compute_target(model, selection, rows, target_blocks, reference,
-                           max_drop=calibration.DEFAULT_MAX_METRIC_DROP,
+                           max_drop=halting_bias.DEFAULT_MAX_METRIC_DROP,
                            confidence=risk_bounds.DEFAULT_CONFIDENCE, metric_task=None,
                            pass_through="auto", shared=False, apply=True, verbose=0):
     """Shifts the halting towards `target_blocks` as far as a certified cost allows.
@@ -274,7 +270,7 @@ def certify_compute_target(model, selection, rows, target_blocks, reference,
         raise ValueError(f"The certified cost bound must be in (0, 1) (0.01: one point), "
                          f"got {max_drop!r}.")
     metric_task = metric_task or model.task
-    search = calibration.calibrate_halting_bias(
+    search = halting_bias.calibrate_halting_bias(
         model, selection, target_blocks, max_metric_drop=None, metric_task=metric_task,
         pass_through=pass_through, apply=False)
     passed_through, target_shift = search["pass_through"], search["shift"]

@@ -3,7 +3,7 @@
 `dact-tf predict` is these two functions; in Python:
 
 ```python
-model, preprocessor, config = dact_tf.train_lib.load_model_dir("runs/demo")
+model, preprocessor, config = dact_tf.training.train_lib.load_model_dir("runs/demo")
 texts, pairs = read_text_file("reviews.txt", pair_model=False)
 for row in predict_texts(model, preprocessor, texts, label_names=config["label_names"]):
     print(row["label"], row["probability"], row["layers_executed"])
@@ -14,7 +14,7 @@ import os
 
 import tensorflow as tf
 
-from dact_tf import evaluation
+from dact_tf.evaluation import scoring
 
 
 def read_text_file(path, pair_model):
@@ -100,7 +100,7 @@ def predict_texts(model, preprocessor, texts, pairs=None, label_names=None, batc
     # Pairs must go by keyword: positionally keras-hub reads the second as labels.
     rows_in = rows_in.map(lambda *t: (preprocessor(x=t[0] if len(t) == 1 else t),
                                       tf.zeros(tf.shape(t[0])[:1])))
-    out, _ = evaluation.predict_dataset(model, rows_in, verbose=verbose)
+    out, _ = scoring.predict_dataset(model, rows_in, verbose=verbose)
     rows = []
     for i, text in enumerate(texts):
         row = {"text": text, "layers_executed": int(out["layers_executed"][i]),

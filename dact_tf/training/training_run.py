@@ -1,6 +1,6 @@
 """One training run, as a small object whose methods are its named steps.
 
-`dact_tf.train_lib.train` checks the flags and the model directory, then
+`dact_tf.training.train_lib.train` checks the flags and the model directory, then
 runs a `TrainingRun`: `check` (the refusals that need no model), the
 `full_depth_stage` (DACT's default recipe: a plain full-depth model in
 `model_dir/stage1/` to warm-start from), `build` (the model, compiled and
@@ -21,15 +21,15 @@ import warnings
 import keras
 import tensorflow as tf
 
-from dact_tf import calibration_run
+from dact_tf.calibration import calibration_run
 from dact_tf import callbacks as dact_callbacks
-from dact_tf import distribute
+from dact_tf.training import distribute
 from dact_tf import exits
-from dact_tf import files
-from dact_tf import model_dir as model_dir_lib
-from dact_tf import optimization
-from dact_tf import progress
-from dact_tf import resume
+from dact_tf.utils import files
+from dact_tf.models import model_dir as model_dir_lib
+from dact_tf.training import optimization
+from dact_tf.utils import progress
+from dact_tf.training import resume
 from dact_tf.data.tasks import dataset_sizes
 from dact_tf.data.tasks import make_datasets
 from dact_tf.data.tasks import task_info
@@ -106,7 +106,7 @@ class TrainingRun:
     Every stage resumes from its own backup; a finished stage is not redone.
 
     The model is built and compiled under `train_config.distribution_strategy`
-    (see `dact_tf.distribute.get_strategy`); `data_config.batch_size` is the
+    (see `dact_tf.training.distribute.get_strategy`); `data_config.batch_size` is the
     global batch, split across replicas. In a multi-worker cluster the chief
     writes `model_dir` and every other worker writes its own copy under
     `model_dir/workers/<type>_<index>/`. Under `train_config.mixed_precision`
@@ -114,13 +114,13 @@ class TrainingRun:
     stays in float32.
 
     Args:
-        model_dir: str, the model directory (see `dact_tf.model_dir`).
+        model_dir: str, the model directory (see `dact_tf.models.model_dir`).
         data_config: `DataConfig`.
         model_config: `ModelConfig`.
         train_config: `TrainConfig`.
         extra_callbacks: more Keras callbacks.
         train_fn: what trains the full-depth stage 1 into `model_dir/stage1/`
-            (`dact_tf.train_lib.train`: a run of its own, checked and locked).
+            (`dact_tf.training.train_lib.train`: a run of its own, checked and locked).
     """
 
     def __init__(self, model_dir, data_config, model_config, train_config, extra_callbacks=(),
@@ -150,7 +150,7 @@ class TrainingRun:
         Returns:
             `(model, preprocessor, history)`; history is a dict of lists (and,
             with `target_blocks`, `"calibration"`: the result of
-            `dact_tf.calibration.calibrate_halting_bias`).
+            `dact_tf.calibration.halting_bias.calibrate_halting_bias`).
         """
         self.check()
         self.strategy = distribute.get_strategy(
@@ -280,7 +280,7 @@ class TrainingRun:
     def write_config(self):
         """Writes config.json, once a resumed directory is checked to hold this run."""
         self.config = {
-            "format": "dact_tf.model_dir",
+            "format": "dact_tf.models.model_dir",
             "dact_tf_version": __version__,
             "method": self.model_config.method,
             "lowercase": bool(getattr(self.preprocessor.tokenizer, "lowercase", True)),
@@ -384,7 +384,7 @@ class TrainingRun:
     def calibrate(self):
         """Calibrates the halting to `target_blocks`, or certifies it; None when neither is asked.
 
-        Writes calibration.json; returns what `dact_tf.calibration_run.calibrate` does.
+        Writes calibration.json; returns what `dact_tf.calibration.calibration_run.calibrate` does.
         """
         model_config = self.model_config
         if self.target is None and model_config.halting_rule != "certified":

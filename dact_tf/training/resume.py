@@ -17,7 +17,7 @@ import os
 import keras
 import numpy as np
 
-from dact_tf import files
+from dact_tf.utils import files
 
 #: Batches between two backups of the training state (and one at every epoch end).
 BACKUP_EVERY = 50

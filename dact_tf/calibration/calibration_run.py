@@ -2,7 +2,7 @@
 
 `dact-tf train` ends with it, and `dact-tf calibrate` runs it again on a
 trained model directory without retraining; both write `calibration.json`
-(what `calibrate` returns) and the model. See `dact_tf.certify` for what is
+(what `calibrate` returns) and the model. See `dact_tf.calibration.certify` for what is
 certified and how.
 """
 
@@ -11,10 +11,10 @@ import sys
 
 import keras
 
-from dact_tf import calibration
-from dact_tf import certify
+from dact_tf.calibration import halting_bias
+from dact_tf.calibration import certify
 from dact_tf import exits
-from dact_tf import risk_bounds
+from dact_tf.calibration import risk_bounds
 from dact_tf.callbacks import halting_statistics
 
 CALIBRATION_FILE = "calibration.json"
@@ -43,7 +43,7 @@ def reference_model(path):
     """
     if not path:
         return None
-    from dact_tf import model_dir as model_dir_lib
+    from dact_tf.models import model_dir as model_dir_lib
 
     if os.path.isdir(path):
         return model_dir_lib.load_model_dir(path)[0]
@@ -65,8 +65,8 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
             them).
         rows: `(features, labels)` batches kept apart for the certificates.
         target_blocks: DACT: the mean blocks to aim at, or None (no target).
-        pass_through: as for `dact_tf.calibration.calibrate_halting_bias`.
-        metric_task: the metric reported (see `dact_tf.analysis.task_metrics`).
+        pass_through: as for `dact_tf.calibration.halting_bias.calibrate_halting_bias`.
+        metric_task: the metric reported (see `dact_tf.evaluation.analysis.task_metrics`).
         reference: the plain full-depth `DactClassifier` the cost of the
             target is measured against, or None (the model's own full
             depth before the shift; recorded in the certificate).
@@ -81,7 +81,7 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
 
     Returns:
         The dict `calibration.json` holds: the compute target's result
-        (`dact_tf.certify.certify_compute_target`, with
+        (`dact_tf.calibration.certify.certify_compute_target`, with
         `holdout_layers_executed`, the mean blocks on `selection`) and,
         with a certified halting mode, `halting` (`certify_halting`'s).
     """
@@ -92,7 +92,7 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
         # target is searched and certified under it; a halting mode is certified anew).
         model.configure_exit(halting_rule="tight", halting_slack=0.0)
     if target_blocks is not None and max_drop is None:  # no bound asked for: no certificate
-        result = calibration.calibrate_halting_bias(
+        result = halting_bias.calibrate_halting_bias(
             model, selection, target_blocks, max_metric_drop=None, metric_task=metric_task,
             pass_through=pass_through)
         result["certificate"] = None
@@ -147,7 +147,7 @@ def target_message(result):
         line += (f", which needs {result['target_shift_layers_executed']:.2f}: the certified "
                  "bound stopped it short")
     passed = result.get("pass_through", 0)
-    if passed + 1 > result["target_blocks"] + calibration.DEFAULT_TOLERANCE:
+    if passed + 1 > result["target_blocks"] + halting_bias.DEFAULT_TOLERANCE:
         line += (f"; out of reach: with --pass_through={passed} every row runs at least "
                  f"{passed + 1} blocks")
     line += f"); {result['metric_name']} {result['metric']:.4f} "

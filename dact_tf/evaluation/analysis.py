@@ -5,7 +5,7 @@ every block (`trace_dataset`): the heads' answers `y_n`, DACT's halting
 values `h_n`, budgets `p_n` and accumulated answers `a_n`. From that trace,
 `per_block_report` tells heads from halting, and `exit_curve` replays the
 exit rule at other settings of the method's knob (DACT: a common shift of
-the halting biases, as `dact_tf.calibration` applies; PABEE: the patience;
+the halting biases, as `dact_tf.calibration.halting_bias` applies; PABEE: the patience;
 DeeBERT: the entropy threshold) to give accuracy against mean blocks
 without retraining or re-running the backbone.
 """
@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from dact_tf import data as dact_data
 from dact_tf import ops
-from dact_tf import progress
+from dact_tf.utils import progress
 
 
 def task_metrics(metric_task, labels, preds):
@@ -170,6 +170,13 @@ def format_per_block(report):
 def predictions(model, answers):
     """Predictions (classes, or regression scores) from answers `[..., outputs]`."""
     return answers[..., 0] if model.task == "regression" else answers.argmax(-1)
+
+
+def differs(model, a, b):
+    """bool `[rows]`: predictions `a` and `b` differ (regression: by more than the tolerance)."""
+    if model.task == "regression":
+        return np.abs(a - b) > model.encoder.exit_context.tolerance
+    return a != b
 
 
 def replay_exits(model, trace, shift=0.0, criterion=None):

@@ -29,7 +29,7 @@ the rows stop from the first useful block on (`pass_through` in the result).
 
 import numpy as np
 
-from dact_tf import analysis
+from dact_tf.evaluation import analysis
 from dact_tf.layers.dact_heads import PASS_THROUGH_BIAS
 
 _MAX_SHIFT = 30.0
