@@ -55,7 +55,7 @@ flags.DEFINE_integer("max_holdout_examples", _DATA.max_holdout_examples, "At mos
 flags.DEFINE_float("calibration_share", _DATA.calibration_share, "The share of the held-out rows kept apart for the calibration's certificate (no other choice sees them); the rest pick the best epoch. 0: calibrate on the selection rows (the certificate says so).", lower_bound=0.0, upper_bound=0.9)
 # Model and training.
 flags.DEFINE_enum("recipe", "default", sorted(config.RECIPES), "train: the named recipe every model and training flag not given takes its value from: default (the study's recipe, the flags' defaults) or paper (the paper's pure DACT: first-token pooling, tau 1e-3, no per-block or distillation loss, one stage, no target; constant Adam, last epoch).")
-flags.DEFINE_string("backbone", _MODEL.backbone, "minilm_l6, tiny, a local Hugging Face BERT dir, or a keras-hub preset (online).")
+flags.DEFINE_string("backbone", _MODEL.backbone, "minilm_l6, tiny, tiny_distil_bert, a local Hugging Face BERT or keras-hub preset dir, or a keras-hub BERT/DistilBERT preset name (online).")
 flags.DEFINE_float("tau", _MODEL.tau, "Ponder-cost weight: larger means fewer blocks.", lower_bound=0.0)
 flags.DEFINE_float("tau_warmup_epochs", _MODEL.tau_warmup_epochs, "Grow tau linearly from 0 over this many epochs (0: constant tau).", lower_bound=0.0)
 flags.DEFINE_string("pass_through", _MODEL.pass_through, "DACT with a target: how many leading blocks the calibration makes hand their whole budget on (their heads keep no weight); auto: the leading heads below half of the best head's gain on the held-out rows; 0: none.")

@@ -300,10 +300,9 @@ def _finish(
     def tokenize(*columns):
         *segments, labels = columns
         x = preprocessor(x=tuple(segments) if has_pairs else segments[0])
-        inputs = {
-            "token_ids": tf.cast(x["token_ids"], tf.int32),
-            "segment_ids": tf.cast(x["segment_ids"], tf.int32),
-            "padding_mask": tf.cast(x["padding_mask"], tf.bool),
+        inputs = {  # encoders without segments (DistilBERT) get no segment_ids
+            key: tf.cast(x[key], tf.bool if key == "padding_mask" else tf.int32)
+            for key in ("token_ids", "segment_ids", "padding_mask") if key in x
         }
         return inputs, tf.cast(labels, label_dtype)
 

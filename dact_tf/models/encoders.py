@@ -3,7 +3,8 @@
 DACT runs an encoder's Transformer blocks one at a time, with a head after
 each, so it needs the encoder taken apart: an *embedding function* (token
 inputs to the first block's input) and the *blocks* in the order they run.
-An `EncoderAdapter` gives both for one family of keras-hub backbones:
+An `EncoderAdapter` gives both for one family of keras-hub backbones; each
+family's module in `dact_tf.models.families` registers its adapter:
 
 | backbone | inputs | notes |
 |---|---|---|
@@ -13,7 +14,7 @@ An `EncoderAdapter` gives both for one family of keras-hub backbones:
 | `RobertaBackbone`, `XLMRobertaBackbone` | token_ids, padding_mask | |
 | `DistilBertBackbone` | token_ids, padding_mask | |
 
-To wrap your own encoder, subclass `EncoderAdapter` (an embedding function
+To wrap your own encoder from Python, subclass `EncoderAdapter` (an embedding function
 and a list of blocks, each called as `block(x, padding_mask=mask,
 training=training)`) and register it for your backbone class:
 
@@ -31,11 +32,12 @@ dact_tf.models.encoders.register(MyBackbone, MyAdapter())
 model = dact_tf.DactClassifier(MyBackbone(...), num_classes=2)
 ```
 
+To make `--backbone` and `from_preset` load it too, write an
+`EncoderFamily` module instead (`dact_tf.models.families.base`).
+
 DeBERTa-v3 is not supported: its blocks take relative position embeddings
 computed outside them, which this interface does not carry.
 """
-
-import keras_hub
 
 _REGISTRY = []  # (backbone class, adapter), most specific first
 
@@ -83,42 +85,6 @@ class EncoderAdapter:
         return int(backbone.num_segments) if "segment_ids" in self.input_keys else None
 
 
-class BertAdapter(EncoderAdapter):
-    """BERT: token, position and segment embeddings, summed and normalised."""
-
-    def embed(self, backbone, inputs, training):
-        b = backbone
-        tokens = b.token_embedding(inputs["token_ids"])
-        x = b.embeddings_add(
-            (tokens, b.position_embedding(tokens), b.segment_embedding(inputs["segment_ids"])))
-        x = b.embeddings_dropout(b.embeddings_layer_norm(x), training=training)
-        return self._project(b, x)
-
-    def _project(self, backbone, x):
-        return x
-
-
-class ElectraAdapter(BertAdapter):
-    """ELECTRA: BERT's embeddings, projected when narrower than the blocks."""
-
-    def _project(self, backbone, x):
-        if backbone.embedding_dim != backbone.hidden_dim:
-            return backbone.embeddings_projection(x)
-        return x
-
-
-class AlbertAdapter(BertAdapter):
-    """ALBERT: projected embeddings; the block groups repeat to `num_layers`."""
-
-    def _project(self, backbone, x):
-        return backbone.embeddings_projection(x)
-
-    def blocks(self, backbone):
-        calls_per_group = backbone.num_layers // backbone.num_groups
-        return [layer for group in backbone.transformer_layers
-                for _ in range(calls_per_group) for layer in group]
-
-
 class TokenAndPositionAdapter(EncoderAdapter):
     """RoBERTa, XLM-RoBERTa, DistilBERT: one token-and-position embedding."""
 
@@ -150,6 +116,8 @@ def adapter_for(backbone):
     Raises:
         TypeError: no adapter is registered for it.
     """
+    from dact_tf.models import families  # noqa: F401  (registers the built-in adapters)
+
     for cls, adapter in _REGISTRY:
         if isinstance(backbone, cls):
             return adapter
@@ -159,9 +127,3 @@ def adapter_for(backbone):
         f"{supported}. Register an EncoderAdapter (see dact_tf.models.encoders) to add it."
     )
 
-
-register(keras_hub.models.BertBackbone, BertAdapter())
-register(keras_hub.models.ElectraBackbone, ElectraAdapter())
-register(keras_hub.models.AlbertBackbone, AlbertAdapter())
-register(keras_hub.models.RobertaBackbone, TokenAndPositionAdapter())
-register(keras_hub.models.DistilBertBackbone, TokenAndPositionAdapter())

@@ -33,14 +33,13 @@ import shutil
 import warnings
 
 import keras
-import keras_hub
 
 from dact_tf import exits
 from dact_tf.utils import files
 from dact_tf.config import DataConfig
 from dact_tf.config import ModelConfig
 from dact_tf.config import TrainConfig
-from dact_tf.models import backbones as backbones_lib
+from dact_tf.models import families
 from dact_tf.models.dact_classifier import DactClassifier
 from dact_tf.version import __version__
 
@@ -234,12 +233,9 @@ def load_model_dir(model_dir):
             "Train it again (delete the folder), or restore the file."
         ) from None
     _check_model_matches(model, config, model_path)
-    tokenizer = keras_hub.models.BertTokenizer(
-        vocabulary=_own_vocabulary(model_dir), lowercase=config["lowercase"]
-    )
-    preprocessor = backbones_lib.make_preprocessor(
-        tokenizer, sequence_length=config["data"]["sequence_length"]
-    )
+    family = families.of_backbone(model.backbone)
+    tokenizer = family.tokenizer(_own_vocabulary(model_dir), lowercase=config["lowercase"])
+    preprocessor = family.preprocessor(tokenizer, config["data"]["sequence_length"])
     return model, preprocessor, config
 
 

@@ -126,6 +126,17 @@ def tiny_backbone(
         gelu_approximate=gelu_approximate,
         name="tiny_bert_backbone",
     )
+    seed_weights(backbone, seed)
+    return backbone, tokenizer
+
+
+def seed_weights(backbone, seed):
+    """Sets `backbone`'s weights from a NumPy generator seeded with `seed`.
+
+    Truncated normal with stddev 0.02 (BERT's initializer), LayerNorm gamma
+    1, biases and betas 0: the same seed gives the same weights in any
+    process, whatever Keras' global seed.
+    """
     rng = np.random.default_rng(seed)
     values = []
     for weight in backbone.weights:
@@ -139,4 +150,3 @@ def tiny_backbone(
             draw = rng.standard_normal(shape)
             values.append((0.02 * np.clip(draw, -2.0, 2.0)).astype("float32"))
     backbone.set_weights(values)
-    return backbone, tokenizer

@@ -111,7 +111,9 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
                 tests), a folder written by `save_to_preset` (the whole
                 trained Task), a local keras-hub preset folder or Hugging
                 Face BERT checkpoint folder, or a keras-hub preset name such
-                as `"bert_tiny_en_uncased"` (online).
+                as `"bert_tiny_en_uncased"` (online); or another family's
+                spec (`"tiny_distil_bert"`, `dact_tf.models.families`),
+                which returns that family's Task class.
             num_classes: int >= 2. Required unless `preset` is a folder
                 written by `save_to_preset` (then given: new, untrained
                 heads for that many classes on the saved backbone).
@@ -139,6 +141,9 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         if not isinstance(preset, (str, os.PathLike)):
             raise TypeError(f"`preset` must be a string, got {type(preset).__name__}.")
         preset = os.fspath(preset)
+        from dact_tf.tasks import family_tasks
+
+        family_tasks.define_all()  # families registered since: their Task classes
         if _is_saved_task(preset):
             if num_classes is not None:
                 kwargs["num_classes"] = num_classes
@@ -158,8 +163,9 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) != num_classes
                                         or num_classes < 2):
             raise ValueError(f"`num_classes` must be an integer >= 2, got {num_classes!r}.")
-        return cls(backbone, num_classes=2 if num_classes is None else int(num_classes),
-                   preprocessor=preprocessor, **kwargs)
+        task_cls = family_tasks.for_backbone(cls, backbone)
+        return task_cls(backbone, num_classes=2 if num_classes is None else int(num_classes),
+                        preprocessor=preprocessor, **kwargs)
 
     # ------------------------------------------------------------- training
 
