@@ -19,7 +19,10 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10,<3.13",
-    packages=setuptools.find_packages(include=["dact_tf", "dact_tf.*"]),
+    # Namespace packages too: the data folders (dact_tf/resources/...) are
+    # packages of package data, which setuptools warns about when unlisted.
+    packages=setuptools.find_namespace_packages(
+        include=["dact_tf", "dact_tf.*"], exclude=["*.__pycache__"]),
     include_package_data=True,
     package_data={"dact_tf": ["resources/**/*"]},
     install_requires=[
@@ -53,7 +56,6 @@ setuptools.setup(
     entry_points={"console_scripts": ["dact-tf=dact_tf.cli.main:run"]},
     classifiers=[
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: Apache Software License",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )

@@ -52,7 +52,7 @@ _MOVED = {
     "distribute": "dact_tf.training.distribute",
     "files": "dact_tf.utils.files",
     "model_dir": "dact_tf.models.model_dir",
-    "optimization": "dact_tf.training.optimization",
+    "optimization": "dact_tf.models.optimization",
     "plots": "dact_tf.evaluation.plots",
     "prediction": "dact_tf.evaluation.prediction",
     "progress": "dact_tf.utils.progress",

@@ -94,16 +94,16 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
     if target_blocks is not None and max_drop is None:  # no bound asked for: no certificate
         result = halting_bias.calibrate_halting_bias(
             model, selection, target_blocks, max_metric_drop=None, metric_task=metric_task,
-            pass_through=pass_through)
+            pass_through=pass_through, verbose=verbose)
         result["certificate"] = None
     elif target_blocks is not None:
         reference_preds = None
         if reference is not None:
-            reference_preds, _ = certify.reference_predictions(reference, rows)
+            reference_preds, _ = certify.reference_predictions(reference, rows, verbose=verbose)
         result = certify.certify_compute_target(
             model, selection, rows, target_blocks, reference_preds,
             max_drop=max_drop, confidence=confidence, metric_task=metric_task,
-            pass_through=pass_through, shared=shared)
+            pass_through=pass_through, shared=shared, verbose=verbose)
     if target_blocks is not None:
         result["holdout_layers_executed"] = float(
             halting_statistics(model, selection)["mean_layers_executed"])
@@ -112,7 +112,7 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
              verbose=verbose)
     if max_disagreement is not None:
         halting = certify.certify_halting(model, rows, max_disagreement, confidence,
-                                          shared=shared)
+                                          shared=shared, verbose=verbose)
         result["halting"] = halting
         _say(f"Certified halting ({halting['knob']}={halting['value']:g}, "
              f"{halting['mean_layers_executed']:.2f} blocks on the calibration rows): "

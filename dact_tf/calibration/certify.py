@@ -272,15 +272,11 @@ def certify_compute_target(model, selection, rows, target_blocks, reference,
     metric_task = metric_task or model.task
     search = halting_bias.calibrate_halting_bias(
         model, selection, target_blocks, max_metric_drop=None, metric_task=metric_task,
-        pass_through=pass_through, apply=False)
+        pass_through=pass_through, apply=False, verbose=verbose)
     passed_through, target_shift = search["pass_through"], search["shift"]
     heads = model.encoder.heads
     passed_before = heads.passed_blocks
-    heads.pass_budget_through(0)  # trace the trained halting values
-    try:
-        trace, labels = analysis.trace_dataset(model, rows, verbose=verbose)
-    finally:
-        heads.pass_budget_through(passed_before)
+    trace, labels = halting_bias.trace_trained_halting(model, rows, verbose)
     labels = np.asarray(labels)
     halting = np.clip(trace["halting"].astype(np.float64), 1e-12, 1 - 1e-12)
     logits = np.log(halting) - np.log1p(-halting)

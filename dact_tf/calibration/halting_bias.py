@@ -98,9 +98,20 @@ def useless_leading_blocks(model, answers, labels, metric_task, fraction=0.5):
     return count
 
 
+def trace_trained_halting(model, dataset, verbose=0):
+    """`analysis.trace_dataset` with no block passed through: the trained halting values."""
+    heads = model.encoder.heads
+    passed_before = heads.passed_blocks
+    heads.pass_budget_through(0)
+    try:
+        return analysis.trace_dataset(model, dataset, verbose=verbose)
+    finally:
+        heads.pass_budget_through(passed_before)
+
+
 def calibrate_halting_bias(model, dataset, target_blocks, tolerance=DEFAULT_TOLERANCE, apply=True,
                            max_metric_drop=DEFAULT_MAX_METRIC_DROP, metric_task=None,
-                           pass_through="auto"):
+                           pass_through="auto", verbose=0):
     """Shifts the halting biases so the mean blocks on `dataset` is `target_blocks`.
 
     With labels in `dataset`, the shift is also bounded by accuracy: the
@@ -136,6 +147,7 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=DEFAULT_TOLE
             model's own pass-through) (`pass_through_dropped`; `limited`
             when it was asked for by number). The halting values are traced without any
             pass-through; the bound's reference is the model as it is.
+        verbose: 0 or 1: progress counters of the trace on stderr.
 
     Returns:
         A dict: `shift` (added to every halting bias), `pass_through`,
@@ -164,11 +176,7 @@ def calibrate_halting_bias(model, dataset, target_blocks, tolerance=DEFAULT_TOLE
             f"`pass_through` must be 'auto' or an int in [0, {most}] (shared heads: 0), "
             f"got {pass_through!r}.")
     passed_before = heads.passed_blocks
-    heads.pass_budget_through(0)  # trace the trained halting values
-    try:
-        trace, labels = analysis.trace_dataset(model, dataset)
-    finally:
-        heads.pass_budget_through(passed_before)
+    trace, labels = trace_trained_halting(model, dataset, verbose)
     search = _ShiftSearch(model, trace, labels, metric_task or model.task, target_blocks,
                           tolerance, max_metric_drop)
     asked_auto = pass_through == "auto"

@@ -10,6 +10,7 @@ from dact_tf.layers.dact_encoder import ENCODER_SETTINGS
 from dact_tf.layers.dact_encoder import DactEncoder
 from dact_tf.models import encoders
 from dact_tf.models import inputs as inputs_lib
+from dact_tf.models import optimization
 from dact_tf.models.trainer_fixes import TrainerFixes
 
 
@@ -346,8 +347,9 @@ class DactClassifier(TrainerFixes, keras.Model):
         """Configures the model; `"auto"` picks sensible defaults.
 
         Args:
-            optimizer: `"auto"` is `keras.optimizers.Adam(5e-5)`, the usual
-                BERT fine-tuning rate.
+            optimizer: `"auto"` is the recipe's (`optimization.recipe_optimizer`:
+                AdamW at `TrainConfig.learning_rate`, warm-up then linear
+                decay over each `fit` call's steps), as `dact-tf train`.
             loss: `"auto"` is the negative log-likelihood of the accumulated
                 answer `a_N` for classification (it is already a
                 distribution: `SparseCategoricalCrossentropy(from_logits=
@@ -360,20 +362,20 @@ class DactClassifier(TrainerFixes, keras.Model):
                 data-dependent shapes, which XLA cannot compile.
         """
         if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(5e-5)
+            optimizer = optimization.recipe_optimizer()
+        regression = self.task == "regression"
         if loss == "auto":
-            loss = (
-                keras.losses.MeanSquaredError()
-                if self.task == "regression"
-                else keras.losses.SparseCategoricalCrossentropy(from_logits=False)
-            )
+            loss = (keras.losses.MeanSquaredError() if regression
+                    else keras.losses.SparseCategoricalCrossentropy(from_logits=False))
         if metrics == "auto":
-            metrics = (
-                [keras.metrics.MeanAbsoluteError(name="mae")]
-                if self.task == "regression"
-                else [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-            )
+            metrics = ([keras.metrics.MeanAbsoluteError(name="mae")] if regression
+                       else [keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, **kwargs):
+        """`keras.Model.fit`; the default optimizer's schedule is planned over this call."""
+        optimization.plan_fit(self, x, batch_size, epochs, kwargs)
+        return super().fit(x=x, y=y, batch_size=batch_size, epochs=epochs, **kwargs)
 
     def get_compile_config(self):
         # `compile` is overridden with the same arguments, so Keras' stored

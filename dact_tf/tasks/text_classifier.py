@@ -20,13 +20,11 @@ from dact_tf.calibration import halting_bias
 from dact_tf.calibration import calibration_run
 from dact_tf import config
 from dact_tf import exits
-from dact_tf.training import optimization
 from dact_tf.calibration import risk_bounds
 from dact_tf.models import backbones
 from dact_tf.models.dact_classifier import DactClassifier
 
 _MODEL = config.ModelConfig()
-_TRAIN = config.TrainConfig()
 _KERAS_BATCH_SIZE = 32  # what `fit` uses when given arrays and no batch size
 # The keras-hub file that marks a folder saved by `save_to_preset`.
 _TASK_FILE = "task.json"
@@ -176,7 +174,7 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
             optimizer: `"auto"`: AdamW at `TrainConfig.learning_rate` (5e-5)
                 with weight decay 0.01 (none on biases and LayerNorm), its
                 learning rate planned by every `fit` call over that call's
-                steps (`dact_tf.training.optimization.FitPlannedDecay`: 10% warm-up,
+                steps (`dact_tf.models.optimization.FitPlannedDecay`: 10% warm-up,
                 then a linear decay to 0). Or any Keras optimizer.
             loss: `"auto"`: see `DactClassifier.compile` (the answer is
                 already a distribution).
@@ -184,10 +182,6 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
                 regression.
             **kwargs: `keras.Model.compile` arguments.
         """
-        if optimizer == "auto":
-            optimizer = optimization.make_optimizer(
-                "adamw", _TRAIN.learning_rate, total_steps=None,
-                warmup_fraction=_TRAIN.warmup_fraction, weight_decay=_TRAIN.weight_decay)
         # Not keras-hub's TextClassifier.compile: its defaults expect logits.
         DactClassifier.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
@@ -239,13 +233,6 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
                 validation_data[0], tf.data.Dataset):
             validation_data = _array_dataset(*(tuple(validation_data) + (None,))[:3],
                                              batch_size=None, shuffle=False)
-        schedule = getattr(getattr(self, "optimizer", None), "_learning_rate", None)
-        if isinstance(schedule, optimization.FitPlannedDecay):
-            steps = kwargs.get("steps_per_epoch") or _batches_per_epoch(x)
-            if steps is not None:
-                start = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
-                if schedule.plan(start, steps * (epochs - kwargs.get("initial_epoch", 0))):
-                    self.train_function = None  # traced with the old plan
         # Keras warns that `shuffle` is ignored for datasets: arrays are
         # shuffled above, and datasets are the caller's.
         return super().fit(x=x, y=y, batch_size=batch_size, epochs=epochs,
@@ -489,12 +476,3 @@ def _array_dataset(x, y, sample_weight, batch_size, shuffle):
         ds = ds.shuffle(_num_rows(x), reshuffle_each_iteration=True)
     return ds.batch(batch_size or _KERAS_BATCH_SIZE)
 
-
-def _batches_per_epoch(ds):
-    """Batches in one pass over the dataset `ds`, or None if infinite."""
-    n = int(ds.cardinality())
-    if n == tf.data.INFINITE_CARDINALITY:
-        return None
-    if n == tf.data.UNKNOWN_CARDINALITY:
-        n = int(ds.reduce(0, lambda count, _: count + 1))
-    return n

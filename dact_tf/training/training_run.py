@@ -27,7 +27,7 @@ from dact_tf.training import distribute
 from dact_tf import exits
 from dact_tf.utils import files
 from dact_tf.models import model_dir as model_dir_lib
-from dact_tf.training import optimization
+from dact_tf.models import optimization
 from dact_tf.utils import progress
 from dact_tf.training import resume
 from dact_tf.data.tasks import dataset_sizes

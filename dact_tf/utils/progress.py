@@ -5,6 +5,9 @@ import time
 
 _default_stream = [lambda: sys.stderr]
 
+#: Seconds between the lines a long step prints where the stream is not a terminal.
+HEARTBEAT_S = 30.0
+
 
 def set_default_stream(factory):
     """Sets the callable that returns the stream new `Progress` bars write to."""
@@ -15,7 +18,8 @@ class Progress:
     """A one-line progress counter with rate and ETA on stderr.
 
     On a terminal the line is redrawn at most 10 times a second; elsewhere
-    (logs, CI) one line is printed when the work is done, so logs stay short.
+    (logs, CI) a line is printed every `HEARTBEAT_S` seconds of a long step
+    and when the work is done, so logs stay short but never fall silent.
 
     Args:
         label: str, what is being done ("Evaluating").
@@ -61,6 +65,10 @@ class Progress:
         if self.dynamic and now - self._last >= 0.1:
             self._last = now
             self.stream.write("\r" + self._line() + "\033[K")
+            self.stream.flush()
+        elif not self.dynamic and now - self._last >= HEARTBEAT_S:
+            self._last = now
+            self.stream.write(self._line() + "\n")
             self.stream.flush()
 
     def close(self):

@@ -92,6 +92,21 @@ def test_progress_prints_one_line_when_not_on_a_terminal():
     assert list(progress.iterate([1, 2], verbose=0, label="x")) == [1, 2]
 
 
+def test_a_long_step_off_a_terminal_prints_a_line_every_heartbeat(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    stream = io.StringIO()
+    bar = progress.Progress("Tracing", total=10, stream=stream)
+    for _ in range(10):
+        clock[0] += 0.4 * progress.HEARTBEAT_S  # a line at steps 3, 6 and 9, then the last
+        bar.update()
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3 + 1, lines
+    assert lines[0].startswith("Tracing: 3/10 batches, ETA") and lines[-1].startswith(
+        "Tracing: 10/10 batches in")
+
+
 def test_native_output_written_while_holding_the_gil_does_not_hang():
     # A C call that holds the GIL (PyDLL) writes far more than a pipe holds,
     # as the TFLite converter does: inside native_output_to_file it lands in

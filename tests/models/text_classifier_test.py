@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import dact_tf
 from dact_tf import config
-from dact_tf.training import optimization
+from dact_tf.models import optimization
 from dact_tf.models.dact_classifier import DactClassifier
 
 TEXTS = ["a fine film", "a dull film", "great fun", "an awful mess", "fine acting",

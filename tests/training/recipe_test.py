@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from dact_tf import ops
-from dact_tf.training import optimization
+from dact_tf.models import optimization
 from dact_tf.calibration import risk_bounds
 from dact_tf.training import train_lib
 from dact_tf.callbacks import KeepBestEpoch
@@ -298,7 +298,7 @@ def test_the_recipe_pieces_compose_in_a_plain_keras_fit(tmp_path):
                                    head_loss_weight=1.0, distill_weight=1.0,
                                    halting_confidence=-4.0, tau=0.06)
     epochs, steps = 3, 3 * 6
-    model.compile(optimizer=dact_tf.training.optimization.make_optimizer("adamw", 1e-3, total_steps=steps))
+    model.compile(optimizer=dact_tf.models.optimization.make_optimizer("adamw", 1e-3, total_steps=steps))
     model.fit(train, validation_data=heldout, epochs=epochs, verbose=0, callbacks=[
         dact_tf.callbacks.TargetBlocksTau(2.0, initial_tau=0.06, warmup_steps=steps // 10,
                                           data=heldout.take(1), interval=2),

@@ -8,6 +8,9 @@ used, lost full depth up to 2.4 points in its second epoch.
 """
 
 import keras
+import tensorflow as tf
+
+from dact_tf import config
 
 #: Optimizers `make_optimizer` builds.
 OPTIMIZERS = ("adamw", "adam")
@@ -161,3 +164,51 @@ def make_optimizer(name, learning_rate, total_steps=None, warmup_fraction=0.1, w
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=float(weight_decay))
     optimizer.exclude_from_weight_decay(var_names=list(_NO_DECAY))
     return optimizer
+
+
+def recipe_optimizer():
+    """`compile("auto")`'s optimizer: AdamW as `TrainConfig` says, planned by each `fit`.
+
+    The learning rate (`TrainConfig.learning_rate`, 5e-5), warm-up fraction
+    and weight decay are the recipe's, as for `dact-tf train`; the schedule
+    is a `FitPlannedDecay` that `plan_fit` plans over every `fit` call.
+    """
+    train = config.TrainConfig()
+    return make_optimizer("adamw", train.learning_rate, total_steps=None,
+                          warmup_fraction=train.warmup_fraction, weight_decay=train.weight_decay)
+
+
+def plan_fit(model, x, batch_size, epochs, kwargs):
+    """Plans `model`'s `FitPlannedDecay` (if it has one) over a `fit` call's steps.
+
+    The steps are `steps_per_epoch`, or counted from the data (a dataset's
+    batches, or array rows over `batch_size` less `validation_split`),
+    times the epochs this call runs; where they cannot be counted the
+    schedule keeps its last plan.
+    """
+    schedule = getattr(getattr(model, "optimizer", None), "_learning_rate", None)
+    if not isinstance(schedule, FitPlannedDecay):
+        return
+    steps = kwargs.get("steps_per_epoch") or _batches_per_epoch(x, batch_size, kwargs)
+    if steps is None:
+        return
+    start = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    if schedule.plan(start, steps * (epochs - kwargs.get("initial_epoch", 0))):
+        model.train_function = None  # traced with the old plan
+
+
+def _batches_per_epoch(x, batch_size, kwargs):
+    """Batches in one pass over `x` (a dataset, arrays or a dict of them), or None."""
+    if isinstance(x, tf.data.Dataset):
+        n = int(x.cardinality())
+        if n == tf.data.INFINITE_CARDINALITY:
+            return None
+        if n == tf.data.UNKNOWN_CARDINALITY:
+            n = int(x.reduce(0, lambda count, _: count + 1))
+        return n
+    first = next(iter(x.values())) if isinstance(x, dict) else x
+    if not hasattr(first, "__len__"):
+        return None
+    rows = int(len(first) * (1.0 - (kwargs.get("validation_split") or 0.0)))
+    return max(1, -(-rows // (batch_size or 32)))
+
