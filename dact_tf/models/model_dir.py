@@ -101,7 +101,7 @@ def read_config(model_dir, defaults=True):
             raise ValueError(f"{path}: not valid JSON ({e}).") from None
         except UnicodeDecodeError:
             raise ValueError(f"{path}: not a text file.") from None
-    if not isinstance(config, dict) or config.get("format") != "dact_tf.models.model_dir":
+    if not isinstance(config, dict) or config.get("format") != "dact_tf.model_dir":
         raise ValueError(f"{path}: not a dact_tf model directory config.")
     version = config.get("dact_tf_version", "0")
     major = str(version).split(".")[0]

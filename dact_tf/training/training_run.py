@@ -280,7 +280,7 @@ class TrainingRun:
     def write_config(self):
         """Writes config.json, once a resumed directory is checked to hold this run."""
         self.config = {
-            "format": "dact_tf.models.model_dir",
+            "format": "dact_tf.model_dir",
             "dact_tf_version": __version__,
             "method": self.model_config.method,
             "lowercase": bool(getattr(self.preprocessor.tokenizer, "lowercase", True)),

@@ -68,7 +68,7 @@ def test_an_init_from_of_another_kind_is_refused_by_name(tiny_model, tmp_path):
 
 def _config():
     return {
-        "format": "dact_tf.models.model_dir", "dact_tf_version": __version__, "method": "static",
+        "format": "dact_tf.model_dir", "dact_tf_version": __version__, "method": "static",
         "lowercase": True, "label_names": ["negative", "positive"],
         "data": dataclasses.asdict(train_lib.DataConfig()),
         "model": dataclasses.asdict(train_lib.ModelConfig(method="static")),
