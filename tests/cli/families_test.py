@@ -1,4 +1,4 @@
-"""Two encoder families end to end through the command line: BERT and DistilBERT.
+"""A second encoder family end to end through the command line: DistilBERT.
 
 The DistilBERT family is one module (`dact_tf/models/families/distil_bert.py`);
 nothing else in dact_tf names it. `train`, `evaluate`, `predict` and both
@@ -34,8 +34,9 @@ FRESH = textwrap.dedent(
     """)
 
 
+# BERT's chain (`tiny`) runs the same commands in tests/cli/cli_test.py and
+# tests/docs/readme_test.py; here the second family, through the same code.
 @pytest.mark.parametrize("backbone,inputs", [
-    ("tiny", ["padding_mask", "segment_ids", "token_ids"]),
     ("tiny_distil_bert", ["padding_mask", "token_ids"]),  # no segments
 ])
 def test_a_family_trains_evaluates_predicts_and_exports(tmp_path, backbone, inputs):
