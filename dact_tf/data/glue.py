@@ -294,7 +294,7 @@ def builtin_sst2_dir():
 
     It holds `train.tsv` (2,000 rows: 1,000 per class, drawn at random with
     a fixed seed from GLUE's 67,349) and `dev.tsv` (GLUE's full 872-row dev
-    set), in GLUE's SST-2 format; see `dact_tf/resources/README/md`. Pass it
+    set), in GLUE's SST-2 format; see `dact_tf/resources/README.md`. Pass it
     as `glue_dir` for the task `"sst2"`.
 
     Returns:

@@ -468,7 +468,7 @@ def balanced_subset_indices(labels, per_class, seed):
     """Draws `per_class` random rows of every class, returned in file order.
 
     Used to cut the shipped SST-2 demo subset (see
-    `dact_tf/resources/README/md`); with the same labels, `per_class` and
+    `dact_tf/resources/README.md`); with the same labels, `per_class` and
     `seed` it returns the same rows on any machine (NumPy's PCG64).
 
     Args:

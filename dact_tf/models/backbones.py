@@ -94,7 +94,8 @@ def load_backbone(
     backbone(x)["sequence_output"].shape  # (1, 128, 384)
     ```
     """
-    return families.for_spec(_spec(spec)).load(
+    spec = _spec(spec)
+    return families.for_spec(spec).load(
         spec, max_sequence_length=max_sequence_length, dropout=dropout,
         gelu_approximate=gelu_approximate, seed=seed)
 

@@ -105,6 +105,8 @@ def register(backbone_cls, adapter):
     """
     if not isinstance(adapter, EncoderAdapter):
         raise TypeError(f"`adapter` must be an EncoderAdapter, got {type(adapter).__name__}.")
+    # Registering a class again replaces its adapter (a family module re-imported).
+    _REGISTRY[:] = [item for item in _REGISTRY if item[0] is not backbone_cls]
     _REGISTRY.insert(0, (backbone_cls, adapter))
     # Most specific classes first, so a subclass's own adapter wins.
     _REGISTRY.sort(key=lambda item: -len(item[0].__mro__))

@@ -207,7 +207,7 @@ def test_builtin_sst2_sample_is_small_balanced_and_parses():
 
 @needs_shared
 def test_builtin_sst2_sample_is_reproducible_from_glue():
-    """Re-draws the subset as dact_tf/resources/README/md describes."""
+    """Re-draws the subset as dact_tf/resources/README.md describes."""
     source = os.path.join(SHARED_GLUE, "SST-2", "train.tsv")
     full = glue.read_glue_file("sst2", source)
     indices = tsv.balanced_subset_indices(full.labels, 1000, seed=SUBSET_SEED)

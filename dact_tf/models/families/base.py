@@ -88,13 +88,17 @@ class EncoderFamily:
     def load_tokenizer(self, spec):
         """The tokenizer `load(spec)` would return, without the weights."""
         if spec == self.tiny_spec:
-            return self.tiny(0, None, None)[1]
+            return self.tiny_tokenizer()
         if not os.path.isdir(spec):
             online._require_online(spec)
         return self.tokenizer_cls.from_preset(spec)
 
     def tiny(self, seed, max_sequence_length, dropout):
         """`(backbone, tokenizer)`: a small random backbone, deterministic given `seed`."""
+        raise ValueError(f"The {self.name} family has no tiny random backbone.")
+
+    def tiny_tokenizer(self):
+        """The tokenizer of `tiny` (without building the backbone)."""
         raise ValueError(f"The {self.name} family has no tiny random backbone.")
 
     # -------------------------------------------------------- preprocessing
@@ -179,18 +183,24 @@ def for_spec(spec):
 
 def of_backbone(backbone):
     """The registered family whose backbone class `backbone` is (most specific first)."""
-    matches = [f for f in families() if isinstance(backbone, f.backbone_cls)]
-    if not matches:
+    family = _most_specific(backbone, "backbone_cls")
+    if family is None:
         raise TypeError(f"No encoder family is registered for {type(backbone).__name__}.")
-    return max(matches, key=lambda f: len(f.backbone_cls.__mro__))
+    return family
 
 
 def of_tokenizer(tokenizer):
     """The registered family whose tokenizer class `tokenizer` is (most specific first)."""
-    matches = [f for f in families() if f.tokenizer_cls is not None
-               and isinstance(tokenizer, f.tokenizer_cls)]
-    if not matches:
+    family = _most_specific(tokenizer, "tokenizer_cls")
+    if family is None:
         raise TypeError(
             f"`tokenizer` must be the tokenizer of a registered encoder family "
             f"({', '.join(f.name for f in families())}), got {type(tokenizer).__name__}.")
-    return max(matches, key=lambda f: len(f.tokenizer_cls.__mro__))
+    return family
+
+
+def _most_specific(obj, attribute):
+    """The family whose class `attribute` `obj` is an instance of, the most derived; or None."""
+    matches = [f for f in families() if getattr(f, attribute) is not None
+               and isinstance(obj, getattr(f, attribute))]
+    return max(matches, key=lambda f: len(getattr(f, attribute).__mro__), default=None)

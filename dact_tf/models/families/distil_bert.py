@@ -33,7 +33,7 @@ class DistilBertFamily(base.EncoderFamily):
             raise ValueError(
                 f"--sequence_length={max_sequence_length}: the tiny backbone has at most 512 "
                 "positions.")
-        tokenizer = self.tokenizer(tiny.tiny_vocabulary(), lowercase=True)
+        tokenizer = self.tiny_tokenizer()
         backbone = self.backbone_cls(
             vocabulary_size=tokenizer.vocabulary_size(), num_layers=4, num_heads=2,
             hidden_dim=32, intermediate_dim=64,
@@ -41,6 +41,9 @@ class DistilBertFamily(base.EncoderFamily):
             max_sequence_length=max_sequence_length or 128, name="tiny_distil_bert_backbone")
         tiny.seed_weights(backbone, seed)
         return backbone, tokenizer
+
+    def tiny_tokenizer(self):
+        return self.tokenizer(tiny.tiny_vocabulary(), lowercase=True)
 
 
 base.register(DistilBertFamily())
