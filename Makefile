@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Default test run: everything not marked `large`, on both cores.
+# Default test run: everything not marked `large`, on both cores (about 15 minutes).
 PYTEST_ARGS ?= -n 2 --durations=15
 
 .PHONY: venv demo test test-large bench clean
@@ -26,8 +26,10 @@ demo: venv
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
+# Only the tests marked `large` (whole CLI chains, the README and demo runs, two-process
+# distribution): CI runs them after `make test`.
 test-large: venv
-	$(PY) -m pytest $(PYTEST_ARGS) --run_large tests
+	$(PY) -m pytest $(PYTEST_ARGS) --run_large -m large tests
 
 bench: venv
 	$(PY) -m pip install -q -e '.[bench]'

@@ -139,6 +139,7 @@ def test_model_dir_of_another_run_is_refused(trained):
     assert "different run" in proc.stderr
 
 
+@pytest.mark.large  # a whole CLI chain: CI runs it (make test-large)
 def test_killed_training_resumes_where_it_stopped(tmp_path):
     import signal
     import time
@@ -176,6 +177,7 @@ def test_killed_training_resumes_where_it_stopped(tmp_path):
     assert epochs.count("0") == 1 and epochs[-1] == "2", epochs
 
 
+@pytest.mark.large  # a whole CLI chain: CI runs it (make test-large)
 def test_baseline_methods_train_evaluate_and_override_the_exit_knob(tmp_path):
     cache = tmp_path / "cache"
     data = [f"--data_dir={builtin_sst2_dir()}", "--task=sst2"]

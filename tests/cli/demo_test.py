@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -16,6 +18,7 @@ def _run(args, cache):
     return proc
 
 
+@pytest.mark.large  # a whole CLI chain: CI runs it (make test-large)
 def test_demo_reports_what_evaluate_reports_and_a_rerun_does_not_retrain(tmp_path):
     model_dir = tmp_path / "demo"
     demo = ["-m", "examples.demo", f"--model_dir={model_dir}", "--backbone=tiny",

@@ -36,6 +36,7 @@ FRESH = textwrap.dedent(
 
 # BERT's chain (`tiny`) runs the same commands in tests/cli/cli_test.py and
 # tests/docs/readme_test.py; here the second family, through the same code.
+@pytest.mark.large  # a whole CLI chain: CI runs it (make test-large)
 @pytest.mark.parametrize("backbone,inputs", [
     ("tiny_distil_bert", ["padding_mask", "token_ids"]),  # no segments
 ])

@@ -271,6 +271,7 @@ def run_dact_tf(args, cwd):
     return proc
 
 
+@pytest.mark.large  # a whole CLI chain: CI runs it (make test-large)
 def test_the_command_line_quickstart_runs_as_written(tmp_path):
     steps = invocations(README, heading=QUICKSTART)
     names = [split_args(args)[0] for _, args in steps]
