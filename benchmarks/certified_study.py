@@ -399,9 +399,11 @@ def _run_point(g, method, mode, eps):
         point["halting"] = result.pop("halting", None)
         point["calibration"] = result
     elif mode == "certified":
+        # As `dact-tf calibrate`: the selection rows (when apart) fit DACT's score.
         point["halting"] = certify.certify_halting(
             model, ds["calibration"], max_disagreement=eps, confidence=FLAGS.confidence,
-            shared=shared, verbose=FLAGS.verbose)
+            shared=shared, verbose=FLAGS.verbose,
+            fit_dataset=None if shared else ds["holdout"])
     point.update(_score(g, model, None if "target" in mode else method))
     point.update(
         task=group["label"], seed=group["seed"], method=method, mode=mode, eps=eps,

@@ -111,8 +111,11 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
         _say(target_message(result), always=result["limited"] or not certified,
              verbose=verbose)
     if max_disagreement is not None:
+        # The selection rows (apart from the certificate's) may fit the method's
+        # grid (DACT: a learned consistency score); shared rows may not.
         halting = certify.certify_halting(model, rows, max_disagreement, confidence,
-                                          shared=shared, verbose=verbose)
+                                          shared=shared, verbose=verbose,
+                                          fit_dataset=None if shared else selection)
         result["halting"] = halting
         _say(f"Certified halting ({halting['knob']}={halting['value']:g}, "
              f"{halting['mean_layers_executed']:.2f} blocks on the calibration rows): "

@@ -20,9 +20,12 @@ the full-depth one. Two other promises can only be certified on data
 - **A certified halting mode** (`certify_halting`): each row stops at the
   first block a threshold accepts; the threshold is the most aggressive
   one, on the exit method's ordered grid (`ExitCriterion.certified_grid`:
-  DACT's slack on the tight test, DeeBERT's entropy, PABEE's patience),
-  whose rate of answers that differ from the model's own full-depth answer
-  is certified at most `max_disagreement`.
+  DACT's learned consistency score, fitted on the selection rows, or its
+  slack on the tight test; DeeBERT's entropy; PABEE's patience), whose rate
+  of answers that differ from the model's own full-depth answer is certified
+  at most `max_disagreement`. The score only decides how few blocks the
+  certified setting runs; the bound holds for any score fixed before the
+  calibration rows are read.
 
 Both hold on unseen rows from the distribution the calibration rows were
 drawn from, with probability at least `confidence` each, provided nothing
@@ -84,7 +87,7 @@ def _certificate(kind, risk, epsilon, delta, n, at_risk, bounds, passed, grid, s
 
 def certify_halting(model, dataset, max_disagreement=DEFAULT_MAX_DISAGREEMENT,
                     confidence=risk_bounds.DEFAULT_CONFIDENCE, apply=True, shared=False,
-                    verbose=0):
+                    verbose=0, fit_dataset=None):
     """Sets the most aggressive exit threshold whose disagreement with full depth is certified.
 
     Runs every block once on `dataset` (`analysis.trace_dataset`), then
@@ -108,6 +111,10 @@ def certify_halting(model, dataset, max_disagreement=DEFAULT_MAX_DISAGREEMENT,
         shared: bool, whether the rows were also used for another choice
             (recorded in the certificate).
         verbose: 0 or 1 (a progress counter).
+        fit_dataset: batches of rows other than `dataset` (e.g. the
+            selection rows) on which the method may fit its grid (DACT: a
+            learned consistency score, `dact_tf.exits.consistency`), or None
+            (DACT: the slacks of the tight test).
 
     Returns:
         A dict: `method`, `knob`, `value` (the chosen setting),
@@ -126,7 +133,12 @@ def certify_halting(model, dataset, max_disagreement=DEFAULT_MAX_DISAGREEMENT,
     if not 0.0 < float(max_disagreement) < 1.0:
         raise ValueError(f"`max_disagreement` must be in (0, 1) (0.01: 1 % of rows), "
                          f"got {max_disagreement!r}.")
-    grid = model.exit_criterion.certified_grid(model.num_layers)
+    fit_trace, fit_rows = None, 0
+    if fit_dataset is not None:
+        fit_trace, _ = analysis.trace_dataset(model, fit_dataset, verbose=verbose)
+        fit_rows = len(fit_trace["exit_layers"])
+    grid = model.exit_criterion.certified_grid(model.num_layers, fit_trace=fit_trace,
+                                               context=model.encoder.exit_context)
     if not grid:
         raise ValueError(f"method={model.method!r} has no exit threshold to certify.")
     trace, _ = analysis.trace_dataset(model, dataset, verbose=verbose)
@@ -154,7 +166,7 @@ def certify_halting(model, dataset, max_disagreement=DEFAULT_MAX_DISAGREEMENT,
     certificate = _certificate(
         "halting", "P(early answer differs from the full-depth answer)", max_disagreement,
         delta, n, at_risk, bounds, passed, grid, shared, knob=knob, value=value,
-        exact=bool(exact),
+        exact=bool(exact), fit_rows=fit_rows if knob == "halting_threshold" else 0,
         rows_needed=risk_bounds.rows_needed(aggressive, max_disagreement, delta))
     if apply:
         model.configure_exit(**chosen.get_config())

@@ -164,7 +164,7 @@ class ExitCriterion:
         del answer, state, remaining, context
         return stops
 
-    def certified_grid(self, num_layers):
+    def certified_grid(self, num_layers, fit_trace=None, context=None):
         """The settings a halting certificate tests, safest first.
 
         `dact_tf.calibration.certify.certify_halting` tests them in this order on
@@ -172,11 +172,18 @@ class ExitCriterion:
         with full depth it can bound (fixed-sequence testing). The first
         setting should agree with full depth on every row.
 
+        Args:
+            num_layers: int, the model's blocks.
+            fit_trace: a trace (`dact_tf.evaluation.analysis.trace_dataset`)
+                of rows the certificate does not use, on which a method may
+                fit its grid (DACT: a learned consistency score), or None.
+            context: the model's `ExitContext`, or None.
+
         Returns:
             A list of `(knob, value, criterion)`; empty for a method without
             a knob (static truncation).
         """
-        del num_layers
+        del num_layers, fit_trace, context
         return []
 
     def ponder_cost(self, state, answer):

@@ -7,6 +7,7 @@ from dact_tf import config
 from dact_tf import ops
 from dact_tf.callbacks import tau_scheduler
 from dact_tf.exits import base
+from dact_tf.exits import consistency
 
 
 @base.register
@@ -27,8 +28,10 @@ class Dact(base.ExitCriterion):
     Args:
         halting_rule: `"tight"` (default, guaranteed), `"paper"`
             (guaranteed, looser), `"certified"` (the tight test loosened by
-            `halting_slack`, a slack whose disagreement rate with full depth
-            a certificate bounds: `dact_tf.calibration.certify.certify_halting`),
+            `halting_slack`, or, with `consistency_weights`, the tight test
+            or a learned consistency score of at least `halting_threshold`:
+            a setting whose disagreement rate with full depth a certificate
+            bounds, `dact_tf.calibration.certify.certify_halting`),
             `"relaxed"` (faster, no guarantee) or `"never"`.
         halting_margin: float in [0, 1], the guaranteed rules' rounding
             margin.
@@ -36,15 +39,22 @@ class Dact(base.ExitCriterion):
             budget `p_n` is below it.
         halting_slack: float in [0, 1], `"relaxed"` and `"certified"`:
             slack of the test.
+        consistency_weights: `"certified"`: the weights of a learned score
+            of "this answer is the full-depth one"
+            (`dact_tf.exits.consistency`, fitted by `certified_grid` on rows
+            the certificate does not use), or None.
+        halting_threshold: float in [0, 1], `"certified"` with
+            `consistency_weights`: a row also stops once the score reaches it.
 
     Example:
     >>> Dact(halting_rule="paper")
-    Dact(halting_rule='paper', halting_margin=1e-05, halting_epsilon=0.0, halting_slack=0.0)
+    Dact(halting_rule='paper', halting_margin=1e-05, halting_epsilon=0.0, halting_slack=0.0, consistency_weights=None, halting_threshold=1.0)
     """
 
     name = "dact"
     display_name = "DACT"
-    settings = ("halting_rule", "halting_margin", "halting_epsilon", "halting_slack")
+    settings = ("halting_rule", "halting_margin", "halting_epsilon", "halting_slack",
+                "consistency_weights", "halting_threshold")
     state_fields = ("budget", "ponder")
     trains_halting_units = True
     #: The halting-bias shifts `sweep` replays (logits).
@@ -54,9 +64,12 @@ class Dact(base.ExitCriterion):
                         0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
     def __init__(self, halting_rule=config.ModelConfig.halting_rule, halting_margin=1e-5,
-                 halting_epsilon=0.0, halting_slack=0.0):
+                 halting_epsilon=0.0, halting_slack=0.0, consistency_weights=None,
+                 halting_threshold=1.0):
         for key, value in (("halting_rule", halting_rule), ("halting_margin", halting_margin),
-                           ("halting_epsilon", halting_epsilon), ("halting_slack", halting_slack)):
+                           ("halting_epsilon", halting_epsilon), ("halting_slack", halting_slack),
+                           ("consistency_weights", consistency_weights),
+                           ("halting_threshold", halting_threshold)):
             self._set(key, value)
 
     def _set(self, key, value):
@@ -64,6 +77,8 @@ class Dact(base.ExitCriterion):
             if value not in ops.HALTING_RULES:
                 raise ValueError(
                     f"`halting_rule` must be one of {ops.HALTING_RULES}, got {value!r}.")
+        elif key == "consistency_weights":
+            value = consistency.check_weights(value)
         else:
             value = float(value)
             if not 0.0 <= value <= 1.0:
@@ -76,16 +91,28 @@ class Dact(base.ExitCriterion):
 
     def step(self, y, h, answer, state, remaining, context):
         budget, ponder = state
+        previous = answer
         answer, budget = ops.accumulate(answer, budget, y, h)
-        return answer, (budget, ponder + budget), self.halts(answer, budget, remaining, context)
+        return answer, (budget, ponder + budget), self.halts(answer, budget, remaining, context,
+                                                             previous=previous)
 
-    def halts(self, answer, budget, remaining, context):
-        """The halting rule on `a_n` and `p_n`, `[batch]` bool."""
-        return ops.should_halt(
+    def halts(self, answer, budget, remaining, context, previous=None):
+        """The halting rule on `a_n` and `p_n`, `[batch]` bool.
+
+        `previous` is `a_{n-1}` (zeros before block 1), which the learned
+        consistency score reads; None: only the rule's test.
+        """
+        halt = ops.should_halt(
             answer, budget, remaining, task=context.task, rule=self.halting_rule,
             margin=self.halting_margin, epsilon=self.halting_epsilon, slack=self.halting_slack,
             tolerance=context.tolerance, output_range=context.output_range or (0.0, 1.0),
         )
+        if (self.halting_rule == "certified" and self.consistency_weights is not None
+                and previous is not None and context.task != "regression"):
+            learned = consistency.score(self.consistency_weights, previous, answer, budget,
+                                        remaining) >= self.halting_threshold
+            halt = tf.logical_or(halt, learned)
+        return halt
 
     def proven(self, answer, state, remaining, context, stops):
         if self.halting_rule not in ("relaxed", "certified"):
@@ -96,10 +123,26 @@ class Dact(base.ExitCriterion):
             output_range=context.output_range or (0.0, 1.0))
         return tf.logical_and(stops, proof)
 
-    def certified_grid(self, num_layers):
+    def certified_grid(self, num_layers, fit_trace=None, context=None):
+        """The tight test loosened by a slack; with `fit_trace`, a learned score's thresholds.
+
+        With `fit_trace` (a trace of rows the certificate does not use) and a
+        classification model, the consistency score
+        (`dact_tf.exits.consistency`) is fitted on it and the grid is the
+        tight rule, then the score's thresholds from the fitted rows' own
+        scores, highest first; otherwise the slacks `CERTIFIED_SLACKS`.
+        """
         del num_layers
-        return [("halting_slack", s, Dact("certified", self.halting_margin, 0.0, s))
-                for s in self.CERTIFIED_SLACKS]
+        task = context.task if context is not None else "classification"
+        if fit_trace is None or task == "regression":
+            return [("halting_slack", s, Dact("certified", self.halting_margin, 0.0, s))
+                    for s in self.CERTIFIED_SLACKS]
+        weights = consistency.fit(fit_trace["accumulated"], fit_trace["budgets"])
+        thresholds = consistency.threshold_grid(
+            consistency.trace_scores(weights, fit_trace["accumulated"], fit_trace["budgets"]))
+        return [("halting_threshold", t, Dact("certified", self.halting_margin, 0.0, 0.0,
+                                              weights, t))
+                for t in [1.0] + thresholds]
 
     def ponder_cost(self, state, answer):
         del answer
@@ -193,6 +236,9 @@ class Dact(base.ExitCriterion):
         return self.copy()
 
     def summary(self):
+        if self.halting_rule == "certified" and self.consistency_weights is not None:
+            return {"halting_rule": self.halting_rule,
+                    "halting_threshold": self.halting_threshold}
         if self.halting_rule == "certified":
             return {"halting_rule": self.halting_rule, "halting_slack": self.halting_slack}
         return {"halting_rule": self.halting_rule}

@@ -76,8 +76,8 @@ class DeeBert(base.ExitCriterion):
         model.backbone.trainable = False
         model.training_stage = 2
 
-    def certified_grid(self, num_layers):
-        del num_layers  # threshold 0: no row exits early
+    def certified_grid(self, num_layers, fit_trace=None, context=None):
+        del num_layers, fit_trace, context  # threshold 0: no row exits early
         return [("entropy_threshold", t, DeeBert(t)) for t in (0.0,) + self.THRESHOLDS]
 
     def sweep(self, num_layers):

@@ -64,7 +64,8 @@ class Pabee(base.ExitCriterion):
         weighted = tf.reduce_sum(weights * per_block[:-1]) + n * parts.main
         return weighted / (n * (n + 1) / 2.0)
 
-    def certified_grid(self, num_layers):
+    def certified_grid(self, num_layers, fit_trace=None, context=None):
+        del fit_trace, context
         # Patience N: no row holds its prediction for N blocks before the last.
         return [("patience", p, Pabee(p)) for p in range(num_layers, 0, -1)]
 

@@ -87,7 +87,9 @@ def test_calibrate_certifies_a_halting_mode_and_the_exports_carry_it(trained, tm
     assert set(result) == {"halting"}  # no compute target was asked for
     halting = result["halting"]
     cert = halting["certificate"]
-    assert cert["kind"] == "halting" and cert["knob"] == halting["knob"] == "halting_slack"
+    # DACT's learned consistency score, fitted on the selection rows (kept apart from these).
+    assert cert["kind"] == "halting" and cert["knob"] == halting["knob"] == "halting_threshold"
+    assert cert["fit_rows"] > 0
     assert cert["rows"] == CALIBRATION_ROWS
     assert cert["calibration_rows"] == "kept apart"
     assert cert["epsilon"] == 0.3 and cert["confidence"] == pytest.approx(0.9)
@@ -97,13 +99,16 @@ def test_calibrate_certifies_a_halting_mode_and_the_exports_carry_it(trained, tm
         risk_bounds.upper_bound(cert["at_risk"], CALIBRATION_ROWS, 0.1), rel=1e-9, abs=1e-9)
     # Certified, and past the tight rule: the model now runs the certified rule.
     assert cert["certified"] is True and cert["bound"] <= 0.3
-    assert cert["exact"] is False and halting["value"] > 0.0
+    assert cert["exact"] is False and 0.0 < halting["value"] < 1.0
     assert halting["mean_layers_executed"] >= 1.0 and halting["mean_layers_executed"] <= 4.0
     model, _, _ = train_lib.load_model_dir(str(model_dir))
     assert model.exit_criterion.halting_rule == "certified"
-    assert model.exit_criterion.halting_slack == pytest.approx(halting["value"])
+    assert model.exit_criterion.halting_threshold == pytest.approx(halting["value"])
+    weights = list(model.exit_criterion.consistency_weights)
+    assert len(weights) == 5 + 4
     assert model.certificates == {"halting": cert}
-    exit_config = {"halting_rule": "certified", "halting_slack": halting["value"]}
+    exit_config = {"halting_rule": "certified", "halting_threshold": halting["value"],
+                   "consistency_weights": weights}
 
     # SavedModel: the metadata holds the exit rule and the certificates.
     exports = tmp_path / "serving"
@@ -112,7 +117,7 @@ def test_calibrate_certifies_a_halting_mode_and_the_exports_carry_it(trained, tm
     meta = metadata.read_metadata(str(exports / "1"))
     assert meta["certificates"] == {"halting": cert}
     assert meta["halting_rule"] == "certified"
-    assert {k: meta["exit"][k] for k in exit_config} == pytest.approx(exit_config)
+    assert {k: meta["exit"][k] for k in exit_config} == exit_config
 
     # TFLite: a .json beside the file. --halting_rule=certified is accepted: the model has it.
     mobile = tmp_path / "mobile"
@@ -122,7 +127,7 @@ def test_calibrate_certifies_a_halting_mode_and_the_exports_carry_it(trained, tm
                                           "model_vocab.txt"]
     sidecar = json.loads((mobile / "model_none.json").read_text())
     assert sidecar["certificates"] == {"halting": cert}
-    assert {k: sidecar["exit"][k] for k in exit_config} == pytest.approx(exit_config)
+    assert {k: sidecar["exit"][k] for k in exit_config} == exit_config
     assert sidecar["method"] == "dact" and sidecar["num_layers"] == 4
     assert sidecar["label_names"] == ["negative", "positive"]
 

@@ -153,6 +153,9 @@ def test_tflite_from_model_regression(tmp_path):
     ("classification", {"method": "static", "num_layers": 2}),
     # Halting units that read their answer's confidence (a REDUCE_MAX).
     ("classification", {"halting_confidence": -3.0}),
+    # DACT's certified rule with a learned consistency score (top-k, argmax, gather).
+    ("classification", {"halting_rule": "certified", "halting_threshold": 0.62,
+                        "consistency_weights": [6.0, 3.0, 1.0, -2.0, 1.0, 0.0, -0.5, -1.0, -1.5]}),
 ])
 def test_tflite_variants_convert_and_match(tmp_path, task, kwargs):
     model = make_model(task, seed=4 if "pooling" in kwargs else 2, **kwargs)
@@ -162,7 +165,7 @@ def test_tflite_variants_convert_and_match(tmp_path, task, kwargs):
     key = "scores" if task == "regression" else "probabilities"
     np.testing.assert_allclose(got[key], want[key], atol=1e-5)
     np.testing.assert_array_equal(got["layers_executed"], want["layers_executed"])
-    if kwargs.get("method") in ("pabee", "deebert"):
+    if kwargs.get("method") in ("pabee", "deebert") or "consistency_weights" in kwargs:
         assert len(set(np.asarray(want["layers_executed"]).tolist())) > 1
 
 

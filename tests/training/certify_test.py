@@ -182,6 +182,44 @@ def test_certified_dact_saves_blocks_and_exact_stays_proven_under_a_cap():
     assert restored.certificates == model.certificates
 
 
+def test_a_learned_score_fitted_on_other_rows_is_certified_and_the_loop_runs_it(tmp_path):
+    fit_feats, fit_labels = synthetic_task(400, seed=5)
+    feats, labels = synthetic_task(400, seed=6)
+    data = dataset(feats, labels, batch_size=64)
+    model = _model(seed=3)
+    slack = _model(seed=3)
+    by_slack = certify.certify_halting(slack, data, max_disagreement=0.2, confidence=0.9)
+    result = certify.certify_halting(model, data, max_disagreement=0.2, confidence=0.9,
+                                     fit_dataset=dataset(fit_feats, fit_labels, batch_size=64))
+    certificate = result["certificate"]
+    assert result["knob"] == "halting_threshold" and certificate["fit_rows"] == 400
+    assert certificate["certified"] and not certificate["exact"]
+    assert by_slack["certificate"]["fit_rows"] == 0
+    criterion = model.exit_criterion
+    assert criterion.halting_rule == "certified" and len(criterion.consistency_weights) == 5 + 4
+    # The real early-exit loop does what the certificate counted (the score in the loop is
+    # the replayed one), and saves blocks.
+    early, _ = train_lib.predict_dataset(model, data)
+    full, _ = train_lib.predict_dataset(model, data, full_depth=True)
+    assert int((early["predictions"] != full["predictions"]).sum()) == certificate["at_risk"]
+    assert early["layers_executed"].mean() == pytest.approx(result["mean_layers_executed"])
+    assert result["mean_layers_executed"] < model.num_layers
+    # `exact` under a cap keeps meaning "proven equal to full depth".
+    out = model(feats, max_layers=tf.fill([400], model.num_layers))
+    exact = out["exact"].numpy()
+    np.testing.assert_array_equal(out["predictions"].numpy()[exact],
+                                  full["predictions"][exact])
+    # The weights survive a .keras save and load.
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    import keras
+
+    restored = keras.models.load_model(path)
+    assert restored.exit_criterion == criterion
+    np.testing.assert_array_equal(restored(feats)["layers_executed"].numpy(),
+                                  early["layers_executed"])
+
+
 def test_too_few_rows_keep_an_exact_setting_and_say_how_many_are_needed():
     feats, labels = synthetic_task(40, seed=4)
     model = _model(seed=4)

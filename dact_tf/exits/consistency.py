@@ -1,0 +1,144 @@
+"""A learned consistency score: how likely a row's early answer is its full-depth answer.
+
+A certified halting mode stops a row at the first block whose score passes a
+threshold, the threshold being certified on held-out rows (see
+`dact_tf.calibration.certify.certify_halting`). Any score is valid there: the
+certificate bounds the disagreement whatever the score is, so a better score
+only buys fewer blocks at the same bound. This module gives DACT such a
+score, in the manner of the meta consistency classifier of CATs (Schuster et
+al., "Consistent Accelerated Inference via Confident Adaptive Transformers",
+EMNLP 2021): a logistic regression, fitted on rows kept out of the
+certificate, of "the prediction after block n equals the one after the last
+block" on a few features of the exit answer:
+
+- the top probability of `a_n` and its margin over the runner-up;
+- whether `a_n`'s prediction equals `a_{n-1}`'s (0 after block 1);
+- DACT's remaining budget `p_n`;
+- the tight halting test's own quantity `q (1 + delta) - 1` (positive where
+  the guarantee already holds, `dact_tf.ops.should_halt`);
+- one bias per number of blocks left.
+
+The features are computed by the same TensorFlow function in the early-exit
+loop, in replays and when fitting, so a fitted score is exactly the score the
+exported model computes.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from dact_tf import ops
+
+#: The per-row features before the per-block biases.
+NUM_FEATURES = 5
+FEATURE_NAMES = ("top_probability", "margin", "same_as_previous", "budget", "tight_test")
+
+
+def features(previous, answer, budget, remaining):
+    """`[batch, NUM_FEATURES]` float32 features of the answer after one block.
+
+    Args:
+        previous: `[batch, C]`, the answer after the block before (zeros
+            before block 1).
+        answer: `[batch, C]`, the answer after this block (`a_n`).
+        budget: `[batch]`, the remaining budget `p_n`.
+        remaining: int (Python or tensor), the blocks after this one.
+    """
+    answer = tf.cast(answer, tf.float32)
+    previous = tf.cast(previous, tf.float32)
+    budget = tf.cast(budget, tf.float32)
+    top2 = tf.math.top_k(answer, k=2).values
+    first, second = top2[:, 0], top2[:, 1]
+    same = tf.logical_and(
+        tf.equal(tf.argmax(answer, axis=-1), tf.argmax(previous, axis=-1)),
+        tf.reduce_max(previous, axis=-1) > 0.0)
+    q = ops.remaining_weight_bound(budget, remaining)
+    return tf.stack([first, first - second, tf.cast(same, tf.float32), budget,
+                     q * (1.0 + first - second) - 1.0], axis=-1)
+
+
+def check_weights(weights):
+    """The weights as a tuple of floats, or None; refuses a malformed list with one line."""
+    if weights is None:
+        return None
+    try:
+        values = tuple(float(w) for w in weights)
+    except (TypeError, ValueError):
+        raise ValueError("`consistency_weights` must be a list of numbers (or None), got "
+                         f"{weights!r}.") from None
+    if len(values) < NUM_FEATURES + 1 or not all(np.isfinite(values)):
+        raise ValueError(f"`consistency_weights` must hold {NUM_FEATURES} feature weights and "
+                         f"one bias per block, all finite; got {len(values)} values.")
+    return values
+
+
+def score(weights, previous, answer, budget, remaining):
+    """`[batch]` float32: the fitted probability that this answer is the full-depth one."""
+    w = tf.constant(weights[:NUM_FEATURES], tf.float32)
+    biases = tf.constant(weights[NUM_FEATURES:], tf.float32)
+    index = tf.clip_by_value(tf.cast(remaining, tf.int32), 0, len(weights) - NUM_FEATURES - 1)
+    logit = tf.linalg.matvec(features(previous, answer, budget, remaining), w)
+    return tf.sigmoid(logit + tf.gather(biases, index))
+
+
+def trace_features(accumulated, budgets):
+    """`[N, rows, NUM_FEATURES]` NumPy features of every block of a trace."""
+    n = accumulated.shape[0]
+    previous = np.concatenate([np.zeros_like(accumulated[:1]), accumulated[:-1]])
+    return np.stack([features(previous[i], accumulated[i], budgets[i], n - 1 - i).numpy()
+                     for i in range(n)])
+
+
+def trace_scores(weights, accumulated, budgets):
+    """`[N, rows]` the score of every block of a trace (as the loop computes it)."""
+    n = accumulated.shape[0]
+    previous = np.concatenate([np.zeros_like(accumulated[:1]), accumulated[:-1]])
+    return np.stack([score(weights, previous[i], accumulated[i], budgets[i], n - 1 - i).numpy()
+                     for i in range(n)])
+
+
+def fit(accumulated, budgets, l2=1e-2, steps=50):
+    """Fits the weights on a trace: logistic regression of `argmax a_n == argmax a_N`.
+
+    Args:
+        accumulated: float `[N, rows, C]`, the answers after each block.
+        budgets: float `[N, rows]`, `p_n`.
+        l2: the ridge penalty (the features are nearly collinear in binary
+            tasks).
+        steps: Newton steps.
+
+    Returns:
+        A tuple of `NUM_FEATURES + N` floats: the feature weights, then one
+        bias per number of blocks left (0, 1, ..., N-1).
+    """
+    n, rows = accumulated.shape[:2]
+    if n < 2 or rows < 1:
+        raise ValueError("Fitting a consistency score needs at least 2 blocks and 1 row.")
+    x = trace_features(accumulated, budgets)[:-1].astype(np.float64)  # the last block stops anyway
+    preds = accumulated.argmax(-1)
+    y = (preds[:-1] == preds[-1]).astype(np.float64).reshape(-1)
+    onehot = np.zeros((n - 1, rows, n))
+    for i in range(n - 1):
+        onehot[i, :, n - 1 - i] = 1.0  # indexed by blocks left
+    x = np.concatenate([x, onehot], axis=-1).reshape(-1, NUM_FEATURES + n)
+    w = np.zeros(x.shape[1])
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -30.0, 30.0)))
+        grad = x.T @ (p - y) + l2 * w
+        hess = (x * (p * (1.0 - p))[:, None]).T @ x + l2 * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    return tuple(float(v) for v in w)
+
+
+def threshold_grid(scores, size=200):
+    """Thresholds from the fit rows' scores, highest (safest) first.
+
+    The grid is fixed by rows the certificate never sees, as fixed-sequence
+    testing requires. `scores` is `[N, rows]`; the last block is left out
+    (it always stops).
+    """
+    values = np.asarray(scores)[:-1].ravel()
+    quantiles = np.quantile(values, np.linspace(1.0, 0.0, size + 1)) if values.size else []
+    return [float(t) for t in sorted(set(np.round(quantiles, 6)), reverse=True) if 0.0 < t < 1.0]
