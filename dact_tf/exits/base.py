@@ -379,6 +379,30 @@ class ExitCriterion:
         return hash((type(self), tuple(sorted(self.get_config().items()))))
 
 
+def quantile_grid(values, size=200, descending=True):
+    """A threshold grid from rows a certificate does not see: `size + 1` quantiles, deduplicated.
+
+    Fixed-sequence testing needs its grid fixed before the calibration rows
+    are read; quantiles of a score on other rows (the selection rows) put
+    the thresholds where rows actually are, so the grid is fine where it
+    matters.
+
+    Args:
+        values: array of the score on those rows.
+        size: int, the number of quantile steps.
+        descending: bool, highest first (a score that stops rows at or above
+            the threshold), else lowest first.
+
+    Returns:
+        A list of floats (rounded to 6 decimals), safest first.
+    """
+    values = np.asarray(values, np.float64).ravel()
+    if not values.size:
+        return []
+    quantiles = np.round(np.quantile(values, np.linspace(0.0, 1.0, size + 1)), 6)
+    return sorted({float(q) for q in quantiles}, reverse=descending)
+
+
 def register(cls):
     """Class decorator: registers an `ExitCriterion` under `cls.name`.
 

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from dact_tf import ops
+from dact_tf.exits import base
 
 #: The per-row features before the per-block biases.
 NUM_FEATURES = 5
@@ -133,12 +134,11 @@ def fit(accumulated, budgets, l2=1e-2, steps=50):
 
 
 def threshold_grid(scores, size=200):
-    """Thresholds from the fit rows' scores, highest (safest) first.
+    """Thresholds from the fit rows' scores, highest (safest) first, inside (0, 1).
 
     The grid is fixed by rows the certificate never sees, as fixed-sequence
     testing requires. `scores` is `[N, rows]`; the last block is left out
     (it always stops).
     """
-    values = np.asarray(scores)[:-1].ravel()
-    quantiles = np.quantile(values, np.linspace(1.0, 0.0, size + 1)) if values.size else []
-    return [float(t) for t in sorted(set(np.round(quantiles, 6)), reverse=True) if 0.0 < t < 1.0]
+    grid = base.quantile_grid(np.asarray(scores)[:-1], size=size, descending=True)
+    return [t for t in grid if 0.0 < t < 1.0]

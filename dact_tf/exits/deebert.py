@@ -77,8 +77,16 @@ class DeeBert(base.ExitCriterion):
         model.training_stage = 2
 
     def certified_grid(self, num_layers, fit_trace=None, context=None):
-        del num_layers, fit_trace, context  # threshold 0: no row exits early
-        return [("entropy_threshold", t, DeeBert(t)) for t in (0.0,) + self.THRESHOLDS]
+        """Threshold 0 (no row exits early), then `THRESHOLDS`, or with `fit_trace` the
+        quantiles of the fit rows' entropies (200 steps, lowest first)."""
+        del num_layers, context
+        if fit_trace is None:
+            thresholds = self.THRESHOLDS
+        else:
+            entropies = exit_ops.entropy(tf.constant(fit_trace["answers"][:-1])).numpy()
+            # A row stops below the threshold: a grid point just above each quantile.
+            thresholds = [t + 1e-6 for t in base.quantile_grid(entropies, descending=False)]
+        return [("entropy_threshold", t, DeeBert(t)) for t in (0.0, *thresholds)]
 
     def sweep(self, num_layers):
         del num_layers

@@ -132,12 +132,19 @@ def _model(method="dact", seed=2, **kwargs):
                           halting_bias=0.0, method=method, config=ModelConfig.paper(), **kwargs)
 
 
-@pytest.mark.parametrize("method", ["dact", "pabee", "deebert"])
-def test_certified_halting_bounds_the_disagreement_it_counted(method):
+@pytest.mark.parametrize("method,fit", [("dact", False), ("pabee", False), ("deebert", False),
+                                        ("deebert", True)])
+def test_certified_halting_bounds_the_disagreement_it_counted(method, fit):
     feats, labels = synthetic_task(400, seed=2)
     data = dataset(feats, labels, batch_size=64)
     model = _model(method)
-    result = certify.certify_halting(model, data, max_disagreement=0.1, confidence=0.9)
+    # With rows to fit on, DeeBERT's grid is their entropies' quantiles (DACT's learned
+    # score has its own test below).
+    fit_data = dataset(*synthetic_task(300, seed=7), batch_size=64) if fit else None
+    result = certify.certify_halting(model, data, max_disagreement=0.1, confidence=0.9,
+                                     fit_dataset=fit_data)
+    if fit:
+        assert result["certificate"]["grid_size"] > len(model.exit_criterion.THRESHOLDS) + 1
     certificate = result["certificate"]
     assert certificate["rows"] == 400 and certificate["kind"] == "halting"
     # What the real early-exit loop now does on these rows is what was counted.
