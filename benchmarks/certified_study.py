@@ -82,7 +82,8 @@ CSV_KEYS = (
     "cert_rows", "cert_observed_rate", "knob", "value", "target_certified", "target_bound",
     "target_at_risk", "target_better", "target_shift", "target_limited", "pass_through",
     "calibration_blocks", "certificate_blocks", "calibration_disagreement",
-    "calibration_rows_shared", "eval_rows", "num_layers", "seconds", "group", "model_dir",
+    "calibration_rows_shared", "eval_rows", "num_layers", "speedup_batch32", "speedup_batch1",
+    "seconds", "group", "model_dir",
 )
 
 flags.DEFINE_list("groups", None, "NAME=DIR items: DIR holds one task and seed's model dirs "
@@ -107,6 +108,11 @@ flags.DEFINE_string("results_md", os.path.join(HERE, "CERTIFIED_STUDY.md"), "The
 flags.DEFINE_string("plot_dir", HERE, "Where certified_study_<group>.png go.")
 flags.DEFINE_boolean("plot_only", False, "Only rewrite the CSV, Markdown and plots.")
 flags.DEFINE_integer("verbose", 0, "1: progress counters of each pass.")
+flags.DEFINE_integer("time_rows", 256, "Wall clock of each early-exit point against the same "
+                     "model's full depth, interleaved in one run: this many evaluation rows at "
+                     "batch 32 (0: no timing).", lower_bound=0)
+flags.DEFINE_integer("time_rows_batch1", 64, "... and this many one at a time (0: none).",
+                     lower_bound=0)
 FLAGS = flags.FLAGS
 
 
@@ -405,6 +411,7 @@ def _run_point(g, method, mode, eps):
             shared=shared, verbose=FLAGS.verbose,
             fit_dataset=None if shared else ds["holdout"])
     point.update(_score(g, model, None if "target" in mode else method))
+    point.update(_timing(g, model, mode))
     point.update(
         task=group["label"], seed=group["seed"], method=method, mode=mode, eps=eps,
         group=group["name"], num_layers=int(model.num_layers),
@@ -418,6 +425,23 @@ def _run_point(g, method, mode, eps):
     del model
     gc.collect()
     return point
+
+
+def _timing(g, model, mode):
+    """`speed_batch32`/`speed_batch1`: `measure_speedup` (early exit vs the same model's
+    full depth, interleaved, best of 3 and 2 passes) on the first evaluation rows."""
+    from dact_tf.evaluation import scoring as evaluation
+
+    if mode == "plain":  # full depth or static truncation: nothing exits early
+        return {}
+    rows = g.datasets["validation"].unbatch()
+    out = {}
+    for key, count, batch, repeats in (("speed_batch32", FLAGS.time_rows, 32, 3),
+                                       ("speed_batch1", FLAGS.time_rows_batch1, 1, 2)):
+        if count:
+            out[key] = evaluation.measure_speedup(model, rows.take(count).batch(batch),
+                                                  repeats=repeats)
+    return out
 
 
 def _relative(path):
@@ -571,10 +595,16 @@ def _write_outputs(rows, plots):
     with open(FLAGS.results_csv, "w", newline="") as f:
         writer = csv.DictWriter(f, CSV_KEYS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows({k: _csv_value(r.get(k)) for k in CSV_KEYS} for r in rows)
+        writer.writerows({k: _csv_value(_flat(r).get(k)) for k in CSV_KEYS} for r in rows)
     bench_utils.write_generated_markdown(FLAGS.results_md, _markdown(rows))
     if plots:
         _plot(rows)
+
+
+def _flat(r):
+    """A point with its measured speedups as plain columns."""
+    return {**r, **{f"speedup_{k[6:]}": r[k]["speedup"] for k in ("speed_batch32",
+                                                                  "speed_batch1") if r.get(k)}}
 
 
 def _groups(rows):
@@ -627,6 +657,10 @@ def _markdown(rows):
         "*no claim*: the certificate was not given, the model fell back to its safe setting). The "
         "evaluation rate is a sample too: *lower* is its one-sided lower "
         f"{confidence} bound; only a lower bound above EPS contradicts a certificate. "
+        "*speed b32 / b1*: wall-clock speedup over the same model at full depth, measured "
+        "interleaved in one run on the first evaluation rows (`--time_rows` at batch 32, "
+        "`--time_rows_batch1` one at a time), on a machine shared with background training: "
+        "read ratios against the ideal `6 / blocks`, not absolute times. "
         "*certificate*: certified or not, its upper bound, rows at risk / calibration rows "
         "(`target`: worse rows, less better ones), and the setting chosen.",
     ]
@@ -642,8 +676,8 @@ def _markdown(rows):
                                                               if r.get("command")})),
             "",
             "| method | mode | EPS | metric | blocks | cal. blocks | disagr. | ≤ EPS | lower "
-            "| agree full | drop vs full | certificate |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| agree full | drop vs full | speed b32 / b1 | certificate |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in group:
             lines.append(
@@ -653,7 +687,7 @@ def _markdown(rows):
                 f"| {_check_cell(r)} "
                 f"| {_fmt(r.get('eval_lower'), '.4f')} "
                 f"| {r['agreement_with_full']:.4f} | {r['drop_vs_full']:+.4f} "
-                f"| {_certificate_cell(r)} |")
+                f"| {_speed_cell(r)} | {_certificate_cell(r)} |")
     return "\n".join(lines)
 
 
@@ -663,6 +697,13 @@ def _check_cell(r):
     if r.get("check") is not None and r["mode"] != "exact" and not r.get("certified"):
         cell = cell.replace("**", "") + " (no claim)"
     return cell
+
+
+def _speed_cell(r):
+    """Measured speedups over the model's own full depth at batch 32 and batch 1."""
+    cells = [f"{r[k]['speedup']:.2f}x" if r.get(k) else "-"
+             for k in ("speed_batch32", "speed_batch1")]
+    return "-" if cells == ["-", "-"] else " / ".join(cells)
 
 
 def _fmt(value, spec):
