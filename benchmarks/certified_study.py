@@ -664,6 +664,7 @@ def _markdown(rows):
         "*certificate*: certified or not, its upper bound, rows at risk / calibration rows "
         "(`target`: worse rows, less better ones), and the setting chosen.",
     ]
+    lines += _across_seeds(rows)
     for (task, seed), group in _groups(rows).items():
         first = group[0]
         lines += [
@@ -689,6 +690,42 @@ def _markdown(rows):
                 f"| {r['agreement_with_full']:.4f} | {r['drop_vs_full']:+.4f} "
                 f"| {_speed_cell(r)} | {_certificate_cell(r)} |")
     return "\n".join(lines)
+
+
+def _across_seeds(rows):
+    """The summary over seeds: one row per task, method, mode and EPS."""
+    import numpy as np
+
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["task"], r["method"], r["mode"], r["eps"]), []).append(r)
+    lines = [
+        "", "## Across seeds", "",
+        "Mean ± standard deviation over the seeds (n) of each task; *within EPS*: the certified "
+        "quantity stayed within EPS on the evaluation set in every seed (certified modes: the "
+        "disagreement with the model's own full depth; `target`: the drop against `full`), "
+        "*worst*: its largest value over the seeds; *speed b32*: mean measured speedup.", "",
+        "| task | method | mode | EPS | n | metric | blocks | agree full | drop vs full "
+        "| within EPS | worst | speed b32 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (task, method, mode, eps), group in cells.items():
+        metric = np.array([r["metric"] for r in group])
+        blocks = np.array([r["mean_blocks"] for r in group])
+        quantity = group[0].get("check_quantity")
+        worst = max((r[quantity] for r in group), default=None) if quantity else None
+        checks = [r.get("check") for r in group]
+        within = "-" if any(c is None for c in checks) else _yes(all(checks))
+        speeds = [r["speed_batch32"]["speedup"] for r in group if r.get("speed_batch32")]
+        lines.append(
+            f"| {task} | {method} | {mode} | {_fmt(eps, 'g')} | {len(group)} "
+            f"| {group[0]['metric_name']} {metric.mean():.4f} ± {metric.std():.4f} "
+            f"| {blocks.mean():.2f} ± {blocks.std():.2f} "
+            f"| {np.mean([r['agreement_with_full'] for r in group]):.4f} "
+            f"| {np.mean([r['drop_vs_full'] for r in group]):+.4f} | {within} "
+            f"| {_fmt(worst, '.4f')} "
+            f"| {f'{np.mean(speeds):.2f}x' if speeds else '-'} |")
+    return lines
 
 
 def _check_cell(r):
