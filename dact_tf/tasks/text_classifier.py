@@ -279,7 +279,7 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
     def calibrate(self, x, target_blocks=None, y=None, batch_size=None,
                   max_metric_drop=halting_bias.DEFAULT_MAX_METRIC_DROP, pass_through="auto", *,
                   reference=None, max_disagreement=None,
-                  confidence=risk_bounds.DEFAULT_CONFIDENCE):
+                  confidence=risk_bounds.DEFAULT_CONFIDENCE, selection_x=None, selection_y=None):
         """Sets the exit on held-out rows: a compute target, a certified halting mode, or both.
 
         Run it after training, on rows the model was not trained on and
@@ -297,6 +297,13 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
           mode, the most aggressive exit threshold whose rate of answers
           differing from full depth is certified at most `max_disagreement`
           (labels not needed).
+
+        With `selection_x`, other held-out rows make the choices (the
+        target's shift; DACT's learned consistency score, which certifies
+        the same bound at fewer blocks than the slack it uses otherwise:
+        `dact_tf.exits.consistency`) and `x` is kept for the certificates
+        alone, as `dact-tf train` does with its selection and calibration
+        rows. Without it, `x` does both and the certificates say so.
 
         Args:
             x: texts, `(texts, text_pairs)`, or a `tf.data.Dataset` of them
@@ -316,6 +323,8 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
                 `DactClassifier`) the drop is measured against, or None.
             max_disagreement: float in (0, 1), or None (no halting mode).
             confidence: float in (0, 1), of each certificate.
+            selection_x: held-out texts (as `x`) other than `x`, or None.
+            selection_y: their labels, or None.
 
         Returns:
             A dict (what `dact-tf calibrate` writes to `calibration.json`):
@@ -331,7 +340,8 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         result = classifier.calibrate(held_out_texts, 3.0, y=held_out_labels,
                                       reference=full_depth_classifier)
         result["certificate"]["certified"], result["mean_layers_executed"]
-        classifier.calibrate(held_out_texts, max_disagreement=0.01)
+        classifier.calibrate(held_out_texts, max_disagreement=0.01,
+                             selection_x=other_held_out_texts)
         ```
         """
         if target_blocks is None and max_disagreement is None:
@@ -342,11 +352,19 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
         self._check_text_input(x)
         data = self._features_dataset(x, batch_size, y=y)
         labelled = isinstance(data.element_spec, tuple)
+        selection = data
+        if selection_x is not None:
+            self._check_text_input(selection_x)
+            selection = self._features_dataset(selection_x, batch_size, y=selection_y)
+            if isinstance(selection.element_spec, tuple) != labelled:
+                raise ValueError("Give labels for both `x` and `selection_x` (y and "
+                                 "selection_y), or for neither.")
         result = calibration_run.calibrate(
-            self, data, data, target_blocks=None if target_blocks is None else float(target_blocks),
+            self, selection, data,
+            target_blocks=None if target_blocks is None else float(target_blocks),
             pass_through=pass_through, reference=reference,
             max_drop=max_metric_drop if labelled else None, confidence=confidence,
-            max_disagreement=max_disagreement, shared=True, verbose=0)
+            max_disagreement=max_disagreement, shared=selection_x is None, verbose=0)
         self.predict_function = self.test_function = None
         return result
 

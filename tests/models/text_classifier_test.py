@@ -187,6 +187,26 @@ def test_calibrate_with_labels_certifies_the_accuracy_it_costs(tmp_path):
         model.calibrate(TEXTS)
 
 
+def test_calibrate_with_selection_rows_certifies_a_learned_score_on_the_other_rows():
+    keras.utils.set_random_seed(4)
+    model = _model(halting_bias=-1.0)
+    # Rows of the same kind: the selection rows fit the consistency score, `x` certifies.
+    selection, rows = TEXTS * 4, [t + " !" for t in TEXTS] * 4
+    result = model.calibrate(rows, max_disagreement=0.5, selection_x=selection)
+    certificate = result["halting"]["certificate"]
+    assert result["halting"]["knob"] == "halting_threshold"
+    assert certificate["fit_rows"] == len(selection) and certificate["rows"] == len(rows)
+    assert certificate["calibration_rows"] == "kept apart"
+    assert len(model.exit_criterion.consistency_weights) == 5 + model.num_layers
+    # What the model now does on `x` is what was counted.
+    early = model.predict(rows, verbose=0)
+    full = model(model.preprocessor(x=tf.constant(rows)), full_depth=True)
+    assert int((early["predictions"] != full["predictions"].numpy()).sum()) == \
+        certificate["at_risk"]
+    with pytest.raises(ValueError, match="selection_y"):
+        model.calibrate(rows, 2.0, y=[1, 0] * 24, selection_x=selection)
+
+
 def test_user_mistakes_are_refused():
     with pytest.raises(ValueError, match="num_classes"):
         dact_tf.DactTextClassifier.from_preset("tiny")
