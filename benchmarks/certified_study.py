@@ -805,6 +805,46 @@ def _plot(rows):
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"certified_study_{task}_seed{seed}.png")
         fig.savefig(os.path.join(FLAGS.plot_dir, name), dpi=120)
         plt.close(fig)
+    _plot_summary(plt, rows)
+
+
+def _plot_summary(plt, rows):
+    """`certified_study_summary.png`: blocks at each certified EPS, per task, over the seeds."""
+    import numpy as np
+
+    series = (("dact", "certified", "tab:green", "o"), ("dact", "target+certified", "tab:red", "o"),
+              ("dact", "target", "tab:orange", "s"), ("deebert", "certified", "tab:purple", "^"),
+              ("pabee", "certified", "tab:brown", "D"))
+    tasks = sorted({r["task"] for r in rows if r["eps"] is not None})
+    if not tasks:
+        return
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for method, mode, colour, marker in series:
+            points = {}
+            for r in rows:
+                if (r["task"], r["method"], r["mode"]) == (task, method, mode):
+                    points.setdefault(r["eps"], []).append(r["mean_blocks"])
+            if not points:
+                continue
+            eps = sorted(points)
+            ax.errorbar([100 * e for e in eps], [np.mean(points[e]) for e in eps],
+                        yerr=[np.std(points[e]) for e in eps], color=colour,
+                        marker=marker, capsize=3, label=f"{method} {mode}")
+        seeds = sorted({r["seed"] for r in rows if r["task"] == task})
+        ax.set_title(f"{task} (seeds {', '.join(map(str, seeds))})", fontsize=9)
+        ax.set_xlabel("EPS (%)")
+        ax.set_ylim(1, 6.2)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mean blocks (evaluation set)")
+    handles = {}
+    for ax in axes[0]:  # every series, from whichever task has it
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[0][-1].legend(handles.values(), handles.keys(), fontsize=6.5, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(os.path.join(FLAGS.plot_dir, "certified_study_summary.png"), dpi=120)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------
