@@ -99,16 +99,20 @@ def first_passing(scores, grid):
     return np.stack(out) if out else np.zeros((0, scores.shape[1]), int)
 
 
-def _exits(model, traces, setting, split):
-    """int `[rows]` 1-based exit blocks of one setting: a criterion (replayed) or given exits."""
+def _exits(model, traces, setting, split, cache):
+    """int `[rows]` 1-based exit blocks of one setting: a criterion (replayed once per split,
+    kept in `cache` for the other EPS) or given exits."""
     from dact_tf.evaluation import analysis
 
     if isinstance(setting, dict):
         return setting[split]
-    return analysis.replay_exits(model, traces[split], 0.0, setting)[0]
+    key = (id(setting), split)
+    if key not in cache:
+        cache[key] = analysis.replay_exits(model, traces[split], 0.0, setting)[0]
+    return cache[key]
 
 
-def certify_setting(model, traces, settings, preds, eps, delta):
+def certify_setting(model, traces, settings, preds, eps, delta, cache):
     """Fixed-sequence testing of `settings` (safest first) on the calibration rows.
 
     Returns:
@@ -123,7 +127,7 @@ def certify_setting(model, traces, settings, preds, eps, delta):
     rows = cal.shape[1]
     kept = -1
     for i, (_, setting) in enumerate(settings):
-        exits = _exits(model, traces, setting, "calibration")
+        exits = _exits(model, traces, setting, "calibration", cache)
         at_risk = int((cal[exits - 1, np.arange(rows)] != cal[-1]).sum())
         if risk_bounds.upper_bound(at_risk, rows, delta) > eps:
             break
@@ -236,16 +240,18 @@ def _group_rows(group, epsilons, delta):
                                                    for s in splits})] + [
                 (f"T={t:.4g}", {s: first_passing(top[s], [t])[0] for s in splits})
                 for t in grid]
+        replays = {}  # (setting, split) -> exits, shared by the EPS
         for eps in epsilons:
             # The oracle (on the evaluation set itself: a floor, not a rule).
             rows.append(_rule_rows(dict(base, rule="oracle"), answers,
                                    {s: oracle_blocks(preds[s], eps)[1] for s in splits},
                                    eps, "-", "-", *tail))
             for rule, settings in rules.items():
-                index, ok = certify_setting(model, traces, settings, preds, eps, delta)
+                index, ok = certify_setting(model, traces, settings, preds, eps, delta, replays)
                 knob, chosen = settings[index]
                 rows.append(_rule_rows(dict(base, rule=rule), answers,
-                                       {s: _exits(model, traces, chosen, s) for s in splits},
+                                       {s: _exits(model, traces, chosen, s, replays)
+                                        for s in splits},
                                        eps, knob, ok, *tail))
         for r in rows[first:]:
             logging.info("%s %s %s eps=%s: %.2f blocks (cal %.2f), disagreement %.4f, %s %.4f",
@@ -279,7 +285,7 @@ def _markdown(rows, command):
         "full-depth model.",
         "",
     ]
-    for (task, seed), group_rows in _by_group(rows).items():
+    for (task, seed), group_rows in cs._groups(rows).items():
         lines += [f"## {task}, seed {seed}", "",
                   "| method | rule | EPS | certified | setting | blocks | cal. blocks | disagr. "
                   "| metric | agree full | drop vs full |",
@@ -292,13 +298,6 @@ def _markdown(rows, command):
                 f"| {float(r['agreement_with_full']):.4f} | {float(r['drop_vs_full']):+.4f} |")
         lines.append("")
     return "\n".join(lines)
-
-
-def _by_group(rows):
-    out = {}
-    for r in rows:
-        out.setdefault((r["task"], r["seed"]), []).append(r)
-    return out
 
 
 def main(argv):

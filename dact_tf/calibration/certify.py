@@ -113,8 +113,9 @@ def certify_halting(model, dataset, max_disagreement=DEFAULT_MAX_DISAGREEMENT,
         verbose: 0 or 1 (a progress counter).
         fit_dataset: batches of rows other than `dataset` (e.g. the
             selection rows) on which the method may fit its grid (DACT: a
-            learned consistency score, `dact_tf.exits.consistency`), or None
-            (DACT: the slacks of the tight test).
+            learned consistency score, `dact_tf.exits.consistency`; DeeBERT:
+            its entropies' quantiles), or None (DACT: the slacks of the tight
+            test). The certificate's `fit_rows` counts them (0: none).
 
     Returns:
         A dict: `method`, `knob`, `value` (the chosen setting),
@@ -166,7 +167,7 @@ def certify_halting(model, dataset, max_disagreement=DEFAULT_MAX_DISAGREEMENT,
     certificate = _certificate(
         "halting", "P(early answer differs from the full-depth answer)", max_disagreement,
         delta, n, at_risk, bounds, passed, grid, shared, knob=knob, value=value,
-        exact=bool(exact), fit_rows=fit_rows if knob == "halting_threshold" else 0,
+        exact=bool(exact), fit_rows=fit_rows,
         rows_needed=risk_bounds.rows_needed(aggressive, max_disagreement, delta))
     if apply:
         model.configure_exit(**chosen.get_config())

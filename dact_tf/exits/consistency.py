@@ -81,20 +81,22 @@ def score(weights, previous, answer, budget, remaining):
     return tf.sigmoid(logit + tf.gather(biases, index))
 
 
-def trace_features(accumulated, budgets):
-    """`[N, rows, NUM_FEATURES]` NumPy features of every block of a trace."""
+def _per_block(fn, accumulated, budgets):
+    """`fn(previous, answer, budget, remaining)` on every block of a trace, stacked (NumPy)."""
     n = accumulated.shape[0]
     previous = np.concatenate([np.zeros_like(accumulated[:1]), accumulated[:-1]])
-    return np.stack([features(previous[i], accumulated[i], budgets[i], n - 1 - i).numpy()
+    return np.stack([fn(previous[i], accumulated[i], budgets[i], n - 1 - i).numpy()
                      for i in range(n)])
+
+
+def trace_features(accumulated, budgets):
+    """`[N, rows, NUM_FEATURES]` NumPy features of every block of a trace."""
+    return _per_block(features, accumulated, budgets)
 
 
 def trace_scores(weights, accumulated, budgets):
     """`[N, rows]` the score of every block of a trace (as the loop computes it)."""
-    n = accumulated.shape[0]
-    previous = np.concatenate([np.zeros_like(accumulated[:1]), accumulated[:-1]])
-    return np.stack([score(weights, previous[i], accumulated[i], budgets[i], n - 1 - i).numpy()
-                     for i in range(n)])
+    return _per_block(lambda *args: score(weights, *args), accumulated, budgets)
 
 
 def fit(accumulated, budgets, l2=1e-2, steps=50):
