@@ -17,6 +17,11 @@ bound EPS in `--epsilons`, it scores on the evaluation set (the task's
   the model's own full depth is certified at most EPS);
 - `dact`, mode `target+certified`: both, as `calibrate(..., max_disagreement=
   EPS)` runs them (`dact-tf train/calibrate --halting_rule=certified`);
+- `dact`, mode `certified-drop` (classification): a fresh load,
+  `calibrate(..., certified_drop=True)` (`--certified_risk=drop`): one
+  certificate, the accuracy drop against `full` at most EPS, the halting
+  shift and the learned score's threshold chosen together
+  (`dact_tf.calibration.certified_drop`);
 - `deebert`, `pabee`: mode `trained` (their trained threshold) and mode
   `certified` at each EPS, if present.
 
@@ -73,7 +78,8 @@ ROOT = os.path.dirname(HERE)
 METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews_corrcoef",
           "stsb": "pearson", "qnli": "accuracy"}
 METHOD_ORDER = ("full", "static", "dact", "deebert", "pabee")
-MODE_ORDER = ("plain", "exact", "trained", "target", "certified", "target+certified")
+MODE_ORDER = ("plain", "exact", "trained", "target", "certified", "target+certified",
+              "certified-drop")
 CERTIFIED_MODES = ("certified", "target+certified")
 CSV_KEYS = (
     "task", "seed", "method", "mode", "eps", "metric_name", "metric", "mean_blocks",
@@ -315,6 +321,8 @@ def _plan(group, epsilons):
     for eps in epsilons:
         if "dact" in wanted:
             plan += [("dact", mode, eps) for mode in ("target", "certified", "target+certified")]
+            if METRIC.get(group["label"]) != "pearson":  # a classifier's drop
+                plan.append(("dact", "certified-drop", eps))
         plan += [(m, "certified", eps) for m in ("deebert", "pabee") if m in models and m in wanted]
     return plan
 
@@ -392,7 +400,13 @@ def _run_point(g, method, mode, eps):
     shared = not g.data_config.calibration_share
     point = {"calibration": None, "halting": None}
     start = time.time()
-    if mode in ("target", "target+certified"):
+    if mode == "certified-drop":
+        # One certificate: the drop against `full`, the shift and the score chosen together.
+        point["calibration"] = calibration_run.calibrate(
+            model, ds["holdout"], ds["calibration"], metric_task=g.metric_task, reference=g.full,
+            max_drop=eps, confidence=FLAGS.confidence, shared=shared, certified_drop=True,
+            verbose=0)
+    elif mode in ("target", "target+certified"):
         target = FLAGS.target_blocks or model.num_layers / 2.0
         result = calibration_run.calibrate(
             model, ds["holdout"], ds["calibration"], target_blocks=target,
@@ -410,7 +424,7 @@ def _run_point(g, method, mode, eps):
             model, ds["calibration"], max_disagreement=eps, confidence=FLAGS.confidence,
             shared=shared, verbose=FLAGS.verbose,
             fit_dataset=None if shared else ds["holdout"])
-    point.update(_score(g, model, None if "target" in mode else method))
+    point.update(_score(g, model, None if "target" in mode or "drop" in mode else method))
     point.update(_timing(g, model, mode))
     point.update(
         task=group["label"], seed=group["seed"], method=method, mode=mode, eps=eps,
@@ -536,7 +550,7 @@ def _certificate_columns(point, eps):
                    check=point["full_depth_disagreement"] <= eps,
                    eval_lower=risk_bounds.lower_bound(point["full_depth_disagreement_rows"], n,
                                                       delta))
-    elif point["mode"] == "target":
+    elif point["mode"] in ("target", "certified-drop"):
         # The compute target's certificate: P(worse) - P(better) against full <= EPS.
         worse, better = point["worse_than_full_rows"], point["better_than_full_rows"]
         lower = (risk_bounds.lower_bound(worse, n, delta / 2)
@@ -646,16 +660,18 @@ def _markdown(rows):
         "calibrated to half the blocks, its accuracy drop against `full` certified at most "
         "EPS), `certified` (the most aggressive exit threshold whose disagreement with the "
         "model's own full depth is certified at most EPS), `target+certified` (both, in that "
-        "order).",
+        "order), `certified-drop` (one certificate: the accuracy drop against `full` at most "
+        "EPS, DACT's halting shift and learned score's threshold chosen together for the "
+        "fewest blocks).",
         "",
         "Columns: *blocks* and *cal. blocks*: mean blocks on the evaluation and calibration "
         "rows; *disagr.*: evaluation rows whose answer differs from the model's own full-depth "
         "answer; *agree full*: rows answered as the separately fine-tuned `full` model answers; "
         "*drop vs full*: P(worse) - P(better) against `full` (the compute target's quantity); "
         "*≤ EPS*: the certified quantity measured on the evaluation set is at most EPS "
-        "(certified modes: disagreement; `target`: drop vs full; `exact`: no row differs; "
-        "*no claim*: the certificate was not given, the model fell back to its safe setting). The "
-        "evaluation rate is a sample too: *lower* is its one-sided lower "
+        "(certified modes: disagreement; `target`, `certified-drop`: drop vs full; `exact`: no "
+        "row differs; *no claim*: the certificate was not given, the model fell back to its "
+        "safe setting). The evaluation rate is a sample too: *lower* is its one-sided lower "
         f"{confidence} bound; only a lower bound above EPS contradicts a certificate. "
         "*speed b32 / b1*: wall-clock speedup over the same model at full depth, measured "
         "interleaved in one run on the first evaluation rows (`--time_rows` at batch 32, "
@@ -771,7 +787,8 @@ def _plot(rows):
         logging.warning("No plots: matplotlib is missing.")
         return
     colours = {"plain": "tab:gray", "exact": "tab:blue", "trained": "tab:brown",
-               "target": "tab:orange", "certified": "tab:green", "target+certified": "tab:red"}
+               "target": "tab:orange", "certified": "tab:green", "target+certified": "tab:red",
+               "certified-drop": "tab:cyan"}
     markers = {"full": "s", "static": "v", "dact": "o", "deebert": "^", "pabee": "D"}
     for (task, seed), group in _groups(rows).items():
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
@@ -813,7 +830,8 @@ def _plot_summary(plt, rows):
     import numpy as np
 
     series = (("dact", "certified", "tab:green", "o"), ("dact", "target+certified", "tab:red", "o"),
-              ("dact", "target", "tab:orange", "s"), ("deebert", "certified", "tab:purple", "^"),
+              ("dact", "target", "tab:orange", "s"), ("dact", "certified-drop", "tab:cyan", "P"),
+              ("deebert", "certified", "tab:purple", "^"),
               ("pabee", "certified", "tab:brown", "D"))
     tasks = sorted({r["task"] for r in rows if r["eps"] is not None})
     if not tasks:

@@ -141,6 +141,14 @@ class ModelConfig:
       most aggressive exit threshold whose disagreement with the model's
       full-depth answer is certified at most `max_disagreement` on the
       calibration rows (`dact_tf.calibration.certify.certify_halting`).
+    - `certified_risk`: what `halting_rule="certified"` certifies.
+      `"disagreement"` (default): the rate of answers that differ from the
+      model's own full depth, at most `max_disagreement`. `"drop"` (DACT,
+      classification): the accuracy drop against the plain full-depth
+      model, at most `calibration_max_drop`, with the halting shift and the
+      learned score's threshold chosen together for the fewest blocks
+      (`dact_tf.calibration.certified_drop`; `target_blocks` then only
+      steers training).
     - `ponder`: DACT only: the ponder cost, `"budget"` (the paper's
       `sum_n p_n`) or `"blocks"` (a smooth count of the blocks the halting
       rule runs; `dact_tf.ops.expected_blocks`).
@@ -177,6 +185,7 @@ class ModelConfig:
     calibration_max_drop: float = 0.01
     calibration_confidence: float = 0.95
     max_disagreement: float = 0.01
+    certified_risk: str = "disagreement"
     ponder: str = "budget"
     pass_through: str = "auto"
     head_hidden_dim: int = None

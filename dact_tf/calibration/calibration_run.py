@@ -12,6 +12,7 @@ import sys
 import keras
 
 from dact_tf.calibration import halting_bias
+from dact_tf.calibration import certified_drop as certified_drop_lib
 from dact_tf.calibration import certify
 from dact_tf import exits
 from dact_tf.calibration import risk_bounds
@@ -20,7 +21,8 @@ from dact_tf.callbacks import halting_statistics
 CALIBRATION_FILE = "calibration.json"
 
 
-def check_flags(method, halting_rule, max_disagreement, max_drop, confidence):
+def check_flags(method, halting_rule, max_disagreement, max_drop, confidence,
+                certified_risk="disagreement"):
     """Refuses, before any long work, certificate settings that cannot be met."""
     for name, value in (("max_disagreement", max_disagreement),
                         ("calibration_max_drop", max_drop)):
@@ -29,6 +31,12 @@ def check_flags(method, halting_rule, max_disagreement, max_drop, confidence):
     if not 0.0 < float(confidence) < 1.0:
         raise ValueError(f"--calibration_confidence must be in (0, 1) (e.g. 0.95), got "
                          f"{confidence!r}.")
+    if halting_rule == "certified" and certified_risk == "drop" and method != "dact":
+        raise ValueError(f"--certified_risk=drop certifies DACT's halting shift and learned "
+                         f"score; --method={method} certifies --certified_risk=disagreement.")
+    if halting_rule == "certified" and certified_risk == "drop" and not max_drop:
+        raise ValueError("--certified_risk=drop bounds the drop by --calibration_max_drop: give "
+                         "it a value in (0, 1) (0.01: one point).")
     if halting_rule == "certified" and not exits.get(method).certified_grid(2):
         raise ValueError(f"--halting_rule=certified certifies an exit threshold; "
                          f"--method={method} has none.")
@@ -55,7 +63,7 @@ def reference_model(path):
 def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto",
               metric_task=None, reference=None, max_drop=0.01,
               confidence=risk_bounds.DEFAULT_CONFIDENCE, max_disagreement=None, shared=False,
-              verbose=1):
+              certified_drop=False, verbose=1):
     """Calibrates a trained model's exit on held-out rows, with certificates.
 
     Args:
@@ -75,6 +83,12 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
         max_disagreement: float: certify a halting mode (`--halting_rule=
             certified`) with this bound on P(early != full depth); None: none.
         shared: bool, whether `rows` are the selection rows.
+        certified_drop: bool, DACT classification: certify a halting mode
+            on the accuracy drop against `reference` instead (bound
+            `max_drop`): the halting shift and the learned score's threshold
+            together, the fewest blocks certified
+            (`dact_tf.calibration.certified_drop`); no `target_blocks` or
+            `max_disagreement` then.
         verbose: 0 or 1: print what each certificate says (a target that is
             not met, or a certificate that cannot be given, is printed
             always).
@@ -83,8 +97,12 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
         The dict `calibration.json` holds: the compute target's result
         (`dact_tf.calibration.certify.certify_compute_target`, with
         `holdout_layers_executed`, the mean blocks on `selection`) and,
-        with a certified halting mode, `halting` (`certify_halting`'s).
+        with a certified halting mode, `halting` (`certify_halting`'s);
+        with `certified_drop`, `certify_drop_halting`'s result.
     """
+    if certified_drop:
+        return _calibrate_drop(model, selection, rows, reference, max_drop, confidence,
+                               metric_task, shared, target_blocks, max_disagreement, verbose)
     result = {}
     if (target_blocks is not None
             and getattr(model.exit_criterion, "halting_rule", None) == "certified"):
@@ -129,6 +147,27 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
                          None if target_blocks is not None
                          else (model.certificates or {}).get("halting"))),
         ) if value} or None
+    return result
+
+
+def _calibrate_drop(model, selection, rows, reference, max_drop, confidence, metric_task,
+                    shared, target_blocks, max_disagreement, verbose):
+    """`calibrate` with `certified_drop`: one certificate, on the drop against `reference`."""
+    if target_blocks is not None or max_disagreement is not None:
+        raise ValueError("A certified drop chooses the blocks and bounds the cost itself: give "
+                         "no target_blocks and no max_disagreement with it.")
+    if max_drop is None:
+        raise ValueError("A certified drop needs its bound: max_drop (0.01: one point) and "
+                         "labelled rows.")
+    model.configure_exit(halting_rule="tight", halting_slack=0.0)  # a new choice voids the old
+    result = certified_drop_lib.certify_drop_halting(
+        model, selection, rows, reference=reference, max_drop=max_drop, confidence=confidence,
+        metric_task=metric_task, shared=shared, verbose=verbose)
+    result["holdout_layers_executed"] = float(
+        halting_statistics(model, selection)["mean_layers_executed"])
+    _say(certified_drop_lib.message(result), always=not result["certificate"]["certified"],
+         verbose=verbose)
+    model.certificates = {"compute_target": result["certificate"]}
     return result
 
 

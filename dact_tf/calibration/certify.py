@@ -47,7 +47,7 @@ from dact_tf.layers.dact_heads import PASS_THROUGH_BIAS
 DEFAULT_MAX_DISAGREEMENT = 0.01
 #: The shift a compute-target certificate starts from (halting values near
 #: 1: every row runs every block), and its step (logits).
-_SAFE_SHIFT = 12.0
+SAFE_SHIFT = 12.0
 _SHIFT_STEP = 0.25
 
 
@@ -63,8 +63,10 @@ def full_depth_predictions(model, trace):
     return _predictions(model, model.exit_criterion.answers_in(trace)[-1])
 
 
-def _certificate(kind, risk, epsilon, delta, n, at_risk, bounds, passed, grid, shared, **extra):
-    """The JSON-able record of one certificate."""
+def make_certificate(kind, risk, epsilon, delta, n, at_risk, bounds, passed, grid, shared,
+                     **extra):
+    """The JSON-able record of one certificate (`passed`: how many of `grid`'s settings
+    passed, in order; `at_risk`, `bounds`: one per setting tested)."""
     index = max(passed - 1, 0)
     rate = (at_risk[index] - extra.get("better", 0)) / n
     certified = passed > 0
@@ -164,7 +166,7 @@ def certify_halting(model, dataset, max_disagreement=DEFAULT_MAX_DISAGREEMENT,
     if exact:
         chosen = chosen.proven_form()
     aggressive = at_risk[-1] / n  # the rate of the last setting tested
-    certificate = _certificate(
+    certificate = make_certificate(
         "halting", "P(early answer differs from the full-depth answer)", max_disagreement,
         delta, n, at_risk, bounds, passed, grid, shared, knob=knob, value=value,
         exact=bool(exact), fit_rows=fit_rows,
@@ -208,8 +210,8 @@ def against_reference(model, predictions, reference, labels):
 
 
 def _shift_grid(target_shift):
-    """The shifts tested, from `_SAFE_SHIFT` down to the target's, `_SHIFT_STEP` apart."""
-    start = max(_SAFE_SHIFT, target_shift)
+    """The shifts tested, from `SAFE_SHIFT` down to the target's, `_SHIFT_STEP` apart."""
+    start = max(SAFE_SHIFT, target_shift)
     count = int(math.floor((start - target_shift) / _SHIFT_STEP))
     grid = [start - i * _SHIFT_STEP for i in range(count + 1)]
     if grid[-1] > target_shift:
@@ -248,7 +250,7 @@ def certify_compute_target(model, selection, rows, target_blocks, reference,
        reaches the target and the pass-through are found
        (`calibration.calibrate_halting_bias`, with no metric bound).
     2. On `rows` (calibration rows nothing else saw), shifts from
-       `_SAFE_SHIFT` (every row runs every block, DACT's answer is nearly
+       `SAFE_SHIFT` (every row runs every block, DACT's answer is nearly
        its last head's) down to that shift are tested in order: the accuracy
        drop against the reference (rows answered wrongly where it answers
        rightly, less the other way round) must have
@@ -323,7 +325,7 @@ def certify_compute_target(model, selection, rows, target_blocks, reference,
         return next(iter(analysis.task_metrics(metric_task, labels, predictions).items()))
 
     name, value = metric(preds)
-    certificate = _certificate(
+    certificate = make_certificate(
         "compute_target", "accuracy drop against the full-depth reference: P(worse) - P(better)"
         if model.task != "regression" else
         "P(error above the reference's by more than the tolerance) - P(the other way round)",

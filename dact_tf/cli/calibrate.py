@@ -3,7 +3,9 @@
 It finds the rows the model was trained without (the training-data flags,
 its stored split), certifies a compute target (`--target_blocks`, its cost
 against the full-depth model bounded by `--calibration_max_drop`) and/or a
-halting mode (`--halting_rule=certified --max_disagreement=EPS`), and
+halting mode (`--halting_rule=certified --max_disagreement=EPS`, or with
+`--certified_risk=drop` the fewest blocks whose drop against the full-depth
+model is certified at most `--calibration_max_drop`), and
 stores the result in the model directory (`calibration.json`, `model.keras`)
 so `evaluate`, `predict` and `export` use it from then on. See
 `dact_tf.calibration.certify`.
@@ -43,6 +45,10 @@ def run(require, data_config_from):
     if target is None and rule is None:
         raise ValueError("calibrate needs --target_blocks=K (a compute target, its cost "
                          "certified) and/or --halting_rule=certified --max_disagreement=EPS.")
+    drop = rule == "certified" and FLAGS.certified_risk == "drop"
+    if drop and target is not None:
+        raise ValueError("--certified_risk=drop chooses the blocks itself (the fewest whose drop "
+                         "is certified): leave --target_blocks unset.")
     changed = [name for name in _SPLIT_FLAGS if FLAGS[name].present]
     if changed:
         raise ValueError(f"--{changed[0]} decides which training rows were held out: calibrate "
@@ -50,7 +56,7 @@ def run(require, data_config_from):
     stored = train_lib.read_config(model_dir)
     calibration_run.check_flags(
         stored["method"], rule, FLAGS.max_disagreement, FLAGS.calibration_max_drop,
-        FLAGS.calibration_confidence)
+        FLAGS.calibration_confidence, FLAGS.certified_risk)
     data_config = data_config_from(stored["data"], split="train")
     if not data_config.holdout_fraction:
         raise ValueError(f"{model_dir} was trained with --holdout_fraction=0: no held-out rows "
@@ -63,7 +69,7 @@ def run(require, data_config_from):
             raise ValueError(str(error).replace("`target_blocks`", "--target_blocks")) from None
     stage1 = os.path.join(model_dir, train_lib.STAGE1_DIR)
     reference = None
-    if target is not None:
+    if target is not None or drop:
         # The full-depth model: the run's stage 1, or --init_from given again.
         path = stage1 if os.path.isdir(stage1) else FLAGS.init_from
         if path is None and stored["model"].get("init_from"):
@@ -83,10 +89,10 @@ def run(require, data_config_from):
                 else stored["model"]["pass_through"], model.num_layers),
             metric_task=metric_task, reference=reference, max_drop=FLAGS.calibration_max_drop,
             confidence=FLAGS.calibration_confidence,
-            max_disagreement=FLAGS.max_disagreement if rule == "certified" else None,
-            shared=not data_config.calibration_share)
+            max_disagreement=FLAGS.max_disagreement if rule == "certified" and not drop else None,
+            shared=not data_config.calibration_share, certified_drop=drop)
         path = os.path.join(model_dir, train_lib.CALIBRATION_FILE)
-        if target is None and os.path.exists(path):
+        if target is None and not drop and os.path.exists(path):
             # A halting mode alone keeps the target's calibration (it is still the model's).
             with open(path, encoding="utf-8") as f:
                 previous = json.load(f)

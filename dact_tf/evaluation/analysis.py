@@ -199,6 +199,26 @@ def replay_exits(model, trace, shift=0.0, criterion=None):
         `(exit_layers, answers)`: int `[rows]` 1-based blocks, and float
         `[rows, outputs]` what the early exit returns for each row.
     """
+    outputs, _, halts = replay_blocks(model, trace, shift, criterion)
+    exits = ops.first_halting_layer(tf.constant(halts)).numpy()
+    return exits, outputs[exits - 1, np.arange(outputs.shape[1])]
+
+
+def replay_blocks(model, trace, shift=0.0, criterion=None):
+    """Every block's exit answer, state and stop decision, replayed on a trace.
+
+    `replay_exits` without taking the first stop: what the early-exit loop
+    computes after each block, for every row.
+
+    Args:
+        model, trace, shift, criterion: as for `replay_exits`.
+
+    Returns:
+        `(answers, states, halts)`: float `[N, rows, outputs]` (DACT: the
+        accumulated `a_n`), a tuple of NumPy `[N, rows, ...]` arrays (the
+        criterion's state fields, e.g. DACT's budget `p_n`), and bool
+        `[N, rows]`, whether the criterion stops after each block.
+    """
     criterion = criterion or model.exit_criterion
     context = model.encoder.exit_context
     answers = trace["answers"]
@@ -206,15 +226,15 @@ def replay_exits(model, trace, shift=0.0, criterion=None):
     halting = criterion.replay_halting(trace, shift)
     answer, _ = ops.initial_state(rows, answers.shape[2])
     state = criterion.initial_state(rows, context)
-    outputs, halts = [], []
+    outputs, states, halts = [], [], []
     for i in range(n):
         answer, state, done = criterion.step(
             tf.constant(answers[i]), halting[i], answer, state, n - 1 - i, context)
-        outputs.append(answer)
-        halts.append(done)
-    outputs = tf.stack(outputs).numpy()
-    exits = ops.first_halting_layer(tf.stack(halts)).numpy()
-    return exits, outputs[exits - 1, np.arange(rows)]
+        outputs.append(answer.numpy())
+        states.append([np.asarray(s) for s in state])
+        halts.append(np.asarray(done))
+    return (np.stack(outputs), tuple(np.stack(field) for field in zip(*states)),
+            np.stack(halts))
 
 
 def exit_curve(model, trace, labels, metric_task):

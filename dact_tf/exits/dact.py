@@ -140,9 +140,13 @@ class Dact(base.ExitCriterion):
         weights = consistency.fit(fit_trace["accumulated"], fit_trace["budgets"])
         thresholds = consistency.threshold_grid(
             consistency.trace_scores(weights, fit_trace["accumulated"], fit_trace["budgets"]))
-        return [("halting_threshold", t, Dact("certified", self.halting_margin, 0.0, 0.0,
-                                              weights, t))
+        return [("halting_threshold", t, self.certified_form(weights, t))
                 for t in [1.0] + thresholds]
+
+    def certified_form(self, weights, threshold):
+        """The certified rule with a learned score's `weights` at `threshold` (None, 1.0:
+        the tight test alone), this rule's margin kept."""
+        return Dact("certified", self.halting_margin, 0.0, 0.0, weights, threshold)
 
     def ponder_cost(self, state, answer):
         del answer

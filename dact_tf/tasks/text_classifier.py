@@ -279,7 +279,8 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
     def calibrate(self, x, target_blocks=None, y=None, batch_size=None,
                   max_metric_drop=halting_bias.DEFAULT_MAX_METRIC_DROP, pass_through="auto", *,
                   reference=None, max_disagreement=None,
-                  confidence=risk_bounds.DEFAULT_CONFIDENCE, selection_x=None, selection_y=None):
+                  confidence=risk_bounds.DEFAULT_CONFIDENCE, selection_x=None, selection_y=None,
+                  certified_drop=False):
         """Sets the exit on held-out rows: a compute target, a certified halting mode, or both.
 
         Run it after training, on rows the model was not trained on and
@@ -297,6 +298,12 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
           mode, the most aggressive exit threshold whose rate of answers
           differing from full depth is certified at most `max_disagreement`
           (labels not needed).
+        - `certified_drop=True` (DACT, with labels): the fewest blocks whose
+          accuracy drop against `reference` is certified at most
+          `max_metric_drop`, the halting shift and the learned score's
+          threshold chosen together (`dact_tf.calibration.certified_drop`);
+          one certificate instead of the two above (no `target_blocks` or
+          `max_disagreement` with it).
 
         With `selection_x`, other held-out rows make the choices (the
         target's shift; DACT's learned consistency score, which certifies
@@ -325,6 +332,7 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
             confidence: float in (0, 1), of each certificate.
             selection_x: held-out texts (as `x`) other than `x`, or None.
             selection_y: their labels, or None.
+            certified_drop: bool, see above.
 
         Returns:
             A dict (what `dact-tf calibrate` writes to `calibration.json`):
@@ -344,9 +352,10 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
                              selection_x=other_held_out_texts)
         ```
         """
-        if target_blocks is None and max_disagreement is None:
+        if target_blocks is None and max_disagreement is None and not certified_drop:
             raise ValueError("`calibrate` needs `target_blocks` (a compute target) and/or "
-                             "`max_disagreement` (a certified halting mode).")
+                             "`max_disagreement` (a certified halting mode), or "
+                             "`certified_drop=True`.")
         if target_blocks is not None:
             self.exit_criterion.check_target_blocks(target_blocks, self.num_layers)
         self._check_text_input(x)
@@ -364,7 +373,8 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
             target_blocks=None if target_blocks is None else float(target_blocks),
             pass_through=pass_through, reference=reference,
             max_drop=max_metric_drop if labelled else None, confidence=confidence,
-            max_disagreement=max_disagreement, shared=selection_x is None, verbose=0)
+            max_disagreement=max_disagreement, shared=selection_x is None,
+            certified_drop=certified_drop, verbose=0)
         self.predict_function = self.test_function = None
         return result
 

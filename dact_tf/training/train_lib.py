@@ -151,7 +151,7 @@ def _check_certified(data_config, model_config):
     """`check_certified_flags` for a training run, and its held-out rows."""
     calibration_run.check_flags(model_config.method, model_config.halting_rule,
                           model_config.max_disagreement, model_config.calibration_max_drop,
-                          model_config.calibration_confidence)
+                          model_config.calibration_confidence, model_config.certified_risk)
     if model_config.halting_rule == "certified" and not data_config.holdout_fraction:
         raise ValueError("--halting_rule=certified is certified on held-out rows: set "
                          "--holdout_fraction > 0.")

@@ -168,6 +168,12 @@ class TrainingRun:
         self.save()
         return self.model, self.preprocessor, history
 
+    @property
+    def certified_drop(self):
+        """Whether the halting mode is certified on the accuracy drop (`--certified_risk=drop`)."""
+        return (self.model_config.halting_rule == "certified"
+                and self.model_config.certified_risk == "drop")
+
     def check(self):
         """Refuses a target without the calibration that reaches it, or without held-out rows."""
         if self.model_config.target_blocks and not self.calibrated:
@@ -210,6 +216,9 @@ class TrainingRun:
         """This process's directory; the model, compiled and warm-started; the target's range."""
         model_config, data_config = self.model_config, self.data_config
         num_classes, self.regression, self.label_names, self.metric_task = task_info(data_config)
+        if self.regression and self.certified_drop:
+            raise ValueError("--certified_risk=drop certifies a classifier's accuracy drop; for "
+                             "regression use --certified_risk=disagreement.")
         # A worker writes its own copy; it resumes from, and decides on, the chief's.
         if not distribute.is_chief(self.strategy):
             self.model_dir = os.path.join(self.chief_dir, "workers",
@@ -389,17 +398,19 @@ class TrainingRun:
         model_config = self.model_config
         if self.target is None and model_config.halting_rule != "certified":
             return None
+        drop = self.certified_drop
         calibration = calibration_run.calibrate(
             self.model, self.datasets["holdout"], self.datasets["calibration"],
-            target_blocks=self.target, pass_through=self.pass_through,
+            target_blocks=None if drop else self.target, pass_through=self.pass_through,
             metric_task=self.metric_task,
             reference=(calibration_run.reference_model(model_config.init_from)
                        if self.calibrated else None),
             max_drop=model_config.calibration_max_drop,
             confidence=model_config.calibration_confidence,
             max_disagreement=(model_config.max_disagreement
-                              if model_config.halting_rule == "certified" else None),
-            shared=not self.data_config.calibration_share, verbose=self.train_config.verbose)
+                              if model_config.halting_rule == "certified" and not drop else None),
+            shared=not self.data_config.calibration_share, certified_drop=drop,
+            verbose=self.train_config.verbose)
         files.write_json(os.path.join(self.model_dir, calibration_run.CALIBRATION_FILE),
                          calibration)
         return calibration

@@ -190,6 +190,39 @@ def test_calibrate_to_a_compute_target_then_evaluate_reports_it(trained, tmp_pat
     assert "certificates" not in results
 
 
+def test_calibrate_a_certified_drop_then_the_saved_model_runs_it(trained, tmp_path):
+    from dact_tf.evaluation import scoring as evaluation
+
+    cache, model_dir = _copy(trained, tmp_path)
+    dact_tf("calibrate", f"--model_dir={model_dir}", *DATA, "--halting_rule=certified",
+            "--certified_risk=drop", "--calibration_max_drop=0.3",
+            "--calibration_confidence=0.9", cache=cache)
+    result = json.loads((model_dir / "calibration.json").read_text())
+    assert result["mode"] == "certified_drop" and "halting" not in result
+    cert = result["certificate"]
+    # One certificate, on the drop against the run's stage 1, both knobs in it.
+    assert cert["kind"] == "compute_target"
+    assert cert["knob"] == "halting_bias_shift+halting_threshold"
+    assert cert["reference"] == "the full-depth model" and cert["fit_rows"] > 0
+    assert cert["rows"] == CALIBRATION_ROWS and cert["calibration_rows"] == "kept apart"
+    assert cert["bound"] == pytest.approx(risk_bounds.difference_upper_bound(
+        cert["at_risk"], cert["better"], CALIBRATION_ROWS, 0.1), rel=1e-9, abs=1e-9)
+    assert cert["certified"] == (cert["bound"] <= 0.3)
+    assert (cert["value"], cert["shift"]) == (result["halting_threshold"], result["shift"])
+    # The saved model runs, on the calibration rows, the blocks and the accuracy certified.
+    model, rows, metric_task = _calibration_rows(model_dir)
+    assert model.certificates == {"compute_target": cert}
+    rule = model.exit_criterion.halting_rule
+    assert rule == ("certified" if cert["certified"] and cert["value"] < 1.0 else "tight")
+    saved = evaluation.evaluate(model, rows, metric_task)
+    assert saved["mean_layers_executed"] == pytest.approx(result["mean_layers_executed"],
+                                                          abs=1e-6)
+    assert saved["accuracy"] == pytest.approx(result["metric"], abs=1e-6)
+    out = tmp_path / "eval.json"
+    dact_tf("evaluate", f"--model_dir={model_dir}", f"--output_json={out}", cache=cache)
+    assert json.loads(out.read_text())["certificates"] == {"compute_target": cert}
+
+
 def _snapshot(folder):
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in folder.rglob("*")}
@@ -207,6 +240,9 @@ def test_refusals_are_one_line_exit_1_and_write_nothing(trained, tmp_path):
         "zero": (calibrate + ["--halting_rule=certified", "--max_disagreement=0"],
                  "--max_disagreement must be in (0, 1)"),
         "too_many": (calibrate + ["--target_blocks=9"], "--target_blocks must be in [1, 4]"),
+        "drop_target": (calibrate + ["--halting_rule=certified", "--certified_risk=drop",
+                                     "--target_blocks=2"],
+                        "--certified_risk=drop chooses the blocks itself"),
         "uncertified": (["evaluate", f"--model_dir={model_dir}", "--halting_rule=certified"],
                         "This model has no certified halting"),
     }

@@ -1,0 +1,122 @@
+"""Tests of the certified drop: DACT's halting shift and learned score under one bound."""
+
+import keras
+import numpy as np
+import pytest
+
+from dact_tf.calibration import calibration_run
+from dact_tf.calibration import certified_drop
+from dact_tf.calibration import certify
+from dact_tf.calibration import halting_bias
+from dact_tf.calibration import risk_bounds
+from dact_tf.config import ModelConfig
+from dact_tf.models.dact_classifier import DactClassifier
+from dact_tf.training import train_lib
+from tests.testing import dataset
+from tests.testing import synthetic_task
+from tests.testing import tiny_backbone
+
+
+def _model(method="dact", seed=3, **kwargs):
+    return DactClassifier(tiny_backbone(seed=seed), num_classes=2, tau=0.0, dropout=0.0,
+                          halting_bias=0.0, method=method, config=ModelConfig.paper(), **kwargs)
+
+
+def _rows(count, seed):
+    return dataset(*synthetic_task(count, seed=seed), batch_size=64)
+
+
+def test_the_certificate_counts_what_the_loop_then_does_against_the_reference():
+    model, reference = _model(seed=3), _model(seed=4)
+    selection, rows = _rows(400, 5), _rows(400, 6)
+    bias_before = model.encoder.heads.halting_bias_weight.numpy().copy()
+    result = certified_drop.certify_drop_halting(model, selection, rows, reference=reference,
+                                                 max_drop=0.2, confidence=0.9)
+    cert = result["certificate"]
+    assert cert["kind"] == "compute_target" and cert["certified"]
+    assert cert["knob"] == "halting_bias_shift+halting_threshold"
+    assert cert["reference"] == "the full-depth model" and cert["fit_rows"] == 400
+    assert cert["value"] == result["halting_threshold"] and cert["shift"] == result["shift"]
+    # The real early-exit loop, on the calibration rows, against the reference's full depth.
+    early, labels = train_lib.predict_dataset(model, rows)
+    theirs, _ = train_lib.predict_dataset(reference, rows, full_depth=True)
+    worse, better = certify.against_reference(model, early["predictions"],
+                                              theirs["predictions"], labels)
+    assert (int(worse.sum()), int(better.sum())) == (cert["at_risk"], cert["better"])
+    assert cert["bound"] == pytest.approx(
+        risk_bounds.difference_upper_bound(cert["at_risk"], cert["better"], 400, 0.1))
+    assert cert["bound"] <= 0.2
+    assert early["layers_executed"].mean() == pytest.approx(result["mean_layers_executed"])
+    assert result["mean_layers_executed"] < model.num_layers
+    # The model runs the certified rule at the chosen shift.
+    criterion = model.exit_criterion
+    assert criterion.halting_rule == "certified"
+    assert criterion.halting_threshold == pytest.approx(result["halting_threshold"])
+    np.testing.assert_allclose(model.encoder.heads.halting_bias_weight.numpy(),
+                               bias_before + result["shift"], rtol=0, atol=1e-5)
+    assert "Certified drop" in certified_drop.message(result)
+    # The choice survives a config round trip.
+    restored = DactClassifier.from_config(model.get_config())
+    assert restored.exit_criterion == criterion
+
+
+def test_the_candidates_are_tested_safest_first_along_a_frontier():
+    model, reference = _model(seed=3), _model(seed=4)
+    trace, labels = halting_bias.trace_trained_halting(model, _rows(300, 7))
+    ref = np.asarray(certify.reference_predictions(reference, _rows(300, 7))[0])
+    path = certified_drop.frontier(model, certified_drop._logit_trace(trace), np.asarray(labels),
+                                   ref, lambda shift: np.full(model.num_layers, shift))
+    blocks = [c[0] for c in path]
+    drops = [c[1] for c in path]
+    assert len(path) >= 2
+    assert blocks == sorted(blocks, reverse=True)  # most blocks first
+    assert all(a < b for a, b in zip(drops, drops[1:]))  # each step costs more
+    assert all(1.0 <= b <= model.num_layers for b in blocks)
+    assert {c[2] for c in path} <= set(certified_drop.SHIFTS)
+
+
+def test_a_drop_that_cannot_be_certified_runs_every_block_under_the_proven_rule():
+    # A reference trained on the task against an untrained model: the drop is large.
+    reference = _model(seed=4)
+    reference.compile(optimizer=keras.optimizers.Adam(3e-3))
+    reference.fit(_rows(400, 9), epochs=4, verbose=0)
+    model = _model(seed=3)
+    result = certified_drop.certify_drop_halting(model, _rows(200, 5), _rows(40, 6),
+                                                 reference=reference, max_drop=0.01)
+    cert = result["certificate"]
+    assert not cert["certified"] and cert["at_risk"] > cert["better"]
+    assert cert["rows_needed"] is None or cert["rows_needed"] > 40
+    assert model.exit_criterion.halting_rule == "tight"
+    assert result["shift"] == certify.SAFE_SHIFT
+    assert result["mean_layers_executed"] > model.num_layers - 0.5
+    assert certify.describe(cert).startswith("not certified: 40 calibration rows")
+
+
+def test_refusals():
+    rows = _rows(32, 1)
+    for method in ("pabee", "deebert"):
+        with pytest.raises(ValueError, match="needs a DACT classifier"):
+            certified_drop.certify_drop_halting(_model(method), rows, rows)
+    regression = DactClassifier(tiny_backbone(seed=1), task="regression", output_range=(0, 5))
+    with pytest.raises(ValueError, match="needs a DACT classifier"):
+        certified_drop.certify_drop_halting(regression, rows, rows)
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\)"):
+        certified_drop.certify_drop_halting(_model(), rows, rows, max_drop=1.0)
+    with pytest.raises(ValueError, match="give no target_blocks"):
+        calibration_run.calibrate(_model(), rows, rows, target_blocks=2.0, certified_drop=True)
+    with pytest.raises(ValueError, match="needs its bound"):
+        calibration_run.calibrate(_model(), rows, rows, max_drop=None, certified_drop=True)
+    for method in ("pabee", "deebert"):
+        with pytest.raises(ValueError, match="--certified_risk=drop certifies DACT"):
+            calibration_run.check_flags(method, "certified", 0.01, 0.01, 0.95, "drop")
+
+
+def test_calibrate_with_a_certified_drop_records_one_certificate():
+    model, reference = _model(seed=3), _model(seed=4)
+    result = calibration_run.calibrate(model, _rows(300, 5), _rows(300, 6), reference=reference,
+                                       max_drop=0.25, confidence=0.9, certified_drop=True,
+                                       verbose=0)
+    assert result["mode"] == "certified_drop" and "halting" not in result
+    assert model.certificates == {"compute_target": result["certificate"]}
+    assert result["holdout_layers_executed"] == pytest.approx(
+        result["selection_layers_executed"], abs=1e-6)
