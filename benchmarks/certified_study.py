@@ -18,7 +18,7 @@ bound EPS in `--epsilons`, it scores on the evaluation set (the task's
 - `dact`, mode `target+certified`: both, as `calibrate(..., max_disagreement=
   EPS)` runs them (`dact-tf train/calibrate --halting_rule=certified`);
 - `dact`, mode `certified-drop` (classification): a fresh load,
-  `calibrate(..., certified_drop=True)` (`--certified_risk=drop`): one
+  `calibration_run.calibrate_drop` (`--certified_risk=drop`): one
   certificate, the accuracy drop against `full` at most EPS, the halting
   shift and the learned score's threshold chosen together
   (`dact_tf.calibration.certified_drop`);
@@ -402,10 +402,9 @@ def _run_point(g, method, mode, eps):
     start = time.time()
     if mode == "certified-drop":
         # One certificate: the drop against `full`, the shift and the score chosen together.
-        point["calibration"] = calibration_run.calibrate(
+        point["calibration"] = calibration_run.calibrate_drop(
             model, ds["holdout"], ds["calibration"], metric_task=g.metric_task, reference=g.full,
-            max_drop=eps, confidence=FLAGS.confidence, shared=shared, certified_drop=True,
-            verbose=0)
+            max_drop=eps, confidence=FLAGS.confidence, shared=shared, verbose=0)
     elif mode in ("target", "target+certified"):
         target = FLAGS.target_blocks or model.num_layers / 2.0
         result = calibration_run.calibrate(

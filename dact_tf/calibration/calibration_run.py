@@ -63,7 +63,7 @@ def reference_model(path):
 def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto",
               metric_task=None, reference=None, max_drop=0.01,
               confidence=risk_bounds.DEFAULT_CONFIDENCE, max_disagreement=None, shared=False,
-              certified_drop=False, verbose=1):
+              verbose=1):
     """Calibrates a trained model's exit on held-out rows, with certificates.
 
     Args:
@@ -83,12 +83,6 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
         max_disagreement: float: certify a halting mode (`--halting_rule=
             certified`) with this bound on P(early != full depth); None: none.
         shared: bool, whether `rows` are the selection rows.
-        certified_drop: bool, DACT classification: certify a halting mode
-            on the accuracy drop against `reference` instead (bound
-            `max_drop`): the halting shift and the learned score's threshold
-            together, the fewest blocks certified
-            (`dact_tf.calibration.certified_drop`); no `target_blocks` or
-            `max_disagreement` then.
         verbose: 0 or 1: print what each certificate says (a target that is
             not met, or a certificate that cannot be given, is printed
             always).
@@ -97,12 +91,9 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
         The dict `calibration.json` holds: the compute target's result
         (`dact_tf.calibration.certify.certify_compute_target`, with
         `holdout_layers_executed`, the mean blocks on `selection`) and,
-        with a certified halting mode, `halting` (`certify_halting`'s);
-        with `certified_drop`, `certify_drop_halting`'s result.
+        with a certified halting mode, `halting` (`certify_halting`'s).
+        (`calibrate_drop`: one certificate on the drop over both knobs.)
     """
-    if certified_drop:
-        return _calibrate_drop(model, selection, rows, reference, max_drop, confidence,
-                               metric_task, shared, target_blocks, max_disagreement, verbose)
     result = {}
     if (target_blocks is not None
             and getattr(model.exit_criterion, "halting_rule", None) == "certified"):
@@ -150,12 +141,18 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
     return result
 
 
-def _calibrate_drop(model, selection, rows, reference, max_drop, confidence, metric_task,
-                    shared, target_blocks, max_disagreement, verbose):
-    """`calibrate` with `certified_drop`: one certificate, on the drop against `reference`."""
-    if target_blocks is not None or max_disagreement is not None:
-        raise ValueError("A certified drop chooses the blocks and bounds the cost itself: give "
-                         "no target_blocks and no max_disagreement with it.")
+def calibrate_drop(model, selection, rows, *, reference=None, max_drop=0.01,
+                   confidence=risk_bounds.DEFAULT_CONFIDENCE, metric_task=None, shared=False,
+                   verbose=1):
+    """`calibrate`'s certified drop (`--certified_risk=drop`): one certificate, both knobs.
+
+    DACT classifiers: the halting shift and the learned score's threshold
+    are chosen together for the fewest blocks whose accuracy drop against
+    `reference` is certified at most `max_drop`
+    (`dact_tf.calibration.certified_drop.certify_drop_halting`, whose
+    result this returns, with `holdout_layers_executed`). The arguments
+    are `calibrate`'s; the certificate replaces the model's others.
+    """
     if max_drop is None:
         raise ValueError("A certified drop needs its bound: max_drop (0.01: one point) and "
                          "labelled rows.")

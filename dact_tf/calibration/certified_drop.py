@@ -91,6 +91,28 @@ def frontier(model, trace, labels, reference, shifts_of, shifts=SHIFTS):
     return kept[::-1]
 
 
+def _test_in_order(model, path, trace, shifts_of, reference, labels, max_drop, delta):
+    """Fixed-sequence testing of `path` on the calibration rows' `trace`.
+
+    Returns `(at_risk, better, bounds, outcomes)`, one entry per candidate
+    tested (`outcomes`: the real loop's `(exits, predictions, criterion)`,
+    replayed); the sequence stops at the first bound above `max_drop`.
+    """
+    at_risk, better, bounds, outcomes = [], [], [], []
+    for _, _, shift, weights, threshold in path:
+        criterion = model.exit_criterion.certified_form(weights, threshold)
+        exits, outputs = analysis.replay_exits(model, trace, shifts_of(shift), criterion)
+        predictions = analysis.predictions(model, outputs)
+        worse, good = _counts(model, predictions, reference, labels)
+        at_risk.append(worse)
+        better.append(good)
+        bounds.append(risk_bounds.difference_upper_bound(worse, good, len(labels), delta))
+        outcomes.append((exits, predictions, criterion))
+        if bounds[-1] > max_drop:
+            break
+    return at_risk, better, bounds, outcomes
+
+
 def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
                          confidence=risk_bounds.DEFAULT_CONFIDENCE, metric_task=None,
                          shared=False, apply=True, verbose=0):
@@ -159,18 +181,8 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
     path = frontier(model, traces["selection"], labels["selection"], refs["selection"],
                     shifts_of)
     y, ref, n = labels["rows"], refs["rows"], len(labels["rows"])
-    at_risk, better, bounds, outcomes = [], [], [], []
-    for _, _, shift, weights, threshold in path:
-        criterion = model.exit_criterion.certified_form(weights, threshold)
-        exits, outputs = analysis.replay_exits(model, traces["rows"], shifts_of(shift), criterion)
-        predictions = analysis.predictions(model, outputs)
-        worse, good = _counts(model, predictions, ref, y)
-        at_risk.append(worse)
-        better.append(good)
-        bounds.append(risk_bounds.difference_upper_bound(worse, good, n, delta))
-        outcomes.append((exits, predictions, criterion))
-        if bounds[-1] > max_drop:
-            break
+    at_risk, better, bounds, outcomes = _test_in_order(model, path, traces["rows"], shifts_of,
+                                                       ref, y, max_drop, delta)
     passed_count = len(bounds) - (bounds[-1] > max_drop)
     stopped = len(bounds) - 1
     if passed_count:

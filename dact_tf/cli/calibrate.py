@@ -80,17 +80,22 @@ def run(require, data_config_from):
     _, _, _, metric_task = train_lib.task_info(data_config, config["label_names"])
     datasets = train_lib.make_datasets(data_config, preprocessor, config["label_names"],
                                        splits=("holdout", "calibration"))
+    common = dict(metric_task=metric_task, reference=reference,
+                  max_drop=FLAGS.calibration_max_drop, confidence=FLAGS.calibration_confidence,
+                  shared=not data_config.calibration_share)
+    rows = datasets["holdout"], datasets["calibration"]
     with files.ModelDirLock(model_dir):
-        result = calibration_run.calibrate(
-            model, datasets["holdout"], datasets["calibration"], target_blocks=target,
-            # The pass-through the model was trained with, unless given again.
-            pass_through=train_lib.parse_pass_through(
-                FLAGS.pass_through if FLAGS["pass_through"].present
-                else stored["model"]["pass_through"], model.num_layers),
-            metric_task=metric_task, reference=reference, max_drop=FLAGS.calibration_max_drop,
-            confidence=FLAGS.calibration_confidence,
-            max_disagreement=FLAGS.max_disagreement if rule == "certified" and not drop else None,
-            shared=not data_config.calibration_share, certified_drop=drop)
+        if drop:
+            result = calibration_run.calibrate_drop(model, *rows, **common)
+        else:
+            result = calibration_run.calibrate(
+                model, *rows, target_blocks=target,
+                # The pass-through the model was trained with, unless given again.
+                pass_through=train_lib.parse_pass_through(
+                    FLAGS.pass_through if FLAGS["pass_through"].present
+                    else stored["model"]["pass_through"], model.num_layers),
+                max_disagreement=FLAGS.max_disagreement if rule == "certified" else None,
+                **common)
         path = os.path.join(model_dir, train_lib.CALIBRATION_FILE)
         if target is None and not drop and os.path.exists(path):
             # A halting mode alone keeps the target's calibration (it is still the model's).

@@ -283,27 +283,23 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
                   certified_drop=False):
         """Sets the exit on held-out rows: a compute target, a certified halting mode, or both.
 
-        Run it after training, on rows the model was not trained on and
-        nothing else was chosen on (the certificates hold on unseen rows of
-        the same distribution; see `dact_tf.calibration.certify`).
+        Run it after training, on rows nothing was trained or chosen on
+        (see `dact_tf.calibration.certify`).
 
         - `target_blocks` (DACT): the halting biases shift so the mean
           blocks on `x` is about the target. With labels and
           `max_metric_drop`, the accuracy drop against `reference` (or, if
           None, the model's own full depth before the shift) is certified at
-          most `max_metric_drop` with `confidence`; where the rows cannot
-          certify the target, the model runs more blocks (`limited`). The
-          early exit stays exactly equal to the (shifted) model's full depth.
+          most `max_metric_drop` with `confidence`, or the model runs more
+          blocks (`limited`). The exit stays exact.
         - `max_disagreement` (DACT, PABEE, DeeBERT): a certified halting
           mode, the most aggressive exit threshold whose rate of answers
           differing from full depth is certified at most `max_disagreement`
           (labels not needed).
-        - `certified_drop=True` (DACT, with labels): the fewest blocks whose
-          accuracy drop against `reference` is certified at most
-          `max_metric_drop`, the halting shift and the learned score's
-          threshold chosen together (`dact_tf.calibration.certified_drop`);
-          one certificate instead of the two above (no `target_blocks` or
-          `max_disagreement` with it).
+        - `certified_drop=True` (DACT, labels): instead, the fewest blocks
+          whose drop against `reference` is certified at most
+          `max_metric_drop`, over the shift and the learned score together
+          (`dact_tf.calibration.certified_drop`).
 
         With `selection_x`, other held-out rows make the choices (the
         target's shift; DACT's learned consistency score, which certifies
@@ -321,18 +317,14 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
             max_metric_drop: float in (0, 1), the certified bound on the
                 accuracy drop (0.01: one point), or None for no bound.
             pass_through: how many leading blocks hand their whole budget
-                on (their heads then keep no weight in any answer): `"auto"`
-                (with labels, the leading heads scoring below half of the
-                best head's gain over a constant answer, at most
-                `target_blocks - 1`; without, none) or an int in
-                `[0, num_layers - 1]` (rows then run at least that plus one).
+                on: `"auto"` or an int (see
+                `dact_tf.calibration.halting_bias.calibrate_halting_bias`).
             reference: the plain fine-tuned full-depth model (a
                 `DactClassifier`) the drop is measured against, or None.
             max_disagreement: float in (0, 1), or None (no halting mode).
             confidence: float in (0, 1), of each certificate.
             selection_x: held-out texts (as `x`) other than `x`, or None.
-            selection_y: their labels, or None.
-            certified_drop: bool, see above.
+            selection_y: their labels, or None. certified_drop: see above.
 
         Returns:
             A dict (what `dact-tf calibrate` writes to `calibration.json`):
@@ -352,9 +344,9 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
                              selection_x=other_held_out_texts)
         ```
         """
-        if target_blocks is None and max_disagreement is None and not certified_drop:
+        if certified_drop != (target_blocks is None and max_disagreement is None):
             raise ValueError("`calibrate` needs `target_blocks` (a compute target) and/or "
-                             "`max_disagreement` (a certified halting mode), or "
+                             "`max_disagreement` (a certified halting mode), or else "
                              "`certified_drop=True`.")
         if target_blocks is not None:
             self.exit_criterion.check_target_blocks(target_blocks, self.num_layers)
@@ -368,13 +360,15 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
             if isinstance(selection.element_spec, tuple) != labelled:
                 raise ValueError("Give labels for both `x` and `selection_x` (y and "
                                  "selection_y), or for neither.")
-        result = calibration_run.calibrate(
-            self, selection, data,
-            target_blocks=None if target_blocks is None else float(target_blocks),
-            pass_through=pass_through, reference=reference,
-            max_drop=max_metric_drop if labelled else None, confidence=confidence,
-            max_disagreement=max_disagreement, shared=selection_x is None,
-            certified_drop=certified_drop, verbose=0)
+        common = dict(reference=reference, max_drop=max_metric_drop if labelled else None,
+                      confidence=confidence, shared=selection_x is None, verbose=0)
+        if certified_drop:
+            result = calibration_run.calibrate_drop(self, selection, data, **common)
+        else:
+            result = calibration_run.calibrate(
+                self, selection, data, pass_through=pass_through,
+                target_blocks=None if target_blocks is None else float(target_blocks),
+                max_disagreement=max_disagreement, **common)
         self.predict_function = self.test_function = None
         return result
 

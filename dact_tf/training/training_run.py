@@ -398,19 +398,22 @@ class TrainingRun:
         model_config = self.model_config
         if self.target is None and model_config.halting_rule != "certified":
             return None
-        drop = self.certified_drop
-        calibration = calibration_run.calibrate(
-            self.model, self.datasets["holdout"], self.datasets["calibration"],
-            target_blocks=None if drop else self.target, pass_through=self.pass_through,
+        common = dict(
             metric_task=self.metric_task,
             reference=(calibration_run.reference_model(model_config.init_from)
                        if self.calibrated else None),
             max_drop=model_config.calibration_max_drop,
             confidence=model_config.calibration_confidence,
-            max_disagreement=(model_config.max_disagreement
-                              if model_config.halting_rule == "certified" and not drop else None),
-            shared=not self.data_config.calibration_share, certified_drop=drop,
-            verbose=self.train_config.verbose)
+            shared=not self.data_config.calibration_share, verbose=self.train_config.verbose)
+        rows = self.datasets["holdout"], self.datasets["calibration"]
+        if self.certified_drop:  # one certificate over the shift and the score
+            calibration = calibration_run.calibrate_drop(self.model, *rows, **common)
+        else:
+            calibration = calibration_run.calibrate(
+                self.model, *rows, target_blocks=self.target, pass_through=self.pass_through,
+                max_disagreement=(model_config.max_disagreement
+                                  if model_config.halting_rule == "certified" else None),
+                **common)
         files.write_json(os.path.join(self.model_dir, calibration_run.CALIBRATION_FILE),
                          calibration)
         return calibration

@@ -207,6 +207,26 @@ def test_calibrate_with_selection_rows_certifies_a_learned_score_on_the_other_ro
         model.calibrate(rows, 2.0, y=[1, 0] * 24, selection_x=selection)
 
 
+def test_calibrate_a_certified_drop_against_a_reference():
+    keras.utils.set_random_seed(4)
+    model, reference = _model(halting_bias=-1.0), _model()
+    selection, rows = TEXTS * 4, [t + " !" for t in TEXTS] * 4
+    labels = [1, 0] * (len(rows) // 2)
+    result = model.calibrate(rows, y=labels, selection_x=selection, selection_y=labels,
+                             reference=reference, max_metric_drop=0.5, certified_drop=True)
+    cert = result["certificate"]
+    assert cert["knob"] == "halting_bias_shift+halting_threshold"
+    assert cert["rows"] == len(rows) and cert["fit_rows"] == len(selection)
+    assert model.certificates == {"compute_target": cert}
+    # The Task now runs, on `x`, the blocks that were certified.
+    early = model.predict(rows, verbose=0)
+    assert early["layers_executed"].mean() == pytest.approx(result["mean_layers_executed"])
+    with pytest.raises(ValueError, match="or else `certified_drop=True`"):
+        model.calibrate(rows, 2.0, y=labels, certified_drop=True)
+    with pytest.raises(ValueError, match="needs its bound"):
+        model.calibrate(rows, certified_drop=True)
+
+
 def test_user_mistakes_are_refused():
     with pytest.raises(ValueError, match="num_classes"):
         dact_tf.DactTextClassifier.from_preset("tiny")

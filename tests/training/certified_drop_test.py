@@ -102,20 +102,18 @@ def test_refusals():
         certified_drop.certify_drop_halting(regression, rows, rows)
     with pytest.raises(ValueError, match=r"must be in \(0, 1\)"):
         certified_drop.certify_drop_halting(_model(), rows, rows, max_drop=1.0)
-    with pytest.raises(ValueError, match="give no target_blocks"):
-        calibration_run.calibrate(_model(), rows, rows, target_blocks=2.0, certified_drop=True)
     with pytest.raises(ValueError, match="needs its bound"):
-        calibration_run.calibrate(_model(), rows, rows, max_drop=None, certified_drop=True)
+        calibration_run.calibrate_drop(_model(), rows, rows, max_drop=None)
     for method in ("pabee", "deebert"):
         with pytest.raises(ValueError, match="--certified_risk=drop certifies DACT"):
             calibration_run.check_flags(method, "certified", 0.01, 0.01, 0.95, "drop")
 
 
-def test_calibrate_with_a_certified_drop_records_one_certificate():
+def test_calibrate_drop_records_one_certificate():
     model, reference = _model(seed=3), _model(seed=4)
-    result = calibration_run.calibrate(model, _rows(300, 5), _rows(300, 6), reference=reference,
-                                       max_drop=0.25, confidence=0.9, certified_drop=True,
-                                       verbose=0)
+    result = calibration_run.calibrate_drop(model, _rows(300, 5), _rows(300, 6),
+                                            reference=reference, max_drop=0.25, confidence=0.9,
+                                            verbose=0)
     assert result["mode"] == "certified_drop" and "halting" not in result
     assert model.certificates == {"compute_target": result["certificate"]}
     assert result["holdout_layers_executed"] == pytest.approx(
