@@ -9,7 +9,8 @@ flags override only the fields they are given.
 Layers and models read their defaults here too: an argument left unset
 (None) means the config's value (`settings`). Named recipes (`RECIPES`,
 `recipe`) bundle a `ModelConfig` and a `TrainConfig`: `"default"`, the
-recipe the study chose, and `"paper"`, the paper's pure DACT.
+recipe the study chose, `"paper"`, the paper's pure DACT, and
+`"certified"`, the default under one certified accuracy promise.
 
 This module imports nothing from dact_tf: every other module may read it.
 
@@ -207,6 +208,21 @@ class ModelConfig:
         values.update(overrides)
         return cls(**values)
 
+    @classmethod
+    def certified(cls, **overrides):
+        """The default recipe under one certified promise: the named recipe `"certified"`.
+
+        Trained as the default recipe; then the halting shift and the learned
+        consistency score's threshold are chosen together for the fewest
+        blocks whose accuracy drop against the stage-1 full-depth model is
+        certified at most `calibration_max_drop` (one point) on the
+        calibration rows (`halting_rule="certified"`, `certified_risk="drop"`;
+        `dact_tf.calibration.certified_drop`). DACT classifiers only.
+        """
+        values = dict(halting_rule="certified", certified_risk="drop")
+        values.update(overrides)
+        return cls(**values)
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -255,6 +271,7 @@ class TrainConfig:
 RECIPES = {
     "default": (ModelConfig, TrainConfig),
     "paper": (ModelConfig.paper, TrainConfig.paper),
+    "certified": (ModelConfig.certified, TrainConfig),
 }
 
 

@@ -31,7 +31,8 @@ def check_flags(method, halting_rule, max_disagreement, max_drop, confidence,
     if not 0.0 < float(confidence) < 1.0:
         raise ValueError(f"--calibration_confidence must be in (0, 1) (e.g. 0.95), got "
                          f"{confidence!r}.")
-    if halting_rule == "certified" and certified_risk == "drop" and method != "dact":
+    if (halting_rule == "certified" and certified_risk == "drop"
+            and not exits.get(method).certifies_drop):
         raise ValueError(f"--certified_risk=drop certifies DACT's halting shift and learned "
                          f"score; --method={method} certifies --certified_risk=disagreement.")
     if halting_rule == "certified" and certified_risk == "drop" and not max_drop:

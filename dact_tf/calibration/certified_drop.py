@@ -155,7 +155,7 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
     if not 0.0 < float(max_drop) < 1.0:
         raise ValueError(f"The certified cost bound must be in (0, 1) (0.01: one point), "
                          f"got {max_drop!r}.")
-    if model.method != "dact" or model.task == "regression":
+    if not model.exit_criterion.certifies_drop or model.task == "regression":
         raise ValueError("A certified drop over the halting shift and score needs a DACT "
                          f"classifier (method={model.method!r}, task={model.task!r}).")
     metric_task = metric_task or model.task

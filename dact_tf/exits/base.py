@@ -102,6 +102,10 @@ class ExitCriterion:
             (`start_stage`).
         trains_halting_units: True where the method reads the halting
             units (then they are trained; otherwise they are frozen).
+        certifies_drop: True where a certified drop can choose the method's
+            halting shift and learned score together
+            (`dact_tf.calibration.certified_drop`; the method then has
+            `certified_form(weights, threshold)`).
     """
 
     name = None
@@ -111,6 +115,7 @@ class ExitCriterion:
     state_fields = ()
     training_stages = 1
     trains_halting_units = False
+    certifies_drop = False
 
     # ------------------------------------------------------------ checks
 

@@ -57,6 +57,7 @@ class Dact(base.ExitCriterion):
                 "consistency_weights", "halting_threshold")
     state_fields = ("budget", "ponder")
     trains_halting_units = True
+    certifies_drop = True
     #: The halting-bias shifts `sweep` replays (logits).
     SHIFTS = tuple(float(s) for s in np.round(np.arange(-12.0, 12.01, 0.5), 2))
     #: The slacks a halting certificate tests, safest (the tight rule) first.

@@ -178,6 +178,9 @@ class TrainingRun:
         """Refuses a target without the calibration that reaches it, or without held-out rows."""
         if self.model_config.target_blocks and not self.calibrated:
             raise ValueError("--target_blocks sets DACT's halting; it needs --method=dact.")
+        if self.certified_drop and task_info(self.data_config)[1]:
+            raise ValueError("--certified_risk=drop certifies a classifier's accuracy drop; for "
+                             "regression use --certified_risk=disagreement.")
         if self.calibrated and not self.data_config.holdout_fraction:
             raise ValueError(
                 "DACT's --target_blocks is calibrated on held-out rows: set --holdout_fraction > 0, "
@@ -216,9 +219,6 @@ class TrainingRun:
         """This process's directory; the model, compiled and warm-started; the target's range."""
         model_config, data_config = self.model_config, self.data_config
         num_classes, self.regression, self.label_names, self.metric_task = task_info(data_config)
-        if self.regression and self.certified_drop:
-            raise ValueError("--certified_risk=drop certifies a classifier's accuracy drop; for "
-                             "regression use --certified_risk=disagreement.")
         # A worker writes its own copy; it resumes from, and decides on, the chief's.
         if not distribute.is_chief(self.strategy):
             self.model_dir = os.path.join(self.chief_dir, "workers",

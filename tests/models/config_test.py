@@ -53,7 +53,10 @@ def test_the_paper_recipe_is_named_not_the_layers_defaults():
     model_config, train_config = config.recipe("paper")
     assert model_config == paper and train_config.optimizer == "adam"
     assert config.recipe("default") == (config.ModelConfig(), config.TrainConfig())
-    with pytest.raises(ValueError, match="Unknown recipe 'fast'.*default.*paper"):
+    certified, certified_train = config.recipe("certified")
+    assert certified == config.ModelConfig(halting_rule="certified", certified_risk="drop")
+    assert certified_train == config.TrainConfig()
+    with pytest.raises(ValueError, match="Unknown recipe 'fast'.*certified.*default.*paper"):
         config.recipe("fast")
     model = dact_tf.DactClassifier(tiny_backbone(), config=paper)
     got = _settings(model)

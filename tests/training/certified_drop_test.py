@@ -118,3 +118,20 @@ def test_calibrate_drop_records_one_certificate():
     assert model.certificates == {"compute_target": result["certificate"]}
     assert result["holdout_layers_executed"] == pytest.approx(
         result["selection_layers_executed"], abs=1e-6)
+
+
+def test_training_refuses_a_certified_drop_it_cannot_give_before_any_work(tmp_path):
+    from dact_tf import config
+    from dact_tf.data import builtin_sst2_dir
+
+    model_config, train_config = config.recipe("certified")
+    cases = ((config.DataConfig(task="stsb", data_dir=str(tmp_path)), model_config,
+              "for regression use --certified_risk=disagreement"),
+             (config.DataConfig(task="sst2", data_dir=builtin_sst2_dir()),
+              config.ModelConfig.certified(method="pabee"),
+              "--method=pabee certifies --certified_risk=disagreement"))
+    for data_config, model_config, message in cases:
+        model_dir = tmp_path / "model"
+        with pytest.raises(ValueError, match=message):
+            train_lib.train(str(model_dir), data_config, model_config, train_config)
+        assert not model_dir.exists()
