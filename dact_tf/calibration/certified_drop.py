@@ -17,7 +17,9 @@ of the fewest blocks for a given drop, safest first. That order is fixed
 before the calibration rows are read, so fixed-sequence testing on them
 (Learn-then-Test, Angelopoulos et al. 2021) certifies the last candidate
 that passes. The chosen model runs DACT's certified rule (the tight test,
-or the score at its threshold) at the chosen shift.
+or the score at its threshold) at the chosen shift. Where no pair passes, the
+model stays as trained, under its proven rule, and says that nothing is
+certified.
 """
 
 import numpy as np
@@ -140,9 +142,12 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
         `mean_layers_executed` (mean blocks on `rows` as the model was and
         with the choice), `selection_layers_executed`, `metric_name`,
         `metric_before`, `metric`, `reference_metric` (on `rows`),
-        `max_metric_drop` and `certificate` (`certified` false: the safest
-        candidate is kept, about every block, and `rows_needed` says how
-        many rows the first candidate would need).
+        `max_metric_drop` and `certificate` (`certified` false: the model
+        keeps its trained halting under its proven rule, and `rows_needed`
+        says about how many rows the first candidate would need). Unlike a
+        compute target, no setting is safe by construction here: the
+        halting shift that runs every block moves DACT's answer towards
+        its last head, which can be less accurate than the trained mix.
 
     Example:
     ```python
@@ -189,8 +194,8 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
         chosen = passed_count - 1
         exits, predictions, criterion = outcomes[chosen]
         _, _, shift, _, threshold = path[chosen]
-    else:  # nothing certified: every row runs (about) every block, under the proven rule
-        chosen, shift, threshold = 0, certify.SAFE_SHIFT, 1.0
+    else:  # nothing certified: the model as trained, under its proven rule (no claim)
+        chosen, shift, threshold = 0, 0.0, 1.0
         criterion = model.exit_criterion.proven_form()
         exits, outputs = analysis.replay_exits(model, traces["rows"], shifts_of(shift), criterion)
         predictions = analysis.predictions(model, outputs)

@@ -75,20 +75,24 @@ def test_the_candidates_are_tested_safest_first_along_a_frontier():
     assert {c[2] for c in path} <= set(certified_drop.SHIFTS)
 
 
-def test_a_drop_that_cannot_be_certified_runs_every_block_under_the_proven_rule():
+def test_a_drop_that_cannot_be_certified_leaves_the_model_as_trained_under_its_proven_rule():
     # A reference trained on the task against an untrained model: the drop is large.
     reference = _model(seed=4)
     reference.compile(optimizer=keras.optimizers.Adam(3e-3))
     reference.fit(_rows(400, 9), epochs=4, verbose=0)
     model = _model(seed=3)
+    bias_before = model.encoder.heads.halting_bias_weight.numpy().copy()
+    trained, _ = train_lib.predict_dataset(model, _rows(40, 6))
     result = certified_drop.certify_drop_halting(model, _rows(200, 5), _rows(40, 6),
                                                  reference=reference, max_drop=0.01)
     cert = result["certificate"]
     assert not cert["certified"] and cert["at_risk"] > cert["better"]
     assert cert["rows_needed"] is None or cert["rows_needed"] > 40
-    assert model.exit_criterion.halting_rule == "tight"
-    assert result["shift"] == certify.SAFE_SHIFT
-    assert result["mean_layers_executed"] > model.num_layers - 0.5
+    assert model.exit_criterion.halting_rule == "tight" and result["shift"] == 0.0
+    np.testing.assert_array_equal(model.encoder.heads.halting_bias_weight.numpy(), bias_before)
+    after, _ = train_lib.predict_dataset(model, _rows(40, 6))
+    np.testing.assert_array_equal(after["layers_executed"], trained["layers_executed"])
+    assert result["mean_layers_executed"] == pytest.approx(result["before"])
     assert certify.describe(cert).startswith("not certified: 40 calibration rows")
 
 
