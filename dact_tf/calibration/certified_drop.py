@@ -29,18 +29,11 @@ from dact_tf.calibration import halting_bias
 from dact_tf.calibration import risk_bounds
 from dact_tf.evaluation import analysis
 from dact_tf.exits import consistency
-from dact_tf.layers.dact_heads import PASS_THROUGH_BIAS
 
 #: The halting-bias shifts (logits) whose score thresholds are candidates,
 #: from every row running every block to halting earlier than trained.
 SHIFTS = (12.0, 8.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0, -2.0, -3.0, -4.0)
 _RISK = "accuracy drop against the full-depth reference: P(worse) - P(better)"
-
-
-def _logit_trace(trace):
-    """The trace with its halting values as logits (shifted replays add to them)."""
-    halting = np.clip(trace["halting"].astype(np.float64), 1e-12, 1 - 1e-12)
-    return {"answers": trace["answers"], "halting_logits": np.log(halting) - np.log1p(-halting)}
 
 
 def _counts(model, predictions, reference, labels):
@@ -58,7 +51,7 @@ def frontier(model, trace, labels, reference, shifts_of, shifts=SHIFTS):
 
     Args:
         model: a DACT `DactClassifier` (classification).
-        trace: `_logit_trace` of the selection rows.
+        trace: `certify.halting_logit_trace` of the selection rows.
         labels: `[rows]` their labels; reference: `[rows]` the reference's
             predictions on them.
         shifts_of: `shift -> [N]` per-block shifts (the pass-through added).
@@ -156,25 +149,20 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
     result["certificate"]["certified"], result["mean_layers_executed"]
     ```
     """
-    delta = risk_bounds.delta_from_confidence(confidence)
-    if not 0.0 < float(max_drop) < 1.0:
-        raise ValueError(f"The certified cost bound must be in (0, 1) (0.01: one point), "
-                         f"got {max_drop!r}.")
+    delta = certify.check_max_drop(max_drop, confidence)
     if not model.exit_criterion.certifies_drop or model.task == "regression":
         raise ValueError("A certified drop over the halting shift and score needs a DACT "
                          f"classifier (method={model.method!r}, task={model.task!r}).")
     metric_task = metric_task or model.task
-    heads = model.encoder.heads
-    passed = heads.passed_blocks
-    n_blocks = model.num_layers
+    passed = model.encoder.heads.passed_blocks
 
     def shifts_of(shift):
-        return shift + np.where(np.arange(n_blocks) < passed, PASS_THROUGH_BIAS, 0.0)
+        return certify.passed_shifts(model, shift, passed)
 
     traces, labels = {}, {}
     for split, data in (("selection", selection), ("rows", rows)):
         trace, y = halting_bias.trace_trained_halting(model, data, verbose)
-        traces[split], labels[split] = _logit_trace(trace), np.asarray(y)
+        traces[split], labels[split] = certify.halting_logit_trace(trace), np.asarray(y)
     own = reference is None
     refs = {}
     for split, data in (("selection", selection), ("rows", rows)):
@@ -225,10 +213,7 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
     }
     if apply:
         model.configure_exit(**criterion.get_config())
-        heads.pass_budget_through(0)
-        heads.shift_halting_bias(shift)
-        heads.pass_budget_through(passed)
-        model.predict_function = model.test_function = None
+        certify.apply_shift(model, shift, passed)
     return result
 
 

@@ -280,27 +280,20 @@ def certify_compute_target(model, selection, rows, target_blocks, reference,
         `metric` and `reference_metric` (on `rows`), `max_metric_drop` and
         `certificate`.
     """
-    delta = risk_bounds.delta_from_confidence(confidence)
-    if not 0.0 < float(max_drop) < 1.0:
-        raise ValueError(f"The certified cost bound must be in (0, 1) (0.01: one point), "
-                         f"got {max_drop!r}.")
+    delta = check_max_drop(max_drop, confidence)
     metric_task = metric_task or model.task
     search = halting_bias.calibrate_halting_bias(
         model, selection, target_blocks, max_metric_drop=None, metric_task=metric_task,
         pass_through=pass_through, apply=False, verbose=verbose)
     passed_through, target_shift = search["pass_through"], search["shift"]
-    heads = model.encoder.heads
-    passed_before = heads.passed_blocks
+    passed_before = model.encoder.heads.passed_blocks
     trace, labels = halting_bias.trace_trained_halting(model, rows, verbose)
     labels = np.asarray(labels)
-    halting = np.clip(trace["halting"].astype(np.float64), 1e-12, 1 - 1e-12)
-    logits = np.log(halting) - np.log1p(-halting)
-    n_blocks = model.num_layers
+    logit_trace = halting_logit_trace(trace)
 
     def replay(shift, passed):
-        shifts = shift + np.where(np.arange(n_blocks) < passed, PASS_THROUGH_BIAS, 0.0)
-        exits, outputs = analysis.replay_exits(
-            model, {"answers": trace["answers"], "halting_logits": logits}, shifts)
+        exits, outputs = analysis.replay_exits(model, logit_trace,
+                                               passed_shifts(model, shift, passed))
         return exits, _predictions(model, outputs)
 
     before_exits, before_preds = replay(0.0, passed_before)
@@ -347,11 +340,37 @@ def certify_compute_target(model, selection, rows, target_blocks, reference,
         "max_metric_drop": float(max_drop), "certificate": certificate,
     }
     if apply:
-        heads.pass_budget_through(0)
-        heads.shift_halting_bias(shift)
-        heads.pass_budget_through(passed_through)
-        model.predict_function = model.test_function = None
+        apply_shift(model, shift, passed_through)
     return result
+
+
+def check_max_drop(max_drop, confidence):
+    """`delta` of a drop certificate; refuses a bound outside (0, 1) in one line."""
+    if not 0.0 < float(max_drop) < 1.0:
+        raise ValueError(f"The certified cost bound must be in (0, 1) (0.01: one point), "
+                         f"got {max_drop!r}.")
+    return risk_bounds.delta_from_confidence(confidence)
+
+
+def halting_logit_trace(trace):
+    """A trace's answers, with its halting values as logits (shifted replays add to them)."""
+    halting = np.clip(trace["halting"].astype(np.float64), 1e-12, 1 - 1e-12)
+    return {"answers": trace["answers"], "halting_logits": np.log(halting) - np.log1p(-halting)}
+
+
+def passed_shifts(model, shift, passed):
+    """`[N]` per-block shifts: `shift`, the first `passed` blocks passed through on top."""
+    return shift + np.where(np.arange(model.num_layers) < passed, PASS_THROUGH_BIAS, 0.0)
+
+
+def apply_shift(model, shift, passed):
+    """Moves the trained halting biases by `shift` (logits); `passed` leading blocks then
+    hand their budget on (`DactHeads.pass_budget_through`)."""
+    heads = model.encoder.heads
+    heads.pass_budget_through(0)
+    heads.shift_halting_bias(shift)
+    heads.pass_budget_through(passed)
+    model.predict_function = model.test_function = None
 
 
 def describe(certificate):
