@@ -31,13 +31,14 @@ def check_flags(method, halting_rule, max_disagreement, max_drop, confidence,
     if not 0.0 < float(confidence) < 1.0:
         raise ValueError(f"--calibration_confidence must be in (0, 1) (e.g. 0.95), got "
                          f"{confidence!r}.")
-    if (halting_rule == "certified" and certified_risk == "drop"
-            and not exits.get(method).certifies_drop):
-        raise ValueError(f"--certified_risk=drop certifies DACT's halting shift and learned "
-                         f"score; --method={method} certifies --certified_risk=disagreement.")
-    if halting_rule == "certified" and certified_risk == "drop" and not max_drop:
-        raise ValueError("--certified_risk=drop bounds the drop by --calibration_max_drop: give "
-                         "it a value in (0, 1) (0.01: one point).")
+    if halting_rule == "certified" and certified_risk == "drop":
+        if not exits.get(method).certifies_drop:
+            raise ValueError(f"--certified_risk=drop certifies DACT's halting shift and learned "
+                             f"score; --method={method} certifies "
+                             "--certified_risk=disagreement.")
+        if max_drop is None:  # a value outside (0, 1) is refused above
+            raise ValueError("--certified_risk=drop bounds the drop by --calibration_max_drop: "
+                             "give it a value in (0, 1) (0.01: one point).")
     if halting_rule == "certified" and not exits.get(method).certified_grid(2):
         raise ValueError(f"--halting_rule=certified certifies an exit threshold; "
                          f"--method={method} has none.")

@@ -51,7 +51,8 @@ def frontier(model, trace, labels, reference, shifts_of, shifts=SHIFTS):
 
     Args:
         model: a DACT `DactClassifier` (classification).
-        trace: `certify.halting_logit_trace` of the selection rows.
+        trace: `halting_bias.trace_trained_halting`'s trace of the selection
+            rows.
         labels: `[rows]` their labels; reference: `[rows]` the reference's
             predictions on them.
         shifts_of: `shift -> [N]` per-block shifts (the pass-through added).
@@ -159,13 +160,11 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
     def shifts_of(shift):
         return certify.passed_shifts(model, shift, passed)
 
-    traces, labels = {}, {}
-    for split, data in (("selection", selection), ("rows", rows)):
-        trace, y = halting_bias.trace_trained_halting(model, data, verbose)
-        traces[split], labels[split] = certify.halting_logit_trace(trace), np.asarray(y)
     own = reference is None
-    refs = {}
+    traces, labels, refs = {}, {}, {}
     for split, data in (("selection", selection), ("rows", rows)):
+        traces[split], y = halting_bias.trace_trained_halting(model, data, verbose)
+        labels[split] = np.asarray(y)
         if own:
             answers, _, _ = analysis.replay_blocks(model, traces[split], shifts_of(0.0))
             refs[split] = analysis.predictions(model, answers[-1])

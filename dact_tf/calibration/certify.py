@@ -47,7 +47,7 @@ from dact_tf.layers.dact_heads import PASS_THROUGH_BIAS
 DEFAULT_MAX_DISAGREEMENT = 0.01
 #: The shift a compute-target certificate starts from (halting values near
 #: 1: every row runs every block), and its step (logits).
-SAFE_SHIFT = 12.0
+_SAFE_SHIFT = 12.0
 _SHIFT_STEP = 0.25
 
 
@@ -210,8 +210,8 @@ def against_reference(model, predictions, reference, labels):
 
 
 def _shift_grid(target_shift):
-    """The shifts tested, from `SAFE_SHIFT` down to the target's, `_SHIFT_STEP` apart."""
-    start = max(SAFE_SHIFT, target_shift)
+    """The shifts tested, from `_SAFE_SHIFT` down to the target's, `_SHIFT_STEP` apart."""
+    start = max(_SAFE_SHIFT, target_shift)
     count = int(math.floor((start - target_shift) / _SHIFT_STEP))
     grid = [start - i * _SHIFT_STEP for i in range(count + 1)]
     if grid[-1] > target_shift:
@@ -250,7 +250,7 @@ def certify_compute_target(model, selection, rows, target_blocks, reference,
        reaches the target and the pass-through are found
        (`calibration.calibrate_halting_bias`, with no metric bound).
     2. On `rows` (calibration rows nothing else saw), shifts from
-       `SAFE_SHIFT` (every row runs every block, DACT's answer is nearly
+       `_SAFE_SHIFT` (every row runs every block, DACT's answer is nearly
        its last head's) down to that shift are tested in order: the accuracy
        drop against the reference (rows answered wrongly where it answers
        rightly, less the other way round) must have
@@ -289,11 +289,9 @@ def certify_compute_target(model, selection, rows, target_blocks, reference,
     passed_before = model.encoder.heads.passed_blocks
     trace, labels = halting_bias.trace_trained_halting(model, rows, verbose)
     labels = np.asarray(labels)
-    logit_trace = halting_logit_trace(trace)
 
     def replay(shift, passed):
-        exits, outputs = analysis.replay_exits(model, logit_trace,
-                                               passed_shifts(model, shift, passed))
+        exits, outputs = analysis.replay_exits(model, trace, passed_shifts(model, shift, passed))
         return exits, _predictions(model, outputs)
 
     before_exits, before_preds = replay(0.0, passed_before)
@@ -350,12 +348,6 @@ def check_max_drop(max_drop, confidence):
         raise ValueError(f"The certified cost bound must be in (0, 1) (0.01: one point), "
                          f"got {max_drop!r}.")
     return risk_bounds.delta_from_confidence(confidence)
-
-
-def halting_logit_trace(trace):
-    """A trace's answers, with its halting values as logits (shifted replays add to them)."""
-    halting = np.clip(trace["halting"].astype(np.float64), 1e-12, 1 - 1e-12)
-    return {"answers": trace["answers"], "halting_logits": np.log(halting) - np.log1p(-halting)}
 
 
 def passed_shifts(model, shift, passed):

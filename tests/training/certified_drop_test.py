@@ -64,7 +64,7 @@ def test_the_candidates_are_tested_safest_first_along_a_frontier():
     model, reference = _model(seed=3), _model(seed=4)
     trace, labels = halting_bias.trace_trained_halting(model, _rows(300, 7))
     ref = np.asarray(certify.reference_predictions(reference, _rows(300, 7))[0])
-    path = certified_drop.frontier(model, certify.halting_logit_trace(trace), np.asarray(labels),
+    path = certified_drop.frontier(model, trace, np.asarray(labels),
                                    ref, lambda shift: np.full(model.num_layers, shift))
     blocks = [c[0] for c in path]
     drops = [c[1] for c in path]
