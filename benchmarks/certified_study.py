@@ -611,6 +611,7 @@ def _write_outputs(rows, plots):
         writer.writerows({k: _csv_value(_flat(r).get(k)) for k in CSV_KEYS} for r in rows)
     bench_utils.write_generated_markdown(FLAGS.results_md, _markdown(rows))
     if plots:
+        os.makedirs(FLAGS.plot_dir, exist_ok=True)
         _plot(rows)
 
 
