@@ -159,6 +159,13 @@ class ModelConfig:
       leading heads that score below half of the best head's gain over a
       constant answer on the held-out rows (`dact_tf.calibration.halting_bias`); an
       integer: that many; 0: none.
+    - `distill_teacher`: DACT, with `distill_weight` above 0: what the
+      distillation loss teaches every head and accumulated answer.
+      `"self"` (default): the model's own deepest head (FastBERT's
+      self-distillation). `"reference"`: the answers of the plain
+      full-depth model DACT starts from (stage 1, or `init_from`), frozen,
+      so that DACT tracks the model a certified drop is measured against
+      (`dact_tf.models.teacher`).
     - `init_from`: warm start from another trained model.
     - `freeze_backbone`: train the heads only.
     """
@@ -181,6 +188,7 @@ class ModelConfig:
     init_from: str = None
     freeze_backbone: bool = False
     distill_weight: float = 1.0
+    distill_teacher: str = "self"
     full_depth_stage: bool = True
     target_blocks: float = None
     calibration_max_drop: float = 0.01

@@ -6,10 +6,7 @@ trained model directory without retraining; both write `calibration.json`
 certified and how.
 """
 
-import os
 import sys
-
-import keras
 
 from dact_tf.calibration import halting_bias
 from dact_tf.calibration import certified_drop as certified_drop_lib
@@ -42,24 +39,6 @@ def check_flags(method, halting_rule, max_disagreement, max_drop, confidence,
     if halting_rule == "certified" and not exits.get(method).certified_grid(2):
         raise ValueError(f"--halting_rule=certified certifies an exit threshold; "
                          f"--method={method} has none.")
-
-
-def reference_model(path):
-    """The full-depth reference model stored at `path`, or None.
-
-    Args:
-        path: a dact_tf model directory, a `.keras` file, or None (or a
-            weights file, which holds no model).
-    """
-    if not path:
-        return None
-    from dact_tf.models import model_dir as model_dir_lib
-
-    if os.path.isdir(path):
-        return model_dir_lib.load_model_dir(path)[0]
-    if path.endswith(".keras") and os.path.isfile(path):
-        return keras.models.load_model(path, safe_mode=True)
-    return None
 
 
 def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto",

@@ -33,6 +33,7 @@ def run(require, data_config_from):
             the path flags given again.
     """
     from dact_tf.calibration import calibration_run
+    from dact_tf.models import model_dir as model_dir_lib
     from dact_tf.utils import files
     from dact_tf.training import train_lib
 
@@ -76,7 +77,7 @@ def run(require, data_config_from):
             raise ValueError(
                 f"{model_dir} was warm-started from --init_from={stored['model']['init_from']}, "
                 "the full-depth model its cost is measured against: pass --init_from again.")
-        reference = calibration_run.reference_model(path)
+        reference = model_dir_lib.load_reference(path)
     _, _, _, metric_task = train_lib.task_info(data_config, config["label_names"])
     datasets = train_lib.make_datasets(data_config, preprocessor, config["label_names"],
                                        splits=("holdout", "calibration"))

@@ -66,6 +66,9 @@ class LossParts:
         stage: int, the training stage (1, or 2 for two-stage methods).
         num_layers: int, the blocks.
         context: the `ExitContext`.
+        teacher: `[batch, outputs]`, a reference model's answers that the
+            distillation loss teaches (`distill_teacher="reference"`), or
+            None: the model's own deepest head.
     """
 
     main: object
@@ -78,6 +81,7 @@ class LossParts:
     stage: int
     num_layers: int
     context: ExitContext
+    teacher: object = None
 
 
 class ExitCriterion:

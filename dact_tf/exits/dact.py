@@ -158,7 +158,7 @@ class Dact(base.ExitCriterion):
         if parts.distill_weight and parts.block_accumulated is not None:
             distill = ops.distillation_loss(
                 parts.block_answers, parts.block_accumulated, task=parts.context.task,
-                output_range=parts.context.output_range)
+                output_range=parts.context.output_range, teacher=parts.teacher)
             loss = loss + parts.distill_weight * distill / float(parts.replicas)
         return loss
 

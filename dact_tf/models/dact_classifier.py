@@ -11,6 +11,7 @@ from dact_tf.layers.dact_encoder import DactEncoder
 from dact_tf.models import encoders
 from dact_tf.models import inputs as inputs_lib
 from dact_tf.models import optimization
+from dact_tf.models import teacher as teacher_lib
 from dact_tf.models.trainer_fixes import TrainerFixes
 
 
@@ -420,6 +421,7 @@ class DactClassifier(TrainerFixes, keras.Model):
             stage=self.training_stage,
             num_layers=self.num_layers,
             context=self.encoder.exit_context,
+            teacher=teacher_lib.answers(self, x),
         ))
 
     def _block_losses(self, y, block_answers):
@@ -438,9 +440,8 @@ class DactClassifier(TrainerFixes, keras.Model):
             tf.cast(y_pred["layers_executed"], tf.float32)
         )
         self.ponder_cost_tracker.update_state(y_pred["ponder_cost"])
-        return super().compute_metrics(
-            x, y, self._main_output(y_pred), sample_weight=sample_weight
-        )
+        return super().compute_metrics(x, y, self._main_output(y_pred),
+                                       sample_weight=sample_weight)
 
     # --------------------------------------------------------------- config
 

@@ -215,6 +215,25 @@ def _has_type(value, field):
     return True
 
 
+def load_reference(path):
+    """The full-depth reference model stored at `path`, or None.
+
+    The model a certified drop is measured against and a
+    `distill_teacher="reference"` run learns from.
+
+    Args:
+        path: a dact_tf model directory, a `.keras` file, or None (or a
+            weights file, which holds no model: None).
+    """
+    if not path:
+        return None
+    if os.path.isdir(path):
+        return load_model_dir(path)[0]
+    if path.endswith(".keras") and os.path.isfile(path):
+        return keras.models.load_model(path, safe_mode=True)
+    return None
+
+
 def load_model_dir(model_dir):
     """Loads `(model, preprocessor, config)` from a trained model directory."""
     config = read_config(model_dir)

@@ -273,8 +273,9 @@ def first_halting_layer(halts):
     return first + 1
 
 
-def distillation_loss(block_answers, accumulated, task="classification", output_range=None):
-    """Self-distillation of every answer towards the deepest head's.
+def distillation_loss(block_answers, accumulated, task="classification", output_range=None,
+                      teacher=None):
+    """Distillation of every answer towards the deepest head's, or a given teacher's.
 
     The teacher is the last block's own answer `t = y_N`, held fixed
     (`tf.stop_gradient`). With `D(t, x)` the KL divergence `KL(t || x) =
@@ -288,11 +289,19 @@ def distillation_loss(block_answers, accumulated, task="classification", output_
     accumulated answers `a_n`, which an early exit returns, are kept close
     to it at every block.
 
+    With `teacher` given (another model's answers, e.g. the plain
+    full-depth model DACT starts from), `t` is that answer, held fixed, and
+    every head learns it, the last one too:
+
+        loss = ( mean_{n<=N} D(t, y_n) + mean_{n<=N} D(t, a_n) ) / 2
+
     Args:
         block_answers: float `[N, batch, num_outputs]`, the `y_n`.
         accumulated: float `[N, batch, num_outputs]`, the `a_n`.
         task: `"classification"` or `"regression"`.
         output_range: `(lo, hi)` for regression (None: `(0, 1)`).
+        teacher: float `[batch, num_outputs]`, the answers to learn
+            (probabilities, or scores), or None: the last head's `y_N`.
 
     Returns:
         A float32 scalar.
@@ -301,7 +310,8 @@ def distillation_loss(block_answers, accumulated, task="classification", output_
         raise ValueError(f"`task` must be one of {TASKS}, got {task!r}.")
     answers = tf.cast(block_answers, tf.float32)
     accumulated = tf.cast(accumulated, tf.float32)
-    teacher = tf.stop_gradient(answers[-1])
+    students = answers[:-1] if teacher is None else answers
+    teacher = tf.stop_gradient(answers[-1] if teacher is None else tf.cast(teacher, tf.float32))
 
     def divergence(x):  # [n, batch, outputs] -> [n, batch]
         if task == "regression":
@@ -311,5 +321,5 @@ def distillation_loss(block_answers, accumulated, task="classification", output_
         log_t = tf.math.log(teacher + eps)
         return tf.reduce_sum(teacher * (log_t - tf.math.log(x + eps)), axis=-1)
 
-    heads = tf.reduce_mean(divergence(answers[:-1])) if block_answers.shape[0] != 1 else 0.0
+    heads = tf.reduce_mean(divergence(students)) if students.shape[0] != 0 else 0.0
     return (heads + tf.reduce_mean(divergence(accumulated))) / 2.0

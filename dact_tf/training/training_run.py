@@ -34,6 +34,7 @@ from dact_tf.data.tasks import dataset_sizes
 from dact_tf.data.tasks import make_datasets
 from dact_tf.data.tasks import task_info
 from dact_tf.models import builder
+from dact_tf.models import teacher
 from dact_tf.version import __version__
 
 STAGE1_DIR = "stage1"
@@ -174,6 +175,12 @@ class TrainingRun:
         return (self.model_config.halting_rule == "certified"
                 and self.model_config.certified_risk == "drop")
 
+    @property
+    def distills_from_reference(self):
+        """Whether the distillation teaches the full-depth reference's answers."""
+        return (self.model_config.distill_teacher == "reference"
+                and bool(self.model_config.distill_weight))
+
     def check(self):
         """Refuses a target without the calibration that reaches it, or without held-out rows."""
         if self.model_config.target_blocks and not self.calibrated:
@@ -181,6 +188,15 @@ class TrainingRun:
         if self.certified_drop and task_info(self.data_config)[1]:
             raise ValueError("--certified_risk=drop certifies a classifier's accuracy drop; for "
                              "regression use --certified_risk=disagreement.")
+        if self.model_config.distill_teacher not in ("self", "reference"):
+            raise ValueError("--distill_teacher must be self or reference, got "
+                             f"{self.model_config.distill_teacher!r}.")
+        if self.distills_from_reference and not (
+                self.model_config.init_from
+                or self.criterion.uses_full_depth_stage(self.model_config)):
+            raise ValueError("--distill_teacher=reference learns the answers of the full-depth "
+                             "model DACT starts from: keep --full_depth_stage or give "
+                             "--init_from.")
         if self.calibrated and not self.data_config.holdout_fraction:
             raise ValueError(
                 "DACT's --target_blocks is calibrated on held-out rows: set --holdout_fraction > 0, "
@@ -251,6 +267,9 @@ class TrainingRun:
         if model_config.init_from and not resuming:
             # (A resumed run restores every weight from its backup.)
             model_dir_lib.warm_start(self.model, model_config.init_from)
+        if self.distills_from_reference:  # the frozen model DACT starts from
+            with self.strategy.scope(), _dtype_policy(policy):
+                teacher.attach(self.model, model_dir_lib.load_reference(model_config.init_from))
 
     def data(self):
         """The held-out, calibration and validation sets; the batches of an epoch."""
@@ -400,7 +419,7 @@ class TrainingRun:
             return None
         common = dict(
             metric_task=self.metric_task,
-            reference=(calibration_run.reference_model(model_config.init_from)
+            reference=(model_dir_lib.load_reference(model_config.init_from)
                        if self.calibrated else None),
             max_drop=model_config.calibration_max_drop,
             confidence=model_config.calibration_confidence,
