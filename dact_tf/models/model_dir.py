@@ -227,15 +227,20 @@ def load_reference(path):
     """
     if not path:
         return None
+    # Answers only: no optimizer state (it would double the memory it holds).
     if os.path.isdir(path):
-        return load_model_dir(path)[0]
+        return load_model_dir(path, compile=False)[0]
     if path.endswith(".keras") and os.path.isfile(path):
-        return keras.models.load_model(path, safe_mode=True)
+        return keras.models.load_model(path, safe_mode=True, compile=False)
     return None
 
 
-def load_model_dir(model_dir):
-    """Loads `(model, preprocessor, config)` from a trained model directory."""
+def load_model_dir(model_dir, compile=True):
+    """Loads `(model, preprocessor, config)` from a trained model directory.
+
+    `compile=False` leaves the model uncompiled (no optimizer state): for a
+    model that only answers, such as a reference or a distillation teacher.
+    """
     config = read_config(model_dir)
     model_path = os.path.join(model_dir, MODEL_FILE)
     if not os.path.exists(model_path):
@@ -244,7 +249,7 @@ def load_model_dir(model_dir):
             "`dact-tf train` command again to resume it."
         )
     try:
-        model = keras.models.load_model(model_path, safe_mode=True)
+        model = keras.models.load_model(model_path, safe_mode=True, compile=compile)
     except Exception as e:  # a truncated or foreign file: zip, h5 or config errors
         raise ValueError(
             f"{model_path} is not a readable dact_tf model ({type(e).__name__}: "

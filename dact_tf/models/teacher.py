@@ -9,13 +9,54 @@ widens the certificate's bound, whichever of the two is right. With
 `distill_teacher="reference"` the heads and the accumulated answers learn
 that model's answers instead, so DACT tracks it at every block.
 
-The teacher is attached to the model without being tracked: its weights are
-not the student's, are never trained, saved, checkpointed or exported, and
-the student's `get_config` does not change. A training run attaches it again
-when it resumes.
+The teacher is kept beside the model, not in it (a table keyed by the model,
+holding no reference to it): Keras's saver walks a model's attributes, so an
+attribute would write the teacher into every weights file and checkpoint.
+Its weights are not the student's, are never trained, saved, checkpointed or
+exported, and the student's `get_config` does not change. A training run
+attaches it again when it resumes.
 """
 
-_ATTRIBUTE = "_distill_teacher"
+import os
+import weakref
+
+import tensorflow as tf
+
+_TEACHERS = weakref.WeakKeyDictionary()  # student model -> its teacher
+
+#: The values of `ModelConfig.distill_teacher`.
+CHOICES = ("self", "reference")
+
+
+def check_request(choice, distill_weight, init_from, has_stage1):
+    """Refuses, in one line, a `distill_teacher` that training could not honour.
+
+    Args:
+        choice: `ModelConfig.distill_teacher`.
+        distill_weight: the distillation weight the method uses (0: none).
+        init_from: the model training starts from, or None.
+        has_stage1: whether training first fine-tunes a full-depth stage 1.
+
+    Raises:
+        ValueError: an unknown choice; `"reference"` without a distillation
+            loss, or with nothing to learn from (no stage 1, and no model
+            directory or `.keras` file as `init_from`).
+    """
+    if choice not in CHOICES:
+        raise ValueError(f"--distill_teacher must be one of {', '.join(CHOICES)}, got {choice!r}.")
+    if choice != "reference":
+        return
+    if not distill_weight:
+        raise ValueError("--distill_teacher=reference needs DACT's distillation loss: "
+                         "--method=dact with --distill_weight above 0.")
+    if init_from:
+        if not (os.path.isdir(init_from)
+                or (init_from.endswith(".keras") and os.path.isfile(init_from))):
+            raise ValueError("--distill_teacher=reference learns from a model directory or "
+                             f".keras file; --init_from={init_from} is neither.")
+    elif not has_stage1:
+        raise ValueError("--distill_teacher=reference learns the answers of the full-depth "
+                         "model DACT starts from: keep --full_depth_stage or give --init_from.")
 
 
 def attach(model, teacher):
@@ -50,32 +91,55 @@ def attach(model, teacher):
         raise ValueError(f"The distillation teacher answers (task, outputs, inputs) {theirs}; "
                          f"the model being trained answers {mine}.")
     teacher.trainable = False
-    object.__setattr__(model, _ATTRIBUTE, teacher)  # bypasses Keras tracking
+    _TEACHERS[model] = teacher
 
 
 def detach(model):
-    """Removes `model`'s distillation teacher (back to self-distillation)."""
-    object.__setattr__(model, _ATTRIBUTE, None)
+    """Removes `model`'s distillation teacher (back to self-distillation).
+
+    Args:
+        model: a `DactClassifier`, with a teacher or without.
+    """
+    _TEACHERS.pop(model, None)
 
 
 def of(model):
-    """`model`'s attached teacher, or None."""
-    return getattr(model, _ATTRIBUTE, None)
+    """The teacher attached to `model`.
+
+    Args:
+        model: a `DactClassifier`.
+
+    Returns:
+        The teacher `DactClassifier`, or None.
+    """
+    return _TEACHERS.get(model)
 
 
 def answers(model, x):
-    """`[batch, outputs]` float32: the teacher's full-depth answers to `x`, or None.
+    """The teacher's full-depth answers to a training batch, for the distillation loss.
 
-    Probabilities for classification, scores for regression; None where no
-    teacher is attached, there are no inputs or the model does not distill
-    (`distill_weight` 0).
+    Args:
+        model: the `DactClassifier` being trained.
+        x: its input batch (what `model` itself takes).
+
+    Returns:
+        float32 `[batch, outputs]`: probabilities for classification, the
+        score as `[batch, 1]` for regression; None where no teacher is
+        attached or the model does not distill (`distill_weight` 0).
+
+    Raises:
+        ValueError: a teacher is attached but `x` is None.
     """
     teacher = of(model)
-    if teacher is None or x is None or not model.distill_weight:
+    if teacher is None or not model.distill_weight:
         return None
+    if x is None:
+        raise ValueError("A model with a distillation teacher needs its inputs `x` in "
+                         "`compute_loss`, for the teacher's answers.")
     outputs = teacher(x, training=False, full_depth=True)
-    key = "scores" if teacher.task == "regression" else "probabilities"
-    return outputs[key]
+    if teacher.task == "regression":
+        return tf.reshape(tf.cast(outputs["scores"], tf.float32), [-1, 1])
+    return tf.cast(outputs["probabilities"], tf.float32)
 
 
 def _outputs(model):

@@ -311,7 +311,12 @@ def distillation_loss(block_answers, accumulated, task="classification", output_
     answers = tf.cast(block_answers, tf.float32)
     accumulated = tf.cast(accumulated, tf.float32)
     students = answers[:-1] if teacher is None else answers
-    teacher = tf.stop_gradient(answers[-1] if teacher is None else tf.cast(teacher, tf.float32))
+    if teacher is not None:
+        teacher = tf.cast(teacher, tf.float32)
+        if teacher.shape.rank != 2 or not teacher.shape[1:].is_compatible_with(answers.shape[2:]):
+            raise ValueError(f"`teacher` must be [batch, {answers.shape[-1]}] answers, got shape "
+                             f"{teacher.shape}.")
+    teacher = tf.stop_gradient(answers[-1] if teacher is None else teacher)
 
     def divergence(x):  # [n, batch, outputs] -> [n, batch]
         if task == "regression":

@@ -63,7 +63,7 @@ def full_depth_config(model_config):
         model_config, method="static", num_layers=None, head_loss_weight=0.0,
         distill_weight=0.0, halting_confidence=0.0, full_depth_stage=False,
         target_blocks=None, init_from=None, freeze_backbone=False, pass_through="auto",
-        halting_rule="tight",
+        halting_rule="tight", distill_teacher="self",
     )
 
 
@@ -177,26 +177,21 @@ class TrainingRun:
 
     @property
     def distills_from_reference(self):
-        """Whether the distillation teaches the full-depth reference's answers."""
-        return (self.model_config.distill_teacher == "reference"
-                and bool(self.model_config.distill_weight))
+        """Whether the distillation teaches the full-depth reference's answers (`check`ed)."""
+        return self.model_config.distill_teacher == "reference"
 
     def check(self):
-        """Refuses a target without the calibration that reaches it, or without held-out rows."""
+        """Refuses a target without the calibration that reaches it, or without held-out rows,
+        and a distillation teacher training could not load."""
         if self.model_config.target_blocks and not self.calibrated:
             raise ValueError("--target_blocks sets DACT's halting; it needs --method=dact.")
         if self.certified_drop and task_info(self.data_config)[1]:
             raise ValueError("--certified_risk=drop certifies a classifier's accuracy drop; for "
                              "regression use --certified_risk=disagreement.")
-        if self.model_config.distill_teacher not in ("self", "reference"):
-            raise ValueError("--distill_teacher must be self or reference, got "
-                             f"{self.model_config.distill_teacher!r}.")
-        if self.distills_from_reference and not (
-                self.model_config.init_from
-                or self.criterion.uses_full_depth_stage(self.model_config)):
-            raise ValueError("--distill_teacher=reference learns the answers of the full-depth "
-                             "model DACT starts from: keep --full_depth_stage or give "
-                             "--init_from.")
+        config = self.model_config
+        teacher.check_request(config.distill_teacher,
+                              self.criterion.recipe_settings(config)["distill_weight"],
+                              config.init_from, self.criterion.uses_full_depth_stage(config))
         if self.calibrated and not self.data_config.holdout_fraction:
             raise ValueError(
                 "DACT's --target_blocks is calibrated on held-out rows: set --holdout_fraction > 0, "

@@ -81,12 +81,57 @@ def test_the_model_learns_the_attached_teachers_answers_and_does_not_keep_them()
     np.testing.assert_allclose(taught - own, expected, rtol=1e-4, atol=1e-6)
     # Not tracked: no weights, no config, nothing saved with the model.
     assert len(model.weights) == weights and model.get_config() == config
+    with pytest.raises(ValueError, match="needs its inputs `x`"):
+        model.compute_loss(y=labels, y_pred=y_pred)
     teacher.detach(model)
     assert float(model.compute_loss(x=feats, y=labels, y_pred=y_pred)) == pytest.approx(own)
     # A model that does not distill pays no forward pass for the teacher.
     quiet, _ = _pair(distill_weight=0.0)
     teacher.attach(quiet, reference)
     assert teacher.answers(quiet, feats) is None
+
+
+def test_the_teacher_is_not_written_with_the_model(tmp_path):
+    import h5py
+
+    def entries(path):
+        names = []
+        with h5py.File(path, "r") as f:
+            f.visit(names.append)
+        return sorted(names)
+
+    model, reference = _pair()
+    model.compile()
+    model.save_weights(str(tmp_path / "alone.weights.h5"))
+    teacher.attach(model, reference)
+    model.save_weights(str(tmp_path / "taught.weights.h5"))
+    model.save(str(tmp_path / "taught.keras"))
+    assert entries(tmp_path / "taught.weights.h5") == entries(tmp_path / "alone.weights.h5")
+    fresh, _ = _pair()
+    fresh.compile()
+    fresh.load_weights(str(tmp_path / "taught.weights.h5"))  # nothing extra to match
+    import keras
+
+    reloaded = keras.models.load_model(str(tmp_path / "taught.keras"), compile=False)
+    assert teacher.of(reloaded) is None and len(reloaded.weights) == len(model.weights)
+
+
+def test_a_regression_teacher_gives_one_score_per_row():
+    feats, _ = synthetic_task(8, seed=2)
+    student = DactClassifier(tiny_backbone(seed=2), task="regression", output_range=(0.0, 5.0),
+                             distill_weight=1.0)
+    reference = DactClassifier(tiny_backbone(seed=3), task="regression",
+                               output_range=(0.0, 5.0), method="static")
+    teacher.attach(student, reference)
+    scores = teacher.answers(student, feats)
+    assert scores.shape == (8, 1) and scores.dtype == tf.float32
+    np.testing.assert_allclose(
+        scores.numpy()[:, 0],
+        reference(feats, training=False, full_depth=True)["scores"].numpy().reshape(-1),
+        rtol=1e-6)
+    with pytest.raises(ValueError, match=r"`teacher` must be \[batch, 1\] answers"):
+        ops.distillation_loss(np.zeros((3, 8, 1), "float32"), np.zeros((3, 8, 1), "float32"),
+                              task="regression", teacher=np.zeros((8,), "float32"))
 
 
 def test_attach_refuses_a_teacher_that_cannot_teach():
@@ -114,10 +159,21 @@ def test_training_distills_from_the_stage1_model_and_refuses_without_one(tmp_pat
                                               target_blocks=0, distill_teacher="reference"),
                         train_config)
     assert not (tmp_path / "none").exists()
-    with pytest.raises(ValueError, match="--distill_teacher must be self or reference"):
-        train_lib.train(str(tmp_path / "bad"), _data(),
-                        train_lib.ModelConfig(backbone="tiny", distill_teacher="stage1"),
-                        train_config)
+    refusals = (
+        ({"distill_teacher": "stage1"}, "--distill_teacher must be one of self, reference"),
+        ({"distill_teacher": "reference", "method": "pabee"},
+         "--distill_teacher=reference needs DACT's distillation loss"),
+        ({"distill_teacher": "reference", "distill_weight": 0.0},
+         "--distill_teacher=reference needs DACT's distillation loss"),
+        ({"distill_teacher": "reference", "init_from": str(tmp_path / "w.weights.h5")},
+         "learns from a model directory or .keras file; --init_from=.*w.weights.h5 is neither"),
+    )
+    for overrides, message in refusals:
+        with pytest.raises(ValueError, match=message):
+            train_lib.train(str(tmp_path / "bad"), _data(),
+                            train_lib.ModelConfig(backbone="tiny", target_blocks=0,
+                                                  **overrides), train_config)
+        assert not (tmp_path / "bad").exists()
     model_dir = tmp_path / "run"
     model, _, history = train_lib.train(
         str(model_dir), _data(),
