@@ -92,6 +92,7 @@ def attach(model, teacher):
                          f"the model being trained answers {mine}.")
     teacher.trainable = False
     _TEACHERS[model] = teacher
+    model.train_function = None  # a step traced before would not see the teacher
 
 
 def detach(model):
@@ -101,6 +102,7 @@ def detach(model):
         model: a `DactClassifier`, with a teacher or without.
     """
     _TEACHERS.pop(model, None)
+    model.train_function = None  # nor forget it
 
 
 def of(model):

@@ -86,6 +86,11 @@ def test_the_model_learns_the_attached_teachers_answers_and_does_not_keep_them()
     teacher.detach(model)
     assert float(model.compute_loss(x=feats, y=labels, y_pred=y_pred)) == pytest.approx(own)
     # A model that does not distill pays no forward pass for the teacher.
+    # A training step traced before the teacher came is traced again.
+    model.fit(feats, labels, epochs=1, verbose=0)
+    assert model.train_function is not None
+    teacher.attach(model, reference)
+    assert model.train_function is None
     quiet, _ = _pair(distill_weight=0.0)
     teacher.attach(quiet, reference)
     assert teacher.answers(quiet, feats) is None
