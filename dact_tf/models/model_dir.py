@@ -225,14 +225,18 @@ def load_reference(path):
         path: a dact_tf model directory, a `.keras` file, or None (or a
             weights file, which holds no model: None).
     """
-    if not path:
+    if not holds_model(path):
         return None
     # Answers only: no optimizer state (it would double the memory it holds).
     if os.path.isdir(path):
         return load_model_dir(path, compile=False)[0]
-    if path.endswith(".keras") and os.path.isfile(path):
-        return keras.models.load_model(path, safe_mode=True, compile=False)
-    return None
+    return keras.models.load_model(path, safe_mode=True, compile=False)
+
+
+def holds_model(path):
+    """Whether `path` is a model directory or a `.keras` file (not a weights file)."""
+    return bool(path) and (os.path.isdir(path)
+                           or (path.endswith(".keras") and os.path.isfile(path)))
 
 
 def load_model_dir(model_dir, compile=True):

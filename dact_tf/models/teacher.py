@@ -17,7 +17,6 @@ exported, and the student's `get_config` does not change. A training run
 attaches it again when it resumes.
 """
 
-import os
 import weakref
 
 import tensorflow as tf
@@ -28,13 +27,15 @@ _TEACHERS = weakref.WeakKeyDictionary()  # student model -> its teacher
 CHOICES = ("self", "reference")
 
 
-def check_request(choice, distill_weight, init_from, has_stage1):
+def check_request(choice, distill_weight, init_from, init_from_holds_model, has_stage1):
     """Refuses, in one line, a `distill_teacher` that training could not honour.
 
     Args:
         choice: `ModelConfig.distill_teacher`.
         distill_weight: the distillation weight the method uses (0: none).
         init_from: the model training starts from, or None.
+        init_from_holds_model: whether `init_from` is a model directory or
+            `.keras` file (`model_dir.holds_model`), not a weights file.
         has_stage1: whether training first fine-tunes a full-depth stage 1.
 
     Raises:
@@ -50,8 +51,7 @@ def check_request(choice, distill_weight, init_from, has_stage1):
         raise ValueError("--distill_teacher=reference needs DACT's distillation loss: "
                          "--method=dact with --distill_weight above 0.")
     if init_from:
-        if not (os.path.isdir(init_from)
-                or (init_from.endswith(".keras") and os.path.isfile(init_from))):
+        if not init_from_holds_model:
             raise ValueError("--distill_teacher=reference learns from a model directory or "
                              f".keras file; --init_from={init_from} is neither.")
     elif not has_stage1:
@@ -85,8 +85,8 @@ def attach(model, teacher):
         raise ValueError("The distillation teacher must be a trained model (a model directory "
                          "or .keras file; a weights file holds no model).")
     model.exit_criterion.check_distill_weight(1.0)  # a method that distills
-    mine = (model.task, _outputs(model), tuple(model.input_keys))
-    theirs = (teacher.task, _outputs(teacher), tuple(teacher.input_keys))
+    mine = (model.task, model.encoder.num_outputs, tuple(model.input_keys))
+    theirs = (teacher.task, teacher.encoder.num_outputs, tuple(teacher.input_keys))
     if mine != theirs:
         raise ValueError(f"The distillation teacher answers (task, outputs, inputs) {theirs}; "
                          f"the model being trained answers {mine}.")
@@ -142,7 +142,3 @@ def answers(model, x):
     if teacher.task == "regression":
         return tf.reshape(tf.cast(outputs["scores"], tf.float32), [-1, 1])
     return tf.cast(outputs["probabilities"], tf.float32)
-
-
-def _outputs(model):
-    return model.encoder.num_outputs

@@ -191,7 +191,8 @@ class TrainingRun:
         config = self.model_config
         teacher.check_request(config.distill_teacher,
                               self.criterion.recipe_settings(config)["distill_weight"],
-                              config.init_from, self.criterion.uses_full_depth_stage(config))
+                              config.init_from, model_dir_lib.holds_model(config.init_from),
+                              self.criterion.uses_full_depth_stage(config))
         if self.calibrated and not self.data_config.holdout_fraction:
             raise ValueError(
                 "DACT's --target_blocks is calibrated on held-out rows: set --holdout_fraction > 0, "
@@ -412,10 +413,13 @@ class TrainingRun:
         model_config = self.model_config
         if self.target is None and model_config.halting_rule != "certified":
             return None
+        reference = None
+        if self.calibrated:  # the distillation teacher, where there is one, is that model
+            reference = teacher.of(self.model)
+            if reference is None:
+                reference = model_dir_lib.load_reference(model_config.init_from)
         common = dict(
-            metric_task=self.metric_task,
-            reference=(model_dir_lib.load_reference(model_config.init_from)
-                       if self.calibrated else None),
+            metric_task=self.metric_task, reference=reference,
             max_drop=model_config.calibration_max_drop,
             confidence=model_config.calibration_confidence,
             shared=not self.data_config.calibration_share, verbose=self.train_config.verbose)
