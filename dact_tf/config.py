@@ -87,6 +87,12 @@ class DataConfig:
             it states holds on unseen rows. The rest are selection rows.
             0: the calibration shares the selection rows (the certificate
             then says so: selecting on them biases it).
+        calibration_file: labelled rows to certify on instead of the
+            held-out calibration rows, in the training data's format (a
+            GLUE task's TSV, or the custom file's columns): a certificate
+            holds for rows like its calibration rows, so give rows like
+            the ones the model will serve where the training rows differ
+            from them. Every held-out row is then a selection row.
     """
 
     task: str = "sst2"
@@ -106,6 +112,7 @@ class DataConfig:
     holdout_fraction: float = 0.2
     max_holdout_examples: int = 8000
     calibration_share: float = 0.6
+    calibration_file: str = None
 
 
 @dataclasses.dataclass

@@ -41,10 +41,30 @@ def check_flags(method, halting_rule, max_disagreement, max_drop, confidence,
                          f"--method={method} has none.")
 
 
+def rows_settings(data_config):
+    """`calibrate`'s `shared` and `rows_source` for a `DataConfig`'s calibration rows."""
+    from dact_tf.data import tasks
+
+    source = tasks.calibration_source(data_config)
+    return dict(shared=source is None and not data_config.calibration_share,
+                rows_source=source)
+
+
+def _note_source(result, model, source):
+    """Writes where the calibration rows came from into every certificate."""
+    if source is None:
+        return
+    found = [result.get("certificate"), (result.get("halting") or {}).get("certificate"),
+             *(model.certificates or {}).values()]
+    for certificate in found:
+        if certificate:
+            certificate["calibration_rows"] = source
+
+
 def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto",
               metric_task=None, reference=None, max_drop=0.01,
               confidence=risk_bounds.DEFAULT_CONFIDENCE, max_disagreement=None, shared=False,
-              verbose=1):
+              rows_source=None, verbose=1):
     """Calibrates a trained model's exit on held-out rows, with certificates.
 
     Args:
@@ -64,6 +84,8 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
         max_disagreement: float: certify a halting mode (`--halting_rule=
             certified`) with this bound on P(early != full depth); None: none.
         shared: bool, whether `rows` are the selection rows.
+        rows_source: where `rows` come from when not from the held-out
+            rows (`rows_settings`), recorded in every certificate.
         verbose: 0 or 1: print what each certificate says (a target that is
             not met, or a certificate that cannot be given, is printed
             always).
@@ -119,12 +141,13 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
                          None if target_blocks is not None
                          else (model.certificates or {}).get("halting"))),
         ) if value} or None
+    _note_source(result, model, rows_source)
     return result
 
 
 def calibrate_drop(model, selection, rows, *, reference=None, max_drop=0.01,
                    confidence=risk_bounds.DEFAULT_CONFIDENCE, metric_task=None, shared=False,
-                   verbose=1):
+                   rows_source=None, verbose=1):
     """`calibrate`'s certified drop (`--certified_risk=drop`): one certificate, both knobs.
 
     DACT classifiers: the halting shift and the learned score's threshold
@@ -146,6 +169,7 @@ def calibrate_drop(model, selection, rows, *, reference=None, max_drop=0.01,
     _say(certified_drop_lib.message(result), always=not result["certificate"]["certified"],
          verbose=verbose)
     model.certificates = {"compute_target": result["certificate"]}
+    _note_source(result, model, rows_source)
     return result
 
 

@@ -83,7 +83,7 @@ def run(require, data_config_from):
                                        splits=("holdout", "calibration"))
     common = dict(metric_task=metric_task, reference=reference,
                   max_drop=FLAGS.calibration_max_drop, confidence=FLAGS.calibration_confidence,
-                  shared=not data_config.calibration_share)
+                  **calibration_run.rows_settings(data_config))
     rows = datasets["holdout"], datasets["calibration"]
     with files.ModelDirLock(model_dir):
         if drop:

@@ -53,6 +53,7 @@ flags.DEFINE_enum("padding", _DATA.padding, ["bucket", "batch", "max_length"], "
 flags.DEFINE_float("holdout_fraction", _DATA.holdout_fraction, "Fraction of the training rows held out to pick the best epoch and calibrate --target_blocks (0: none).", lower_bound=0.0, upper_bound=0.5)
 flags.DEFINE_integer("max_holdout_examples", _DATA.max_holdout_examples, "At most this many training rows are held out.", lower_bound=1)
 flags.DEFINE_float("calibration_share", _DATA.calibration_share, "The share of the held-out rows kept apart for the calibration's certificate (no other choice sees them); the rest pick the best epoch. 0: calibrate on the selection rows (the certificate says so).", lower_bound=0.0, upper_bound=0.9)
+flags.DEFINE_string("calibration_file", _DATA.calibration_file, "train, calibrate: labelled rows to certify on instead of the held-out calibration rows, in the training data's format (a GLUE task's TSV, or the custom columns): a certificate holds for rows like these, so give rows like the ones the model will serve. Every held-out row then picks the best epoch.")
 # Model and training.
 flags.DEFINE_enum("recipe", "default", sorted(config.RECIPES), "train: the named recipe every model and training flag not given takes its value from: default (the study's recipe, the flags' defaults), paper (the paper's pure DACT: first-token pooling, tau 1e-3, no per-block or distillation loss, one stage, no target; constant Adam, last epoch) or certified (the default, then the fewest blocks whose accuracy drop against the stage-1 model is certified at most --calibration_max_drop: --halting_rule=certified --certified_risk=drop).")
 flags.DEFINE_string("backbone", _MODEL.backbone, "minilm_l6, tiny, tiny_distil_bert, a local Hugging Face BERT or keras-hub preset dir, or a keras-hub BERT/DistilBERT preset name (online).")
@@ -122,7 +123,7 @@ def _require(name):
     return value
 
 
-_PATH_FLAGS = ("data_dir", "train_file", "eval_file")
+_PATH_FLAGS = ("data_dir", "train_file", "eval_file", "calibration_file")
 
 
 def _is_builtin(path):

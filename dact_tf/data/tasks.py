@@ -1,6 +1,8 @@
 """The data of a `DataConfig`: its task's labels, and its train, validation and held-out splits."""
 
 import dataclasses
+import hashlib
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -65,6 +67,11 @@ def make_datasets(data_config, preprocessor, label_names=None, splits=("train", 
     eval_padding = "max_length" if train_padding == "max_length" else "batch"
     common = dict(batch_size=data_config.batch_size, seed=data_config.seed)
     for split in splits:
+        if split == "calibration" and data_config.calibration_file:
+            out[split] = dact_data.make_dataset_from_examples(
+                calibration_examples(data_config, label_names), preprocessor, shuffle=False,
+                padding=eval_padding, **common)
+            continue
         train = split in TRAINING_SPLITS
         limit = data_config.max_train_examples if train else data_config.max_eval_examples
         shuffle = split == "train"
@@ -133,8 +140,31 @@ def _row_roles(num_rows, data_config):
     return roles
 
 
+def calibration_examples(data_config, label_names=None):
+    """The rows of `data_config.calibration_file`, read as the training file's format."""
+    path = data_config.calibration_file
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--calibration_file: no file at {path}.")
+    if data_config.task in CUSTOM_TASKS:
+        return _custom_examples(data_config, path, label_names)
+    return dact_data.read_glue_file(data_config.task, path)  # refuses an empty file too
+
+
+def calibration_source(data_config):
+    """What the certificates were computed on: None (held-out rows) or the file and its digest."""
+    path = data_config.calibration_file
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return f"from {os.path.basename(path)} (sha256 {digest[:16]})"
+
+
 def calibration_rows(held_out, data_config):
-    """How many of `held_out` rows `data_config` keeps apart for calibration."""
+    """How many of `held_out` rows `data_config` keeps apart for calibration (none when
+    a calibration file gives the calibration rows)."""
+    if getattr(data_config, "calibration_file", None):
+        return 0
     share = float(getattr(data_config, "calibration_share", 0.0) or 0.0)
     apart = int(round(held_out * share))
     if share > 0 and held_out >= 2:

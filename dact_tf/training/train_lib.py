@@ -12,6 +12,7 @@ import dataclasses
 import os
 
 from dact_tf.calibration import calibration_run
+from dact_tf.data import tasks
 from dact_tf.utils import files
 from dact_tf.training import training_run
 
@@ -155,3 +156,8 @@ def _check_certified(data_config, model_config):
     if model_config.halting_rule == "certified" and not data_config.holdout_fraction:
         raise ValueError("--halting_rule=certified is certified on held-out rows: set "
                          "--holdout_fraction > 0.")
+    if data_config.calibration_file:
+        if not data_config.holdout_fraction:
+            raise ValueError("--calibration_file: the exit is still fitted on held-out rows "
+                             "(selection rows): set --holdout_fraction > 0.")
+        tasks.calibration_examples(data_config, None)  # a bad file is refused before training

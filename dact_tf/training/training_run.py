@@ -422,7 +422,7 @@ class TrainingRun:
             metric_task=self.metric_task, reference=reference,
             max_drop=model_config.calibration_max_drop,
             confidence=model_config.calibration_confidence,
-            shared=not self.data_config.calibration_share, verbose=self.train_config.verbose)
+            **calibration_run.rows_settings(self.data_config), verbose=self.train_config.verbose)
         rows = self.datasets["holdout"], self.datasets["calibration"]
         if self.certified_drop:  # one certificate over the shift and the score
             calibration = calibration_run.calibrate_drop(self.model, *rows, **common)

@@ -223,6 +223,44 @@ def test_calibrate_a_certified_drop_then_the_saved_model_runs_it(trained, tmp_pa
     assert json.loads(out.read_text())["certificates"] == {"compute_target": cert}
 
 
+def _head_of_dev(path, rows):
+    """Writes the first `rows` rows of the bundled SST-2 dev file (GLUE format) to `path`."""
+    with open(os.path.join(builtin_sst2_dir(), "dev.tsv"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    path.write_text("\n".join(lines[:rows + 1]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_calibrate_on_a_calibration_file_certifies_on_its_rows(trained, tmp_path):
+    import hashlib
+
+    from dact_tf.evaluation import scoring as evaluation
+    from dact_tf.training import train_lib
+
+    cache, model_dir = _copy(trained, tmp_path)
+    rows_file = _head_of_dev(tmp_path / "served.tsv", 90)
+    dact_tf("calibrate", f"--model_dir={model_dir}", *DATA, f"--calibration_file={rows_file}",
+            "--halting_rule=certified", "--max_disagreement=0.3",
+            "--calibration_confidence=0.9", cache=cache)
+    cert = json.loads((model_dir / "calibration.json").read_text())["halting"]["certificate"]
+    digest = hashlib.sha256(rows_file.read_bytes()).hexdigest()[:16]
+    # The file's 90 rows, named in the certificate; every held-out row (200) fits the score.
+    assert cert["rows"] == 90
+    assert cert["calibration_rows"] == f"from served.tsv (sha256 {digest})"
+    assert cert["fit_rows"] == 200
+    assert cert["bound"] == pytest.approx(
+        risk_bounds.upper_bound(cert["at_risk"], 90, 0.1), rel=1e-9, abs=1e-9)
+    # The saved model, on the file's rows, differs from its full depth on `at_risk` rows.
+    model, preprocessor, config = train_lib.load_model_dir(str(model_dir))
+    assert model.certificates == {"halting": cert}
+    data_config = train_lib.DataConfig(**{**config["data"], "calibration_file": str(rows_file)})
+    rows = train_lib.make_datasets(data_config, preprocessor, config["label_names"],
+                                   splits=("calibration",))["calibration"]
+    saved = evaluation.evaluate(model, rows, "sst2", full_depth_disagreement=True)
+    assert saved["num_examples"] == 90
+    assert round(saved["full_depth_disagreement"] * 90) == cert["at_risk"]
+
+
 def _snapshot(folder):
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in folder.rglob("*")}
@@ -231,6 +269,10 @@ def _snapshot(folder):
 def test_refusals_are_one_line_exit_1_and_write_nothing(trained, tmp_path):
     cache, model_dir = _copy(trained, tmp_path)
     calibrate = ["calibrate", f"--model_dir={model_dir}", *DATA]
+    bad_file = tmp_path / "bad.tsv"
+    bad_file.write_text("sentence\tlabel\na fine film\t1\na dull one\tseven\n")
+    empty_file = tmp_path / "empty.tsv"
+    empty_file.write_text("sentence\tlabel\n")
     cases = {
         "neither": (calibrate, "calibrate needs --target_blocks"),
         "tight": (calibrate + ["--halting_rule=tight"],
@@ -245,6 +287,13 @@ def test_refusals_are_one_line_exit_1_and_write_nothing(trained, tmp_path):
                         "--certified_risk=drop chooses the blocks itself"),
         "uncertified": (["evaluate", f"--model_dir={model_dir}", "--halting_rule=certified"],
                         "This model has no certified halting"),
+        "no_file": (calibrate + ["--halting_rule=certified",
+                                 f"--calibration_file={tmp_path / 'absent.tsv'}"],
+                    "--calibration_file: no file at"),
+        "bad_file": (calibrate + ["--halting_rule=certified",
+                                  f"--calibration_file={bad_file}"], "bad.tsv:3"),
+        "empty_file": (calibrate + ["--halting_rule=certified",
+                                    f"--calibration_file={empty_file}"], "empty.tsv: no data rows"),
     }
     before = _snapshot(model_dir)
     env = dict(os.environ, DACT_TF_CACHE=str(cache), PYTHONPATH=REPO)

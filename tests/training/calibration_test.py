@@ -224,3 +224,35 @@ def test_a_warm_start_from_a_calibrated_model_trains_its_halting_units(tmp_path)
     source.encoder.heads.pass_budget_through(0)
     np.testing.assert_allclose(model.encoder.heads.halting_bias_weight.numpy(),
                                source.encoder.heads.halting_bias_weight.numpy(), atol=1e-3)
+
+
+def test_a_calibration_file_replaces_the_calibration_rows_and_bad_ones_are_refused(tmp_path):
+    from dact_tf import config
+    from dact_tf.data import builtin_sst2_dir
+    from dact_tf.data import tasks
+
+    good = tmp_path / "served.tsv"
+    good.write_text("sentence\tlabel\na fine film\t1\na dull one\t0\nsome plot\t1\n")
+    data_config = config.DataConfig(task="sst2", data_dir=builtin_sst2_dir(),
+                                    max_train_examples=100, calibration_file=str(good))
+    # Every held-out row selects; the file's three rows calibrate.
+    train, held = tasks.dataset_sizes(data_config)
+    assert (train, held) == (80, 20) and tasks.calibration_rows(held, data_config) == 0
+    examples = tasks.calibration_examples(data_config)
+    assert list(examples.texts) == ["a fine film", "a dull one", "some plot"]
+    assert list(examples.labels) == [1, 0, 1]
+    assert tasks.calibration_source(data_config).startswith("from served.tsv (sha256 ")
+    assert tasks.calibration_source(config.DataConfig()) is None
+
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sentence\tlabel\na fine film\tseven\n")
+    cases = ((dict(calibration_file=str(bad)), "bad.tsv:2"),
+             (dict(calibration_file=str(tmp_path / "absent.tsv")), "no file at"),
+             (dict(calibration_file=str(good), holdout_fraction=0.0), "--holdout_fraction > 0"))
+    model_config, train_config = config.recipe("default")
+    for change, message in cases:
+        model_dir = tmp_path / "model"
+        bad_config = config.DataConfig(task="sst2", data_dir=builtin_sst2_dir(), **change)
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            train_lib.train(str(model_dir), bad_config, model_config, train_config)
+        assert not model_dir.exists()  # refused before any work
