@@ -17,6 +17,10 @@ from dact_tf.callbacks import halting_statistics
 
 CALIBRATION_FILE = "calibration.json"
 
+#: `rows_source`: calibration rows no other choice saw, or the selection rows themselves.
+KEPT_APART = "kept apart"
+SHARED = "shared with the selection rows"
+
 
 def check_flags(method, halting_rule, max_disagreement, max_drop, confidence,
                 certified_risk="disagreement"):
@@ -42,18 +46,17 @@ def check_flags(method, halting_rule, max_disagreement, max_drop, confidence,
 
 
 def rows_settings(data_config):
-    """`calibrate`'s `shared` and `rows_source` for a `DataConfig`'s calibration rows."""
+    """`calibrate`'s `rows_source` for a `DataConfig`'s calibration rows."""
     from dact_tf.data import tasks
 
     source = tasks.calibration_source(data_config)
-    return dict(shared=source is None and not data_config.calibration_share,
-                rows_source=source)
+    return dict(rows_source=source or (KEPT_APART if data_config.calibration_share else SHARED))
 
 
 def _note_source(result, model, source):
-    """Writes where the calibration rows came from into every certificate."""
-    if source is None:
-        return
+    """Writes where the calibration rows came from (a file) into every certificate."""
+    if source in (KEPT_APART, SHARED):
+        return  # the certificates say so already
     found = [result.get("certificate"), (result.get("halting") or {}).get("certificate"),
              *(model.certificates or {}).values()]
     for certificate in found:
@@ -63,8 +66,8 @@ def _note_source(result, model, source):
 
 def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto",
               metric_task=None, reference=None, max_drop=0.01,
-              confidence=risk_bounds.DEFAULT_CONFIDENCE, max_disagreement=None, shared=False,
-              rows_source=None, verbose=1):
+              confidence=risk_bounds.DEFAULT_CONFIDENCE, max_disagreement=None,
+              rows_source=KEPT_APART, verbose=1):
     """Calibrates a trained model's exit on held-out rows, with certificates.
 
     Args:
@@ -83,9 +86,10 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
         confidence: float in (0, 1), of each certificate.
         max_disagreement: float: certify a halting mode (`--halting_rule=
             certified`) with this bound on P(early != full depth); None: none.
-        shared: bool, whether `rows` are the selection rows.
-        rows_source: where `rows` come from when not from the held-out
-            rows (`rows_settings`), recorded in every certificate.
+        rows_source: what `rows` are, recorded in every certificate:
+            `KEPT_APART` (held out and seen by no other choice), `SHARED`
+            (the selection rows themselves) or a file's description
+            (`rows_settings`); `SHARED` whenever `selection` is `rows`.
         verbose: 0 or 1: print what each certificate says (a target that is
             not met, or a certificate that cannot be given, is printed
             always).
@@ -97,7 +101,8 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
         with a certified halting mode, `halting` (`certify_halting`'s).
         (`calibrate_drop`: one certificate on the drop over both knobs.)
     """
-    result = {}
+    rows_source = SHARED if selection is rows else rows_source
+    result, shared = {}, rows_source == SHARED
     if (target_blocks is not None
             and getattr(model.exit_criterion, "halting_rule", None) == "certified"):
         # A new shift voids the halting certificate: back to the proven rule (the
@@ -146,8 +151,8 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
 
 
 def calibrate_drop(model, selection, rows, *, reference=None, max_drop=0.01,
-                   confidence=risk_bounds.DEFAULT_CONFIDENCE, metric_task=None, shared=False,
-                   rows_source=None, verbose=1):
+                   confidence=risk_bounds.DEFAULT_CONFIDENCE, metric_task=None,
+                   rows_source=KEPT_APART, verbose=1):
     """`calibrate`'s certified drop (`--certified_risk=drop`): one certificate, both knobs.
 
     DACT classifiers: the halting shift and the learned score's threshold
@@ -161,9 +166,10 @@ def calibrate_drop(model, selection, rows, *, reference=None, max_drop=0.01,
         raise ValueError("A certified drop needs its bound: max_drop (0.01: one point) and "
                          "labelled rows.")
     model.configure_exit(halting_rule="tight", halting_slack=0.0)  # a new choice voids the old
+    rows_source = SHARED if selection is rows else rows_source
     result = certified_drop_lib.certify_drop_halting(
         model, selection, rows, reference=reference, max_drop=max_drop, confidence=confidence,
-        metric_task=metric_task, shared=shared, verbose=verbose)
+        metric_task=metric_task, shared=rows_source == SHARED, verbose=verbose)
     result["holdout_layers_executed"] = float(
         halting_statistics(model, selection)["mean_layers_executed"])
     _say(certified_drop_lib.message(result), always=not result["certificate"]["certified"],

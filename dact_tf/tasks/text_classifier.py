@@ -361,7 +361,7 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
                 raise ValueError("Give labels for both `x` and `selection_x` (y and "
                                  "selection_y), or for neither.")
         common = dict(reference=reference, max_drop=max_metric_drop if labelled else None,
-                      confidence=confidence, shared=selection_x is None, verbose=0)
+                      confidence=confidence, verbose=0)  # no selection_x: rows shared
         if certified_drop:
             result = calibration_run.calibrate_drop(self, selection, data, **common)
         else:
