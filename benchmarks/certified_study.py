@@ -207,7 +207,9 @@ _SAME_FIELDS = ("task", "train_file", "eval_file", "sequence_length", "text_colu
 #: calibration rows their last `apart`; e.g. max_holdout_examples went from 4,000 to
 #: 8,000, which changes nothing for 4,000 training rows).
 _COUNT_FIELDS = ("max_train_examples", "holdout_fraction", "max_holdout_examples",
-                 "calibration_share")
+                 "calibration_share", "calibration_file")
+#: `calibration_run.SHARED`, what a certificate says of rows that also selected.
+SHARED_ROWS = "shared with the selection rows"
 
 
 def _data_config(group):
@@ -244,6 +246,11 @@ def _data_config(group):
             raise app.UsageError(f"{group['name']}: a GLUE task ({stored['task']}): pass "
                                  "--glue_dir (stored data paths are not reopened).")
     stored.update(_overrides(group["name"]))
+    if stored.get("calibration_file") and not os.path.isfile(stored["calibration_file"]):
+        raise app.UsageError(
+            f"{group['name']}: its dact model was trained with --calibration_file="
+            f"{stored['calibration_file']}, not found: pass --data_override={group['name']}:"
+            "calibration_file=PATH.")
     if stored["task"] in train_lib.CUSTOM_TASKS:
         for key in ("train_file", "eval_file"):
             if not stored.get(key):
@@ -397,14 +404,15 @@ def _run_point(g, method, mode, eps):
     group, ds = g.group, g.datasets
     model_dir = group["models"][method]
     model, _, config = train_lib.load_model_dir(model_dir)
-    shared = not g.data_config.calibration_share
+    rows = calibration_run.rows_settings(g.data_config)
+    shared = rows["rows_source"] == calibration_run.SHARED
     point = {"calibration": None, "halting": None}
     start = time.time()
     if mode == "certified-drop":
         # One certificate: the drop against `full`, the shift and the score chosen together.
         point["calibration"] = calibration_run.calibrate_drop(
             model, ds["holdout"], ds["calibration"], metric_task=g.metric_task, reference=g.full,
-            max_drop=eps, confidence=FLAGS.confidence, shared=shared, verbose=0)
+            max_drop=eps, confidence=FLAGS.confidence, verbose=0, **rows)
     elif mode in ("target", "target+certified"):
         target = FLAGS.target_blocks or model.num_layers / 2.0
         result = calibration_run.calibrate(
@@ -413,8 +421,7 @@ def _run_point(g, method, mode, eps):
                                                       model.num_layers),
             metric_task=g.metric_task, reference=g.full, max_drop=eps,
             confidence=FLAGS.confidence,
-            max_disagreement=eps if mode == "target+certified" else None, shared=shared,
-            verbose=0)
+            max_disagreement=eps if mode == "target+certified" else None, verbose=0, **rows)
         point["halting"] = result.pop("halting", None)
         point["calibration"] = result
     elif mode == "certified":
@@ -529,7 +536,7 @@ def _certificate_columns(point, eps):
                    cert_bound=primary["bound"], cert_at_risk=primary["at_risk"],
                    cert_rows=primary["rows"], cert_observed_rate=primary["observed_rate"],
                    knob=primary.get("knob"), value=primary.get("value"),
-                   calibration_rows_shared=primary["calibration_rows"] != "kept apart")
+                   calibration_rows_shared=primary["calibration_rows"] == SHARED_ROWS)
     if halting:
         out["certificate_blocks"] = halting["mean_layers_executed"]
     if calibration:

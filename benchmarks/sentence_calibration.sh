@@ -34,7 +34,7 @@ for eps in 0.01 0.02; do
       rm -rf "$copy"; cp -r "$MODELS/$method" "$copy"
       extra=(); [ "$rows" = sentences ] && extra=(--calibration_file="$OUT/A.tsv")
       run calibrate --model_dir="$copy" --data_dir="$OUT/glue" --halting_rule=certified \
-          --max_disagreement=$eps "${extra[@]}" --output_json="$OUT/cal_${method}_${rows}_$eps.json"
+          --max_disagreement=$eps ${extra[@]+"${extra[@]}"} --output_json="$OUT/cal_${method}_${rows}_$eps.json"
       run evaluate --model_dir="$copy" --data_dir="$OUT/glue" \
           --output_json="$OUT/eval_${method}_${rows}_$eps.json"
       rm -rf "$copy"

@@ -54,14 +54,18 @@ def rows_settings(data_config):
 
 
 def _note_source(result, model, source):
-    """Writes where the calibration rows came from (a file) into every certificate."""
+    """Writes where the calibration rows came from (a file) into this call's certificates,
+    in `result` and in the model's (a kept earlier certificate keeps its own)."""
     if source in (KEPT_APART, SHARED):
         return  # the certificates say so already
-    found = [result.get("certificate"), (result.get("halting") or {}).get("certificate"),
-             *(model.certificates or {}).values()]
-    for certificate in found:
+    made = {"compute_target": result.get("certificate"),
+            "halting": (result.get("halting") or {}).get("certificate")}
+    certificates = dict(model.certificates or {})
+    for kind, certificate in made.items():
         if certificate:
             certificate["calibration_rows"] = source
+            certificates[kind] = certificate
+    model.certificates = certificates or None
 
 
 def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto",

@@ -55,6 +55,10 @@ def run(require, data_config_from):
         raise ValueError(f"--{changed[0]} decides which training rows were held out: calibrate "
                          "uses the model's own split (leave it unset).")
     stored = train_lib.read_config(model_dir)
+    if stored["data"].get("calibration_file") and not FLAGS["calibration_file"].present:
+        raise ValueError(f"{model_dir} was trained with --calibration_file="
+                         f"{stored['data']['calibration_file']}: its held-out rows all chose "
+                         "the epoch, so pass --calibration_file again (these rows or others).")
     calibration_run.check_flags(
         stored["method"], rule, FLAGS.max_disagreement, FLAGS.calibration_max_drop,
         FLAGS.calibration_confidence, FLAGS.certified_risk)

@@ -142,6 +142,9 @@ def _data_config(stored=None, split="eval"):
     """
     from dact_tf.training import train_lib
 
+    if FLAGS["calibration_file"].present and not FLAGS.calibration_file.strip():
+        raise ValueError("--calibration_file is empty: give a file of labelled rows, or leave "
+                         "the flag out.")
     names = [f.name for f in train_lib.dataclasses.fields(train_lib.DataConfig)]
     # A model dir from an older dact_tf lacks the newer fields: their defaults.
     values = {**train_lib.dataclasses.asdict(train_lib.DataConfig()), **(stored or {})}
@@ -189,7 +192,13 @@ def cmd_train():
     model_config = train_lib.dataclasses.replace(model_config, distill_weight=exits.get(
         model_config.method).recipe_settings(model_config)["distill_weight"])
     train_config = _given_flags(train_config, renamed={"tpu_address": "tpu"})
-    model, _, history = train_lib.train(model_dir, _data_config(), model_config, train_config)
+    data_config = _data_config()
+    if data_config.calibration_file and not (
+            model_config.halting_rule == "certified"
+            or exits.get(model_config.method).calibrates_to_target(model_config)):
+        raise ValueError("--calibration_file is for the certificates, and this run certifies "
+                         "nothing: add --halting_rule=certified or a DACT --target_blocks.")
+    model, _, history = train_lib.train(model_dir, data_config, model_config, train_config)
     if history:
         print(f"Trained model written to {model_dir} ({model.num_layers} blocks).")
     if FLAGS.distribution_strategy == "multi_worker_mirrored":

@@ -160,4 +160,5 @@ def _check_certified(data_config, model_config):
         if not data_config.holdout_fraction:
             raise ValueError("--calibration_file: the exit is still fitted on held-out rows "
                              "(selection rows): set --holdout_fraction > 0.")
-        tasks.calibration_examples(data_config, None)  # a bad file is refused before training
+        # A bad file (or a label training lacks) is refused before training.
+        tasks.calibration_examples(data_config, tasks.task_info(data_config)[2])

@@ -140,7 +140,7 @@ class TrainingRun:
         # What the steps make: `run` sets the strategy, `build` the model (and
         # the task, the target, the steps), `data` the datasets, `write_config`
         # the config and the logs.
-        self.strategy = self.model = self.preprocessor = self.target = None
+        self.strategy = self.model = self.preprocessor = self.target = self.rows_source = None
         self.regression = self.label_names = self.metric_task = self.pass_through = None
         self.steps_per_epoch = self.total_steps = self.batches_per_epoch = None
         self.datasets, self.selection, self.config, self.logs = {}, None, None, []
@@ -276,6 +276,7 @@ class TrainingRun:
             for split, ds in make_datasets(self.data_config, self.preprocessor, self.label_names,
                                            splits).items()
         }
+        self.rows_source = calibration_run.rows_settings(self.data_config)  # digest as read
         first = self.epoch_data(0)
         if int(first.cardinality()) >= 0:
             self.batches_per_epoch = int(first.cardinality())
@@ -422,7 +423,7 @@ class TrainingRun:
             metric_task=self.metric_task, reference=reference,
             max_drop=model_config.calibration_max_drop,
             confidence=model_config.calibration_confidence,
-            **calibration_run.rows_settings(self.data_config), verbose=self.train_config.verbose)
+            **self.rows_source, verbose=self.train_config.verbose)
         rows = self.datasets["holdout"], self.datasets["calibration"]
         if self.certified_drop:  # one certificate over the shift and the score
             calibration = calibration_run.calibrate_drop(self.model, *rows, **common)

@@ -239,10 +239,15 @@ def test_calibrate_on_a_calibration_file_certifies_on_its_rows(trained, tmp_path
 
     cache, model_dir = _copy(trained, tmp_path)
     rows_file = _head_of_dev(tmp_path / "served.tsv", 90)
+    # A target certified on the held-out rows first: the halting mode below keeps it.
+    dact_tf("calibrate", f"--model_dir={model_dir}", *DATA, "--target_blocks=2",
+            "--calibration_max_drop=0.3", cache=cache)
     dact_tf("calibrate", f"--model_dir={model_dir}", *DATA, f"--calibration_file={rows_file}",
             "--halting_rule=certified", "--max_disagreement=0.3",
             "--calibration_confidence=0.9", cache=cache)
-    cert = json.loads((model_dir / "calibration.json").read_text())["halting"]["certificate"]
+    result = json.loads((model_dir / "calibration.json").read_text())
+    cert, target = result["halting"]["certificate"], result["certificate"]
+    assert target["rows"] == CALIBRATION_ROWS and target["calibration_rows"] == "kept apart"
     digest = hashlib.sha256(rows_file.read_bytes()).hexdigest()[:16]
     # The file's 90 rows, named in the certificate; every held-out row (200) fits the score.
     assert cert["rows"] == 90
@@ -252,7 +257,7 @@ def test_calibrate_on_a_calibration_file_certifies_on_its_rows(trained, tmp_path
         risk_bounds.upper_bound(cert["at_risk"], 90, 0.1), rel=1e-9, abs=1e-9)
     # The saved model, on the file's rows, differs from its full depth on `at_risk` rows.
     model, preprocessor, config = train_lib.load_model_dir(str(model_dir))
-    assert model.certificates == {"halting": cert}
+    assert model.certificates == {"compute_target": target, "halting": cert}
     data_config = train_lib.DataConfig(**{**config["data"], "calibration_file": str(rows_file)})
     rows = train_lib.make_datasets(data_config, preprocessor, config["label_names"],
                                    splits=("calibration",))["calibration"]
@@ -295,6 +300,16 @@ def test_refusals_are_one_line_exit_1_and_write_nothing(trained, tmp_path):
         "empty_file": (calibrate + ["--halting_rule=certified",
                                     f"--calibration_file={empty_file}"], "empty.tsv: no data rows"),
     }
+    # A model whose held-out rows all selected (trained with a calibration file).
+    filed = tmp_path / "filed"
+    shutil.copytree(model_dir, filed)
+    stored = json.loads((filed / "dact_config.json").read_text())
+    stored["data"]["calibration_file"] = "served.tsv"
+    (filed / "dact_config.json").write_text(json.dumps(stored))
+    cases["filed"] = (["calibrate", f"--model_dir={filed}", *DATA, "--halting_rule=certified"],
+                      "was trained with --calibration_file=served.tsv")
+    cases["empty_value"] = (calibrate + ["--halting_rule=certified", "--calibration_file="],
+                            "--calibration_file is empty")
     before = _snapshot(model_dir)
     env = dict(os.environ, DACT_TF_CACHE=str(cache), PYTHONPATH=REPO)
     procs = {}

@@ -112,6 +112,10 @@ def test_evaluate_and_predict(trained):
         (["predict", "--model_dir={model_dir}"], "needs --text or --input_file"),
         (["train", "--task=sst2", "--data_dir={root}/nodata", "--model_dir={root}/z",
           "--backbone=tiny"], "nodata"),
+        (["train", "--task=sst2", "--data_dir={root}/nodata", "--model_dir={root}/w",
+          "--calibration_file="], "--calibration_file is empty"),
+        (["train", "--task=sst2", "--model_dir={root}/v", "--calibration_file={root}/bad.tsv",
+          "--target_blocks=0"], "this run certifies nothing"),
         (["frobnicate"], "Usage: dact-tf"),
     ],
 )
