@@ -208,8 +208,6 @@ _SAME_FIELDS = ("task", "train_file", "eval_file", "sequence_length", "text_colu
 #: 8,000, which changes nothing for 4,000 training rows).
 _COUNT_FIELDS = ("max_train_examples", "holdout_fraction", "max_holdout_examples",
                  "calibration_share", "calibration_file")
-#: `calibration_run.SHARED`, what a certificate says of rows that also selected.
-SHARED_ROWS = "shared with the selection rows"
 
 
 def _data_config(group):
@@ -404,15 +402,15 @@ def _run_point(g, method, mode, eps):
     group, ds = g.group, g.datasets
     model_dir = group["models"][method]
     model, _, config = train_lib.load_model_dir(model_dir)
-    rows = calibration_run.rows_settings(g.data_config)
-    shared = rows["rows_source"] == calibration_run.SHARED
+    source = calibration_run.rows_source(g.data_config)
+    shared = source == calibration_run.SHARED
     point = {"calibration": None, "halting": None}
     start = time.time()
     if mode == "certified-drop":
         # One certificate: the drop against `full`, the shift and the score chosen together.
         point["calibration"] = calibration_run.calibrate_drop(
             model, ds["holdout"], ds["calibration"], metric_task=g.metric_task, reference=g.full,
-            max_drop=eps, confidence=FLAGS.confidence, verbose=0, **rows)
+            max_drop=eps, confidence=FLAGS.confidence, rows_source=source, verbose=0)
     elif mode in ("target", "target+certified"):
         target = FLAGS.target_blocks or model.num_layers / 2.0
         result = calibration_run.calibrate(
@@ -421,7 +419,8 @@ def _run_point(g, method, mode, eps):
                                                       model.num_layers),
             metric_task=g.metric_task, reference=g.full, max_drop=eps,
             confidence=FLAGS.confidence,
-            max_disagreement=eps if mode == "target+certified" else None, verbose=0, **rows)
+            max_disagreement=eps if mode == "target+certified" else None, rows_source=source,
+            verbose=0)
         point["halting"] = result.pop("halting", None)
         point["calibration"] = result
     elif mode == "certified":
@@ -526,6 +525,7 @@ def _score(g, model, cache_key=None):
 
 def _certificate_columns(point, eps):
     """The flat CSV columns of a point's certificates and its evaluation-set check."""
+    from dact_tf.calibration import certify
     from dact_tf.calibration import risk_bounds
 
     out = {}
@@ -536,7 +536,7 @@ def _certificate_columns(point, eps):
                    cert_bound=primary["bound"], cert_at_risk=primary["at_risk"],
                    cert_rows=primary["rows"], cert_observed_rate=primary["observed_rate"],
                    knob=primary.get("knob"), value=primary.get("value"),
-                   calibration_rows_shared=primary["calibration_rows"] == SHARED_ROWS)
+                   calibration_rows_shared=primary["calibration_rows"] == certify.SHARED)
     if halting:
         out["certificate_blocks"] = halting["mean_layers_executed"]
     if calibration:

@@ -18,8 +18,8 @@ from dact_tf.callbacks import halting_statistics
 CALIBRATION_FILE = "calibration.json"
 
 #: `rows_source`: calibration rows no other choice saw, or the selection rows themselves.
-KEPT_APART = "kept apart"
-SHARED = "shared with the selection rows"
+KEPT_APART = certify.KEPT_APART
+SHARED = certify.SHARED
 
 
 def check_flags(method, halting_rule, max_disagreement, max_drop, confidence,
@@ -45,12 +45,12 @@ def check_flags(method, halting_rule, max_disagreement, max_drop, confidence,
                          f"--method={method} has none.")
 
 
-def rows_settings(data_config):
+def rows_source(data_config):
     """`calibrate`'s `rows_source` for a `DataConfig`'s calibration rows."""
     from dact_tf.data import tasks
 
-    source = tasks.calibration_source(data_config)
-    return dict(rows_source=source or (KEPT_APART if data_config.calibration_share else SHARED))
+    return (tasks.calibration_source(data_config)
+            or (KEPT_APART if data_config.calibration_share else SHARED))
 
 
 def _note_source(result, model, source):
@@ -93,7 +93,7 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
         rows_source: what `rows` are, recorded in every certificate:
             `KEPT_APART` (held out and seen by no other choice), `SHARED`
             (the selection rows themselves) or a file's description
-            (`rows_settings`); `SHARED` whenever `selection` is `rows`.
+            (`rows_source(data_config)`); `SHARED` whenever `selection` is `rows`.
         verbose: 0 or 1: print what each certificate says (a target that is
             not met, or a certificate that cannot be given, is printed
             always).

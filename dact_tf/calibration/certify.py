@@ -51,6 +51,12 @@ _SAFE_SHIFT = 12.0
 _SHIFT_STEP = 0.25
 
 
+#: What a certificate's `calibration_rows` says of rows no other choice saw, and of the
+#: selection rows themselves (a calibration file: its name and digest, `calibration_run`).
+KEPT_APART = "kept apart"
+SHARED = "shared with the selection rows"
+
+
 def _predictions(model, answers):
     return analysis.predictions(model, answers)
 
@@ -82,7 +88,7 @@ def make_certificate(kind, risk, epsilon, delta, n, at_risk, bounds, passed, gri
         "certified": bool(certified),
         "tested": len(bounds),
         "grid_size": len(grid),
-        "calibration_rows": "shared with the selection rows" if shared else "kept apart",
+        "calibration_rows": SHARED if shared else KEPT_APART,
         **extra,
     }
 

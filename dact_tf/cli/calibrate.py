@@ -87,7 +87,7 @@ def run(require, data_config_from):
                                        splits=("holdout", "calibration"))
     common = dict(metric_task=metric_task, reference=reference,
                   max_drop=FLAGS.calibration_max_drop, confidence=FLAGS.calibration_confidence,
-                  **calibration_run.rows_settings(data_config))
+                  rows_source=calibration_run.rows_source(data_config))
     rows = datasets["holdout"], datasets["calibration"]
     with files.ModelDirLock(model_dir):
         if drop:

@@ -276,7 +276,7 @@ class TrainingRun:
             for split, ds in make_datasets(self.data_config, self.preprocessor, self.label_names,
                                            splits).items()
         }
-        self.rows_source = calibration_run.rows_settings(self.data_config)  # digest as read
+        self.rows_source = calibration_run.rows_source(self.data_config)  # digest as read
         first = self.epoch_data(0)
         if int(first.cardinality()) >= 0:
             self.batches_per_epoch = int(first.cardinality())
@@ -423,7 +423,7 @@ class TrainingRun:
             metric_task=self.metric_task, reference=reference,
             max_drop=model_config.calibration_max_drop,
             confidence=model_config.calibration_confidence,
-            **self.rows_source, verbose=self.train_config.verbose)
+            rows_source=self.rows_source, verbose=self.train_config.verbose)
         rows = self.datasets["holdout"], self.datasets["calibration"]
         if self.certified_drop:  # one certificate over the shift and the score
             calibration = calibration_run.calibrate_drop(self.model, *rows, **common)
