@@ -44,7 +44,10 @@ every model of the group must share the split (checked).
 
 Resumable per point: each finished point is a JSON file under `--out_dir`
 and is skipped when present; after each point the CSV and the Markdown are
-rewritten; one plot per group (metric vs mean blocks) at the end.
+rewritten, with every row of `--results_csv` that has no JSON file kept (so
+a fresh clone, whose `--out_dir` is empty, adds a group to the committed
+results instead of replacing them); one plot per group (metric vs mean
+blocks) at the end.
 
 Usage (from the repository root):
     PYTHONPATH=. python -m benchmarks.certified_study \
@@ -89,8 +92,15 @@ CSV_KEYS = (
     "target_at_risk", "target_better", "target_shift", "target_limited", "pass_through",
     "calibration_blocks", "certificate_blocks", "calibration_disagreement",
     "calibration_rows_shared", "eval_rows", "num_layers", "speedup_batch32", "speedup_batch1",
-    "seconds", "group", "model_dir",
+    "seconds", "group", "model_dir", "calibration_rows", "command",
 )
+#: CSV columns read back as numbers or booleans (`_point_from_csv`); the rest are strings.
+_INT_KEYS = ("seed", "cert_at_risk", "cert_rows", "target_at_risk", "target_better",
+             "pass_through", "eval_rows", "num_layers", "calibration_rows")
+_BOOL_KEYS = ("check", "certified", "target_certified", "target_limited",
+              "calibration_rows_shared")
+_STR_KEYS = ("task", "method", "mode", "metric_name", "check_quantity", "cert_kind", "knob",
+             "group", "model_dir", "command")
 
 flags.DEFINE_list("groups", None, "NAME=DIR items: DIR holds one task and seed's model dirs "
                   "(full, dact; optionally deebert, pabee, static_k3/static3); NAME is "
@@ -591,11 +601,59 @@ def _write_point(path, point):
 # Outputs.
 
 def _collect_rows():
-    rows = []
+    """The finished points: `--out_dir`'s JSON files, and every row of `--results_csv`
+    that has none (a fresh clone keeps the committed points; a point rerun replaces its
+    row)."""
+    rows = {}
     for path in sorted(glob.glob(os.path.join(FLAGS.out_dir, "*.json"))):
         with open(path) as f:
-            rows.append(json.load(f))
-    return sorted(rows, key=_row_key)
+            point = json.load(f)
+        rows[_identity(point)] = point
+    if os.path.exists(FLAGS.results_csv):
+        with open(FLAGS.results_csv, newline="") as f:
+            for record in csv.DictReader(f):
+                point = _point_from_csv(record)
+                rows.setdefault(_identity(point), point)
+    return sorted(rows.values(), key=_row_key)
+
+
+def _identity(r):
+    return (r["task"], int(r["seed"]), r["method"], r["mode"], r["eps"])
+
+
+def _point_from_csv(record):
+    """A point as the outputs read it, from its CSV row (`_write_outputs`' inverse)."""
+    def value(key):
+        text = record.get(key, "")
+        if text == "":
+            return None
+        if key in _STR_KEYS:
+            return text
+        if key in _BOOL_KEYS:
+            return text == "True"
+        return int(text) if key in _INT_KEYS else float(text)
+
+    r = {k: value(k) for k in CSV_KEYS}
+    for key in ("speed_batch32", "speed_batch1"):
+        speedup = r.pop(f"speedup_{key[6:]}")
+        if speedup is not None:
+            r[key] = {"speedup": speedup}
+    r["halting"] = r["calibration"] = None
+    if r["cert_kind"] == "halting":
+        r["halting"] = {"mean_layers_executed": r["certificate_blocks"], "certificate": {
+            "kind": "halting", "certified": r["certified"], "bound": r["cert_bound"],
+            "at_risk": r["cert_at_risk"], "rows": r["cert_rows"], "knob": r["knob"],
+            "value": r["value"]}}
+    if r["target_certified"] is not None:
+        r["calibration"] = {
+            "shift": r["target_shift"], "limited": r["target_limited"],
+            "pass_through": r["pass_through"], "certificate": {
+                "kind": "compute_target", "certified": r["target_certified"],
+                "bound": r["target_bound"], "at_risk": r["target_at_risk"],
+                "better": r["target_better"], "rows": r["cert_rows"],
+                # The primary certificate's setting, else (under a halting one) the shift.
+                "value": r["target_shift"] if r["halting"] else r["value"]}}
+    return r
 
 
 def _row_key(r):
