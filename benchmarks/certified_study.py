@@ -22,6 +22,10 @@ bound EPS in `--epsilons`, it scores on the evaluation set (the task's
   certificate, the accuracy drop against `full` at most EPS, the halting
   shift and the learned score's threshold chosen together
   (`dact_tf.calibration.certified_drop`);
+- `dact` and `pabee`, mode `certified-mean` (regression): a fresh load,
+  `certify.certify_halting` with `certify.MeanDeviation(EPS)`: the mean
+  distance of the early score from the model's own full-depth score, as a
+  share of the score range, certified at most EPS;
 - `deebert`, `pabee`: mode `trained` (their trained threshold) and mode
   `certified` at each EPS, if present.
 
@@ -82,7 +86,7 @@ METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews
           "stsb": "pearson", "qnli": "accuracy"}
 METHOD_ORDER = ("full", "static", "dact", "deebert", "pabee")
 MODE_ORDER = ("plain", "exact", "trained", "target", "certified", "target+certified",
-              "certified-drop")
+              "certified-drop", "certified-mean")
 CERTIFIED_MODES = ("certified", "target+certified")
 CSV_KEYS = (
     "task", "seed", "method", "mode", "eps", "metric_name", "metric", "mean_blocks",
@@ -92,7 +96,7 @@ CSV_KEYS = (
     "target_at_risk", "target_better", "target_shift", "target_limited", "pass_through",
     "calibration_blocks", "certificate_blocks", "calibration_disagreement",
     "calibration_rows_shared", "eval_rows", "num_layers", "speedup_batch32", "speedup_batch1",
-    "seconds", "group", "model_dir", "calibration_rows", "command",
+    "seconds", "group", "model_dir", "calibration_rows", "command", "full_depth_mean_deviation",
 )
 #: CSV columns read back as numbers or booleans (`_point_from_csv`); the rest are strings.
 _INT_KEYS = ("seed", "cert_at_risk", "cert_rows", "target_at_risk", "target_better",
@@ -338,7 +342,11 @@ def _plan(group, epsilons):
             plan += [("dact", mode, eps) for mode in ("target", "certified", "target+certified")]
             if METRIC.get(group["label"]) != "pearson":  # a classifier's drop
                 plan.append(("dact", "certified-drop", eps))
+            else:  # a regressor's mean distance from its own full depth
+                plan.append(("dact", "certified-mean", eps))
         plan += [(m, "certified", eps) for m in ("deebert", "pabee") if m in models and m in wanted]
+        if METRIC.get(group["label"]) == "pearson" and "pabee" in models and "pabee" in wanted:
+            plan.append(("pabee", "certified-mean", eps))
     return plan
 
 
@@ -433,10 +441,12 @@ def _run_point(g, method, mode, eps):
             verbose=0)
         point["halting"] = result.pop("halting", None)
         point["calibration"] = result
-    elif mode == "certified":
+    elif mode in ("certified", "certified-mean"):
         # As `dact-tf calibrate`: the selection rows (when apart) fit DACT's score.
         point["halting"] = certify.certify_halting(
-            model, ds["calibration"], max_disagreement=eps, confidence=FLAGS.confidence,
+            model, ds["calibration"], max_disagreement=certify.halting_risk(
+                eps, "mean_deviation" if mode == "certified-mean" else "disagreement"),
+            confidence=FLAGS.confidence,
             shared=shared, verbose=FLAGS.verbose,
             fit_dataset=None if shared else ds["holdout"])
     point.update(_score(g, model, None if "target" in mode or "drop" in mode else method))
@@ -512,7 +522,13 @@ def _score(g, model, cache_key=None):
     reference = g.full_answers
     worse, better = certify.against_reference(model, *map(np.asarray, (answers, reference, labels)))
     cal, _ = evaluation.predict_dataset(model, ds["calibration"], verbose=verbose)
-    return {
+    deviation = {}
+    if model.task == "regression":  # the distance from its own full depth, per score range
+        distance = certify.MeanDeviation(0.5).losses(model, answers,
+                                                     own_full("validation", answers))
+        deviation = {"full_depth_mean_deviation": float(distance.mean()),
+                     "mean_deviation_lower": 1.0 - _mean_bound(1.0 - distance)}
+    return {**deviation,
         "metric_name": g.metric_name,
         "metric": float(results[g.metric_name]),
         "metrics": {k: float(v) for k, v in results.items()
@@ -531,6 +547,13 @@ def _score(g, model, cache_key=None):
                     own_full("calibration", _answers(model, cal))).mean()),
         "calibration_rows": int(len(cal["layers_executed"])),
     }
+
+
+def _mean_bound(losses):
+    from dact_tf.calibration import risk_bounds
+
+    return risk_bounds.mean_upper_bound(
+        losses, risk_bounds.delta_from_confidence(FLAGS.confidence))
 
 
 def _certificate_columns(point, eps):
@@ -560,7 +583,12 @@ def _certificate_columns(point, eps):
             out["certificate_blocks"] = calibration.get("mean_layers_executed")
     delta = risk_bounds.delta_from_confidence(FLAGS.confidence)
     n = point["eval_rows"]
-    if point["mode"] in CERTIFIED_MODES:
+    if point["mode"] == "certified-mean":
+        # The halting certificate: E|score - own full-depth score| / range <= EPS.
+        out.update(check_quantity="full_depth_mean_deviation",
+                   check=point["full_depth_mean_deviation"] <= eps,
+                   eval_lower=point["mean_deviation_lower"])
+    elif point["mode"] in CERTIFIED_MODES:
         # The halting certificate: P(answer != own full depth) <= EPS.
         out.update(check_quantity="full_depth_disagreement",
                    check=point["full_depth_disagreement"] <= eps,
@@ -727,7 +755,9 @@ def _markdown(rows):
         "model's own full depth is certified at most EPS), `target+certified` (both, in that "
         "order), `certified-drop` (one certificate: the accuracy drop against `full` at most "
         "EPS, DACT's halting shift and learned score's threshold chosen together for the "
-        "fewest blocks).",
+        "fewest blocks), `certified-mean` (regression: the most aggressive exit threshold whose "
+        "mean distance from the model's own full-depth score, as a share of the score range, "
+        "is certified at most EPS; its *≤ EPS* and *lower* are on that mean).",
         "",
         "Columns: *blocks* and *cal. blocks*: mean blocks on the evaluation and calibration "
         "rows; *disagr.*: evaluation rows whose answer differs from the model's own full-depth "
@@ -853,7 +883,7 @@ def _plot(rows):
         return
     colours = {"plain": "tab:gray", "exact": "tab:blue", "trained": "tab:brown",
                "target": "tab:orange", "certified": "tab:green", "target+certified": "tab:red",
-               "certified-drop": "tab:cyan"}
+               "certified-drop": "tab:cyan", "certified-mean": "tab:olive"}
     markers = {"full": "s", "static": "v", "dact": "o", "deebert": "^", "pabee": "D"}
     for (task, seed), group in _groups(rows).items():
         fig, ax = plt.subplots(figsize=(7.5, 4.8))

@@ -151,7 +151,10 @@ class ModelConfig:
       calibration rows (`dact_tf.calibration.certify.certify_halting`).
     - `certified_risk`: what `halting_rule="certified"` certifies.
       `"disagreement"` (default): the rate of answers that differ from the
-      model's own full depth, at most `max_disagreement`. `"drop"` (DACT,
+      model's own full depth, at most `max_disagreement`.
+      `"mean_deviation"` (regression): the mean distance of the early score
+      from the full-depth one, at most `max_disagreement` times the score
+      range (`dact_tf.calibration.risks.MeanDeviation`). `"drop"` (DACT,
       classification): the accuracy drop against the plain full-depth
       model, at most `calibration_max_drop`, with the halting shift and the
       learned score's threshold chosen together for the fewest blocks

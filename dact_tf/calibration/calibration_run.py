@@ -20,6 +20,8 @@ CALIBRATION_FILE = "calibration.json"
 #: `rows_source`: calibration rows no other choice saw, or the selection rows themselves.
 KEPT_APART = certify.KEPT_APART
 SHARED = certify.SHARED
+#: A certified halting mode's risk from `max_disagreement` and `--certified_risk`.
+halting_risk = certify.halting_risk
 
 
 def check_flags(method, halting_rule, max_disagreement, max_drop, confidence,
@@ -89,7 +91,9 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
         max_drop: float, the certified bound on that cost.
         confidence: float in (0, 1), of each certificate.
         max_disagreement: float: certify a halting mode (`--halting_rule=
-            certified`) with this bound on P(early != full depth); None: none.
+            certified`) with this bound on P(early != full depth), or a
+            risk (`halting_risk`: e.g. a regression score's mean distance
+            from full depth); None: none.
         rows_source: what `rows` are, recorded in every certificate:
             `KEPT_APART` (held out and seen by no other choice), `SHARED`
             (the selection rows themselves) or a file's description

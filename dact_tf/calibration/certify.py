@@ -25,7 +25,11 @@ the full-depth one. Two other promises can only be certified on data
   of answers that differ from the model's own full-depth answer is certified
   at most `max_disagreement`. The score only decides how few blocks the
   certified setting runs; the bound holds for any score fixed before the
-  calibration rows are read.
+  calibration rows are read. A regression model may bound instead the mean
+  distance of its early score from the full-depth one, as a share of its
+  score range (`MeanDeviation`; `risk_bounds.mean_upper_bound`): a row may
+  move by more than the tolerance, so long as the rows move little on
+  average.
 
 Both hold on unseen rows from the distribution the calibration rows were
 drawn from, with probability at least `confidence` each, provided nothing
@@ -41,6 +45,7 @@ import numpy as np
 from dact_tf.evaluation import analysis
 from dact_tf.calibration import halting_bias
 from dact_tf.calibration import risk_bounds
+from dact_tf.calibration.risks import Disagreement, MeanDeviation, halting_risk  # noqa: F401
 from dact_tf.layers.dact_heads import PASS_THROUGH_BIAS
 
 #: The default bound of a certified halting mode: 1 % of rows differ from full depth.
@@ -106,14 +111,16 @@ def certify_halting(model, dataset, max_disagreement=DEFAULT_MAX_DISAGREEMENT,
     `max_disagreement`; the last one (the fewest blocks) is taken. Where not
     even the first can be certified (too few rows), the model keeps an exact
     setting (DACT: the tight rule; DeeBERT, PABEE: full depth) and
-    `certified` is false.
+    `certified` is false. With `MeanDeviation` (regression) the mean
+    distance of the early score from the full-depth one is bounded instead.
 
     Args:
         model: a trained `DactClassifier` (DACT, PABEE or DeeBERT).
         dataset: batches of features (or `(features, labels)`: labels are
             not read), rows nothing else was chosen on.
         max_disagreement: float in (0, 1), the bound on
-            P(early answer != full-depth answer).
+            P(early answer != full-depth answer); or a risk
+            (`Disagreement(eps)`, `MeanDeviation(eps)`; see `halting_risk`).
         confidence: float in (0, 1), e.g. 0.95.
         apply: bool, configure the model's exit with the chosen setting.
         shared: bool, whether the rows were also used for another choice
@@ -128,9 +135,10 @@ def certify_halting(model, dataset, max_disagreement=DEFAULT_MAX_DISAGREEMENT,
     Returns:
         A dict: `method`, `knob`, `value` (the chosen setting),
         `mean_layers_executed` (on the rows), `full_depth_disagreement` (the
-        rate seen) and `certificate` (see the module docstring; `rows_needed`:
-        about how many rows would certify the bound at the most aggressive
-        setting's rate).
+        rate seen), `mean_deviation` (regression: the mean distance from
+        the full-depth score, in the score's units) and `certificate` (see
+        the module docstring; `rows_needed`: about how many rows would
+        certify the bound at the most aggressive setting's rate).
 
     Example:
     ```python
@@ -139,9 +147,8 @@ def certify_halting(model, dataset, max_disagreement=DEFAULT_MAX_DISAGREEMENT,
     ```
     """
     delta = risk_bounds.delta_from_confidence(confidence)
-    if not 0.0 < float(max_disagreement) < 1.0:
-        raise ValueError(f"`max_disagreement` must be in (0, 1) (0.01: 1 % of rows), "
-                         f"got {max_disagreement!r}.")
+    risk = halting_risk(max_disagreement)
+    risk.check(model)
     fit_trace, fit_rows = None, 0
     if fit_dataset is not None:
         fit_trace, _ = analysis.trace_dataset(model, fit_dataset, verbose=verbose)
@@ -153,36 +160,37 @@ def certify_halting(model, dataset, max_disagreement=DEFAULT_MAX_DISAGREEMENT,
     trace, _ = analysis.trace_dataset(model, dataset, verbose=verbose)
     full = full_depth_predictions(model, trace)
     n = len(full)
-    replays = []
-
-    def at_risk_of(index):
-        exits, outputs = analysis.replay_exits(model, trace, 0.0, grid[index][2])
-        replays.append(exits)
-        return int(differs(model, _predictions(model, outputs), full).sum())
-
-    at_risk, bounds = [], []
+    replays, at_risk, bounds, losses = [], [], [], []
     for index in range(len(grid)):
-        at_risk.append(at_risk_of(index))
-        bounds.append(risk_bounds.upper_bound(at_risk[-1], n, delta))
-        if bounds[-1] > max_disagreement:
+        exits, outputs = analysis.replay_exits(model, trace, 0.0, grid[index][2])
+        early = _predictions(model, outputs)
+        replays.append((exits, early))
+        at_risk.append(int(differs(model, early, full).sum()))
+        losses.append(risk.losses(model, early, full))
+        bounds.append(risk.bound(losses[-1], delta))
+        if bounds[-1] > risk.epsilon:
             break
-    passed = len(bounds) - (bounds[-1] > max_disagreement)  # the loop stops at a failure
-    knob, value, chosen = grid[max(passed - 1, 0)]
+    passed = len(bounds) - (bounds[-1] > risk.epsilon)  # the loop stops at a failure
+    chosen = max(passed - 1, 0)
+    knob, value, setting = grid[chosen]
     exact = passed == 0 or value == grid[0][1]
     if exact:
-        chosen = chosen.proven_form()
-    aggressive = at_risk[-1] / n  # the rate of the last setting tested
+        setting = setting.proven_form()
     certificate = make_certificate(
-        "halting", "P(early answer differs from the full-depth answer)", max_disagreement,
-        delta, n, at_risk, bounds, passed, grid, shared, knob=knob, value=value,
-        exact=bool(exact), fit_rows=fit_rows,
-        rows_needed=risk_bounds.rows_needed(aggressive, max_disagreement, delta))
+        "halting", risk.statement, risk.epsilon, delta, n, at_risk, bounds, passed, grid,
+        shared, knob=knob, value=value, exact=bool(exact), fit_rows=fit_rows,
+        rows_needed=risk.rows_needed(losses[-1], delta),  # at the last setting tested
+        **({} if risk.name == Disagreement.name else
+           {"risk_kind": risk.name, "observed_rate": float(losses[chosen].mean())}))
     if apply:
-        model.configure_exit(**chosen.get_config())
-    return {"method": model.method, "knob": knob, "value": value,
-            "mean_layers_executed": float(replays[max(passed - 1, 0)].mean()),
-            "full_depth_disagreement": at_risk[max(passed - 1, 0)] / n,
-            "certificate": certificate}
+        model.configure_exit(**setting.get_config())
+    exits, early = replays[chosen]
+    result = {"method": model.method, "knob": knob, "value": value,
+              "mean_layers_executed": float(exits.mean()),
+              "full_depth_disagreement": at_risk[chosen] / n, "certificate": certificate}
+    if model.task == "regression":
+        result["mean_deviation"] = float(np.abs(np.asarray(early) - np.asarray(full)).mean())
+    return result
 
 
 def reference_predictions(reference, dataset, verbose=0):
@@ -376,6 +384,8 @@ def describe(certificate):
     c = certificate
     if c["kind"] != "halting":
         return _describe_drop(c)
+    if c.get("risk_kind") == MeanDeviation.name:
+        return _describe_deviation(c)
     what = "get an answer that differs from full depth"
     conf = f"{c['confidence']:.0%} confidence"
     if c["certified"]:
@@ -402,3 +412,15 @@ def _describe_drop(c):
             else "the drop seen is already above the bound")
     return (f"not certified: {c['rows']} calibration rows cannot show a drop of at most "
             f"{c['epsilon']:.2%} against the full-depth model at {conf} ({counts}); {more}.")
+
+
+def _describe_deviation(c):
+    """`describe` for a halting certificate on the mean distance from full depth."""
+    what = (f"an early score at most {c['epsilon']:.2%} of the score range from the full-depth "
+            "score on average")
+    seen = (f"{c['confidence']:.0%} confidence; mean distance {c['observed_rate']:.2%} of the "
+            f"range on {c['rows']} calibration rows")
+    if c["certified"]:
+        return f"certified: {what} on unseen rows ({seen}, bound {c['bound']:.2%})."
+    return (f"not certified: {c['rows']} calibration rows cannot show {what} at "
+            f"{c['confidence']:.0%} confidence ({seen}, bound {c['bound']:.2%}).")

@@ -21,7 +21,9 @@ certified on rows no other choice has seen. The method is Learn-then-Test
   compute target.
 
 Nothing here needs SciPy: the binomial tail is summed in log space (exact
-to float64 rounding) and the bound found by bisection.
+to float64 rounding) and the bound found by bisection. A mean loss in
+`[0, 1]` (e.g. a regression score's distance from its full-depth value)
+has its own bound, by betting (`mean_upper_bound`).
 """
 
 import math
@@ -229,6 +231,75 @@ def fixed_sequence(at_risk, n, epsilon, delta):
         if bounds[-1] > epsilon:
             return len(bounds) - 1, bounds
     return len(bounds), bounds
+
+
+#: The largest bet of `mean_upper_bound` (a share of the capital; below 1 keeps it positive).
+_MAX_BET = 0.75
+
+
+def mean_upper_bound(losses, delta):
+    """An upper confidence bound on the mean of a loss in `[0, 1]`, by betting.
+
+    A gambler bets against "the mean is at least `m`" on the rows one after
+    the other: after each row `x_i` the capital is multiplied by
+    `1 + lambda_i (m - x_i)`, where the bet `lambda_i` in `[0, 0.75]` is
+    chosen from the rows before it (the predictable plug-in of Waudby-Smith
+    and Ramdas, "Estimating means of bounded random variables by betting",
+    2024: large when the losses seen vary little). When the mean is at
+    least `m` the capital is a nonnegative supermartingale, so by Ville's
+    inequality it reaches `1 / delta` with probability at most `delta`.
+    The bound is the smallest `m` whose capital reaches it; as the
+    capital grows with `m`, every larger `m` is rejected too.
+
+    Unlike a bound on a rate (`upper_bound`), it adapts to the spread of
+    the losses: many rows at or near 0 and a few larger ones give a bound
+    close to their mean, where Hoeffding's inequality would add
+    `sqrt(log(1 / delta) / (2 n))` whatever the spread.
+
+    Args:
+        losses: 1-D sequence of floats in `[0, 1]`, one per row, in an
+            order fixed before they were seen (e.g. the rows' order).
+        delta: float in (0, 1), one minus the confidence.
+
+    Returns:
+        float `U` in `(0, 1]`: the mean loss is below `U` with probability
+        at least `1 - delta`, whatever the distribution of the rows.
+
+    Example:
+    >>> round(mean_upper_bound([0.0] * 1000, 0.05), 4)  # every loss 0: about log(20) / 750
+    0.004
+    """
+    import numpy as np
+
+    x = np.asarray(losses, dtype=np.float64)
+    if x.ndim != 1 or x.size < 1:
+        raise ValueError(f"`losses` must be a 1-D sequence of at least one value, got shape "
+                         f"{x.shape}.")
+    if not np.all(np.isfinite(x)) or x.min() < 0.0 or x.max() > 1.0:
+        raise ValueError("Every loss must be a number in [0, 1].")
+    _check(0, x.size, delta)
+    n, log_target = x.size, math.log(1.0 / delta)
+    seen = np.arange(1, n + 1)
+    means = (0.5 + np.cumsum(x)) / (seen + 1)  # mean_i, after rows 1..i
+    variances = (0.25 + np.cumsum((x - means) ** 2)) / (seen + 1)
+    before = np.concatenate([[0.25], variances[:-1]])  # what the bet on row i may know
+    bets = np.minimum(np.sqrt(2.0 * log_target / (n * before)), _MAX_BET)
+
+    def rejected(m):
+        return np.cumsum(np.log1p(bets * (m - x))).max() >= log_target
+
+    if not rejected(1.0):
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2.0
+        if rejected(mid):
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo < 1e-9:
+            break
+    return hi
 
 
 def delta_from_confidence(confidence):

@@ -24,20 +24,8 @@ FLAGS = flags.FLAGS
 _SPLIT_FLAGS = help_text.REFUSED_BY_COMMAND["calibrate"]
 
 
-def run(require, data_config_from):
-    """Runs the command with the parsed flags (`dact_tf.cli.main` defines them).
-
-    Args:
-        require: `main._require`, a flag's value or a one-line refusal.
-        data_config_from: `main._data_config`, the stored data config with
-            the path flags given again.
-    """
-    from dact_tf.calibration import calibration_run
-    from dact_tf.models import model_dir as model_dir_lib
-    from dact_tf.utils import files
-    from dact_tf.training import train_lib
-
-    model_dir = require("model_dir")
+def _request():
+    """`(target, rule, drop)` the flags ask for, or a one-line refusal of what they cannot."""
     target = FLAGS.target_blocks if FLAGS["target_blocks"].present else None
     rule = FLAGS.halting_rule if FLAGS["halting_rule"].present else None
     if rule not in (None, "certified"):
@@ -54,6 +42,24 @@ def run(require, data_config_from):
     if changed:
         raise ValueError(f"--{changed[0]} decides which training rows were held out: calibrate "
                          "uses the model's own split (leave it unset).")
+    return target, rule, drop
+
+
+def run(require, data_config_from):
+    """Runs the command with the parsed flags (`dact_tf.cli.main` defines them).
+
+    Args:
+        require: `main._require`, a flag's value or a one-line refusal.
+        data_config_from: `main._data_config`, the stored data config with
+            the path flags given again.
+    """
+    from dact_tf.calibration import calibration_run
+    from dact_tf.models import model_dir as model_dir_lib
+    from dact_tf.utils import files
+    from dact_tf.training import train_lib
+
+    model_dir = require("model_dir")
+    target, rule, drop = _request()
     stored = train_lib.read_config(model_dir)
     if stored["data"].get("calibration_file") and not FLAGS["calibration_file"].present:
         raise ValueError(f"{model_dir} was trained with --calibration_file="
@@ -67,6 +73,8 @@ def run(require, data_config_from):
         raise ValueError(f"{model_dir} was trained with --holdout_fraction=0: no held-out rows "
                          "to calibrate on; train it again with held-out rows.")
     model, preprocessor, config = train_lib.load_model_dir(model_dir)
+    if rule == "certified" and FLAGS.certified_risk != "drop":  # before any pass
+        calibration_run.halting_risk(FLAGS.max_disagreement, FLAGS.certified_risk).check(model)
     if target is not None:
         try:
             model.exit_criterion.check_target_blocks(target, model.num_layers)
@@ -99,7 +107,9 @@ def run(require, data_config_from):
                 pass_through=train_lib.parse_pass_through(
                     FLAGS.pass_through if FLAGS["pass_through"].present
                     else stored["model"]["pass_through"], model.num_layers),
-                max_disagreement=FLAGS.max_disagreement if rule == "certified" else None,
+                max_disagreement=(calibration_run.halting_risk(
+                    FLAGS.max_disagreement, FLAGS.certified_risk)
+                    if rule == "certified" else None),
                 **common)
         path = os.path.join(model_dir, train_lib.CALIBRATION_FILE)
         if target is None and not drop and os.path.exists(path):

@@ -321,7 +321,7 @@ class DactTextClassifier(keras_hub.models.TextClassifier, DactClassifier):
                 `dact_tf.calibration.halting_bias.calibrate_halting_bias`).
             reference: the plain fine-tuned full-depth model (a
                 `DactClassifier`) the drop is measured against, or None.
-            max_disagreement: float in (0, 1), or None (no halting mode).
+            max_disagreement: float in (0, 1), a risk (`certify.MeanDeviation`), or None.
             confidence: float in (0, 1), of each certificate.
             selection_x: held-out texts (as `x`) other than `x`, or None.
             selection_y: their labels, or None. certified_drop: see above.

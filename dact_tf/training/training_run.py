@@ -187,7 +187,11 @@ class TrainingRun:
             raise ValueError("--target_blocks sets DACT's halting; it needs --method=dact.")
         if self.certified_drop and task_info(self.data_config)[1]:
             raise ValueError("--certified_risk=drop certifies a classifier's accuracy drop; for "
-                             "regression use --certified_risk=disagreement.")
+                             "regression use --certified_risk=disagreement or mean_deviation.")
+        if (self.model_config.certified_risk == "mean_deviation"
+                and not task_info(self.data_config)[1]):
+            raise ValueError("--certified_risk=mean_deviation bounds a regression score's "
+                             "distance; a classifier certifies --certified_risk=disagreement.")
         config = self.model_config
         teacher.check_request(config.distill_teacher,
                               self.criterion.recipe_settings(config)["distill_weight"],
@@ -430,8 +434,9 @@ class TrainingRun:
         else:
             calibration = calibration_run.calibrate(
                 self.model, *rows, target_blocks=self.target, pass_through=self.pass_through,
-                max_disagreement=(model_config.max_disagreement
-                                  if model_config.halting_rule == "certified" else None),
+                max_disagreement=(calibration_run.halting_risk(
+                    model_config.max_disagreement, model_config.certified_risk)
+                    if model_config.halting_rule == "certified" else None),
                 **common)
         files.write_json(os.path.join(self.model_dir, calibration_run.CALIBRATION_FILE),
                          calibration)

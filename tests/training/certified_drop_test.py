@@ -133,7 +133,10 @@ def test_training_refuses_a_certified_drop_it_cannot_give_before_any_work(tmp_pa
               "for regression use --certified_risk=disagreement"),
              (config.DataConfig(task="sst2", data_dir=builtin_sst2_dir()),
               config.ModelConfig.certified(method="pabee"),
-              "--method=pabee certifies --certified_risk=disagreement"))
+              "--method=pabee certifies --certified_risk=disagreement"),
+             (config.DataConfig(task="sst2", data_dir=builtin_sst2_dir()),
+              config.ModelConfig(halting_rule="certified", certified_risk="mean_deviation"),
+              "--certified_risk=mean_deviation bounds a regression score"))
     for data_config, model_config, message in cases:
         model_dir = tmp_path / "model"
         with pytest.raises(ValueError, match=message):

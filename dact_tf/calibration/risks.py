@@ -1,0 +1,108 @@
+"""What a certified halting mode bounds (`--certified_risk`), as objects.
+
+Each risk turns the early and full-depth answers of the calibration rows
+into one loss per row in `[0, 1]` and bounds their mean on unseen rows
+(`dact_tf.calibration.risk_bounds`); `certify.certify_halting` tests an
+exit method's grid of thresholds against it.
+"""
+
+import dataclasses
+import numbers
+
+import numpy as np
+
+from dact_tf.calibration import risk_bounds
+from dact_tf.evaluation import analysis
+
+
+@dataclasses.dataclass(frozen=True)
+class Disagreement:
+    """A certified halting mode's risk: P(early answer differs from the full-depth one).
+
+    Regression: differs by more than the model's tolerance. Certified with a
+    one-sided Clopper-Pearson bound on the rate (`risk_bounds.upper_bound`).
+
+    Attributes:
+        epsilon: float in (0, 1), the bound (0.01: 1 % of rows).
+    """
+
+    epsilon: float
+    name = "disagreement"
+    statement = "P(early answer differs from the full-depth answer)"
+
+    def __post_init__(self):
+        _check_epsilon(self.epsilon, self.name)
+
+    def check(self, model):
+        """Refuses, in one line, a model this risk does not apply to."""
+
+    def losses(self, model, early, full):
+        """float `[rows]` in `[0, 1]`: each row's loss (here 1 where the answers differ)."""
+        return analysis.differs(model, early, full).astype(np.float64)
+
+    def bound(self, losses, delta):
+        return risk_bounds.upper_bound(int(round(losses.sum())), len(losses), delta)
+
+    def rows_needed(self, losses, delta):
+        return risk_bounds.rows_needed(losses.mean(), self.epsilon, delta)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanDeviation(Disagreement):
+    """Regression: the mean |early score - full-depth score|, as a share of the score range.
+
+    `epsilon=0.02` on STS-B's 0-5 scale: on average the early score is within
+    0.1 of the full-depth score. Certified with a betting bound on the mean
+    of a loss in `[0, 1]` (`risk_bounds.mean_upper_bound`).
+    """
+
+    name = "mean_deviation"
+    statement = ("E|early score - full-depth score| / (the score range), the mean distance "
+                 "of an early score from the full-depth one")
+
+    def check(self, model):
+        if model.task != "regression":
+            raise ValueError("--certified_risk=mean_deviation bounds a regression score's "
+                             "distance; a classifier certifies --certified_risk=disagreement.")
+
+    def losses(self, model, early, full):
+        self.check(model)
+        lo, hi = model.encoder.exit_context.output_range
+        distance = np.abs(np.asarray(early, np.float64) - np.asarray(full, np.float64))
+        return np.clip(distance.reshape(len(distance), -1).max(axis=1) / (hi - lo), 0.0, 1.0)
+
+    def bound(self, losses, delta):
+        return risk_bounds.mean_upper_bound(losses, delta)
+
+    def rows_needed(self, losses, delta):
+        return None
+
+
+#: `--certified_risk` values of a certified halting mode, and their risks.
+HALTING_RISKS = {risk.name: risk for risk in (Disagreement, MeanDeviation)}
+
+
+def halting_risk(value, kind="disagreement"):
+    """A certified halting mode's risk from a bound (`max_disagreement`) and its kind.
+
+    Args:
+        value: float in (0, 1), or a risk already (`Disagreement`,
+            `MeanDeviation`), returned as it is.
+        kind: a `HALTING_RISKS` key (`--certified_risk`).
+
+    Returns:
+        The risk object.
+    """
+    if isinstance(value, Disagreement):
+        return value
+    if kind not in HALTING_RISKS:
+        raise ValueError(f"A certified halting mode bounds one of {sorted(HALTING_RISKS)}, "
+                         f"got {kind!r}.")
+    return HALTING_RISKS[kind](value)
+
+
+def _check_epsilon(epsilon, name):
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not (
+            0.0 < float(epsilon) < 1.0):
+        raise ValueError(f"The {name} bound (`max_disagreement`) must be in (0, 1) (0.01: "
+                         f"1 %), got {epsilon!r}.")
