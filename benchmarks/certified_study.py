@@ -458,12 +458,25 @@ def _run_point(g, method, mode, eps):
         stored_init_from=config["model"].get("init_from"),
         model_dir=_relative(model_dir), seconds=round(time.time() - start, 1),
         command="PYTHONPATH=. python -m benchmarks.certified_study "
-        + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        + _command_line(),
     )
     point.update(_certificate_columns(point, eps))
     del model
     gc.collect()
     return point
+
+
+def _command_line():
+    """This run's flags as a user would type them from the repository root: the GLUE folder
+    as GLUE_DIR, paths inside the repository relative to it."""
+    def shown(arg):
+        name, sep, value = arg.partition("=")
+        if name == "--glue_dir" and sep:
+            return f"{name}=GLUE_DIR"
+        parts = [_relative(v) if os.path.isabs(v) else v for v in value.split(",")]
+        return name + sep + ",".join(parts) if sep else arg
+
+    return " ".join(shlex.quote(shown(a)) for a in sys.argv[1:])
 
 
 def _timing(g, model, mode):
@@ -484,8 +497,13 @@ def _timing(g, model, mode):
 
 
 def _relative(path):
+    """`path` relative to the repository root: the working directory (a run from a snapshot
+    of the code works there), else this checkout."""
     path = os.path.abspath(path)
-    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
+    for root in (os.getcwd(), ROOT):
+        if path.startswith(root + os.sep):
+            return os.path.relpath(path, root)
+    return path
 
 
 def _score(g, model, cache_key=None):
@@ -736,7 +754,7 @@ def _markdown(rows):
         "repository root:",
         "",
         "    PYTHONPATH=. python -m benchmarks.certified_study "
-        + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        + _command_line(),
         "",
         f"Machine: {env['cpu_model']}, {env['cpu_cores']} cores (shared with a background "
         f"training job; load average {env['load_average_at_start'][0]:.1f} when last written), "
