@@ -53,7 +53,10 @@ def evaluate(model, dataset, metric_task, verbose=0, max_layers=None, full_depth
     `full_depth_disagreement`, the fraction of rows whose answer differs
     from the full-depth one (regression: by more than the tolerance); 0
     for DACT's proven rules, at most the certified rate (on most draws)
-    for a certified halting mode.
+    for a certified halting mode; regression adds
+    `full_depth_mean_deviation`, the mean distance from the full-depth
+    score as a share of the score range (what `--certified_risk=
+    mean_deviation` certifies).
 
     Returns:
         A dict: the task metric(s), `mean_layers_executed`, `num_layers`,
@@ -70,6 +73,10 @@ def evaluate(model, dataset, metric_task, verbose=0, max_layers=None, full_depth
         key = "scores" if model.task == "regression" else "predictions"
         results["full_depth_disagreement"] = float(
             analysis.differs(model, outputs[key], full[key]).mean())
+        if model.task == "regression":
+            lo, hi = model.encoder.exit_context.output_range
+            results["full_depth_mean_deviation"] = float(
+                np.abs(outputs[key] - full[key]).mean() / (hi - lo))
     return results
 
 

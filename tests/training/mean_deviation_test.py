@@ -125,6 +125,10 @@ def test_certified_halting_bounds_the_mean_distance_it_measured(method):
     assert int((distance > 0.01).sum()) == certificate["at_risk"]
     assert early["layers_executed"].mean() == pytest.approx(result["mean_layers_executed"])
     assert certificate["certified"] and certificate["bound"] <= 0.05
+    # `evaluate` reports the certified quantity on any rows.
+    scored = train_lib.evaluate(model, data, "regression", full_depth_disagreement=True)
+    assert scored["full_depth_mean_deviation"] == pytest.approx(
+        certificate["observed_rate"], abs=1e-6)
     line = certify.describe(certificate)
     assert line.startswith("certified: an early score at most 5.00% of the score range")
     if method == "dact":
