@@ -95,18 +95,22 @@ def main(out_path):
     # Checkpoints cross strategies: mirrored -> one device and back.
     path = os.path.join(tmp, "mirrored.weights.h5")
     m2.save_weights(path)
+    # Each loaded model against the model whose weights it loaded (the two trained
+    # models themselves differ by float32 summation order: `weight_diff`).
     loaded = build(one)
     loaded.load_weights(path)
     probe = testing.slice_features(FEATURES, 0, 32)
-    ref = m1.predict(probe, verbose=0)["probabilities"]
-    cross_one = float(np.max(np.abs(loaded.predict(probe, verbose=0)["probabilities"] - ref)))
+
+    def gap(model, ref_model):
+        ours = model.predict(probe, verbose=0)["probabilities"]
+        return float(np.max(np.abs(ours - ref_model.predict(probe, verbose=0)["probabilities"])))
+
+    cross_one = gap(loaded, m2)
     path = os.path.join(tmp, "one.weights.h5")
     m1.save_weights(path)
     loaded = build(mirrored)
     loaded.load_weights(path)
-    cross_mirrored = float(
-        np.max(np.abs(loaded.predict(probe, verbose=0)["probabilities"] - ref))
-    )
+    cross_mirrored = gap(loaded, m1)
     report = {
         "losses_one_device": losses1,
         "losses_mirrored": losses2,
