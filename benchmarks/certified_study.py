@@ -515,6 +515,7 @@ def _score(g, model, cache_key=None):
     import numpy as np
 
     from dact_tf.calibration import certify
+    from dact_tf.evaluation import analysis
     from dact_tf.evaluation import scoring as evaluation
 
     ds, verbose = g.datasets, FLAGS.verbose
@@ -542,8 +543,7 @@ def _score(g, model, cache_key=None):
     cal, _ = evaluation.predict_dataset(model, ds["calibration"], verbose=verbose)
     deviation = {}
     if model.task == "regression":  # the distance from its own full depth, per score range
-        distance = certify.MeanDeviation(0.5).losses(model, answers,
-                                                     own_full("validation", answers))
+        distance = analysis.score_distance(model, answers, own_full("validation", answers))
         deviation = {"full_depth_mean_deviation": float(distance.mean()),
                      "mean_deviation_lower": 1.0 - _mean_bound(1.0 - distance)}
     return {**deviation,

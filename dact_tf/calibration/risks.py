@@ -67,9 +67,7 @@ class MeanDeviation(Disagreement):
 
     def losses(self, model, early, full):
         self.check(model)
-        lo, hi = model.encoder.exit_context.output_range
-        distance = np.abs(np.asarray(early, np.float64) - np.asarray(full, np.float64))
-        return np.clip(distance.reshape(len(distance), -1).max(axis=1) / (hi - lo), 0.0, 1.0)
+        return analysis.score_distance(model, early, full)
 
     def bound(self, losses, delta):
         return risk_bounds.mean_upper_bound(losses, delta)

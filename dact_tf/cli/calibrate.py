@@ -73,8 +73,10 @@ def run(require, data_config_from):
         raise ValueError(f"{model_dir} was trained with --holdout_fraction=0: no held-out rows "
                          "to calibrate on; train it again with held-out rows.")
     model, preprocessor, config = train_lib.load_model_dir(model_dir)
-    if rule == "certified" and FLAGS.certified_risk != "drop":  # before any pass
-        calibration_run.halting_risk(FLAGS.max_disagreement, FLAGS.certified_risk).check(model)
+    risk = None
+    if rule == "certified" and not drop:
+        risk = calibration_run.halting_risk(FLAGS.max_disagreement, FLAGS.certified_risk)
+        risk.check(model)  # before any pass
     if target is not None:
         try:
             model.exit_criterion.check_target_blocks(target, model.num_layers)
@@ -107,9 +109,7 @@ def run(require, data_config_from):
                 pass_through=train_lib.parse_pass_through(
                     FLAGS.pass_through if FLAGS["pass_through"].present
                     else stored["model"]["pass_through"], model.num_layers),
-                max_disagreement=(calibration_run.halting_risk(
-                    FLAGS.max_disagreement, FLAGS.certified_risk)
-                    if rule == "certified" else None),
+                max_disagreement=risk,
                 **common)
         path = os.path.join(model_dir, train_lib.CALIBRATION_FILE)
         if target is None and not drop and os.path.exists(path):

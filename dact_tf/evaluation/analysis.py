@@ -179,6 +179,14 @@ def differs(model, a, b):
     return a != b
 
 
+def score_distance(model, a, b):
+    """float `[rows]` in `[0, 1]`: regression scores `a` and `b` apart, as a share of the
+    model's score range."""
+    lo, hi = model.encoder.exit_context.output_range
+    distance = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+    return np.clip(distance.reshape(len(distance), -1).max(axis=1) / (hi - lo), 0.0, 1.0)
+
+
 def replay_exits(model, trace, shift=0.0, criterion=None):
     """The exit block and answer of every row, replayed on a trace.
 

@@ -74,9 +74,8 @@ def evaluate(model, dataset, metric_task, verbose=0, max_layers=None, full_depth
         results["full_depth_disagreement"] = float(
             analysis.differs(model, outputs[key], full[key]).mean())
         if model.task == "regression":
-            lo, hi = model.encoder.exit_context.output_range
             results["full_depth_mean_deviation"] = float(
-                np.abs(outputs[key] - full[key]).mean() / (hi - lo))
+                analysis.score_distance(model, outputs[key], full[key]).mean())
     return results
 
 
