@@ -153,6 +153,8 @@ def certify_halting(model, dataset, max_disagreement=DEFAULT_MAX_DISAGREEMENT,
     if fit_dataset is not None:
         fit_trace, _ = analysis.trace_dataset(model, fit_dataset, verbose=verbose)
         fit_rows = len(fit_trace["exit_layers"])
+        if model.task == "regression":
+            fit_trace["settled_within"] = risk.settled_within(model)
     grid = model.exit_criterion.certified_grid(model.num_layers, fit_trace=fit_trace,
                                                context=model.encoder.exit_context)
     if not grid:

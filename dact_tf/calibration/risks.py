@@ -14,6 +14,12 @@ import numpy as np
 from dact_tf.calibration import risk_bounds
 from dact_tf.evaluation import analysis
 
+#: `MeanDeviation.settled_within`: a regression score within this share of
+#: the score range of the full-depth one counts as settled when a learned
+#: consistency score is fitted (on a quick STS-B model, 5 % certified 2 %
+#: at fewer blocks than the 1 % tolerance, 2 % or 10 %).
+SETTLED_SHARE = 0.05
+
 
 @dataclasses.dataclass(frozen=True)
 class Disagreement:
@@ -46,6 +52,11 @@ class Disagreement:
     def rows_needed(self, losses, delta):
         return risk_bounds.rows_needed(losses.mean(), self.epsilon, delta)
 
+    def settled_within(self, model):
+        """Regression: how far from the full-depth score an answer may be and count as
+        the same one when a learned exit score is fitted (here: the tolerance)."""
+        return model.encoder.exit_context.tolerance
+
 
 @dataclasses.dataclass(frozen=True)
 class MeanDeviation(Disagreement):
@@ -74,6 +85,14 @@ class MeanDeviation(Disagreement):
 
     def rows_needed(self, losses, delta):
         return None
+
+    def settled_within(self, model):
+        """`SETTLED_SHARE` of the score range (at least the tolerance): a score fitted to
+        be within it orders the rows by how far they move better than one fitted to
+        the per-row tolerance, which few early scores meet."""
+        context = model.encoder.exit_context
+        lo, hi = context.output_range
+        return max(context.tolerance, SETTLED_SHARE * (hi - lo))
 
 
 #: `--certified_risk` values of a certified halting mode, and their risks.

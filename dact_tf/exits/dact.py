@@ -109,9 +109,9 @@ class Dact(base.ExitCriterion):
             tolerance=context.tolerance, output_range=context.output_range or (0.0, 1.0),
         )
         if (self.halting_rule == "certified" and self.consistency_weights is not None
-                and previous is not None and context.task != "regression"):
+                and previous is not None):
             learned = consistency.score(self.consistency_weights, previous, answer, budget,
-                                        remaining) >= self.halting_threshold
+                                        remaining, context) >= self.halting_threshold
             halt = tf.logical_or(halt, learned)
         return halt
 
@@ -127,20 +127,23 @@ class Dact(base.ExitCriterion):
     def certified_grid(self, num_layers, fit_trace=None, context=None):
         """The tight test loosened by a slack; with `fit_trace`, a learned score's thresholds.
 
-        With `fit_trace` (a trace of rows the certificate does not use) and a
-        classification model, the consistency score
-        (`dact_tf.exits.consistency`) is fitted on it and the grid is the
-        tight rule, then the score's thresholds from the fitted rows' own
-        scores, highest first; otherwise the slacks `CERTIFIED_SLACKS`.
+        With `fit_trace` (a trace of rows the certificate does not use), the
+        consistency score (`dact_tf.exits.consistency`) is fitted on it and
+        the grid is the tight rule, then the score's thresholds from the
+        fitted rows' own scores, highest first; otherwise the slacks
+        `CERTIFIED_SLACKS`. A regression trace may hold `"settled_within"`:
+        the distance from the full-depth score that the score learns to call
+        the same answer (default: the tolerance).
         """
         del num_layers
-        task = context.task if context is not None else "classification"
-        if fit_trace is None or task == "regression":
+        if fit_trace is None:
             return [("halting_slack", s, Dact("certified", self.halting_margin, 0.0, s))
                     for s in self.CERTIFIED_SLACKS]
-        weights = consistency.fit(fit_trace["accumulated"], fit_trace["budgets"])
+        accumulated, budgets = fit_trace["accumulated"], fit_trace["budgets"]
+        weights = consistency.fit(accumulated, budgets, context=context,
+                                  within=fit_trace.get("settled_within"))
         thresholds = consistency.threshold_grid(
-            consistency.trace_scores(weights, fit_trace["accumulated"], fit_trace["budgets"]))
+            consistency.trace_scores(weights, accumulated, budgets, context))
         return [("halting_threshold", t, self.certified_form(weights, t))
                 for t in [1.0] + thresholds]
 

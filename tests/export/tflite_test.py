@@ -156,6 +156,9 @@ def test_tflite_from_model_regression(tmp_path):
     # DACT's certified rule with a learned consistency score (top-k, argmax, gather).
     ("classification", {"halting_rule": "certified", "halting_threshold": 0.62,
                         "consistency_weights": [6.0, 3.0, 1.0, -2.0, 1.0, 0.0, -0.5, -1.0, -1.5]}),
+    # And a regressor's (abs, clip, a count of blocks left).
+    ("regression", {"halting_rule": "certified", "halting_threshold": 0.72,
+                    "consistency_weights": [4.0, -2.0, 2.0, -1.0, 1.0, 0.0, -0.5, -1.0, -1.5]}),
 ])
 def test_tflite_variants_convert_and_match(tmp_path, task, kwargs):
     model = make_model(task, seed=4 if "pooling" in kwargs else 2, **kwargs)

@@ -139,6 +139,40 @@ def test_certified_halting_bounds_the_mean_distance_it_measured(method):
         assert other["mean_layers_executed"] > result["mean_layers_executed"]
 
 
+def test_a_learned_regression_score_fitted_on_other_rows_is_what_the_loop_runs(tmp_path):
+    fit_feats, _ = synthetic_task(300, seed=7)
+    feats, _ = synthetic_task(300, seed=8)
+    data = dataset(feats, np.zeros(300, "float32"), batch_size=64)
+    model = _regressor()
+    result = certify.certify_halting(
+        model, data, certify.MeanDeviation(0.05), confidence=0.9,
+        fit_dataset=dataset(fit_feats, np.zeros(300, "float32"), batch_size=64))
+    certificate = result["certificate"]
+    assert result["knob"] == "halting_threshold" and certificate["fit_rows"] == 300
+    # Fitted to call a score within 5 % of the range (0.25) settled, not the 0.01 tolerance.
+    assert certify.MeanDeviation(0.05).settled_within(model) == pytest.approx(0.25)
+    assert certify.Disagreement(0.05).settled_within(model) == pytest.approx(0.01)
+    assert certificate["certified"] and certificate["bound"] <= 0.05
+    criterion = model.exit_criterion
+    assert criterion.halting_rule == "certified"
+    assert len(criterion.consistency_weights) == 5 + model.num_layers
+    # The real loop computes the score the certificate replayed.
+    early, _ = train_lib.predict_dataset(model, data)
+    full, _ = train_lib.predict_dataset(model, data, full_depth=True)
+    distance = np.abs(early["scores"] - full["scores"]).reshape(300)
+    assert distance.mean() / 5.0 == pytest.approx(certificate["observed_rate"], abs=1e-6)
+    assert early["layers_executed"].mean() == pytest.approx(result["mean_layers_executed"])
+    assert result["mean_layers_executed"] < model.num_layers
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    import keras
+
+    restored = keras.models.load_model(path)
+    assert restored.exit_criterion == criterion
+    np.testing.assert_array_equal(restored(feats)["layers_executed"].numpy(),
+                                  early["layers_executed"])
+
+
 def test_a_classifier_is_refused_before_any_pass():
     feats, labels = synthetic_task(16, seed=1)
     model = DactClassifier(tiny_backbone(), num_classes=2)
