@@ -139,7 +139,8 @@ class ModelConfig:
       most this much against the plain full-depth model (stage 1, or the
       `init_from` model): the accuracy drop (rows it answers wrongly where
       that model answers rightly, less the other way round; 0.01: one
-      point), certified on the calibration rows with
+      point; regression: the mean absolute error above that model's, as a
+      share of the score range), certified on the calibration rows with
       `calibration_confidence` (`dact_tf.calibration.certify`). Where the target needs
       more, or the rows are too few to certify it, the model runs more
       blocks than the target and training says so.

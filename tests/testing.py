@@ -1,5 +1,7 @@
 """Shared helpers for dact_tf tests: tiny models and a NumPy DACT reference."""
 
+import math
+
 import keras
 import keras_hub
 import numpy as np
@@ -119,3 +121,20 @@ def run_layer_test(layer, inputs, call_kwargs=None, num_trainable_weights=None):
             clone(inputs, **call_kwargs),
         )
     return out
+
+
+def betting_log_capital(x, m, delta):
+    """The betting capital against "the mean is at least m", one row at a time in plain
+    Python (the reference `risk_bounds.mean_upper_bound` is checked against): its running
+    maximum, with bets of at most 0.75."""
+    n, target = len(x), math.log(1 / delta)
+    total, squares, variance, best, log_capital = 0.0, 0.0, 0.25, -math.inf, 0.0
+    for i, value in enumerate(x, start=1):
+        bet = min(math.sqrt(2 * target / (n * variance)), 0.75)
+        log_capital += math.log(1 + bet * (m - value))
+        best = max(best, log_capital)
+        total += value
+        mean = (0.5 + total) / (i + 1)
+        squares += (value - mean) ** 2
+        variance = (0.25 + squares) / (i + 1)
+    return best

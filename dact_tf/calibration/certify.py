@@ -10,9 +10,10 @@ the full-depth one. Two other promises can only be certified on data
   would otherwise ship (the reference: DACT's stage 1 or the `init_from`
   model), is the accuracy drop: the rate of rows the shifted model answers
   wrongly where the reference answers rightly, less the rate of the other
-  way round (regression: rows whose error exceeds the other model's by more
-  than the tolerance), bounded by `risk_bounds.difference_upper_bound`. The
-  shifts from full depth down to the target are tested
+  way round, bounded by `risk_bounds.difference_upper_bound` (regression:
+  the mean of its absolute error less the reference's, as a share of the
+  score range, bounded by betting, `risk_bounds.mean_difference_upper_bound`).
+  The shifts from full depth down to the target are tested
   in that order on calibration rows (fixed-sequence testing); the model
   takes the one closest to the target whose rate is certified at most
   `max_drop` with the given confidence. Where none is, it runs at the
@@ -225,6 +226,44 @@ def against_reference(model, predictions, reference, labels):
     return ~right & reference_right, right & ~reference_right
 
 
+def excess_error(model, predictions, reference, labels):
+    """float `[rows]` in `[-1, 1]`: a regression answer's absolute error less the
+    reference's, as a share of the score range (what a regression compute target bounds
+    the mean of)."""
+    lo, hi = model.encoder.exit_context.output_range
+    mine = np.abs(np.asarray(predictions, np.float64).reshape(len(labels)) - labels)
+    theirs = np.abs(np.asarray(reference, np.float64).reshape(len(labels)) - labels)
+    return np.clip((mine - theirs) / (hi - lo), -1.0, 1.0)
+
+
+#: What a compute target bounds: a classifier's accuracy drop, a regressor's mean excess error.
+_DROP_RISK = "accuracy drop against the full-depth reference: P(worse) - P(better)"
+_EXCESS_RISK = ("E(|error| - |the reference's error|) / (the score range), the mean absolute "
+                "error above the full-depth reference's")
+
+
+def _drop_bound(model, predictions, reference, labels, delta):
+    """`(worse, better, bound, observed)` of a compute target at one shift.
+
+    A classifier: rows worse and better than the reference and the bound on
+    `P(worse) - P(better)` (`risk_bounds.difference_upper_bound`). A
+    regressor: the rows worse and better by more than the tolerance (for the
+    record) and the betting bound on the mean `excess_error`
+    (`risk_bounds.mean_difference_upper_bound`): counting rows beyond a
+    tolerance weighs a row that moves by 0.06 like one that moves by 3, and
+    two regressors of equal quality still differ on most rows, so that rate's
+    bound stays far above any useful target.
+    """
+    worse, better = against_reference(model, predictions, reference, labels)
+    worse, better, n = int(worse.sum()), int(better.sum()), len(labels)
+    if model.task == "regression":
+        excess = excess_error(model, predictions, reference, labels)
+        return (worse, better, risk_bounds.mean_difference_upper_bound(excess, delta),
+                float(excess.mean()))
+    return worse, better, risk_bounds.difference_upper_bound(worse, better, n, delta), (
+        (worse - better) / n)
+
+
 def _shift_grid(target_shift):
     """The shifts tested, from `_SAFE_SHIFT` down to the target's, `_SHIFT_STEP` apart."""
     start = max(_SAFE_SHIFT, target_shift)
@@ -238,22 +277,21 @@ def _shift_grid(target_shift):
 def _test_in_sequence(model, grid, replay, reference, labels, max_drop, delta):
     """Fixed-sequence testing of the drop against `reference` along `grid`.
 
-    Returns `(at_risk, better, bounds, outcomes)`, one entry per shift
-    tested: worse and better rows, the drop's upper bound and `replay`'s
-    `(exits, predictions)`; the sequence stops at the first failure.
+    Returns `(at_risk, better, bounds, observed, outcomes)`, one entry per
+    shift tested: worse and better rows, the drop's upper bound and observed
+    value (`_drop_bound`) and `replay`'s `(exits, predictions)`; the
+    sequence stops at the first failure.
     """
-    at_risk, better, bounds, outcomes = [], [], [], []
+    at_risk, better, bounds, observed, outcomes = [], [], [], [], []
     for shift in grid:
         exits, preds = replay(shift)
         outcomes.append((exits, preds))
-        worse_rows, better_rows = against_reference(model, preds, reference, labels)
-        at_risk.append(int(worse_rows.sum()))
-        better.append(int(better_rows.sum()))
-        bounds.append(risk_bounds.difference_upper_bound(
-            at_risk[-1], better[-1], len(labels), delta))
+        for values, value in zip((at_risk, better, bounds, observed),
+                                 _drop_bound(model, preds, reference, labels, delta)):
+            values.append(value)
         if bounds[-1] > max_drop:
             break
-    return at_risk, better, bounds, outcomes
+    return at_risk, better, bounds, observed, outcomes
 
 
 def certify_compute_target(model, selection, rows, target_blocks, reference,
@@ -269,9 +307,9 @@ def certify_compute_target(model, selection, rows, target_blocks, reference,
        `_SAFE_SHIFT` (every row runs every block, DACT's answer is nearly
        its last head's) down to that shift are tested in order: the accuracy
        drop against the reference (rows answered wrongly where it answers
-       rightly, less the other way round) must have
-       an upper confidence bound (`risk_bounds.difference_upper_bound`) at
-       most `max_drop`. The last shift that passes is taken.
+       rightly, less the other way round; regression: the mean
+       `excess_error`) must have an upper confidence bound (`_drop_bound`)
+       at most `max_drop`. The last shift that passes is taken.
 
     Args:
         model: a trained DACT `DactClassifier`.
@@ -316,7 +354,7 @@ def certify_compute_target(model, selection, rows, target_blocks, reference,
         reference = full_depth_predictions(model, trace)
     reference = np.asarray(reference)
     grid = _shift_grid(target_shift)
-    at_risk, better, bounds, outcomes = _test_in_sequence(
+    at_risk, better, bounds, observed, outcomes = _test_in_sequence(
         model, grid, lambda shift: replay(shift, passed_through), reference, labels, max_drop,
         delta)
     n = len(labels)
@@ -332,16 +370,17 @@ def certify_compute_target(model, selection, rows, target_blocks, reference,
         return next(iter(analysis.task_metrics(metric_task, labels, predictions).items()))
 
     name, value = metric(preds)
+    regression = model.task == "regression"
     certificate = make_certificate(
-        "compute_target", "accuracy drop against the full-depth reference: P(worse) - P(better)"
-        if model.task != "regression" else
-        "P(error above the reference's by more than the tolerance) - P(the other way round)",
+        "compute_target", _EXCESS_RISK if regression else _DROP_RISK,
         max_drop, delta, n, at_risk, bounds, passed, grid, shared,
         knob="halting_bias_shift", value=float(grid[chosen]), better=int(better[chosen]),
         reference="the model's own full depth before the shift" if own else
         "the full-depth model",
-        rows_needed=risk_bounds.rows_needed(at_risk[stopped] / n, max_drop, delta,
-                                            better_rate=better[stopped] / n))
+        observed_rate=float(observed[chosen]),
+        rows_needed=None if regression else risk_bounds.rows_needed(
+            at_risk[stopped] / n, max_drop, delta, better_rate=better[stopped] / n),
+        **({"risk_kind": "mean_excess_error"} if regression else {}))
     shift = float(grid[chosen])
     result = {
         "target_blocks": float(target_blocks), "shift": shift, "selection_shift": target_shift,
@@ -404,6 +443,14 @@ def describe(certificate):
 def _describe_drop(c):
     """`describe` for a compute-target certificate (a bound on an accuracy drop)."""
     conf = f"{c['confidence']:.0%} confidence"
+    if c.get("risk_kind") == "mean_excess_error":
+        what = (f"a mean absolute error at most {c['epsilon']:.2%} of the score range above "
+                "the full-depth model's")
+        seen = (f"{conf}; {c['observed_rate']:+.2%} of the range on {c['rows']} calibration "
+                f"rows, bound {c['bound']:+.2%}")
+        if c["certified"]:
+            return f"certified: {what} on unseen rows ({seen})."
+        return f"not certified: {c['rows']} calibration rows cannot show {what} ({seen})."
     counts = (f"{c['at_risk']} worse and {c['better']} better than the full-depth model on "
               f"{c['rows']} calibration rows")
     if c["certified"]:

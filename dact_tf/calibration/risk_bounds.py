@@ -269,14 +269,57 @@ def mean_upper_bound(losses, delta):
     >>> round(mean_upper_bound([0.0] * 1000, 0.05), 4)  # every loss 0: about log(20) / 750
     0.004
     """
+    return _betting_upper_bound(_checked_values(losses, 0.0), delta, floor=0.0)
+
+
+#: The lowest mean `mean_difference_upper_bound` tests: with bets of at most
+#: `_MAX_BET` on values up to 1, the capital stays positive above it.
+_DIFFERENCE_FLOOR = 1.0 - 1.0 / _MAX_BET
+
+
+def mean_difference_upper_bound(differences, delta):
+    """An upper confidence bound on the mean of a paired difference in `[-1, 1]`, by betting.
+
+    The bet of `mean_upper_bound`, on values that may be negative: e.g. a
+    regression model's absolute error less a reference model's, as a share
+    of the score range, row by row. Tested means start at
+    `1 - 1 / 0.75 = -1/3`, where bets of at most 0.75 keep the capital
+    positive, so a bound below it is reported as -1/3 (still an upper
+    bound).
+
+    Args:
+        differences: 1-D sequence of floats in `[-1, 1]`, in an order fixed
+            before they were seen.
+        delta: float in (0, 1), one minus the confidence.
+
+    Returns:
+        float in `[-1/3, 1]`: the mean difference is below it with
+        probability at least `1 - delta`.
+
+    Example:
+    >>> round(mean_difference_upper_bound([0.0] * 1000, 0.05), 4)  # about log(20) / 750
+    0.004
+    """
+    return _betting_upper_bound(_checked_values(differences, -1.0), delta,
+                                floor=_DIFFERENCE_FLOOR)
+
+
+def _checked_values(values, low):
     import numpy as np
 
-    x = np.asarray(losses, dtype=np.float64)
+    x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or x.size < 1:
-        raise ValueError(f"`losses` must be a 1-D sequence of at least one value, got shape "
+        raise ValueError(f"The values must be a 1-D sequence of at least one value, got shape "
                          f"{x.shape}.")
-    if not np.all(np.isfinite(x)) or x.min() < 0.0 or x.max() > 1.0:
-        raise ValueError("Every loss must be a number in [0, 1].")
+    if not np.all(np.isfinite(x)) or x.min() < low or x.max() > 1.0:
+        raise ValueError(f"Every value must be a number in [{low:g}, 1].")
+    return x
+
+
+def _betting_upper_bound(x, delta, floor):
+    """`mean_upper_bound`'s capital on `x` (at most 1), bisected over means in `[floor, 1]`."""
+    import numpy as np
+
     _check(0, x.size, delta)
     n, log_target = x.size, math.log(1.0 / delta)
     seen = np.arange(1, n + 1)
@@ -290,7 +333,9 @@ def mean_upper_bound(losses, delta):
 
     if not rejected(1.0):
         return 1.0
-    lo, hi = 0.0, 1.0
+    if rejected(floor + 1e-12):
+        return floor
+    lo, hi = floor, 1.0
     for _ in range(60):
         mid = (lo + hi) / 2.0
         if rejected(mid):

@@ -12,25 +12,10 @@ from dact_tf.calibration import risks
 from dact_tf.config import ModelConfig
 from dact_tf.models.dact_classifier import DactClassifier
 from dact_tf.training import train_lib
+from tests.testing import betting_log_capital
 from tests.testing import dataset
 from tests.testing import synthetic_task
 from tests.testing import tiny_backbone
-
-
-def _log_capital(x, m, delta):
-    """The betting capital against "the mean is at least m", one row at a time in plain
-    Python (the reference `mean_upper_bound` is checked against): its running maximum."""
-    n, target = len(x), math.log(1 / delta)
-    total, squares, variance, best, log_capital = 0.0, 0.0, 0.25, -math.inf, 0.0
-    for i, value in enumerate(x, start=1):
-        bet = min(math.sqrt(2 * target / (n * variance)), 0.75)
-        log_capital += math.log(1 + bet * (m - value))
-        best = max(best, log_capital)
-        total += value
-        mean = (0.5 + total) / (i + 1)
-        squares += (value - mean) ** 2
-        variance = (0.25 + squares) / (i + 1)
-    return best
 
 
 @pytest.mark.parametrize("seed,n,delta", [(0, 50, 0.05), (1, 400, 0.05), (2, 1000, 0.1)])
@@ -39,8 +24,8 @@ def test_the_bound_is_where_the_betting_capital_reaches_one_over_delta(seed, n, 
     x = np.where(rng.random(n) < 0.6, 0.0, rng.beta(1, 8, n))
     bound = risk_bounds.mean_upper_bound(x, delta)
     target = math.log(1 / delta)
-    assert _log_capital(x, bound, delta) >= target - 1e-9  # rejected at the bound
-    assert _log_capital(x, bound - 1e-6, delta) < target  # and not just below it
+    assert betting_log_capital(x, bound, delta) >= target - 1e-9  # rejected at the bound
+    assert betting_log_capital(x, bound - 1e-6, delta) < target  # and not just below it
     assert x.mean() < bound < 1.0
 
 
