@@ -17,9 +17,10 @@ bound EPS in `--epsilons`, it scores on the evaluation set (the task's
   the model's own full depth is certified at most EPS);
 - `dact`, mode `target+certified`: both, as `calibrate(..., max_disagreement=
   EPS)` runs them (`dact-tf train/calibrate --halting_rule=certified`);
-- `dact`, mode `certified-drop` (classification): a fresh load,
+- `dact`, mode `certified-drop`: a fresh load,
   `calibration_run.calibrate_drop` (`--certified_risk=drop`): one
-  certificate, the accuracy drop against `full` at most EPS, the halting
+  certificate, the accuracy drop against `full` (regression: the mean
+  absolute error above `full`'s, per score range) at most EPS, the halting
   shift and the learned score's threshold chosen together
   (`dact_tf.calibration.certified_drop`);
 - `dact` and `pabee`, mode `certified-mean` (regression): a fresh load,
@@ -343,9 +344,8 @@ def _plan(group, epsilons):
     for eps in epsilons:
         if "dact" in wanted:
             plan += [("dact", mode, eps) for mode in ("target", "certified", "target+certified")]
-            if METRIC.get(group["label"]) != "pearson":  # a classifier's drop
-                plan.append(("dact", "certified-drop", eps))
-            else:  # a regressor's mean distance from its own full depth
+            plan.append(("dact", "certified-drop", eps))
+            if METRIC.get(group["label"]) == "pearson":  # a regressor's mean distance
                 plan.append(("dact", "certified-mean", eps))
         plan += [(m, "certified", eps) for m in ("deebert", "pabee") if m in models and m in wanted]
         if METRIC.get(group["label"]) == "pearson" and "pabee" in models and "pabee" in wanted:
@@ -621,8 +621,8 @@ def _certificate_columns(point, eps):
                    check=point["full_depth_disagreement"] <= eps,
                    eval_lower=risk_bounds.lower_bound(point["full_depth_disagreement_rows"], n,
                                                       delta))
-    elif point["mode"] == "target" and "excess_error_lower" in point:
-        # A regression compute target's certificate: the mean excess error <= EPS.
+    elif point["mode"] in ("target", "certified-drop") and "excess_error_lower" in point:
+        # A regressor's drop certificate: the mean excess error against full <= EPS.
         out.update(check_quantity="excess_error_vs_full",
                    check=point["excess_error_vs_full"] <= eps,
                    eval_lower=point["excess_error_lower"])

@@ -155,9 +155,9 @@ class ModelConfig:
       model's own full depth, at most `max_disagreement`.
       `"mean_deviation"` (regression): the mean distance of the early score
       from the full-depth one, at most `max_disagreement` times the score
-      range (`dact_tf.calibration.risks.MeanDeviation`). `"drop"` (DACT,
-      classification): the accuracy drop against the plain full-depth
-      model, at most `calibration_max_drop`, with the halting shift and the
+      range (`dact_tf.calibration.risks.MeanDeviation`). `"drop"` (DACT):
+      the accuracy drop against the plain full-depth model (regression: the
+      mean absolute error above its own), at most `calibration_max_drop`, with the halting shift and the
       learned score's threshold chosen together for the fewest blocks
       (`dact_tf.calibration.certified_drop`; `target_blocks` then only
       steers training).

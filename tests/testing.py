@@ -138,3 +138,14 @@ def betting_log_capital(x, m, delta):
         squares += (value - mean) ** 2
         variance = (0.25 + squares) / (i + 1)
     return best
+
+
+def assert_keras_round_trip_exits_alike(model, features, layers_executed, tmp_path):
+    """Saves `model` as .keras, loads it, and checks its exit criterion and its exits on
+    `features` (`layers_executed`, from the original) are unchanged."""
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert restored.exit_criterion == model.exit_criterion
+    np.testing.assert_array_equal(restored(features)["layers_executed"].numpy(),
+                                  layers_executed)

@@ -111,6 +111,8 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
     """
     rows_source = SHARED if selection is rows else rows_source
     result, shared = {}, rows_source == SHARED
+    if target_blocks is not None:
+        undo_shift(model)
     if (target_blocks is not None
             and getattr(model.exit_criterion, "halting_rule", None) == "certified"):
         # A new shift voids the halting certificate: back to the proven rule (the
@@ -174,6 +176,7 @@ def calibrate_drop(model, selection, rows, *, reference=None, max_drop=0.01,
         raise ValueError("A certified drop needs its bound: max_drop (0.01: one point) and "
                          "labelled rows.")
     model.configure_exit(halting_rule="tight", halting_slack=0.0)  # a new choice voids the old
+    undo_shift(model)
     rows_source = SHARED if selection is rows else rows_source
     result = certified_drop_lib.certify_drop_halting(
         model, selection, rows, reference=reference, max_drop=max_drop, confidence=confidence,
@@ -185,6 +188,27 @@ def calibrate_drop(model, selection, rows, *, reference=None, max_drop=0.01,
     model.certificates = {"compute_target": result["certificate"]}
     _note_source(result, model, rows_source)
     return result
+
+
+def undo_shift(model):
+    """Moves the halting biases back by the shift the model's compute-target certificate
+    records, so that a new target or drop is calibrated from the trained biases rather than
+    on top of the last calibration (a shift adds to the biases it finds). The leading
+    blocks that pass their budget on keep doing so. Returns the shift undone (0.0: none
+    recorded)."""
+    certificate = (model.certificates or {}).get("compute_target") or {}
+    shift = certificate.get("shift", certificate.get("value")
+                            if certificate.get("knob") == "halting_bias_shift" else None)
+    if not shift:
+        return 0.0
+    heads = model.encoder.heads
+    passed = heads.passed_blocks
+    heads.pass_budget_through(0)
+    heads.shift_halting_bias(-float(shift))
+    heads.pass_budget_through(passed)
+    model.certificates = {k: v for k, v in model.certificates.items()
+                          if k != "compute_target"} or None
+    return float(shift)
 
 
 def _say(line, always, verbose):

@@ -27,18 +27,13 @@ import numpy as np
 from dact_tf.calibration import certify
 from dact_tf.calibration import halting_bias
 from dact_tf.calibration import risk_bounds
+from dact_tf.calibration import risks
 from dact_tf.evaluation import analysis
 from dact_tf.exits import consistency
 
 #: The halting-bias shifts (logits) whose score thresholds are candidates,
 #: from every row running every block to halting earlier than trained.
 SHIFTS = (12.0, 8.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0, -2.0, -3.0, -4.0)
-_RISK = "accuracy drop against the full-depth reference: P(worse) - P(better)"
-
-
-def _counts(model, predictions, reference, labels):
-    worse, better = certify.against_reference(model, predictions, reference, labels)
-    return int(worse.sum()), int(better.sum())
 
 
 def frontier(model, trace, labels, reference, shifts_of, shifts=SHIFTS):
@@ -50,7 +45,9 @@ def frontier(model, trace, labels, reference, shifts_of, shifts=SHIFTS):
     blocks has a lower drop against `reference`.
 
     Args:
-        model: a DACT `DactClassifier` (classification).
+        model: a DACT `DactClassifier` (a regressor's score is fitted to scores
+            within `risks.settled_distance` of the last one, its drop is the
+            mean `certify.excess_error`).
         trace: `halting_bias.trace_trained_halting`'s trace of the selection
             rows.
         labels: `[rows]` their labels; reference: `[rows]` the reference's
@@ -63,21 +60,24 @@ def frontier(model, trace, labels, reference, shifts_of, shifts=SHIFTS):
         first.
     """
     proven = model.exit_criterion.certified_form(None, 1.0)
+    context = model.encoder.exit_context
+    regression = model.task == "regression"
+    within = risks.settled_distance(model) if regression else None
     rows = np.arange(len(labels))
     candidates = []
     for shift in shifts:
         accumulated, state, tight = analysis.replay_blocks(model, trace, shifts_of(shift), proven)
         budgets = state[0]
-        weights = consistency.fit(accumulated, budgets)
-        scores = consistency.trace_scores(weights, accumulated, budgets)
-        predictions = accumulated.argmax(-1)
+        weights = consistency.fit(accumulated, budgets, context=context, within=within)
+        scores = consistency.trace_scores(weights, accumulated, budgets, context)
+        predictions = accumulated[..., 0] if regression else accumulated.argmax(-1)
         for threshold in [1.0] + consistency.threshold_grid(scores):
             stops = tight | (scores >= threshold)
             stops[-1] = True
             exits = stops.argmax(axis=0)
-            worse, better = _counts(model, predictions[exits, rows], reference, labels)
-            candidates.append((float(exits.mean() + 1), (worse - better) / len(rows),
-                               float(shift), weights, float(threshold)))
+            drop = certify.observed_drop(model, predictions[exits, rows], reference, labels)
+            candidates.append((float(exits.mean() + 1), drop, float(shift), weights,
+                               float(threshold)))
     candidates.sort(key=lambda c: (c[0], c[1]))
     kept, lowest = [], np.inf
     for candidate in candidates:
@@ -90,23 +90,23 @@ def frontier(model, trace, labels, reference, shifts_of, shifts=SHIFTS):
 def _test_in_order(model, path, trace, shifts_of, reference, labels, max_drop, delta):
     """Fixed-sequence testing of `path` on the calibration rows' `trace`.
 
-    Returns `(at_risk, better, bounds, outcomes)`, one entry per candidate
-    tested (`outcomes`: the real loop's `(exits, predictions, criterion)`,
-    replayed); the sequence stops at the first bound above `max_drop`.
+    Returns `(at_risk, better, bounds, observed, outcomes)`, one entry per
+    candidate tested (`certify.drop_bound`'s; `outcomes`: the real loop's
+    `(exits, predictions, criterion)`, replayed); the sequence stops at the
+    first bound above `max_drop`.
     """
-    at_risk, better, bounds, outcomes = [], [], [], []
+    at_risk, better, bounds, observed, outcomes = [], [], [], [], []
     for _, _, shift, weights, threshold in path:
         criterion = model.exit_criterion.certified_form(weights, threshold)
         exits, outputs = analysis.replay_exits(model, trace, shifts_of(shift), criterion)
         predictions = analysis.predictions(model, outputs)
-        worse, good = _counts(model, predictions, reference, labels)
-        at_risk.append(worse)
-        better.append(good)
-        bounds.append(risk_bounds.difference_upper_bound(worse, good, len(labels), delta))
+        for values, value in zip((at_risk, better, bounds, observed),
+                                 certify.drop_bound(model, predictions, reference, labels, delta)):
+            values.append(value)
         outcomes.append((exits, predictions, criterion))
         if bounds[-1] > max_drop:
             break
-    return at_risk, better, bounds, outcomes
+    return at_risk, better, bounds, observed, outcomes
 
 
 def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
@@ -115,7 +115,9 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
     """Sets the fewest-blocks exit whose accuracy drop against full depth is certified.
 
     Args:
-        model: a trained DACT `DactClassifier` for classification.
+        model: a trained DACT `DactClassifier` (a regressor: the drop is its
+            mean absolute error above the reference's, as a share of the
+            score range).
         selection: `(features, labels)` batches that order the candidates
             (and fit the score): rows the certificate does not use.
         rows: `(features, labels)` batches, the calibration rows.
@@ -151,9 +153,9 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
     ```
     """
     delta = certify.check_max_drop(max_drop, confidence)
-    if not model.exit_criterion.certifies_drop or model.task == "regression":
+    if not model.exit_criterion.certifies_drop:
         raise ValueError("A certified drop over the halting shift and score needs a DACT "
-                         f"classifier (method={model.method!r}, task={model.task!r}).")
+                         f"model (method={model.method!r}).")
     metric_task = metric_task or model.task
     passed = model.encoder.heads.passed_blocks
 
@@ -173,8 +175,8 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
     path = frontier(model, traces["selection"], labels["selection"], refs["selection"],
                     shifts_of)
     y, ref, n = labels["rows"], refs["rows"], len(labels["rows"])
-    at_risk, better, bounds, outcomes = _test_in_order(model, path, traces["rows"], shifts_of,
-                                                       ref, y, max_drop, delta)
+    at_risk, better, bounds, observed, outcomes = _test_in_order(
+        model, path, traces["rows"], shifts_of, ref, y, max_drop, delta)
     passed_count = len(bounds) - (bounds[-1] > max_drop)
     stopped = len(bounds) - 1
     if passed_count:
@@ -191,14 +193,18 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
     def metric(values):
         return next(iter(analysis.task_metrics(metric_task, y, values).items()))
 
+    regression = model.task == "regression"
     certificate = certify.make_certificate(
-        "compute_target", _RISK, max_drop, delta, n, at_risk, bounds, passed_count, path, shared,
+        "compute_target", certify.drop_statement(model), max_drop, delta, n, at_risk, bounds,
+        passed_count, path, shared,
         knob="halting_bias_shift+halting_threshold", value=float(threshold), shift=float(shift),
         better=int(better[chosen]), fit_rows=int(len(labels["selection"])),
         reference="the model's own full depth before the shift" if own else
         "the full-depth model",
-        rows_needed=risk_bounds.rows_needed(at_risk[stopped] / n, max_drop, delta,
-                                            better_rate=better[stopped] / n))
+        observed_rate=float(observed[max(passed_count - 1, 0)]),
+        rows_needed=None if regression else risk_bounds.rows_needed(
+            at_risk[stopped] / n, max_drop, delta, better_rate=better[stopped] / n),
+        **({"risk_kind": "mean_excess_error"} if regression else {}))
     name, value = metric(predictions)
     result = {
         "mode": "certified_drop", "shift": float(shift), "halting_threshold": float(threshold),

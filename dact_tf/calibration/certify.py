@@ -242,7 +242,21 @@ _EXCESS_RISK = ("E(|error| - |the reference's error|) / (the score range), the m
                 "error above the full-depth reference's")
 
 
-def _drop_bound(model, predictions, reference, labels, delta):
+def observed_drop(model, predictions, reference, labels):
+    """The drop a compute target bounds, on these rows: `P(worse) - P(better)` (a
+    classifier) or the mean `excess_error` (a regressor)."""
+    if model.task == "regression":
+        return float(excess_error(model, predictions, reference, labels).mean())
+    worse, better = against_reference(model, predictions, reference, labels)
+    return float(worse.mean() - better.mean())
+
+
+def drop_statement(model):
+    """What a compute target on `model` bounds, in words (a certificate's `risk`)."""
+    return _EXCESS_RISK if model.task == "regression" else _DROP_RISK
+
+
+def drop_bound(model, predictions, reference, labels, delta):
     """`(worse, better, bound, observed)` of a compute target at one shift.
 
     A classifier: rows worse and better than the reference and the bound on
@@ -279,7 +293,7 @@ def _test_in_sequence(model, grid, replay, reference, labels, max_drop, delta):
 
     Returns `(at_risk, better, bounds, observed, outcomes)`, one entry per
     shift tested: worse and better rows, the drop's upper bound and observed
-    value (`_drop_bound`) and `replay`'s `(exits, predictions)`; the
+    value (`drop_bound`) and `replay`'s `(exits, predictions)`; the
     sequence stops at the first failure.
     """
     at_risk, better, bounds, observed, outcomes = [], [], [], [], []
@@ -287,7 +301,7 @@ def _test_in_sequence(model, grid, replay, reference, labels, max_drop, delta):
         exits, preds = replay(shift)
         outcomes.append((exits, preds))
         for values, value in zip((at_risk, better, bounds, observed),
-                                 _drop_bound(model, preds, reference, labels, delta)):
+                                 drop_bound(model, preds, reference, labels, delta)):
             values.append(value)
         if bounds[-1] > max_drop:
             break
@@ -308,7 +322,7 @@ def certify_compute_target(model, selection, rows, target_blocks, reference,
        its last head's) down to that shift are tested in order: the accuracy
        drop against the reference (rows answered wrongly where it answers
        rightly, less the other way round; regression: the mean
-       `excess_error`) must have an upper confidence bound (`_drop_bound`)
+       `excess_error`) must have an upper confidence bound (`drop_bound`)
        at most `max_drop`. The last shift that passes is taken.
 
     Args:
@@ -372,7 +386,7 @@ def certify_compute_target(model, selection, rows, target_blocks, reference,
     name, value = metric(preds)
     regression = model.task == "regression"
     certificate = make_certificate(
-        "compute_target", _EXCESS_RISK if regression else _DROP_RISK,
+        "compute_target", drop_statement(model),
         max_drop, delta, n, at_risk, bounds, passed, grid, shared,
         knob="halting_bias_shift", value=float(grid[chosen]), better=int(better[chosen]),
         reference="the model's own full depth before the shift" if own else
@@ -444,13 +458,9 @@ def _describe_drop(c):
     """`describe` for a compute-target certificate (a bound on an accuracy drop)."""
     conf = f"{c['confidence']:.0%} confidence"
     if c.get("risk_kind") == "mean_excess_error":
-        what = (f"a mean absolute error at most {c['epsilon']:.2%} of the score range above "
-                "the full-depth model's")
-        seen = (f"{conf}; {c['observed_rate']:+.2%} of the range on {c['rows']} calibration "
-                f"rows, bound {c['bound']:+.2%}")
-        if c["certified"]:
-            return f"certified: {what} on unseen rows ({seen})."
-        return f"not certified: {c['rows']} calibration rows cannot show {what} ({seen})."
+        return _describe_mean(
+            c, f"a mean absolute error at most {c['epsilon']:.2%} of the score range above the "
+            f"full-depth model's", f"{c['observed_rate']:+.2%} of the range", "+.2%")
     counts = (f"{c['at_risk']} worse and {c['better']} better than the full-depth model on "
               f"{c['rows']} calibration rows")
     if c["certified"]:
@@ -465,11 +475,15 @@ def _describe_drop(c):
 
 def _describe_deviation(c):
     """`describe` for a halting certificate on the mean distance from full depth."""
-    what = (f"an early score at most {c['epsilon']:.2%} of the score range from the full-depth "
-            "score on average")
-    seen = (f"{c['confidence']:.0%} confidence; mean distance {c['observed_rate']:.2%} of the "
-            f"range on {c['rows']} calibration rows")
+    return _describe_mean(
+        c, f"an early score at most {c['epsilon']:.2%} of the score range from the full-depth "
+        "score on average", f"mean distance {c['observed_rate']:.2%} of the range", ".2%")
+
+
+def _describe_mean(c, what, seen, style):
+    """`describe` for a certificate on a mean (`what` it promises, what was `seen`)."""
+    detail = (f"{c['confidence']:.0%} confidence; {seen} on {c['rows']} calibration rows, "
+              f"bound {c['bound']:{style}}")
     if c["certified"]:
-        return f"certified: {what} on unseen rows ({seen}, bound {c['bound']:.2%})."
-    return (f"not certified: {c['rows']} calibration rows cannot show {what} at "
-            f"{c['confidence']:.0%} confidence ({seen}, bound {c['bound']:.2%}).")
+        return f"certified: {what} on unseen rows ({detail})."
+    return f"not certified: {c['rows']} calibration rows cannot show {what} ({detail})."

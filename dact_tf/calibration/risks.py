@@ -87,12 +87,18 @@ class MeanDeviation(Disagreement):
         return None
 
     def settled_within(self, model):
-        """`SETTLED_SHARE` of the score range (at least the tolerance): a score fitted to
-        be within it orders the rows by how far they move better than one fitted to
-        the per-row tolerance, which few early scores meet."""
-        context = model.encoder.exit_context
-        lo, hi = context.output_range
-        return max(context.tolerance, SETTLED_SHARE * (hi - lo))
+        """`settled_distance`: a score fitted to be within it orders the rows by how far
+        they move better than one fitted to the per-row tolerance, which few early
+        scores meet."""
+        return settled_distance(model)
+
+
+def settled_distance(model):
+    """`SETTLED_SHARE` of a regressor's score range, at least its tolerance: the distance a
+    learned exit score is fitted to where a risk weighs how far rows move (a mean)."""
+    context = model.encoder.exit_context
+    lo, hi = context.output_range
+    return max(context.tolerance, SETTLED_SHARE * (hi - lo))
 
 
 #: `--certified_risk` values of a certified halting mode, and their risks.

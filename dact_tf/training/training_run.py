@@ -185,9 +185,6 @@ class TrainingRun:
         and a distillation teacher training could not load."""
         if self.model_config.target_blocks and not self.calibrated:
             raise ValueError("--target_blocks sets DACT's halting; it needs --method=dact.")
-        if self.certified_drop and task_info(self.data_config)[1]:
-            raise ValueError("--certified_risk=drop certifies a classifier's accuracy drop; for "
-                             "regression use --certified_risk=disagreement or mean_deviation.")
         if (self.model_config.certified_risk == "mean_deviation"
                 and not task_info(self.data_config)[1]):
             raise ValueError("--certified_risk=mean_deviation bounds a regression score's "

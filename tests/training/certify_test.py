@@ -12,6 +12,7 @@ from dact_tf.calibration import risk_bounds
 from dact_tf.training import train_lib
 from dact_tf.config import ModelConfig
 from dact_tf.models.dact_classifier import DactClassifier
+from tests.testing import assert_keras_round_trip_exits_alike
 from tests.testing import dataset
 from tests.testing import synthetic_task
 from tests.testing import tiny_backbone
@@ -217,14 +218,7 @@ def test_a_learned_score_fitted_on_other_rows_is_certified_and_the_loop_runs_it(
     np.testing.assert_array_equal(out["predictions"].numpy()[exact],
                                   full["predictions"][exact])
     # The weights survive a .keras save and load.
-    path = str(tmp_path / "m.keras")
-    model.save(path)
-    import keras
-
-    restored = keras.models.load_model(path)
-    assert restored.exit_criterion == criterion
-    np.testing.assert_array_equal(restored(feats)["layers_executed"].numpy(),
-                                  early["layers_executed"])
+    assert_keras_round_trip_exits_alike(model, feats, early["layers_executed"], tmp_path)
 
 
 def test_too_few_rows_keep_an_exact_setting_and_say_how_many_are_needed():
@@ -273,3 +267,24 @@ def test_the_compute_target_is_certified_against_the_reference():
                                             max_drop=0.05)
     assert not result["certificate"]["certified"] and result["limited"]
     assert result["mean_layers_executed"] > 3.5
+
+
+def test_calibrating_again_starts_from_the_trained_biases_not_the_last_shift():
+    from dact_tf.calibration import calibration_run
+
+    feats, labels = synthetic_task(300, seed=7)
+    data = dataset(feats, labels, batch_size=64)
+    model = _model()
+    trained = model.encoder.heads.halting_bias_weight.numpy().copy()
+    results = [calibration_run.calibrate(model, data, data, target_blocks=2.0, max_drop=0.7,
+                                         verbose=0) for _ in range(2)]
+    assert results[0]["shift"] != 0.0
+    # The same shift, from the same biases: not the first shift twice.
+    assert results[1]["shift"] == results[0]["shift"]
+    assert results[1]["mean_layers_executed"] == results[0]["mean_layers_executed"]
+    np.testing.assert_allclose(model.encoder.heads.halting_bias_weight.numpy(),
+                               trained + results[0]["shift"], atol=1e-5)
+    assert calibration_run.undo_shift(model) == results[0]["shift"]
+    np.testing.assert_allclose(model.encoder.heads.halting_bias_weight.numpy(), trained,
+                               atol=1e-5)
+    assert calibration_run.undo_shift(model) == 0.0  # nothing recorded any more

@@ -83,3 +83,33 @@ def test_a_regression_compute_target_bounds_the_mean_excess_error_the_loop_makes
     result = certify.certify_compute_target(model, data, data, 1.0, full, max_drop=0.001)
     assert not result["certificate"]["certified"] and result["limited"]
     assert certify.describe(result["certificate"]).startswith("not certified: 400 calibration")
+
+
+def test_a_regressors_certified_drop_bounds_the_excess_error_the_loop_makes():
+    from dact_tf.calibration import certified_drop
+
+    model = DactClassifier(tiny_backbone(seed=3), task="regression", output_range=(0.0, 5.0),
+                           tau=0.0, dropout=0.0, halting_bias=0.0)
+    reference = DactClassifier(tiny_backbone(seed=4), task="regression",
+                               output_range=(0.0, 5.0), dropout=0.0)
+    rng = np.random.default_rng(1)
+    splits = []
+    for seed in (5, 6):
+        feats, _ = synthetic_task(300, seed=seed)
+        labels = reference(feats, full_depth=True)["scores"].numpy().reshape(-1)
+        splits.append(dataset(feats, np.clip(labels + rng.normal(0, 0.5, 300), 0, 5)
+                              .astype("float32"), batch_size=64))
+    result = certified_drop.certify_drop_halting(model, *splits, reference=reference,
+                                                 max_drop=0.1, confidence=0.9)
+    cert = result["certificate"]
+    assert cert["risk_kind"] == "mean_excess_error" and cert["certified"]
+    assert model.exit_criterion.halting_rule == "certified"
+    # The real loop, on the calibration rows, against the reference's full depth.
+    early, labels = train_lib.predict_dataset(model, splits[1])
+    theirs, _ = train_lib.predict_dataset(reference, splits[1], full_depth=True)
+    excess = certify.excess_error(model, early["scores"], theirs["scores"], labels)
+    assert cert["observed_rate"] == pytest.approx(excess.mean(), abs=1e-6)
+    assert cert["bound"] == pytest.approx(
+        risk_bounds.mean_difference_upper_bound(excess, 0.1), abs=1e-6)
+    assert early["layers_executed"].mean() == pytest.approx(result["mean_layers_executed"])
+    assert result["mean_layers_executed"] < model.num_layers

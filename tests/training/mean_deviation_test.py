@@ -12,6 +12,7 @@ from dact_tf.calibration import risks
 from dact_tf.config import ModelConfig
 from dact_tf.models.dact_classifier import DactClassifier
 from dact_tf.training import train_lib
+from tests.testing import assert_keras_round_trip_exits_alike
 from tests.testing import betting_log_capital
 from tests.testing import dataset
 from tests.testing import synthetic_task
@@ -148,14 +149,7 @@ def test_a_learned_regression_score_fitted_on_other_rows_is_what_the_loop_runs(t
     assert distance.mean() / 5.0 == pytest.approx(certificate["observed_rate"], abs=1e-6)
     assert early["layers_executed"].mean() == pytest.approx(result["mean_layers_executed"])
     assert result["mean_layers_executed"] < model.num_layers
-    path = str(tmp_path / "m.keras")
-    model.save(path)
-    import keras
-
-    restored = keras.models.load_model(path)
-    assert restored.exit_criterion == criterion
-    np.testing.assert_array_equal(restored(feats)["layers_executed"].numpy(),
-                                  early["layers_executed"])
+    assert_keras_round_trip_exits_alike(model, feats, early["layers_executed"], tmp_path)
 
 
 def test_a_classifier_is_refused_before_any_pass():
