@@ -165,9 +165,10 @@ def calibrate_drop(model, selection, rows, *, reference=None, max_drop=0.01,
                    rows_source=KEPT_APART, verbose=1):
     """`calibrate`'s certified drop (`--certified_risk=drop`): one certificate, both knobs.
 
-    DACT classifiers: the halting shift and the learned score's threshold
-    are chosen together for the fewest blocks whose accuracy drop against
-    `reference` is certified at most `max_drop`
+    DACT: the halting shift and the learned score's threshold are chosen
+    together for the fewest blocks whose accuracy drop against `reference`
+    (a regressor: its mean absolute error above the reference's, per score
+    range) is certified at most `max_drop`
     (`dact_tf.calibration.certified_drop.certify_drop_halting`, whose
     result this returns, with `holdout_layers_executed`). The arguments
     are `calibrate`'s; the certificate replaces the model's others.
