@@ -202,11 +202,7 @@ def undo_shift(model):
                             if certificate.get("knob") == "halting_bias_shift" else None)
     if not shift:
         return 0.0
-    heads = model.encoder.heads
-    passed = heads.passed_blocks
-    heads.pass_budget_through(0)
-    heads.shift_halting_bias(-float(shift))
-    heads.pass_budget_through(passed)
+    certify.apply_shift(model, -float(shift), model.encoder.heads.passed_blocks)
     model.certificates = {k: v for k, v in model.certificates.items()
                           if k != "compute_target"} or None
     return float(shift)

@@ -87,26 +87,16 @@ def frontier(model, trace, labels, reference, shifts_of, shifts=SHIFTS):
     return kept[::-1]
 
 
-def _test_in_order(model, path, trace, shifts_of, reference, labels, max_drop, delta):
-    """Fixed-sequence testing of `path` on the calibration rows' `trace`.
-
-    Returns `(at_risk, better, bounds, observed, outcomes)`, one entry per
-    candidate tested (`certify.drop_bound`'s; `outcomes`: the real loop's
-    `(exits, predictions, criterion)`, replayed); the sequence stops at the
-    first bound above `max_drop`.
-    """
-    at_risk, better, bounds, observed, outcomes = [], [], [], [], []
-    for _, _, shift, weights, threshold in path:
+def _replayer(model, trace, shifts_of):
+    """`certify.drop_in_sequence`'s replay of a frontier candidate on the calibration rows'
+    `trace`: the real loop's `(exits, predictions, criterion)`."""
+    def replay(candidate):
+        _, _, shift, weights, threshold = candidate
         criterion = model.exit_criterion.certified_form(weights, threshold)
         exits, outputs = analysis.replay_exits(model, trace, shifts_of(shift), criterion)
-        predictions = analysis.predictions(model, outputs)
-        for values, value in zip((at_risk, better, bounds, observed),
-                                 certify.drop_bound(model, predictions, reference, labels, delta)):
-            values.append(value)
-        outcomes.append((exits, predictions, criterion))
-        if bounds[-1] > max_drop:
-            break
-    return at_risk, better, bounds, observed, outcomes
+        return exits, analysis.predictions(model, outputs), criterion
+
+    return replay
 
 
 def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
@@ -175,10 +165,10 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
     path = frontier(model, traces["selection"], labels["selection"], refs["selection"],
                     shifts_of)
     y, ref, n = labels["rows"], refs["rows"], len(labels["rows"])
-    at_risk, better, bounds, observed, outcomes = _test_in_order(
-        model, path, traces["rows"], shifts_of, ref, y, max_drop, delta)
+    *tested, outcomes = certify.drop_in_sequence(
+        model, path, _replayer(model, traces["rows"], shifts_of), ref, y, max_drop, delta)
+    bounds = tested[2]
     passed_count = len(bounds) - (bounds[-1] > max_drop)
-    stopped = len(bounds) - 1
     if passed_count:
         chosen = passed_count - 1
         exits, predictions, criterion = outcomes[chosen]
@@ -193,18 +183,12 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
     def metric(values):
         return next(iter(analysis.task_metrics(metric_task, y, values).items()))
 
-    regression = model.task == "regression"
-    certificate = certify.make_certificate(
-        "compute_target", certify.drop_statement(model), max_drop, delta, n, at_risk, bounds,
-        passed_count, path, shared,
+    certificate = certify.drop_certificate(
+        model, tested, passed_count, path, n, max_drop, delta, shared,
         knob="halting_bias_shift+halting_threshold", value=float(threshold), shift=float(shift),
-        better=int(better[chosen]), fit_rows=int(len(labels["selection"])),
+        fit_rows=int(len(labels["selection"])),
         reference="the model's own full depth before the shift" if own else
-        "the full-depth model",
-        observed_rate=float(observed[max(passed_count - 1, 0)]),
-        rows_needed=None if regression else risk_bounds.rows_needed(
-            at_risk[stopped] / n, max_drop, delta, better_rate=better[stopped] / n),
-        **({"risk_kind": "mean_excess_error"} if regression else {}))
+        "the full-depth model")
     name, value = metric(predictions)
     result = {
         "mode": "certified_drop", "shift": float(shift), "halting_threshold": float(threshold),

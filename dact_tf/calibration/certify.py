@@ -251,9 +251,24 @@ def observed_drop(model, predictions, reference, labels):
     return float(worse.mean() - better.mean())
 
 
-def drop_statement(model):
-    """What a compute target on `model` bounds, in words (a certificate's `risk`)."""
-    return _EXCESS_RISK if model.task == "regression" else _DROP_RISK
+def drop_certificate(model, tested, passed, grid, n, max_drop, delta, shared, **extra):
+    """`make_certificate` for a compute target's drop.
+
+    `tested`: `(at_risk, better, bounds, observed)`, one entry per setting of
+    `grid` tested (`drop_bound`'s); `passed`: how many passed; `n`: rows. The
+    rows needed are estimated at the rates where the sequence stopped (a
+    classifier's; a regressor's mean has no such estimate).
+    """
+    at_risk, better, bounds, observed = tested
+    chosen, stopped = max(passed - 1, 0), len(bounds) - 1
+    regression = model.task == "regression"
+    return make_certificate(
+        "compute_target", _EXCESS_RISK if regression else _DROP_RISK, max_drop, delta, n,
+        at_risk, bounds, passed, grid, shared, better=int(better[chosen]),
+        observed_rate=float(observed[chosen]),
+        rows_needed=None if regression else risk_bounds.rows_needed(
+            at_risk[stopped] / n, max_drop, delta, better_rate=better[stopped] / n),
+        **({"risk_kind": "mean_excess_error"} if regression else {}), **extra)
 
 
 def drop_bound(model, predictions, reference, labels, delta):
@@ -288,20 +303,20 @@ def _shift_grid(target_shift):
     return grid
 
 
-def _test_in_sequence(model, grid, replay, reference, labels, max_drop, delta):
+def drop_in_sequence(model, grid, replay, reference, labels, max_drop, delta):
     """Fixed-sequence testing of the drop against `reference` along `grid`.
 
-    Returns `(at_risk, better, bounds, observed, outcomes)`, one entry per
-    shift tested: worse and better rows, the drop's upper bound and observed
-    value (`drop_bound`) and `replay`'s `(exits, predictions)`; the
-    sequence stops at the first failure.
+    `replay(setting)` returns `(exits, predictions, ...)` for one setting of
+    `grid`. Returns `(at_risk, better, bounds, observed, outcomes)`, one
+    entry per setting tested: worse and better rows, the drop's upper bound
+    and observed value (`drop_bound`) and `replay`'s outcome; the sequence
+    stops at the first failure.
     """
     at_risk, better, bounds, observed, outcomes = [], [], [], [], []
-    for shift in grid:
-        exits, preds = replay(shift)
-        outcomes.append((exits, preds))
+    for setting in grid:
+        outcomes.append(replay(setting))
         for values, value in zip((at_risk, better, bounds, observed),
-                                 drop_bound(model, preds, reference, labels, delta)):
+                                 drop_bound(model, outcomes[-1][1], reference, labels, delta)):
             values.append(value)
         if bounds[-1] > max_drop:
             break
@@ -368,33 +383,24 @@ def certify_compute_target(model, selection, rows, target_blocks, reference,
         reference = full_depth_predictions(model, trace)
     reference = np.asarray(reference)
     grid = _shift_grid(target_shift)
-    at_risk, better, bounds, observed, outcomes = _test_in_sequence(
+    *tested, outcomes = drop_in_sequence(
         model, grid, lambda shift: replay(shift, passed_through), reference, labels, max_drop,
         delta)
-    n = len(labels)
+    bounds = tested[2]
     passed = len(bounds) - (bounds[-1] > max_drop)
     chosen = max(passed - 1, 0)
     exits, preds = outcomes[chosen]
     target_exits, _ = replay(target_shift, passed_through)
-    # Rows needed: at the rates of the shift where the sequence stopped (the
-    # target's, when it was reached).
-    stopped = len(bounds) - 1
 
     def metric(predictions):
         return next(iter(analysis.task_metrics(metric_task, labels, predictions).items()))
 
     name, value = metric(preds)
-    regression = model.task == "regression"
-    certificate = make_certificate(
-        "compute_target", drop_statement(model),
-        max_drop, delta, n, at_risk, bounds, passed, grid, shared,
-        knob="halting_bias_shift", value=float(grid[chosen]), better=int(better[chosen]),
+    certificate = drop_certificate(
+        model, tested, passed, grid, len(labels), max_drop, delta, shared,
+        knob="halting_bias_shift", value=float(grid[chosen]),
         reference="the model's own full depth before the shift" if own else
-        "the full-depth model",
-        observed_rate=float(observed[chosen]),
-        rows_needed=None if regression else risk_bounds.rows_needed(
-            at_risk[stopped] / n, max_drop, delta, better_rate=better[stopped] / n),
-        **({"risk_kind": "mean_excess_error"} if regression else {}))
+        "the full-depth model")
     shift = float(grid[chosen])
     result = {
         "target_blocks": float(target_blocks), "shift": shift, "selection_shift": target_shift,

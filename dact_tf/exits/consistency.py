@@ -41,8 +41,6 @@ from dact_tf.exits import base
 #: The per-row features before the per-block biases.
 NUM_FEATURES = 5
 FEATURE_NAMES = ("top_probability", "margin", "same_as_previous", "budget", "tight_test")
-REGRESSION_FEATURE_NAMES = ("steadiness", "centrality", "same_as_previous", "budget",
-                            "tight_test")
 
 
 def features(previous, answer, budget, remaining, context=None, num_layers=None):
@@ -84,13 +82,12 @@ def _regression_features(previous, answer, budget, remaining, context, num_layer
     change = tf.abs(answer - previous)
     position = tf.clip_by_value((answer - lo) / width, 0.0, 1.0)
     q = ops.remaining_weight_bound(budget, remaining)
-    ones = tf.ones_like(budget)
     return tf.stack([
         has_previous * (1.0 - tf.minimum(change / width, 1.0)),
         4.0 * position * (1.0 - position),
         has_previous * tf.cast(change <= context.tolerance, tf.float32),
         budget,
-        ones * (context.tolerance / width) - (1.0 - q),
+        context.tolerance / width - (1.0 - q),
     ], axis=-1)
 
 
