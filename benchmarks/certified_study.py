@@ -80,6 +80,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 from benchmarks import bench_utils  # noqa: E402
+from benchmarks import promise_check  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -808,6 +809,8 @@ def _markdown(rows):
         "(`target`: worse rows, less better ones), and the setting chosen.",
     ]
     lines += _across_seeds(rows)
+    lines += promise_check.section(_groups(rows), promise_check.sweep_points(
+        FLAGS.results_csv.replace(".csv", "_sweeps.csv"), _parse_groups()))
     for (task, seed), group in _groups(rows).items():
         first = group[0]
         lines += [
