@@ -126,7 +126,11 @@ def run_layer_test(layer, inputs, call_kwargs=None, num_trainable_weights=None):
 def betting_log_capital(x, m, delta):
     """The betting capital against "the mean is at least m", one row at a time in plain
     Python (the reference `risk_bounds.mean_upper_bound` is checked against): its running
-    maximum, with bets of at most 0.75."""
+    maximum, with bets of at most 0.75, on the rows in the bet's order
+    (`risk_bounds.betting_order`)."""
+    from dact_tf.calibration import risk_bounds
+
+    x = [float(v) for v in risk_bounds.betting_order(np.asarray(x, dtype=np.float64))]
     n, target = len(x), math.log(1 / delta)
     total, squares, variance, best, log_capital = 0.0, 0.0, 0.25, -math.inf, 0.0
     for i, value in enumerate(x, start=1):
