@@ -22,6 +22,8 @@ KEPT_APART = certify.KEPT_APART
 SHARED = certify.SHARED
 #: A certified halting mode's risk from `max_disagreement` and `--certified_risk`.
 halting_risk = certify.halting_risk
+#: The seed of `split_rows`' draw.
+SPLIT_SEED = 20211011
 
 
 def check_flags(method, halting_rule, max_disagreement, max_drop, confidence,
@@ -76,6 +78,11 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
               rows_source=KEPT_APART, verbose=1):
     """Calibrates a trained model's exit on held-out rows, with certificates.
 
+    A compute target and a certified halting mode together certify on two
+    random halves of `rows` (`split_rows`): the halting certificate is on
+    the model the target's shift made, and rows that chose that shift
+    cannot certify it again.
+
     Args:
         model: a trained `DactClassifier`.
         selection: `(features, labels)` batches that may also have picked
@@ -109,9 +116,20 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
         with a certified halting mode, `halting` (`certify_halting`'s).
         (`calibrate_drop`: one certificate on the drop over both knobs.)
     """
+    if target_blocks is not None and max_drop is not None:
+        certify.check_max_drop(max_drop, confidence)  # before the model changes
     rows_source = SHARED if selection is rows else rows_source
     result, shared = {}, rows_source == SHARED
-    if target_blocks is not None:
+    target_rows = halting_rows = rows
+    if target_blocks is not None and max_disagreement is not None and not shared:
+        # The halting certificate is on the model the target's shift made, and that shift
+        # was chosen on the target's rows: each certificate gets its own half of the rows.
+        target_rows, halting_rows = split_rows(rows)
+    kept_target = (model.certificates or {}).get("compute_target") or {}
+    if target_blocks is not None or kept_target.get("knob", "halting_bias_shift") != (
+            "halting_bias_shift"):
+        # A new target starts from the trained biases; so does a new halting mode after a
+        # certified drop, whose shift was certified with the threshold it replaces.
         undo_shift(model)
     if (target_blocks is not None
             and getattr(model.exit_criterion, "halting_rule", None) == "certified"):
@@ -122,13 +140,18 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
         result = halting_bias.calibrate_halting_bias(
             model, selection, target_blocks, max_metric_drop=None, metric_task=metric_task,
             pass_through=pass_through, verbose=verbose)
+        # Nothing certified; the shift is recorded so that a new calibration undoes it.
         result["certificate"] = None
+        model.certificates = {"compute_target": {
+            "kind": "compute_target", "certified": None, "knob": "halting_bias_shift",
+            "value": result["shift"], "note": "no bound was asked for (no labels)"}}
     elif target_blocks is not None:
         reference_preds = None
         if reference is not None:
-            reference_preds, _ = certify.reference_predictions(reference, rows, verbose=verbose)
+            reference_preds, _ = certify.reference_predictions(reference, target_rows,
+                                                               verbose=verbose)
         result = certify.certify_compute_target(
-            model, selection, rows, target_blocks, reference_preds,
+            model, selection, target_rows, target_blocks, reference_preds,
             max_drop=max_drop, confidence=confidence, metric_task=metric_task,
             pass_through=pass_through, shared=shared, verbose=verbose)
     if target_blocks is not None:
@@ -140,7 +163,7 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
     if max_disagreement is not None:
         # The selection rows (apart from the certificate's) may fit the method's
         # grid (DACT: a learned consistency score); shared rows may not.
-        halting = certify.certify_halting(model, rows, max_disagreement, confidence,
+        halting = certify.certify_halting(model, halting_rows, max_disagreement, confidence,
                                           shared=shared, verbose=verbose,
                                           fit_dataset=None if shared else selection)
         result["halting"] = halting
@@ -150,14 +173,41 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
              always=not halting["certificate"]["certified"], verbose=verbose)
     model.certificates = {
         key: value for key, value in (
-            ("compute_target", (result.get("certificate") if target_blocks is not None
-                                else (model.certificates or {}).get("compute_target"))),
+            # A new target's certificate (or its uncertified shift), else the kept one.
+            ("compute_target", (target_blocks is not None and result.get("certificate"))
+             or (model.certificates or {}).get("compute_target")),
             ("halting", (result["halting"]["certificate"] if "halting" in result else
                          None if target_blocks is not None
                          else (model.certificates or {}).get("halting"))),
         ) if value} or None
     _note_source(result, model, rows_source)
     return result
+
+
+def split_rows(rows):
+    """Two disjoint halves of the `(features, labels)` batches `rows`, chosen at random.
+
+    A row goes to the second half when a uniform draw seeded by its
+    position (and `SPLIT_SEED`) is below one half: the split is the same on
+    every call and never reads the rows' content, so a random sample gives
+    two random samples. Each half is re-batched (padded to its longest row)
+    at the batch size of `rows`.
+
+    Returns:
+        `(first, second)`, two `tf.data.Dataset`s of `(features, labels)`.
+    """
+    import tensorflow as tf
+
+    batch_size = int(tf.shape(tf.nest.flatten(next(iter(rows)))[0])[0])
+
+    def half(second):
+        def keep(index, row):
+            draw = tf.random.stateless_uniform([], seed=tf.stack([index, SPLIT_SEED]))
+            return (draw < 0.5) == second
+        return (rows.unbatch().enumerate().filter(keep).map(lambda index, row: row)
+                .padded_batch(batch_size))
+
+    return half(False), half(True)
 
 
 def calibrate_drop(model, selection, rows, *, reference=None, max_drop=0.01,
@@ -176,6 +226,7 @@ def calibrate_drop(model, selection, rows, *, reference=None, max_drop=0.01,
     if max_drop is None:
         raise ValueError("A certified drop needs its bound: max_drop (0.01: one point) and "
                          "labelled rows.")
+    certify.check_max_drop(max_drop, confidence)  # before the model changes
     model.configure_exit(halting_rule="tight", halting_slack=0.0)  # a new choice voids the old
     undo_shift(model)
     rows_source = SHARED if selection is rows else rows_source

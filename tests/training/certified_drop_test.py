@@ -119,6 +119,27 @@ def test_calibrate_drop_records_one_certificate():
     assert model.certificates == {"compute_target": result["certificate"]}
     assert result["holdout_layers_executed"] == pytest.approx(
         result["selection_layers_executed"], abs=1e-6)
+    # A bad bound is refused before the model changes: the shift and certificate stay.
+    biases = model.encoder.heads.halting_bias_weight.numpy().copy()
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\)"):
+        calibration_run.calibrate_drop(model, _rows(64, 5), _rows(64, 6), max_drop=1.5)
+    np.testing.assert_array_equal(model.encoder.heads.halting_bias_weight.numpy(), biases)
+    assert model.certificates == {"compute_target": result["certificate"]}
+
+
+def test_a_new_halting_mode_after_a_certified_drop_voids_it_and_its_shift():
+    model, reference = _model(seed=3), _model(seed=4)
+    trained = model.encoder.heads.halting_bias_weight.numpy().copy()
+    result = calibration_run.calibrate_drop(model, _rows(300, 5), _rows(300, 6),
+                                            reference=reference, max_drop=0.25, confidence=0.9,
+                                            verbose=0)
+    assert result["shift"] != 0.0
+    # The drop was certified for the shift with the threshold a new halting mode replaces.
+    calibration_run.calibrate(model, _rows(300, 5), _rows(300, 6), max_disagreement=0.3,
+                              confidence=0.9, verbose=0)
+    assert "compute_target" not in model.certificates
+    np.testing.assert_allclose(model.encoder.heads.halting_bias_weight.numpy(), trained,
+                               atol=1e-5)
 
 
 def test_training_refuses_a_certified_drop_it_cannot_give_before_any_work(tmp_path):

@@ -288,3 +288,50 @@ def test_calibrating_again_starts_from_the_trained_biases_not_the_last_shift():
     np.testing.assert_allclose(model.encoder.heads.halting_bias_weight.numpy(), trained,
                                atol=1e-5)
     assert calibration_run.undo_shift(model) == 0.0  # nothing recorded any more
+
+
+def test_a_target_with_no_bound_records_its_shift_so_the_next_one_undoes_it():
+    from dact_tf.calibration import calibration_run
+
+    data = dataset(*synthetic_task(300, seed=7), batch_size=64)
+    model = _model()
+    trained = model.encoder.heads.halting_bias_weight.numpy().copy()
+    results = [calibration_run.calibrate(model, data, data, target_blocks=2.0, max_drop=None,
+                                         verbose=0) for _ in range(2)]
+    assert results[0]["shift"] != 0.0 and results[1]["shift"] == results[0]["shift"]
+    record = model.certificates["compute_target"]
+    assert record["certified"] is None and record["value"] == results[0]["shift"]
+    assert calibration_run.undo_shift(model) == results[0]["shift"]
+    np.testing.assert_allclose(model.encoder.heads.halting_bias_weight.numpy(), trained,
+                               atol=1e-5)
+
+
+def test_a_target_and_a_halting_mode_certify_on_two_random_halves_of_the_rows():
+    from dact_tf.calibration import calibration_run
+
+    # The halves: disjoint, together every row, about half each, the same on every call,
+    # and independent of the rows' order (a row's half follows its index only).
+    ids = np.arange(400)
+    rows = dataset({"token_ids": np.stack([ids, ids], axis=1)}, ids, batch_size=32)
+    halves = [np.concatenate([y.numpy() for _, y in half])
+              for half in calibration_run.split_rows(rows)]
+    assert sorted(np.concatenate(halves).tolist()) == ids.tolist()
+    assert 150 < len(halves[1]) < 250
+    again = [np.concatenate([y.numpy() for _, y in half])
+             for half in calibration_run.split_rows(rows)]
+    np.testing.assert_array_equal(again[1], halves[1])
+    # Both certificates: each on its own half; one alone: on every row.
+    feats, labels = synthetic_task(300, seed=7)
+    selection, calibration = (dataset(*synthetic_task(200, seed=8), batch_size=64),
+                              dataset(feats, labels, batch_size=64))
+    model = _model()
+    result = calibration_run.calibrate(model, selection, calibration, target_blocks=2.0,
+                                       max_drop=0.7, max_disagreement=0.3, verbose=0)
+    certificates = model.certificates
+    assert certificates["compute_target"]["rows"] + certificates["halting"]["rows"] == 300
+    assert 100 < certificates["halting"]["rows"] < 200
+    assert result["halting"]["certificate"] == certificates["halting"]
+    model = _model()
+    calibration_run.calibrate(model, selection, calibration, target_blocks=2.0, max_drop=0.7,
+                              verbose=0)
+    assert model.certificates["compute_target"]["rows"] == 300
