@@ -126,6 +126,8 @@ flags.DEFINE_multi_string("data_override", [], "NAME:key=value;key=value: DataCo
                           "Repeatable.")
 flags.DEFINE_list("methods", ["full", "static", "dact", "deebert", "pabee"],
                   "Which of the group's models to score (those present).")
+flags.DEFINE_list("modes", [], "Only these modes' points (e.g. certified-drop,certified-mean); "
+                  "empty: every mode. The rest stay to run.")
 flags.DEFINE_string("out_dir", "runs/certified_study/points", "Finished points (JSON).")
 flags.DEFINE_string("results_csv", os.path.join(HERE, "results", "certified_study.csv"),
                     "The CSV.")
@@ -351,7 +353,7 @@ def _plan(group, epsilons):
         plan += [(m, "certified", eps) for m in ("deebert", "pabee") if m in models and m in wanted]
         if METRIC.get(group["label"]) == "pearson" and "pabee" in models and "pabee" in wanted:
             plan.append(("pabee", "certified-mean", eps))
-    return plan
+    return [p for p in plan if not FLAGS.modes or p[1] in FLAGS.modes]
 
 
 def _method_key(method):
@@ -1007,6 +1009,9 @@ def main(argv):
         raise app.UsageError(f"--epsilons must be numbers, got {FLAGS.epsilons}.") from None
     if not all(0.0 < e < 1.0 for e in epsilons):
         raise app.UsageError("Every --epsilons value must be in (0, 1).")
+    unknown = sorted(set(FLAGS.modes) - set(MODE_ORDER))
+    if unknown:
+        raise app.UsageError(f"--modes: unknown {', '.join(unknown)}; use {', '.join(MODE_ORDER)}.")
     if not FLAGS.groups and not FLAGS.plot_only:
         raise app.UsageError("--groups is required (NAME=DIR,...).")
     groups = _parse_groups()
