@@ -178,8 +178,7 @@ def _group_models(directory):
     return models
 
 
-def _method_family(method):
-    return "static" if method.startswith("static_k") else method
+_method_family = promise_check.family
 
 
 def _overrides(name):
@@ -789,8 +788,8 @@ def _markdown(rows):
         "EPS), `certified` (the most aggressive exit threshold whose disagreement with the "
         "model's own full depth is certified at most EPS), `target+certified` (both, in that "
         "order, each on its own random half of the calibration rows since 2026-12-07; "
-        "earlier rows certified both on every row), `certified-drop` (one certificate: the accuracy drop against `full` at most "
-        "EPS, DACT's halting shift and learned score's threshold chosen together for the "
+        "earlier rows certified both on every row), `certified-drop` (one certificate: the "
+        "accuracy drop against `full` at most EPS, DACT's halting shift and learned score's threshold chosen together for the "
         "fewest blocks), `certified-mean` (regression: the most aggressive exit threshold whose "
         "mean distance from the model's own full-depth score, as a share of the score range, "
         "is certified at most EPS; its *≤ EPS* and *lower* are on that mean).",

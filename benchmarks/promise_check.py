@@ -97,7 +97,8 @@ def best_at(points, blocks):
     return max(candidates) if candidates else None
 
 
-def _family(method):
+def family(method):
+    """A method's family: `"static"` for every static truncation (`static_k3`), else itself."""
     return "static" if method.startswith("static") else method
 
 
@@ -129,7 +130,7 @@ def _equal_blocks(group, sweep):
     cells, compared, above = [], 0, True
     for baseline in BASELINES:
         points = [(r["mean_blocks"], r["metric"]) for r in group
-                  if _family(r["method"]) == baseline]
+                  if family(r["method"]) == baseline]
         points += [(b, m) for method, b, m in sweep if method == baseline]
         if not points:
             cells.append("not run")

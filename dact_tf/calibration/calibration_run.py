@@ -136,15 +136,17 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
         # A new shift voids the halting certificate: back to the proven rule (the
         # target is searched and certified under it; a halting mode is certified anew).
         model.configure_exit(halting_rule="tight", halting_slack=0.0)
+    # What `compute_target` will hold: the kept one, unless a new target replaces it.
+    target_record = (model.certificates or {}).get("compute_target")
     if target_blocks is not None and max_drop is None:  # no bound asked for: no certificate
         result = halting_bias.calibrate_halting_bias(
             model, selection, target_blocks, max_metric_drop=None, metric_task=metric_task,
             pass_through=pass_through, verbose=verbose)
         # Nothing certified; the shift is recorded so that a new calibration undoes it.
         result["certificate"] = None
-        model.certificates = {"compute_target": {
-            "kind": "compute_target", "certified": None, "knob": "halting_bias_shift",
-            "value": result["shift"], "note": "no bound was asked for (no labels)"}}
+        target_record = {"kind": "compute_target", "certified": None,
+                         "knob": "halting_bias_shift", "value": result["shift"],
+                         "note": "no bound was asked for (no labels)"}
     elif target_blocks is not None:
         reference_preds = None
         if reference is not None:
@@ -154,6 +156,7 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
             model, selection, target_rows, target_blocks, reference_preds,
             max_drop=max_drop, confidence=confidence, metric_task=metric_task,
             pass_through=pass_through, shared=shared, verbose=verbose)
+        target_record = result["certificate"]
     if target_blocks is not None:
         result["holdout_layers_executed"] = float(
             halting_statistics(model, selection)["mean_layers_executed"])
@@ -173,9 +176,7 @@ def calibrate(model, selection, rows, *, target_blocks=None, pass_through="auto"
              always=not halting["certificate"]["certified"], verbose=verbose)
     model.certificates = {
         key: value for key, value in (
-            # A new target's certificate (or its uncertified shift), else the kept one.
-            ("compute_target", (target_blocks is not None and result.get("certificate"))
-             or (model.certificates or {}).get("compute_target")),
+            ("compute_target", target_record),
             ("halting", (result["halting"]["certificate"] if "halting" in result else
                          None if target_blocks is not None
                          else (model.certificates or {}).get("halting"))),
