@@ -932,7 +932,7 @@ def _plot(rows):
             # Later modes smaller and on top: points at one place stay visible.
             order = MODE_ORDER.index(r["mode"]) if r["mode"] in MODE_ORDER else 0
             ax.scatter(r["mean_blocks"], r["metric"], color=colours.get(r["mode"], "k"),
-                       marker=markers.get(family, "x"), s=110 - 16 * order,
+                       marker=markers.get(family, "x"), s=110 - 12 * order,
                        label=None if label in seen else label, zorder=3 + order)
             seen.add(label)
             if r["eps"] is not None:
