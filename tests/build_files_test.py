@@ -17,7 +17,8 @@ import pytest
 
 # The checkout (resolve(): under `bazel test` this file is a link into it).
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SKIP_DIRS = {".git", ".venv", "__pycache__", "build", "dist", "node_modules"}
+# runs/ is the git-ignored output folder (models, the study's code snapshot): not the source tree.
+SKIP_DIRS = {".git", ".venv", "__pycache__", "build", "dist", "node_modules", "runs"}
 
 PY_RULES = {"py_library", "py_test", "py_binary"}
 NATIVE = {"package", "exports_files", "filegroup", "glob", "load", "licenses"}
