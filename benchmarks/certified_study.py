@@ -80,6 +80,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 from benchmarks import bench_utils  # noqa: E402
+from benchmarks import pass_cache  # noqa: E402
 from benchmarks import promise_check  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -129,6 +130,8 @@ flags.DEFINE_list("methods", ["full", "static", "dact", "deebert", "pabee"],
 flags.DEFINE_list("modes", [], "Only these modes' points (e.g. certified-drop,certified-mean); "
                   "empty: every mode. The rest stay to run.")
 flags.DEFINE_string("out_dir", "runs/certified_study/points", "Finished points (JSON).")
+flags.DEFINE_string("cache_dir", "runs/certified_study/cache", "Traces and full-depth answers "
+                    "that a group's points repeat (`pass_cache`); empty: none.")
 flags.DEFINE_string("results_csv", os.path.join(HERE, "results", "certified_study.csv"),
                     "The CSV.")
 flags.DEFINE_string("results_md", os.path.join(HERE, "CERTIFIED_STUDY.md"), "The Markdown.")
@@ -306,6 +309,17 @@ def _split_counts(data_config, label_names):
 def _file_hash(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+def _pass_cache(g):
+    """The group's `pass_cache.PassCache` (keyed on its data config too), or a no-op."""
+    import contextlib
+
+    if not FLAGS.cache_dir:
+        return contextlib.nullcontext()
+    data = hashlib.sha256(repr(g.data_config).encode()).hexdigest()[:12]
+    return pass_cache.PassCache(os.path.join(FLAGS.cache_dir, f"{g.group['name']}_{data}"),
+                                g.datasets)
 
 
 def _datasets(data_config, preprocessor, label_names):
@@ -1034,7 +1048,10 @@ def main(argv):
             g = Group(group)
             for method, mode, eps in todo:
                 logging.info("%s %s %s eps=%s", group["name"], method, mode, eps)
-                point = _run_point(g, method, mode, eps)
+                with _pass_cache(g) as cache:
+                    point = _run_point(g, method, mode, eps)
+                if cache:
+                    logging.info("  %d passes read back, %d run", cache.hits, cache.misses)
                 _write_point(_point_path(group, method, mode, eps), point)
                 logging.info("  %s %.4f at %.2f blocks, disagreement %.4f, check %s (%.0f s)",
                              point["metric_name"], point["metric"], point["mean_blocks"],
