@@ -11,8 +11,9 @@ depend only on the weights, the model's settings and the rows.
 group: `analysis.trace_dataset` (every block, the halting values and the exits
 under the model's current rule) and `scoring.predict_dataset` at full depth.
 The key is a hash of every weight (halting-bias shifts and pass-throughs
-included), the model's config (exit settings, dtype policies), the exit
-criterion's summary, the function and the split's name. A point's early-exit
+included), the model's config (dtype policies; for a trace, the exit
+settings too: its exits follow the model's rule), the function and the
+split's name. A point's early-exit
 evaluation is never cached: it always runs the real loop.
 
 Example:
@@ -27,14 +28,25 @@ import os
 import numpy as np
 
 
-def model_fingerprint(model):
-    """A hash of everything a pass's output depends on in the model itself."""
+def model_fingerprint(model, exit_settings=True):
+    """A hash of everything a pass's output depends on in the model itself.
+
+    `exit_settings=False` leaves out the exit criterion's knobs (thresholds,
+    rule, learned score, certificates) but keeps its kind: what a full-depth
+    pass returns (DACT's `a_N`, a baseline's last head) does not depend on
+    them, so the points of one model share it whatever their calibration.
+    """
     digest = hashlib.sha256()
     for weight in model.get_weights():
         digest.update(str(weight.dtype).encode() + str(weight.shape).encode())
         digest.update(np.ascontiguousarray(weight).tobytes())
-    settings = {"config": model.get_config(), "exits": model.exit_criterion.summary()}
-    digest.update(json.dumps(settings, sort_keys=True, default=repr).encode())
+    config = dict(model.get_config())
+    if exit_settings:
+        config["exits"] = model.exit_criterion.summary()
+    else:
+        config.pop("certificates", None)
+        config["method"] = type(model.exit_criterion).__name__
+    digest.update(json.dumps(config, sort_keys=True, default=repr).encode())
     return digest.hexdigest()[:24]
 
 
@@ -85,7 +97,8 @@ class PassCache:
         name = self.names.get(id(dataset))
         if name is None:
             return run()
-        path = os.path.join(self.directory, f"{kind}_{name}_{model_fingerprint(model)}.npz")
+        key = model_fingerprint(model, exit_settings=kind == "trace")
+        path = os.path.join(self.directory, f"{kind}_{name}_{key}.npz")
         if os.path.exists(path):
             self.hits += 1
             with np.load(path, allow_pickle=False) as stored:

@@ -3,6 +3,7 @@ nothing that changes the answers (a halting shift, a pass-through, another exit 
 another split) reads another model's entry."""
 
 import numpy as np
+import pytest
 
 from benchmarks import pass_cache
 from dact_tf.calibration import certify
@@ -54,10 +55,33 @@ def test_cached_passes_equal_the_passes_and_change_with_the_model(tmp_path):
         analysis.trace_dataset(model, rows)
         assert cache.misses == 4
         model.encoder.heads.pass_budget_through(0)
-        # Another exit setting changes the key too.
+        # Another exit setting changes a trace's key (its exits follow the rule), not a
+        # full-depth pass's.
         model.configure_exit(halting_rule="never")
         analysis.trace_dataset(model, rows)
         assert cache.misses == 5
+        _equal(scoring.predict_dataset(model, rows, full_depth=True)[0], full)
+        assert (cache.hits, cache.misses) == (4, 5)
     # Outside the block the library's own functions are back.
     assert analysis.trace_dataset.__module__ == "dact_tf.evaluation.analysis"
     assert scoring.predict_dataset.__module__ == "dact_tf.evaluation.scoring"
+
+
+@pytest.mark.parametrize("method,settings", [
+    ("dact", [{"halting_rule": "tight"}, {"halting_rule": "relaxed", "halting_epsilon": 0.4}]),
+    ("pabee", [{"patience": 1}, {"patience": 3}]),
+    ("deebert", [{"entropy_threshold": 0.0}, {"entropy_threshold": 0.6}]),
+])
+def test_a_full_depth_pass_does_not_depend_on_the_exit_settings(method, settings):
+    # What lets the cache share one full-depth pass between a model's calibrations.
+    feats, labels = synthetic_task(40, seed=8)
+    rows = dataset(feats, labels, batch_size=16)
+    model = DactClassifier(tiny_backbone(seed=6), num_classes=2, dropout=0.0, method=method)
+    passes, keys, trace_keys = [], set(), set()
+    for setting in settings:
+        model.configure_exit(**setting)
+        passes.append(scoring.predict_dataset(model, rows, full_depth=True)[0])
+        keys.add(pass_cache.model_fingerprint(model, exit_settings=False))
+        trace_keys.add(pass_cache.model_fingerprint(model))
+    _equal(*passes)
+    assert len(keys) == 1 and len(trace_keys) == 2
