@@ -62,6 +62,7 @@ Usage (from the repository root):
         --glue_dir=GLUE_DIR --epsilons=0.005,0.01,0.02
 """
 
+import contextlib
 import csv
 import gc
 import glob
@@ -179,9 +180,6 @@ def _group_models(directory):
         elif static:  # the study's static_k3, or static3
             models[f"static_k{static.group(1)}"] = path
     return models
-
-
-_method_family = promise_check.family
 
 
 def _overrides(name):
@@ -313,8 +311,6 @@ def _file_hash(path):
 
 def _pass_cache(g):
     """The group's `pass_cache.PassCache` (keyed on its data config too), or a no-op."""
-    import contextlib
-
     if not FLAGS.cache_dir:
         return contextlib.nullcontext()
     data = hashlib.sha256(repr(g.data_config).encode()).hexdigest()[:12]
@@ -349,7 +345,7 @@ def _plan(group, epsilons):
     wanted = set(FLAGS.methods)
     plan = []
     for method in sorted(models, key=_method_key):
-        if _method_family(method) not in wanted:
+        if promise_check.family(method) not in wanted:
             continue
         if method == "full" or method.startswith("static_k"):
             plan.append((method, "plain", None))
@@ -370,7 +366,7 @@ def _plan(group, epsilons):
 
 
 def _method_key(method):
-    family = _method_family(method)
+    family = promise_check.family(method)
     return (METHOD_ORDER.index(family) if family in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
@@ -803,8 +799,8 @@ def _markdown(rows):
         "model's own full depth is certified at most EPS), `target+certified` (both, in that "
         "order, each on its own random half of the calibration rows since 2026-12-07; "
         "earlier rows certified both on every row), `certified-drop` (one certificate: the "
-        "accuracy drop against `full` at most EPS, DACT's halting shift and learned score's threshold chosen together for the "
-        "fewest blocks), `certified-mean` (regression: the most aggressive exit threshold whose "
+        "accuracy drop against `full` at most EPS, DACT's halting shift and learned score's "
+        "threshold chosen together for the fewest blocks), `certified-mean` (regression: the most aggressive exit threshold whose "
         "mean distance from the model's own full-depth score, as a share of the score range, "
         "is certified at most EPS; its *≤ EPS* and *lower* are on that mean).",
         "",
@@ -941,7 +937,7 @@ def _plot(rows):
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         seen, notes = set(), {}
         for r in group:
-            family = _method_family(r["method"])
+            family = promise_check.family(r["method"])
             label = f"{r['method']} {r['mode']}"
             # Later modes smaller and on top: points at one place stay visible.
             order = MODE_ORDER.index(r["mode"]) if r["mode"] in MODE_ORDER else 0

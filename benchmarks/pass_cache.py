@@ -13,8 +13,8 @@ under the model's current rule) and `scoring.predict_dataset` at full depth.
 The key is a hash of every weight (halting-bias shifts and pass-throughs
 included), the model's config (dtype policies; for a trace, the exit
 settings too: its exits follow the model's rule), the function and the
-split's name. A point's early-exit
-evaluation is never cached: it always runs the real loop.
+split's name. A point's early-exit evaluation is never cached: it always
+runs the real loop.
 
 Example:
     with PassCache("runs/certified_study/cache/sst2_1", {"calibration": ds}):
@@ -64,7 +64,7 @@ class PassCache:
         self.directory = directory
         self.names = {id(ds): name for name, ds in datasets.items()}
         self.hits = self.misses = 0
-        self._saved = None
+        self._modules = self._saved = None
 
     def __enter__(self):
         from dact_tf.evaluation import analysis
