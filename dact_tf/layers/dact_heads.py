@@ -7,9 +7,13 @@ from dact_tf import config
 from dact_tf.ops import TASKS
 
 
-#: A halting bias this large makes `h_n` exactly 1 in float32: the block
-#: passes its whole budget on (`DactHeads.pass_budget_through`).
+#: A halting logit raised this much makes `h_n` exactly 1 in float32: the
+#: block passes its whole budget on (`DactHeads.pass_budget_through`).
 PASS_THROUGH_BIAS = 1e4
+
+#: The key of the pass-through mask in a saved model's weights (named, so that
+#: files saved before it existed, without the key, stay readable).
+_PASS_KEY = "pass_through"
 
 
 @keras.saving.register_keras_serializable(package="dact_tf")
@@ -195,6 +199,11 @@ class DactHeads(keras.layers.Layer):
                 shape=(k,),
                 initializer=keras.initializers.Constant(self.halting_confidence),
             )
+        # 1 where a block passes its budget on (`pass_budget_through`): kept
+        # apart from the trained bias, so that undoing it restores the bias
+        # bit for bit.
+        self.pass_mask = self.add_weight(
+            name="pass_through", shape=(k,), initializer="zeros", trainable=False)
 
     def _finish(self, logits, halting_logits, confidence_weight=None):
         logits = tf.cast(logits, tf.float32)
@@ -229,6 +238,7 @@ class DactHeads(keras.layers.Layer):
         halting_logits = (
             tf.linalg.matvec(z, self.halting_kernel[index])
             + self.halting_bias_weight[index]
+            + PASS_THROUGH_BIAS * self.pass_mask[index]
         )
         conf = None if self.confidence_weight is None else self.confidence_weight[index]
         return self._finish(logits, halting_logits, conf)
@@ -240,7 +250,7 @@ class DactHeads(keras.layers.Layer):
             self.answer_kernel,
             self.answer_bias,
             self.halting_kernel,
-            self.halting_bias_weight,
+            self.halting_bias_weight + PASS_THROUGH_BIAS * self.pass_mask,
         ]
         if self.confidence_weight is not None:
             weights.append(self.confidence_weight)
@@ -268,8 +278,8 @@ class DactHeads(keras.layers.Layer):
         if self.shared or not self.built:
             return 0
         count = 0
-        for bias in keras.ops.convert_to_numpy(self.halting_bias_weight):
-            if bias < PASS_THROUGH_BIAS / 2:
+        for passed in keras.ops.convert_to_numpy(self.pass_mask):
+            if not passed:
                 break
             count += 1
         return count
@@ -277,8 +287,8 @@ class DactHeads(keras.layers.Layer):
     def pass_budget_through(self, blocks):
         """Makes the first `blocks` blocks hand their whole budget on.
 
-        Their halting values become exactly 1 (a bias of `PASS_THROUGH_BIAS`
-        on top of the trained one), so `p_n` stays 1 and
+        Their halting values become exactly 1 (`PASS_THROUGH_BIAS` added to
+        the halting logit; the trained bias is left as it is), so `p_n` stays 1 and
         `a_{blocks+1} = y_{blocks+1}`: those blocks' heads keep no weight in
         any answer, and no row stops before block `blocks + 1` (the halting
         test cannot pass while `p_n = 1`). The recurrence and the guarantee
@@ -296,21 +306,44 @@ class DactHeads(keras.layers.Layer):
         if self.shared and blocks:
             raise ValueError("Shared heads have one halting unit: no block can pass its "
                              "budget through alone.")
-        bias = keras.ops.convert_to_numpy(self.halting_bias_weight).copy()
-        bias[:self.passed_blocks] -= PASS_THROUGH_BIAS
-        bias[:blocks] += PASS_THROUGH_BIAS
-        self.halting_bias_weight.assign(bias)
+        mask = [1.0 if n < blocks else 0.0 for n in range(self.num_heads)]
+        self.pass_mask.assign(mask)
+
+    def save_own_variables(self, store):
+        own = [v for v in self._own_variables() if v is not self.pass_mask]
+        for i, variable in enumerate(own):
+            store[str(i)] = variable
+        store[_PASS_KEY] = self.pass_mask
 
     def load_own_variables(self, store):
-        # Heads saved without the confidence term (e.g. a full-depth model to
-        # warm-start from) load into heads with it; it keeps its initial value.
-        own = self._trainable_variables + self._non_trainable_variables
-        if self.confidence_weight is not None and len(store.keys()) == len(own) - 1:
-            rest = [v for v in own if v is not self.confidence_weight]
-            for i, variable in enumerate(rest):
-                variable.assign(store[str(i)])
+        keys = [key for key in store.keys() if key != _PASS_KEY]
+        own = [v for v in self._own_variables() if v is not self.pass_mask]
+        if self.confidence_weight is not None and len(keys) == len(own) - 1:
+            # Heads saved without the confidence term (e.g. a full-depth model
+            # to warm-start from) load into heads with it; it keeps its
+            # initial value.
+            own = [v for v in own if v is not self.confidence_weight]
+        if len(keys) != len(own):
+            raise ValueError(
+                f"Layer {self.name!r} expected {len(own)} saved weights, found "
+                f"{len(keys)}: the file holds heads of another configuration.")
+        for i, variable in enumerate(own):
+            variable.assign(store[str(i)])
+        if _PASS_KEY in store.keys():
+            self.pass_mask.assign(store[_PASS_KEY])
             return
-        super().load_own_variables(store)
+        # Saved before the mask existed: a passed block's bias held
+        # `PASS_THROUGH_BIAS` on top of the trained one.
+        bias = keras.ops.convert_to_numpy(self.halting_bias_weight).copy()
+        passed = 0
+        while passed < len(bias) and bias[passed] >= PASS_THROUGH_BIAS / 2:
+            passed += 1
+        bias[:passed] -= PASS_THROUGH_BIAS
+        self.halting_bias_weight.assign(bias)
+        self.pass_budget_through(passed)
+
+    def _own_variables(self):
+        return self._trainable_variables + self._non_trainable_variables
 
     def compute_output_shape(self, input_shape, layer_index=None):
         return (

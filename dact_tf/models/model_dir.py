@@ -384,8 +384,8 @@ def warm_start(model, source):
             f"{_first_line(e)}); it may be truncated: copy or train it again."
         ) from e
     model.tau, model.head_loss_weight = settings
-    # A calibrated source may pass its first blocks' budgets through (a
-    # +1e4 bias, with no gradient): start training from its trained values.
+    # A calibrated source may pass its first blocks' budgets through (with
+    # no gradient there): start training from its trained halting.
     model.encoder.heads.pass_budget_through(0)
 
 

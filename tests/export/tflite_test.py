@@ -159,9 +159,14 @@ def test_tflite_from_model_regression(tmp_path):
     # And a regressor's (abs, clip, a count of blocks left).
     ("regression", {"halting_rule": "certified", "halting_threshold": 0.72,
                     "consistency_weights": [4.0, -2.0, 2.0, -1.0, 1.0, 0.0, -0.5, -1.0, -1.5]}),
+    # A calibrated pass-through (a mask beside the trained halting biases).
+    ("classification", {"pass_through": 2}),
 ])
 def test_tflite_variants_convert_and_match(tmp_path, task, kwargs):
+    kwargs = dict(kwargs)
+    pass_through = kwargs.pop("pass_through", 0)
     model = make_model(task, seed=4 if "pooling" in kwargs else 2, **kwargs)
+    model.encoder.heads.pass_budget_through(pass_through)
     path = export_tflite(model, str(tmp_path / "variant.tflite"))
     features = int32_features(48, seed=9 if "pooling" in kwargs else 5)
     got, want = _run(path, "serving_default", features), model(features)
@@ -170,6 +175,7 @@ def test_tflite_variants_convert_and_match(tmp_path, task, kwargs):
     np.testing.assert_array_equal(got["layers_executed"], want["layers_executed"])
     if kwargs.get("method") in ("pabee", "deebert") or "consistency_weights" in kwargs:
         assert len(set(np.asarray(want["layers_executed"]).tolist())) > 1
+    assert np.min(got["layers_executed"]) > pass_through  # no row stops in a passed block
 
 
 def test_tflite_has_no_input_checks(tflite_files, plain_export):

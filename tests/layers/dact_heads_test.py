@@ -112,3 +112,66 @@ def test_the_halting_unit_reads_the_confidence_but_does_not_train_it():
     assert grads[1] is None or not np.any(grads[1].numpy())
     # ... while the halting unit's own weights (and the confidence weight) do.
     assert np.any(grads[2].numpy()[1]) and np.any(grads[3].numpy()[1])
+
+
+def _built_heads(num_layers=4, confidence=-4.0, seed=0):
+    heads = DactHeads(num_layers=num_layers, num_outputs=2, hidden_dim=3,
+                      halting_confidence=confidence)
+    heads(tf.zeros([1, 5]), layer_index=0)
+    rng = np.random.default_rng(seed)
+    for variable in heads.trainable_weights:
+        variable.assign(rng.normal(size=variable.shape).astype("float32"))
+    return heads
+
+
+def test_pass_through_is_exact_and_undoing_it_restores_the_bias_bit_for_bit():
+    heads = _built_heads()
+    trained = heads.halting_bias_weight.numpy().copy()
+    x = tf.constant(np.random.default_rng(1).normal(size=(6, 5)), tf.float32)
+    _, h_before = heads(tf.stack([x] * 4))
+    for _ in range(3):  # repeated calibrations must not drift the trained biases
+        heads.pass_budget_through(2)
+        heads.shift_halting_bias(0.0)
+        assert heads.passed_blocks == 2
+        _, h = heads(tf.stack([x] * 4))
+        np.testing.assert_array_equal(h.numpy()[:2], 1.0)
+        np.testing.assert_array_equal(h.numpy()[2:], h_before.numpy()[2:])
+        for n in range(4):  # the per-block call (the early-exit loop) agrees
+            h_n = heads(x, layer_index=n)[1].numpy()
+            np.testing.assert_allclose(h_n, h.numpy()[n], atol=1e-6)
+            assert (h_n == 1.0).all() == (n < 2)
+        heads.pass_budget_through(0)
+    np.testing.assert_array_equal(heads.halting_bias_weight.numpy(), trained)
+    np.testing.assert_array_equal(heads(tf.stack([x] * 4))[1].numpy(), h_before.numpy())
+
+
+def test_the_pass_through_survives_saving_and_an_older_file_loads_it(tmp_path):
+    heads = _built_heads()
+    trained = heads.halting_bias_weight.numpy().copy()
+    heads.pass_budget_through(1)
+    store = {}
+    heads.save_own_variables(store)
+    assert store["pass_through"].numpy().tolist() == [1.0, 0.0, 0.0, 0.0]
+    again = _built_heads(seed=5)
+    again.load_own_variables(store)
+    assert again.passed_blocks == 1
+    np.testing.assert_array_equal(again.halting_bias_weight.numpy(), trained)
+    # A file written before the mask existed held the pass-through in the
+    # bias: it loads as a pass-through on the trained bias (to float32's
+    # rounding of the old sum).
+    old = {key: np.asarray(value) for key, value in store.items() if key != "pass_through"}
+    old["5"] = old["5"] + np.array([1e4, 1e4, 0, 0], np.float32)
+    older = _built_heads(seed=6)
+    older.load_own_variables(old)
+    assert older.passed_blocks == 2
+    np.testing.assert_allclose(older.halting_bias_weight.numpy(), trained, atol=1e-3)
+    # A full-depth model's heads (no confidence term) load into heads with it.
+    plain = _built_heads(confidence=0.0, seed=7)
+    plain_store = {}
+    plain.save_own_variables(plain_store)
+    heads.load_own_variables(plain_store)
+    assert heads.passed_blocks == 0
+    np.testing.assert_array_equal(heads.halting_bias_weight.numpy(),
+                                  plain.halting_bias_weight.numpy())
+    with pytest.raises(ValueError, match="expected 7 saved weights, found 3"):
+        heads.load_own_variables({str(i): old[str(i)] for i in range(3)})
