@@ -16,6 +16,14 @@ PASS_THROUGH_BIAS = 1e4
 _PASS_KEY = "pass_through"
 
 
+def _leading(flags):
+    """How many of `flags` are true before the first false one."""
+    count = 0
+    while count < len(flags) and flags[count]:
+        count += 1
+    return count
+
+
 @keras.saving.register_keras_serializable(package="dact_tf")
 class DactHeads(keras.layers.Layer):
     """The DACT heads of a stack of blocks: an answer and a halting value.
@@ -277,12 +285,7 @@ class DactHeads(keras.layers.Layer):
         """How many leading blocks pass their whole budget on (`pass_budget_through`)."""
         if self.shared or not self.built:
             return 0
-        count = 0
-        for passed in keras.ops.convert_to_numpy(self.pass_mask):
-            if not passed:
-                break
-            count += 1
-        return count
+        return _leading(keras.ops.convert_to_numpy(self.pass_mask) > 0)
 
     def pass_budget_through(self, blocks):
         """Makes the first `blocks` blocks hand their whole budget on.
@@ -310,14 +313,13 @@ class DactHeads(keras.layers.Layer):
         self.pass_mask.assign(mask)
 
     def save_own_variables(self, store):
-        own = [v for v in self._own_variables() if v is not self.pass_mask]
-        for i, variable in enumerate(own):
+        for i, variable in enumerate(self._indexed_variables()):
             store[str(i)] = variable
         store[_PASS_KEY] = self.pass_mask
 
     def load_own_variables(self, store):
         keys = [key for key in store.keys() if key != _PASS_KEY]
-        own = [v for v in self._own_variables() if v is not self.pass_mask]
+        own = self._indexed_variables()
         if self.confidence_weight is not None and len(keys) == len(own) - 1:
             # Heads saved without the confidence term (e.g. a full-depth model
             # to warm-start from) load into heads with it; it keeps its
@@ -335,15 +337,15 @@ class DactHeads(keras.layers.Layer):
         # Saved before the mask existed: a passed block's bias held
         # `PASS_THROUGH_BIAS` on top of the trained one.
         bias = keras.ops.convert_to_numpy(self.halting_bias_weight).copy()
-        passed = 0
-        while passed < len(bias) and bias[passed] >= PASS_THROUGH_BIAS / 2:
-            passed += 1
+        passed = _leading(bias >= PASS_THROUGH_BIAS / 2)
         bias[:passed] -= PASS_THROUGH_BIAS
         self.halting_bias_weight.assign(bias)
         self.pass_budget_through(passed)
 
-    def _own_variables(self):
-        return self._trainable_variables + self._non_trainable_variables
+    def _indexed_variables(self):
+        """The weights saved under `"0"`, `"1"`, ...: all but the mask, in Keras's order."""
+        own = self._trainable_variables + self._non_trainable_variables
+        return [v for v in own if v is not self.pass_mask]
 
     def compute_output_shape(self, input_shape, layer_index=None):
         return (
