@@ -20,6 +20,9 @@ from dact_tf.models.dact_classifier import DactClassifier
 from tests import testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: How long the two-worker tests wait for their workers: only a hung cluster reaches it.
+#: Generous, because a loaded 2-core machine ran a two-stage pair for over 400 s.
+WORKER_DEADLINE_S = 900
 
 
 def _run(args, env=None, timeout=300):
@@ -68,8 +71,6 @@ def _free_ports(n):
     pytest.param(True, marks=pytest.mark.large),
 ])
 def test_multi_worker_mirrored_two_processes(tmp_path, full_depth_stage):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     model_dir = tmp_path / "model"
     args = [sys.executable, "-m", "dact_tf", "train", "--task=sst2",
             f"--data_dir={builtin_sst2_dir()}", f"--model_dir={model_dir}",
@@ -77,25 +78,11 @@ def test_multi_worker_mirrored_two_processes(tmp_path, full_depth_stage):
             "--max_eval_examples=32", "--batch_size=16", "--epochs=1",
             "--distribution_strategy=multi_worker_mirrored",
             f"--full_depth_stage={str(full_depth_stage).lower()}"]
-    procs = []
+    procs = _start_workers(tmp_path, args, _free_ports(2))
     try:
-        for index in range(2):
-            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-            env = dict(os.environ, PYTHONPATH=REPO, TF_CONFIG=tf_config,
-                       DACT_TF_CACHE=str(tmp_path / f"cache{index}"))
-            procs.append(subprocess.Popen(
-                args, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                stderr=open(tmp_path / f"worker{index}.log", "w"),
-            ))
-        deadline = time.time() + 400
-        while time.time() < deadline and any(p.poll() is None for p in procs):
-            time.sleep(0.5)
-        codes = [p.poll() for p in procs]
+        codes = _wait_for_exit(procs)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _stop(procs)
     logs = [(tmp_path / f"worker{i}.log").read_text()[-2000:] for i in range(2)]
     assert codes == [0, 0], logs
     # The chief (worker 0) writes model_dir, worker 1 its own copy.
@@ -126,6 +113,21 @@ def _start_workers(tmp_path, args, ports):
     return procs
 
 
+def _wait_for_exit(procs):
+    """The workers' exit codes (None: still running at the deadline)."""
+    deadline = time.time() + WORKER_DEADLINE_S
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.5)
+    return [p.poll() for p in procs]
+
+
+def _stop(procs):
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 @pytest.mark.large
 def test_a_killed_cluster_resumes_together_where_the_chief_stopped(tmp_path):
     import signal
@@ -143,7 +145,7 @@ def test_a_killed_cluster_resumes_together_where_the_chief_stopped(tmp_path):
 
     procs = _start_workers(tmp_path, args, _free_ports(2))
     try:
-        deadline = time.time() + 400
+        deadline = time.time() + WORKER_DEADLINE_S
         while epochs_logged() < 1 and time.time() < deadline and all(
                 p.poll() is None for p in procs):
             time.sleep(0.1)
@@ -160,15 +162,9 @@ def test_a_killed_cluster_resumes_together_where_the_chief_stopped(tmp_path):
         assert (model_dir / "backup").is_dir() and own_backup.is_dir()
         shutil.rmtree(own_backup)
         procs = _start_workers(tmp_path, args, _free_ports(2))
-        deadline = time.time() + 400
-        while time.time() < deadline and any(p.poll() is None for p in procs):
-            time.sleep(0.5)
-        codes = [p.poll() for p in procs]
+        codes = _wait_for_exit(procs)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _stop(procs)
     logs = [(tmp_path / f"worker{i}.log").read_text()[-2000:] for i in range(2)]
     assert codes == [0, 0], logs
     # Every epoch logged once, in order, and both workers end with the same weights.
