@@ -32,8 +32,10 @@ def sweep_points(path, groups):
     A group trained by `benchmarks/study.py` into its own directory (as
     `study_group.sh` does) has there a `study.csv` with every knob the study
     measured on the same models and evaluation set (DeeBERT's entropy
-    thresholds, PABEE's patiences, static truncation). Those rows replace the
-    group's rows in `path`, which keeps them for runs without the models.
+    thresholds, PABEE's patiences, static truncation). Its rows of the
+    group's task and seed (the file lists every group trained into the same
+    study folder; the group's label is its task) replace the group's rows in
+    `path`, which keeps them for runs without the models.
 
     Args:
         path: the sweeps CSV (read, then rewritten when a group adds rows).
@@ -56,7 +58,8 @@ def sweep_points(path, groups):
                       "method": r["method"], "knob": r["knob"],
                       "metric_name": r["metric_name"], "metric": r["metric"],
                       "mean_blocks": r["mean_layers_executed"]}
-                     for r in csv.DictReader(f) if r["method"] in BASELINES]
+                     for r in csv.DictReader(f) if r["method"] in BASELINES
+                     and (r["task"], r["seed"]) == (group["label"], str(group["seed"]))]
         rows = [r for r in rows
                 if (r["task"], r["seed"]) != (group["label"], str(group["seed"]))] + found
         changed = True
@@ -143,7 +146,8 @@ def _equal_blocks(group, sweep):
             cells.append(f"{value:.4f}")
             compared += 1
             above = above and dact["metric"] > value
-    verdict = ("none reaches these blocks" if not compared
+    verdict = ("no baseline run yet" if cells.count("not run") == len(BASELINES)
+               else "none reaches these blocks" if not compared
                else f"yes ({compared} compared)" if above else "**no**")
     return [f"{blocks:.2f}", f"{dact['metric']:.4f}"] + cells + [verdict]
 
