@@ -81,7 +81,8 @@ flags.DEFINE_list("methods", ["full", "dact", "static", "pabee", "deebert", "dac
 flags.DEFINE_list("static_layers", ["1", "2", "3"], "static: blocks kept.")
 flags.DEFINE_list("target_blocks", ["1.5", "2", "2.5", "4"], "DACT: mean blocks to re-calibrate the trained model to (its default is half the blocks).")
 flags.DEFINE_list("patiences", ["1", "2", "3"], "PABEE: patience values.")
-flags.DEFINE_list("entropy_thresholds", ["0.1", "0.2", "0.3", "0.45"], "DeeBERT: thresholds (nats).")
+flags.DEFINE_list("entropy_thresholds", ["0.1", "0.2", "0.3", "0.45", "0.55", "0.62"],
+                  "DeeBERT: thresholds (nats); 0.55 and 0.62 let a binary task reach 2.5 blocks.")
 flags.DEFINE_string("schedule", None, "Comma-separated task:seed:method items to run in this order instead of the tasks x seeds x methods product (e.g. sst2:0:full,sst2:0:dact).")
 flags.DEFINE_string("out_dir", "runs/study", "Model directories and finished points.")
 flags.DEFINE_string("backbone", "minilm_l6", "Backbone spec.")
