@@ -53,15 +53,15 @@ def sweep_points(path, groups):
         side = os.path.join(group["dir"], "study.csv")
         if not os.path.exists(side):
             continue
+        key = (group["label"], str(group["seed"]))
         with open(side, newline="") as f:
-            found = [{"task": group["label"], "seed": str(group["seed"]),
+            found = [{"task": r["task"], "seed": r["seed"],
                       "method": r["method"], "knob": r["knob"],
                       "metric_name": r["metric_name"], "metric": r["metric"],
                       "mean_blocks": r["mean_layers_executed"]}
-                     for r in csv.DictReader(f) if r["method"] in BASELINES
-                     and (r["task"], r["seed"]) == (group["label"], str(group["seed"]))]
-        rows = [r for r in rows
-                if (r["task"], r["seed"]) != (group["label"], str(group["seed"]))] + found
+                     for r in csv.DictReader(f)
+                     if r["method"] in BASELINES and (r["task"], r["seed"]) == key]
+        rows = [r for r in rows if (r["task"], r["seed"]) != key] + found
         changed = True
     if changed:
         with open(path, "w", newline="") as f:
