@@ -1030,7 +1030,8 @@ def main(argv):
             raise app.UsageError(f"--data_override {item!r} names no group of --groups.")
     if not FLAGS.plot_only:
         for group in groups:
-            missing = [m for m in ("full", "dact") if m not in group["models"]]
+            needed = ("full", "dact") if "dact" in FLAGS.methods else ("full",)
+            missing = [m for m in needed if m not in group["models"]]
             if missing:
                 raise app.UsageError(f"{group['dir']} has no finished {' or '.join(missing)} "
                                      "model directory.")
