@@ -6,6 +6,7 @@ trained model directory without retraining; both write `calibration.json`
 certified and how.
 """
 
+import copy
 import sys
 
 from dact_tf.calibration import halting_bias
@@ -222,22 +223,30 @@ def calibrate_drop(model, selection, rows, *, reference=None, max_drop=0.01,
     range) is certified at most `max_drop`
     (`dact_tf.calibration.certified_drop.certify_drop_halting`, whose
     result this returns, with `holdout_layers_executed`). The arguments
-    are `calibrate`'s; the certificate replaces the model's others.
+    are `calibrate`'s; the certificate replaces the model's others. Where
+    nothing is certified, a model calibrated before keeps that calibration
+    (its exit, shift and certificates; `result["kept"]`), and a model never
+    calibrated keeps its trained halting under its proven rule.
     """
     if max_drop is None:
         raise ValueError("A certified drop needs its bound: max_drop (0.01: one point) and "
                          "labelled rows.")
     certify.check_max_drop(max_drop, confidence)  # before the model changes
+    previous = model.exit_criterion.copy(), copy.deepcopy(model.certificates)
     model.configure_exit(halting_rule="tight", halting_slack=0.0)  # a new choice voids the old
-    undo_shift(model)
+    undone = undo_shift(model)
     rows_source = SHARED if selection is rows else rows_source
     result = certified_drop_lib.certify_drop_halting(
         model, selection, rows, reference=reference, max_drop=max_drop, confidence=confidence,
-        metric_task=metric_task, shared=rows_source == SHARED, verbose=verbose)
+        metric_task=metric_task, shared=rows_source == SHARED,
+        kept=(undone, previous[0]) if previous[1] else None, verbose=verbose)
     result["holdout_layers_executed"] = float(
         halting_statistics(model, selection)["mean_layers_executed"])
     _say(certified_drop_lib.message(result), always=not result["certificate"]["certified"],
          verbose=verbose)
+    if result["kept"]:  # the previous calibration and its certificates stand
+        model.certificates = previous[1]
+        return result
     model.certificates = {"compute_target": result["certificate"]}
     _note_source(result, model, rows_source)
     return result

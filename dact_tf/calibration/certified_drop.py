@@ -17,9 +17,10 @@ of the fewest blocks for a given drop, safest first. That order is fixed
 before the calibration rows are read, so fixed-sequence testing on them
 (Learn-then-Test, Angelopoulos et al. 2021) certifies the last candidate
 that passes. The chosen model runs DACT's certified rule (the tight test,
-or the score at its threshold) at the chosen shift. Where no pair passes, the
-model stays as trained, under its proven rule, and says that nothing is
-certified.
+or the score at its threshold) at the chosen shift. Where no pair passes,
+nothing is certified and the model keeps the setting it is given to keep
+(`calibration_run.calibrate_drop`: its previous calibration) or, with none,
+its trained halting under its proven rule.
 """
 
 import numpy as np
@@ -101,7 +102,7 @@ def _replayer(model, trace, shifts_of):
 
 def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
                          confidence=risk_bounds.DEFAULT_CONFIDENCE, metric_task=None,
-                         shared=False, apply=True, verbose=0):
+                         shared=False, apply=True, kept=None, verbose=0):
     """Sets the fewest-blocks exit whose accuracy drop against full depth is certified.
 
     Args:
@@ -121,6 +122,10 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
         shared: bool, whether `rows` are also `selection` (recorded: the
             certificate then does not hold as stated).
         apply: bool, configure the model with the chosen setting.
+        kept: `(shift, criterion)`, the setting to keep where nothing is
+            certified: a halting shift from the trained biases and an exit
+            criterion of the model's method (e.g. a previous calibration's);
+            None: the trained biases under the proven rule.
         verbose: 0 or 1.
 
     Returns:
@@ -130,7 +135,8 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
         `metric_before`, `metric`, `reference_metric` (on `rows`),
         `max_metric_drop` and `certificate` (`certified` false: the model
         keeps its trained halting under its proven rule, and `rows_needed`
-        says about how many rows the first candidate would need). Unlike a
+        says about how many rows the first candidate would need; `kept`:
+        whether the given `kept` setting is the one reported). Unlike a
         compute target, no setting is safe by construction here: the
         halting shift that runs every block moves DACT's answer towards
         its last head, which can be less accurate than the trained mix.
@@ -173,9 +179,10 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
         chosen = passed_count - 1
         exits, predictions, criterion = outcomes[chosen]
         _, _, shift, _, threshold = path[chosen]
-    else:  # nothing certified: the model as trained, under its proven rule (no claim)
-        chosen, shift, threshold = 0, 0.0, 1.0
-        criterion = model.exit_criterion.proven_form()
+    else:  # nothing certified: the kept setting, or the trained halting under the proven rule
+        chosen = 0
+        shift, criterion = kept or (0.0, model.exit_criterion.proven_form())
+        threshold = criterion.get_config().get("halting_threshold", 1.0)
         exits, outputs = analysis.replay_exits(model, traces["rows"], shifts_of(shift), criterion)
         predictions = analysis.predictions(model, outputs)
     before_exits, before_outputs = analysis.replay_exits(model, traces["rows"], shifts_of(0.0))
@@ -199,6 +206,7 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
         "metric_before": float(metric(analysis.predictions(model, before_outputs))[1]),
         "metric": float(value), "reference_metric": float(metric(ref)[1]),
         "max_metric_drop": float(max_drop), "certificate": certificate,
+        "kept": bool(kept) and not passed_count,
     }
     if apply:
         model.configure_exit(**criterion.get_config())
@@ -207,7 +215,15 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
 
 
 def message(result):
-    """One line: where the certified drop landed."""
+    """One line: where the certified drop landed, or what the model kept."""
+    if not result["certificate"]["certified"]:
+        kept = ("its previous calibration" if result.get("kept") else
+                "its trained halting under the proven rule")
+        return (f"No certified drop: the model keeps {kept}, "
+                f"{result['mean_layers_executed']:.2f} blocks on the calibration rows; "
+                f"{result['metric_name']} {result['metric']:.4f} against the full-depth "
+                f"model's {result['reference_metric']:.4f}. "
+                + certify.describe(result["certificate"]))
     return (f"Certified drop: {result['mean_layers_executed']:.2f} blocks on the calibration "
             f"rows (halting shift {result['shift']:+g}, score threshold "
             f"{result['halting_threshold']:.4g}); {result['metric_name']} "

@@ -221,6 +221,17 @@ def test_calibrate_a_certified_drop_then_the_saved_model_runs_it(trained, tmp_pa
     out = tmp_path / "eval.json"
     dact_tf("evaluate", f"--model_dir={model_dir}", f"--output_json={out}", cache=cache)
     assert json.loads(out.read_text())["certificates"] == {"compute_target": cert}
+    # A drop no rows can certify leaves the calibrated model directory as it was.
+    before = _snapshot(model_dir)
+    kept = dact_tf("calibrate", f"--model_dir={model_dir}", *DATA, "--halting_rule=certified",
+                   "--certified_risk=drop", "--calibration_max_drop=0.001",
+                   f"--output_json={tmp_path / 'kept.json'}", cache=cache)
+    assert "No certified drop: the model keeps its previous calibration" in kept.stderr
+    attempt = json.loads((tmp_path / "kept.json").read_text())
+    assert attempt["kept"] and not attempt["certificate"]["certified"]
+    assert attempt["mean_layers_executed"] == pytest.approx(saved["mean_layers_executed"],
+                                                            abs=1e-6)
+    assert _snapshot(model_dir) == before
 
 
 def _head_of_dev(path, rows):

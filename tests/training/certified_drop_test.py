@@ -1,5 +1,7 @@
 """Tests of the certified drop: DACT's halting shift and learned score under one bound."""
 
+import copy
+
 import keras
 import numpy as np
 import pytest
@@ -76,11 +78,7 @@ def test_the_candidates_are_tested_safest_first_along_a_frontier():
 
 
 def test_a_drop_that_cannot_be_certified_leaves_the_model_as_trained_under_its_proven_rule():
-    # A reference trained on the task against an untrained model: the drop is large.
-    reference = _model(seed=4)
-    reference.compile(optimizer=keras.optimizers.Adam(3e-3))
-    reference.fit(_rows(400, 9), epochs=4, verbose=0)
-    model = _model(seed=3)
+    reference, model = _trained_reference(), _model(seed=3)
     bias_before = model.encoder.heads.halting_bias_weight.numpy().copy()
     trained, _ = train_lib.predict_dataset(model, _rows(40, 6))
     result = certified_drop.certify_drop_halting(model, _rows(200, 5), _rows(40, 6),
@@ -94,6 +92,41 @@ def test_a_drop_that_cannot_be_certified_leaves_the_model_as_trained_under_its_p
     np.testing.assert_array_equal(after["layers_executed"], trained["layers_executed"])
     assert result["mean_layers_executed"] == pytest.approx(result["before"])
     assert certify.describe(cert).startswith("not certified: 40 calibration rows")
+    assert not result["kept"] and certified_drop.message(result).startswith(
+        "No certified drop: the model keeps its trained halting under the proven rule")
+
+
+def _trained_reference(seed=4):
+    """A reference trained on the task: against an untrained model the drop is large."""
+    reference = _model(seed=seed)
+    reference.compile(optimizer=keras.optimizers.Adam(3e-3))
+    reference.fit(_rows(400, 9), epochs=4, verbose=0)
+    return reference
+
+
+def test_a_drop_that_cannot_be_certified_keeps_the_previous_calibration():
+    model = _model(seed=3)
+    calibration_run.calibrate(model, _rows(200, 5), _rows(200, 6), target_blocks=2.0,
+                              max_drop=None, max_disagreement=0.3, confidence=0.9, verbose=0)
+    assert model.exit_criterion.halting_rule == "certified"
+    exit_before = model.exit_criterion.copy()
+    certificates = copy.deepcopy(model.certificates)
+    biases = model.encoder.heads.halting_bias_weight.numpy().copy()
+    before, _ = train_lib.predict_dataset(model, _rows(40, 6))
+    result = calibration_run.calibrate_drop(model, _rows(200, 5), _rows(40, 6),
+                                            reference=_trained_reference(), max_drop=0.01,
+                                            verbose=0)
+    assert not result["certificate"]["certified"] and result["kept"]
+    assert model.exit_criterion == exit_before and model.certificates == certificates
+    np.testing.assert_allclose(model.encoder.heads.halting_bias_weight.numpy(), biases,
+                               atol=1e-5)
+    after, _ = train_lib.predict_dataset(model, _rows(40, 6))
+    np.testing.assert_array_equal(after["layers_executed"], before["layers_executed"])
+    np.testing.assert_array_equal(after["predictions"], before["predictions"])
+    # What the result reports is what the kept model does on those rows.
+    assert result["mean_layers_executed"] == pytest.approx(before["layers_executed"].mean())
+    assert certified_drop.message(result).startswith(
+        "No certified drop: the model keeps its previous calibration")
 
 
 def test_refusals():
