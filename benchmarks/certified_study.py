@@ -232,21 +232,23 @@ _COUNT_FIELDS = ("max_train_examples", "holdout_fraction", "max_holdout_examples
 
 
 def _data_config(group):
-    """The group's `DataConfig`: its DACT model's stored one, paths fixed; checked across models."""
+    """The group's `DataConfig`: its DACT model's stored one (without one, its full model's),
+    paths fixed; checked across models."""
     from dact_tf.training import train_lib
 
     configs = {m: train_lib.read_config(d) for m, d in group["models"].items()}
-    stored = dict(configs["dact"]["data"])
-    label_names = configs["dact"]["label_names"]
+    anchor = "dact" if "dact" in configs else "full"
+    stored = dict(configs[anchor]["data"])
+    label_names = configs[anchor]["label_names"]
     for method, config in configs.items():
         for key in _SAME_FIELDS:
             if config["data"].get(key) != stored.get(key):
                 raise ValueError(
                     f"{group['name']}: {group['models'][method]} was trained with "
-                    f"{key}={config['data'].get(key)!r}, the dact model with "
+                    f"{key}={config['data'].get(key)!r}, the {anchor} model with "
                     f"{key}={stored.get(key)!r}: not one group.")
         if config["label_names"] != label_names:
-            raise ValueError(f"{group['name']}: {method} has other labels than dact.")
+            raise ValueError(f"{group['name']}: {method} has other labels than {anchor}.")
     vocabularies = {_file_hash(os.path.join(d, "vocab.txt")) for d in group["models"].values()}
     if len(vocabularies) > 1:
         raise ValueError(f"{group['name']}: the models' vocabularies differ.")
@@ -289,9 +291,9 @@ def _data_config(group):
         theirs = _split_counts(train_lib.dataclasses.replace(data_config, **other), label_names)
         if theirs != counts:
             raise ValueError(
-                f"{group['name']}: {group['models'][method]} held out other rows than the dact "
-                f"model ({', '.join(f'{k}={v!r}' for k, v in other.items())}: (train, selection, "
-                f"calibration) rows {theirs}, the dact model's {counts}): not one group.")
+                f"{group['name']}: {group['models'][method]} held out other rows than the "
+                f"{anchor} model ({', '.join(f'{k}={v!r}' for k, v in other.items())}: (train, selection, "
+                f"calibration) rows {theirs}, the {anchor} model's {counts}): not one group.")
     return data_config, label_names
 
 
@@ -384,7 +386,8 @@ class Group:
         self.data_config, self.label_names = _data_config(group)
         self.metric_task = train_lib.task_info(self.data_config, self.label_names)[3]
         self.metric_name = METRIC.get(self.data_config.task, "accuracy")
-        init_from = train_lib.read_config(group["models"]["dact"])["model"].get("init_from")
+        init_from = (train_lib.read_config(group["models"]["dact"])["model"].get("init_from")
+                     if "dact" in group["models"] else None)
         if init_from and os.path.realpath(init_from) != os.path.realpath(group["models"]["full"]):
             logging.warning("%s: the dact model was warm-started from %s, not from the group's "
                             "full model %s (the compute target's reference).", group["name"],
@@ -402,7 +405,8 @@ class Group:
         if self._datasets is None:
             from dact_tf.training import train_lib
 
-            _, preprocessor, _ = train_lib.load_model_dir(self.group["models"]["dact"])
+            models = self.group["models"]
+            _, preprocessor, _ = train_lib.load_model_dir(models.get("dact", models["full"]))
             self._datasets = _datasets(self.data_config, preprocessor, self.label_names)
         return self._datasets
 

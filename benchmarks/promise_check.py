@@ -34,8 +34,10 @@ def sweep_points(path, groups):
     measured on the same models and evaluation set (DeeBERT's entropy
     thresholds, PABEE's patiences, static truncation). Its rows of the
     group's task and seed (the file lists every group trained into the same
-    study folder; the group's label is its task) replace the group's rows in
-    `path`, which keeps them for runs without the models.
+    study folder; the group's label is its task) replace the group's rows of
+    the same methods in `path`, which keeps them for runs without the models;
+    a method the file lacks keeps its stored rows (a later run that trained
+    only some of the baselines again).
 
     Args:
         path: the sweeps CSV (read, then rewritten when a group adds rows).
@@ -61,7 +63,9 @@ def sweep_points(path, groups):
                       "mean_blocks": r["mean_layers_executed"]}
                      for r in csv.DictReader(f)
                      if r["method"] in BASELINES and (r["task"], r["seed"]) == key]
-        rows = [r for r in rows if (r["task"], r["seed"]) != key] + found
+        measured = {r["method"] for r in found}
+        rows = [r for r in rows
+                if (r["task"], r["seed"]) != key or r["method"] not in measured] + found
         changed = True
     if changed:
         with open(path, "w", newline="") as f:

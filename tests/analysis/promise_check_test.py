@@ -34,22 +34,26 @@ def test_a_groups_sweep_keeps_only_its_own_task_and_seed(tmp_path):
         _side_row("sst2", "pabee", 1, 0.86, 3.5, knob="2"),
     ])
     sweeps = tmp_path / "sweeps.csv"
-    # An older group's rows are kept; a stale row of this group is replaced.
+    # An older group's rows are kept; this group's stale rows of a method it measured again
+    # are replaced, and those of a method it did not train this time (static) are kept.
     _write(sweeps, promise_check.SWEEP_KEYS, [
         dict(task="mrpc", seed="0", method="pabee", knob="3", metric_name="f1",
              metric="0.82", mean_blocks="3.1"),
-        dict(task="sst2", seed="1", method="static", knob="3", metric_name="pearson",
-             metric="0.83", mean_blocks="3.0"),
+        dict(task="sst2", seed="1", method="static", knob="3", metric_name="accuracy",
+             metric="0.81", mean_blocks="3.0"),
+        dict(task="sst2", seed="1", method="pabee", knob="3", metric_name="accuracy",
+             metric="0.84", mean_blocks="4.0"),
     ])
     out = promise_check.sweep_points(str(sweeps), [{"label": "sst2", "seed": 1,
                                                      "dir": str(group_dir)}])
-    assert sorted(out[("sst2", 1)]) == [("deebert", 2.9, 0.87), ("pabee", 3.5, 0.86)]
+    assert sorted(out[("sst2", 1)]) == [("deebert", 2.9, 0.87), ("pabee", 3.5, 0.86),
+                                        ("static", 3.0, 0.81)]
     assert out[("mrpc", 0)] == [("pabee", 3.1, 0.82)]
     assert set(out) == {("sst2", 1), ("mrpc", 0)}
     with open(sweeps, newline="") as f:
         kept = [(r["task"], r["seed"], r["method"]) for r in csv.DictReader(f)]
     assert sorted(kept) == [("mrpc", "0", "pabee"), ("sst2", "1", "deebert"),
-                            ("sst2", "1", "pabee")]
+                            ("sst2", "1", "pabee"), ("sst2", "1", "static")]
 
 
 def test_best_at_interpolates_between_points_that_straddle_the_blocks():
