@@ -134,9 +134,10 @@ def certify_drop_halting(model, selection, rows, reference=None, max_drop=0.01,
         with the choice), `selection_layers_executed`, `metric_name`,
         `metric_before`, `metric`, `reference_metric` (on `rows`),
         `max_metric_drop` and `certificate` (`certified` false: the model
-        keeps its trained halting under its proven rule, and `rows_needed`
-        says about how many rows the first candidate would need; `kept`:
-        whether the given `kept` setting is the one reported). Unlike a
+        keeps the `kept` setting, or its trained halting under its proven
+        rule, and `rows_needed` says about how many rows the first
+        candidate would need), and `kept` (whether the `kept` setting is
+        the one reported). Unlike a
         compute target, no setting is safe by construction here: the
         halting shift that runs every block moves DACT's answer towards
         its last head, which can be less accurate than the trained mix.
