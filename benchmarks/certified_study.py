@@ -231,13 +231,19 @@ _COUNT_FIELDS = ("max_train_examples", "holdout_fraction", "max_holdout_examples
                  "calibration_share", "calibration_file")
 
 
+def _anchor(models):
+    """The model whose stored data split and preprocessor a group uses: `dact`, or without
+    one (a group of baselines only) `full`."""
+    return "dact" if "dact" in models else "full"
+
+
 def _data_config(group):
     """The group's `DataConfig`: its DACT model's stored one (without one, its full model's),
     paths fixed; checked across models."""
     from dact_tf.training import train_lib
 
     configs = {m: train_lib.read_config(d) for m, d in group["models"].items()}
-    anchor = "dact" if "dact" in configs else "full"
+    anchor = _anchor(configs)
     stored = dict(configs[anchor]["data"])
     label_names = configs[anchor]["label_names"]
     for method, config in configs.items():
@@ -406,7 +412,7 @@ class Group:
             from dact_tf.training import train_lib
 
             models = self.group["models"]
-            _, preprocessor, _ = train_lib.load_model_dir(models.get("dact", models["full"]))
+            _, preprocessor, _ = train_lib.load_model_dir(models[_anchor(models)])
             self._datasets = _datasets(self.data_config, preprocessor, self.label_names)
         return self._datasets
 

@@ -232,20 +232,21 @@ def calibrate_drop(model, selection, rows, *, reference=None, max_drop=0.01,
         raise ValueError("A certified drop needs its bound: max_drop (0.01: one point) and "
                          "labelled rows.")
     certify.check_max_drop(max_drop, confidence)  # before the model changes
-    previous = model.exit_criterion.copy(), copy.deepcopy(model.certificates)
+    previous_exit = model.exit_criterion.copy()
+    previous_certificates = copy.deepcopy(model.certificates)
     model.configure_exit(halting_rule="tight", halting_slack=0.0)  # a new choice voids the old
     undone = undo_shift(model)
     rows_source = SHARED if selection is rows else rows_source
     result = certified_drop_lib.certify_drop_halting(
         model, selection, rows, reference=reference, max_drop=max_drop, confidence=confidence,
         metric_task=metric_task, shared=rows_source == SHARED,
-        kept=(undone, previous[0]) if previous[1] else None, verbose=verbose)
+        kept=(undone, previous_exit) if previous_certificates else None, verbose=verbose)
     result["holdout_layers_executed"] = float(
         halting_statistics(model, selection)["mean_layers_executed"])
     _say(certified_drop_lib.message(result), always=not result["certificate"]["certified"],
          verbose=verbose)
     if result["kept"]:  # the previous calibration and its certificates stand
-        model.certificates = previous[1]
+        model.certificates = previous_certificates
         return result
     model.certificates = {"compute_target": result["certificate"]}
     _note_source(result, model, rows_source)

@@ -112,14 +112,12 @@ def run(require, data_config_from):
                 max_disagreement=risk,
                 **common)
         path = os.path.join(model_dir, train_lib.CALIBRATION_FILE)
-        if result.get("kept"):  # nothing certified: the model and its calibration.json stand
-            path = None
-        elif target is None and not drop and os.path.exists(path):
+        if target is None and not drop and os.path.exists(path):
             # A halting mode alone keeps the target's calibration (it is still the model's).
             with open(path, encoding="utf-8") as f:
                 previous = json.load(f)
             result = {**{k: v for k, v in previous.items() if k != "halting"}, **result}
-        if path:
+        if not result.get("kept"):  # kept: nothing certified, the model directory stands
             train_lib.write_json(path, result)
             train_lib.save_model_dir(model_dir, model, preprocessor.tokenizer, config)
     print(json.dumps(result, indent=2, sort_keys=True))
