@@ -288,7 +288,14 @@ def cmd_evaluate():
     results = train_lib.evaluate(model, dataset, metric_task, verbose=1,
                                  full_depth_disagreement=True)
     if model.certificates:
+        from dact_tf.calibration import certificate_check
+
         results["certificates"] = model.certificates
+        check = certificate_check.check_halting(model.certificates.get("halting"), results)
+        if check:
+            results["certificate_check"] = check
+            if certificate_check.message(check):
+                print(certificate_check.message(check), file=sys.stderr)
     if FLAGS.per_block:
         results["per_block"] = train_lib.per_block_report(model, dataset, metric_task,
                                                           verbose=1)

@@ -110,6 +110,19 @@ def test_calibrate_certifies_a_halting_mode_and_the_exports_carry_it(trained, tm
     exit_config = {"halting_rule": "certified", "halting_threshold": halting["value"],
                    "consistency_weights": weights}
 
+    # evaluate checks the certificate against its own rows, and warns only on a contradiction.
+    out = tmp_path / "eval.json"
+    proc = dact_tf("evaluate", f"--model_dir={model_dir}", f"--output_json={out}", cache=cache)
+    results = json.loads(out.read_text())
+    check = results["certificate_check"]
+    at_risk = round(results["full_depth_disagreement"] * EVAL_ROWS)
+    assert check["measured"] == results["full_depth_disagreement"]
+    assert check["rows"] == EVAL_ROWS and check["epsilon"] == 0.3
+    assert check["lower_bound"] == pytest.approx(
+        risk_bounds.lower_bound(at_risk, EVAL_ROWS, 0.1), rel=1e-9, abs=1e-12)
+    assert check["contradicted"] == (check["lower_bound"] > 0.3)
+    assert ("Warning: on these 48 rows" in proc.stderr) == check["contradicted"]
+
     # SavedModel: the metadata holds the exit rule and the certificates.
     exports = tmp_path / "serving"
     dact_tf("export", f"--model_dir={model_dir}", f"--export_dir={exports}",
