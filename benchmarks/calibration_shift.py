@@ -16,6 +16,9 @@ point reports the dev blocks, accuracy, disagreement with full depth and
 `dact_tf.calibration.certificate_check`'s verdict (what `dact-tf evaluate`
 prints).
 
+`--shift_modes=drop` does the same for DACT's certified drop against the plain
+full-depth model (item 5's one-point promise), and reports the dev drop.
+
 Resumable per point (a JSON under `--shift_out_dir`); after each point the CSV
 and the Markdown are rewritten.
 
@@ -27,6 +30,7 @@ Usage (from the repository root):
 
 import csv
 import gc
+import itertools
 import json
 import os
 import platform
@@ -44,12 +48,15 @@ from absl import logging  # noqa: E402
 from benchmarks import certified_study  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KEYS = ("task", "seed", "method", "eps", "min_tokens", "cal_rows", "certified", "cert_bound",
+KEYS = ("task", "seed", "method", "mode", "eps", "min_tokens", "cal_rows", "certified", "cert_bound",
         "cert_at_risk", "cal_blocks", "eval_rows", "eval_long_share", "accuracy", "mean_blocks",
-        "full_depth_disagreement", "eval_lower", "contradicted", "seconds")
+        "full_depth_disagreement", "eval_lower", "contradicted", "drop_vs_full", "seconds")
 
 flags.DEFINE_list("min_tokens", ["0", "14"], "Certify on the calibration rows of at least this "
                   "many tokens ([CLS] and [SEP] included; 0: every row).")
+flags.DEFINE_list("shift_modes", ["halting"], "halting: the certified halting mode "
+                  "(--max_disagreement=EPS); drop: DACT's certified drop against the full "
+                  "model (--certified_risk=drop --calibration_max_drop=EPS).")
 flags.DEFINE_string("shift_out_dir", "runs/calibration_shift/points", "Finished points (JSON).")
 flags.DEFINE_string("shift_csv", os.path.join(HERE, "results", "calibration_shift.csv"),
                     "The CSV.")
@@ -83,7 +90,8 @@ def _long_share(dataset, min_tokens):
     return float((np.concatenate(counts) >= min_tokens).mean())
 
 
-def _point(g, method, eps, min_tokens):
+def _point(g, method, mode, eps, min_tokens):
+    from dact_tf.calibration import calibration_run
     from dact_tf.calibration import certificate_check
     from dact_tf.calibration import certify
     from dact_tf.evaluation import scoring
@@ -94,31 +102,52 @@ def _point(g, method, eps, min_tokens):
     cal = g.datasets["calibration"]
     if min_tokens:
         cal = long_rows(cal, min_tokens)
-    halting = certify.certify_halting(model, cal, max_disagreement=eps,
-                                      confidence=FLAGS.confidence, verbose=FLAGS.verbose,
-                                      fit_dataset=g.datasets["holdout"])
-    cert = halting["certificate"]
+    if mode == "drop":
+        result = calibration_run.calibrate_drop(
+            model, g.datasets["holdout"], cal, reference=g.full, max_drop=eps,
+            confidence=FLAGS.confidence, metric_task=g.metric_task, verbose=0)
+    else:
+        result = certify.certify_halting(model, cal, max_disagreement=eps,
+                                         confidence=FLAGS.confidence, verbose=FLAGS.verbose,
+                                         fit_dataset=g.datasets["holdout"])
+    cert = result["certificate"]
     results = scoring.evaluate(model, g.datasets["validation"], g.metric_task,
                                verbose=FLAGS.verbose, full_depth_disagreement=True)
     check = certificate_check.check_halting(cert, results) or {}
     point = {
-        "task": g.group["label"], "seed": g.group["seed"], "method": method, "eps": eps,
-        "min_tokens": min_tokens, "cal_rows": cert["rows"], "certified": cert["certified"],
-        "cert_bound": cert["bound"], "cert_at_risk": cert["at_risk"],
-        "cal_blocks": halting["mean_layers_executed"], "eval_rows": results["num_examples"],
+        "task": g.group["label"], "seed": g.group["seed"], "method": method, "mode": mode,
+        "eps": eps, "min_tokens": min_tokens, "cal_rows": cert["rows"],
+        "certified": cert["certified"], "cert_bound": cert["bound"],
+        "cert_at_risk": cert["at_risk"], "cal_blocks": result["mean_layers_executed"],
+        "eval_rows": results["num_examples"],
         "eval_long_share": _long_share(g.datasets["validation"], min_tokens),
         "accuracy": results[g.metric_name], "mean_blocks": results["mean_layers_executed"],
         "full_depth_disagreement": results["full_depth_disagreement"],
         "eval_lower": check.get("lower_bound"), "contradicted": check.get("contradicted"),
+        "drop_vs_full": _full_metric(g) - results[g.metric_name],
         "seconds": round(time.time() - start, 1)}
     del model
     gc.collect()
     return point
 
 
-def _path(group, method, eps, min_tokens):
+def _full_metric(g):
+    """The group's full model's metric on the evaluation rows (computed once)."""
+    if not hasattr(g, "full_metric"):
+        from dact_tf.evaluation import scoring
+
+        g.full_metric = scoring.evaluate(g.full, g.datasets["validation"],
+                                         g.metric_task)[g.metric_name]
+    return g.full_metric
+
+
+def _path(group, method, mode, eps, min_tokens):
     name = f"{group['label']}_seed{group['seed']}_{method}_eps{eps:g}_min{min_tokens}"
+    name += "" if mode == "halting" else f"_{mode}"
     return os.path.join(FLAGS.shift_out_dir, re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".json")
+
+
+_ID = ("task", "seed", "method", "mode", "eps", "min_tokens")
 
 
 def _rows():
@@ -127,14 +156,16 @@ def _rows():
     if os.path.exists(FLAGS.shift_csv):
         with open(FLAGS.shift_csv) as f:
             for r in csv.DictReader(f):
-                points[(r["task"], r["seed"], r["method"], r["eps"], r["min_tokens"])] = r
+                r["mode"] = r.get("mode") or "halting"
+                points[tuple(r[k] for k in _ID)] = r
     if os.path.isdir(FLAGS.shift_out_dir):
         for name in sorted(os.listdir(FLAGS.shift_out_dir)):
             with open(os.path.join(FLAGS.shift_out_dir, name)) as f:
                 p = json.load(f)
-            points[tuple(str(p[k]) for k in ("task", "seed", "method", "eps", "min_tokens"))] = p
-    return [points[k] for k in sorted(points, key=lambda k: (k[0], int(k[1]), k[2],
-                                                              float(k[3]), int(k[4])))]
+            p.setdefault("mode", "halting")
+            points[tuple(str(p[k]) for k in _ID)] = p
+    return [points[k] for k in sorted(points, key=lambda k: (k[0], int(k[1]), k[3], k[2],
+                                                              float(k[4]), int(k[5])))]
 
 
 def _fmt(value, spec):
@@ -163,7 +194,7 @@ def _write(rows):
         "```",
         "PYTHONPATH=. python -m benchmarks.calibration_shift --glue_dir=GLUE_DIR "
         "--groups=sst2:SEED=runs/study/sst2/seedSEED,... --methods=dact,deebert "
-        "--epsilons=0.01,0.02 --min_tokens=0,14",
+        "--epsilons=0.01,0.02 --min_tokens=0,14 --shift_modes=halting,drop",
         "```",
         "",
         "Each row certifies the model's halting at EPS (95 % confidence) on its kept-apart "
@@ -171,18 +202,23 @@ def _write(rows):
         "only. *long dev*: the share of dev rows that long. *dev disagreement*: dev rows whose "
         "early answer differs from the model's own full depth; *lower*: its one-sided 95 % "
         "lower bound; *contradicted*: lower > EPS (the certificate does not hold on dev: "
-        "what `dact-tf evaluate` warns about).",
+        "what `dact-tf evaluate` warns about). Mode *drop*: DACT's certified drop "
+        "(`--certified_risk=drop`, the promise of at most EPS below the plain full-depth model) "
+        "certified on the same rows; *drop vs full*: the full model's dev accuracy minus this "
+        "one's.",
         "",
-        "| task | seed | method | EPS | min tokens | cal. rows | certified (bound) | cal. blocks "
-        "| long dev | accuracy | dev blocks | dev disagreement | lower | contradicted |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | seed | method | mode | EPS | min tokens | cal. rows | certified (bound) "
+        "| cal. blocks | long dev | accuracy | drop vs full | dev blocks | dev disagreement "
+        "| lower | contradicted |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['task']} | {r['seed']} | {r['method']} | {_fmt(r['eps'], '.1%')} "
+            f"| {r['task']} | {r['seed']} | {r['method']} | {r['mode']} | {_fmt(r['eps'], '.1%')} "
             f"| {r['min_tokens']} | {r['cal_rows']} | {_fmt(r['certified'], '')} "
             f"({_fmt(r['cert_bound'], '.2%')}) | {_fmt(r['cal_blocks'], '.2f')} "
             f"| {_fmt(r['eval_long_share'], '.0%')} | {_fmt(r['accuracy'], '.4f')} "
+            f"| {_fmt(r.get('drop_vs_full'), '+.2%')} "
             f"| {_fmt(r['mean_blocks'], '.2f')} | {_fmt(r['full_depth_disagreement'], '.2%')} "
             f"| {_fmt(r['eval_lower'], '.2%')} | {_fmt(r['contradicted'], '')} |")
     with open(FLAGS.shift_md, "w") as f:
@@ -200,17 +236,19 @@ def main(argv):
         for method in FLAGS.methods:
             if method not in group["models"] or method in ("full", "static"):
                 continue
-            for eps in epsilons:
-                for min_tokens in lengths:
-                    path = _path(group, method, eps, min_tokens)
-                    if os.path.exists(path):
-                        continue
-                    point = _point(g, method, eps, min_tokens)
-                    with open(path + ".tmp", "w") as f:
-                        json.dump(point, f, indent=2, sort_keys=True)
-                    os.replace(path + ".tmp", path)
-                    logging.info("%s: %s", os.path.basename(path), point)
-                    _write(_rows())
+            for mode, eps, min_tokens in itertools.product(FLAGS.shift_modes, epsilons,
+                                                           lengths):
+                if mode == "drop" and method != "dact":
+                    continue
+                path = _path(group, method, mode, eps, min_tokens)
+                if os.path.exists(path):
+                    continue
+                point = _point(g, method, mode, eps, min_tokens)
+                with open(path + ".tmp", "w") as f:
+                    json.dump(point, f, indent=2, sort_keys=True)
+                os.replace(path + ".tmp", path)
+                logging.info("%s: %s", os.path.basename(path), point)
+                _write(_rows())
     _write(_rows())
 
 
