@@ -93,6 +93,11 @@ class DataConfig:
             holds for rows like its calibration rows, so give rows like
             the ones the model will serve where the training rows differ
             from them. Every held-out row is then a selection row.
+        calibration_min_tokens: certify on the calibration rows of at least
+            this many tokens only ([CLS] and [SEP] included; 0: every row).
+            Choosing rows by their length alone keeps the certificate valid
+            for the longer rows, which is where served rows are longer than
+            the training rows (SST-2 trains on phrases and serves sentences).
     """
 
     task: str = "sst2"
@@ -113,6 +118,7 @@ class DataConfig:
     max_holdout_examples: int = 8000
     calibration_share: float = 0.6
     calibration_file: str = None
+    calibration_min_tokens: int = 0
 
 
 @dataclasses.dataclass

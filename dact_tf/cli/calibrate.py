@@ -54,6 +54,7 @@ def run(require, data_config_from):
             the path flags given again.
     """
     from dact_tf.calibration import calibration_run
+    from dact_tf.data import tasks
     from dact_tf.models import model_dir as model_dir_lib
     from dact_tf.utils import files
     from dact_tf.training import train_lib
@@ -69,6 +70,7 @@ def run(require, data_config_from):
         stored["method"], rule, FLAGS.max_disagreement, FLAGS.calibration_max_drop,
         FLAGS.calibration_confidence, FLAGS.certified_risk)
     data_config = data_config_from(stored["data"], split="train")
+    tasks.check_min_tokens(data_config)  # before the model loads
     if not data_config.holdout_fraction:
         raise ValueError(f"{model_dir} was trained with --holdout_fraction=0: no held-out rows "
                          "to calibrate on; train it again with held-out rows.")

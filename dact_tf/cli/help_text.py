@@ -15,7 +15,7 @@ SUMMARIES = {
 _DATA = ["task", "data_dir", "train_file", "eval_file", "text_column", "text_pair_column",
          "label_column", "header", "sequence_length", "batch_size", "max_train_examples",
          "max_eval_examples", "seed", "padding", "holdout_fraction", "max_holdout_examples",
-         "calibration_share", "calibration_file"]
+         "calibration_share", "calibration_file", "calibration_min_tokens"]
 _EXIT = ["halting_rule", "halting_epsilon", "patience", "entropy_threshold"]
 #: Each command's flags, grouped, for `dact-tf COMMAND --help`.
 COMMAND_FLAGS = {
@@ -23,7 +23,7 @@ COMMAND_FLAGS = {
         "Where": ["model_dir", "output_json"],
         "Data (the training data, to find the held-out rows)": [
             "data_dir", "train_file", "text_column", "text_pair_column", "label_column",
-            "header", "batch_size", "calibration_file"],
+            "header", "batch_size", "calibration_file", "calibration_min_tokens"],
         "What to certify": ["target_blocks", "calibration_max_drop", "pass_through",
                             "halting_rule", "max_disagreement", "certified_risk",
                             "calibration_confidence",

@@ -29,6 +29,7 @@ from dact_tf.data.metrics import pearson
 from dact_tf.data.metrics import spearman
 from dact_tf.data.metrics import task_metrics
 from dact_tf.data.pipeline import glue_dataset
+from dact_tf.data.pipeline import keep_min_tokens
 from dact_tf.data.pipeline import make_dataset
 from dact_tf.data.pipeline import make_dataset_from_examples
 from dact_tf.data.pipeline import make_dataset_from_features

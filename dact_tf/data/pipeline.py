@@ -343,3 +343,25 @@ def _cut_to_longest(inputs, labels):
     length = tf.reduce_max(tf.reduce_sum(tf.cast(inputs["padding_mask"], tf.int32), axis=1))
     length = tf.maximum(length, 1)
     return {key: value[:, :length] for key, value in inputs.items()}, labels
+
+
+def keep_min_tokens(dataset, min_tokens):
+    """The rows of `dataset` with at least `min_tokens` tokens, still in batches.
+
+    Args:
+        dataset: batches of `(features, labels)` (keras-hub features with a
+            `padding_mask`).
+        min_tokens: int >= 1, counted with `[CLS]` and `[SEP]`.
+
+    Returns:
+        A `tf.data.Dataset` of the same structure; a batch left with no row
+        is dropped. A choice made on the inputs alone: the rows kept are an
+        independent sample of the longer rows' distribution.
+    """
+
+    def keep(inputs, labels):
+        mask = tf.reduce_sum(tf.cast(inputs["padding_mask"], tf.int32), axis=1) >= min_tokens
+        return ({key: tf.boolean_mask(value, mask) for key, value in inputs.items()},
+                tf.boolean_mask(labels, mask))
+
+    return dataset.map(keep).filter(lambda inputs, labels: tf.shape(labels)[0] > 0)

@@ -102,7 +102,38 @@ def make_datasets(data_config, preprocessor, label_names=None, splits=("train", 
                 pair_key=task.pair_feature, regression=task.is_regression,
                 shuffle=shuffle, max_examples=limit, padding=padding, **common
             )
+    if "calibration" in out and getattr(data_config, "calibration_min_tokens", 0):
+        out["calibration"] = _long_rows(out["calibration"], data_config)
     return out
+
+
+def check_min_tokens(data_config):
+    """Refuses, in one line, a `calibration_min_tokens` that cannot choose rows."""
+    n = getattr(data_config, "calibration_min_tokens", 0) or 0
+    if not n:
+        return
+    if isinstance(n, bool) or int(n) != n or n < 0:
+        raise ValueError(f"--calibration_min_tokens must be an integer >= 0, got {n!r}.")
+    if n > data_config.sequence_length:
+        raise ValueError(f"--calibration_min_tokens={n} is above --sequence_length="
+                         f"{data_config.sequence_length}: no row is that long.")
+    if not (data_config.calibration_file or data_config.calibration_share):
+        raise ValueError("--calibration_min_tokens chooses among the calibration rows kept "
+                         "apart, and --calibration_share=0 keeps none apart: the model's "
+                         "selection rows would certify it.")
+
+
+def _long_rows(dataset, data_config):
+    """`dataset` (the calibration rows) cut to its rows of at least `calibration_min_tokens`
+    tokens, or a one-line refusal when none is that long."""
+    check_min_tokens(data_config)
+    n = int(data_config.calibration_min_tokens)
+    lengths = np.concatenate([inputs["padding_mask"].sum(axis=1)
+                              for inputs, _ in dataset.as_numpy_iterator()])
+    if not (lengths >= n).any():
+        raise ValueError(f"--calibration_min_tokens={n}: none of the {len(lengths)} calibration "
+                         f"rows is that long (the longest has {int(lengths.max())} tokens).")
+    return dact_data.keep_min_tokens(dataset, n)
 
 
 #: Fixed seed of the holdout split: every method and seed holds out the same rows.
@@ -151,13 +182,18 @@ def calibration_examples(data_config, label_names=None):
 
 
 def calibration_source(data_config):
-    """What the certificates were computed on: None (held-out rows) or the file and its digest."""
+    """What the certificates were computed on: None (every held-out calibration row), or the
+    file and its digest, and the rows' least length (`calibration_min_tokens`)."""
     path = data_config.calibration_file
-    if not path:
-        return None
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    return f"from {os.path.basename(path)} (sha256 {digest[:16]})"
+    source = None
+    if path:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        source = f"from {os.path.basename(path)} (sha256 {digest[:16]})"
+    n = getattr(data_config, "calibration_min_tokens", 0)
+    if n:
+        source = f"{source or 'kept apart'}, the rows of at least {n} tokens"
+    return source
 
 
 def calibration_rows(held_out, data_config):

@@ -130,7 +130,7 @@ _REQUIRED_KEYS = ("lowercase", "label_names", "data", "data.task", "data.sequenc
 
 
 _FIELD_MINIMUM = {"data.sequence_length": 1, "data.batch_size": 1, "data.calibration_share": 0,
-                  "model.calibration_max_drop": 0}
+                  "data.calibration_min_tokens": 0, "model.calibration_max_drop": 0}
 #: Keys with a value by default that may also be null.
 _NULLABLE_KEYS = ("model.calibration_max_drop",)
 

@@ -156,6 +156,7 @@ def _check_certified(data_config, model_config):
     if model_config.halting_rule == "certified" and not data_config.holdout_fraction:
         raise ValueError("--halting_rule=certified is certified on held-out rows: set "
                          "--holdout_fraction > 0.")
+    tasks.check_min_tokens(data_config)
     if data_config.calibration_file:
         if not data_config.holdout_fraction:
             raise ValueError("--calibration_file: the exit is still fitted on held-out rows "

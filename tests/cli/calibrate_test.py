@@ -290,6 +290,36 @@ def test_calibrate_on_a_calibration_file_certifies_on_its_rows(trained, tmp_path
     assert round(saved["full_depth_disagreement"] * 90) == cert["at_risk"]
 
 
+def test_calibrate_on_the_long_calibration_rows_records_them(trained, tmp_path):
+    import dataclasses
+
+    from dact_tf.training import train_lib
+
+    cache, model_dir = _copy(trained, tmp_path)
+    model, every, _ = _calibration_rows(model_dir)
+    lengths = sorted(int(n) for x, _ in every for n in x["padding_mask"].numpy().sum(axis=1))
+    n = lengths[len(lengths) // 2]
+    long = sum(length >= n for length in lengths)
+    assert 0 < long < CALIBRATION_ROWS
+    dact_tf("calibrate", f"--model_dir={model_dir}", *DATA, "--halting_rule=certified",
+            "--max_disagreement=0.3", "--calibration_confidence=0.9",
+            f"--calibration_min_tokens={n}", cache=cache)
+    cert = json.loads((model_dir / "calibration.json").read_text())["halting"]["certificate"]
+    assert cert["rows"] == long
+    assert cert["calibration_rows"] == f"kept apart, the rows of at least {n} tokens"
+    assert cert["bound"] == pytest.approx(
+        risk_bounds.upper_bound(cert["at_risk"], long, 0.1), rel=1e-9, abs=1e-9)
+    # The certified model, on exactly those rows, differs from its full depth on at_risk rows.
+    model, preprocessor, config = train_lib.load_model_dir(str(model_dir))
+    data_config = dataclasses.replace(train_lib.DataConfig(**config["data"]),
+                                      calibration_min_tokens=n)
+    rows = train_lib.make_datasets(data_config, preprocessor, config["label_names"],
+                                   splits=("calibration",))["calibration"]
+    saved = train_lib.evaluate(model, rows, "sst2", full_depth_disagreement=True)
+    assert saved["num_examples"] == long
+    assert round(saved["full_depth_disagreement"] * long) == cert["at_risk"]
+
+
 def _snapshot(folder):
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in folder.rglob("*")}
@@ -326,6 +356,8 @@ def test_refusals_are_one_line_exit_1_and_write_nothing(trained, tmp_path):
                                   f"--calibration_file={bad_file}"], "bad.tsv:3"),
         "empty_file": (calibrate + ["--halting_rule=certified",
                                     f"--calibration_file={empty_file}"], "empty.tsv: no data rows"),
+        "too_long": (calibrate + ["--halting_rule=certified", "--calibration_min_tokens=17"],
+                     "--calibration_min_tokens=17 is above --sequence_length=16"),
     }
     # A model whose held-out rows all selected (trained with a calibration file).
     filed = tmp_path / "filed"

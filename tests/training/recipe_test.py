@@ -182,6 +182,42 @@ def test_held_out_rows_split_into_selection_and_calibration_the_same_for_every_s
     assert sorted(_rows(shared["holdout"])) == sorted(selection + calibration)
 
 
+def test_calibration_min_tokens_keeps_exactly_the_long_calibration_rows():
+    from dact_tf.calibration import calibration_run
+    from dact_tf.models import backbones
+
+    pre = backbones.make_preprocessor(backbones.tiny_tokenizer(), 16)
+    every = _rows(train_lib.make_datasets(_data_config(), pre, splits=("calibration",))
+                  ["calibration"])
+    lengths = sorted(len(ids) for ids, _ in every)
+    n = lengths[len(lengths) // 2]  # the median length: some rows go, some stay
+    config = _data_config(calibration_min_tokens=n)
+    ds = train_lib.make_datasets(config, pre, splits=("holdout", "calibration"))
+    long = [row for row in every if len(row[0]) >= n]
+    assert 0 < len(long) < len(every)
+    assert _rows(ds["calibration"]) == long  # the same rows, in the same order
+    assert len(_rows(ds["holdout"])) == 10  # the selection rows are untouched
+    # The certificates say which rows they were made on.
+    assert calibration_run.rows_source(config) == f"kept apart, the rows of at least {n} tokens"
+    # Untruncated rows: one token more than the longest is too long.
+    wide = backbones.make_preprocessor(backbones.tiny_tokenizer(), 128)
+    longest = max(len(ids) for ids, _ in _rows(train_lib.make_datasets(
+        _data_config(sequence_length=128), wide, splits=("calibration",))["calibration"]))
+    assert longest < 128
+    with pytest.raises(ValueError, match=rf"^--calibration_min_tokens={longest + 1}: none of "
+                       rf"the 14 calibration rows is that long \(the longest has {longest} "
+                       r"tokens\)\.$"):
+        train_lib.make_datasets(
+            _data_config(sequence_length=128, calibration_min_tokens=longest + 1), wide,
+            splits=("calibration",))
+    with pytest.raises(ValueError, match="above --sequence_length=16"):
+        train_lib.make_datasets(_data_config(calibration_min_tokens=17), pre,
+                                splits=("calibration",))
+    with pytest.raises(ValueError, match="--calibration_share=0 keeps none apart"):
+        train_lib.make_datasets(_data_config(calibration_min_tokens=n, calibration_share=0.0),
+                                pre, splits=("calibration",))
+
+
 def test_train_runs_both_stages_keeps_the_best_epoch_and_lands_on_target_blocks(tmp_path):
     model_dir = tmp_path / "run"
     data = _data_config()
