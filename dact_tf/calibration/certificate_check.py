@@ -7,7 +7,8 @@ the certificate can tell. The evaluation rows can: if their own rate is
 above the certified bound by more than chance allows (a one-sided lower
 confidence bound, at the certificate's confidence, above the bound), the
 certificate does not carry to them, and the model should be certified
-again on rows like them (`dact-tf calibrate --calibration_file=...`).
+again on rows like them (`dact-tf calibrate --calibration_file=...`, or
+`--calibration_min_tokens=N` where they are longer than the training rows).
 
 A measured rate above the bound whose lower confidence bound is not is no
 contradiction: on a few hundred rows the rate of a model that meets its
@@ -80,4 +81,5 @@ def message(check):
     return (f"Warning: on these {check['rows']} rows {check['measured']:.2%} {what} (at least "
             f"{check['lower_bound']:.2%} at {check['confidence']:.0%} confidence), above the "
             f"certified {check['epsilon']:.2%}: the certificate does not carry to rows like "
-            "these. Certify again on rows like them: dact-tf calibrate --calibration_file=FILE.")
+            "these. Certify again on rows like them: dact-tf calibrate --calibration_file=FILE "
+            "(labelled), or --calibration_min_tokens=N where these rows are longer.")

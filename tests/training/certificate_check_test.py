@@ -26,6 +26,7 @@ def test_a_rate_is_checked_with_the_exact_clopper_pearson_lower_bound():
     line = certificate_check.message(check)
     assert line.startswith("Warning: on these 872 rows 3.21% of the early answers differ")
     assert "above the certified 2.00%" in line and "--calibration_file" in line
+    assert "--calibration_min_tokens=N" in line
     # Above the bound but within chance: no contradiction, no warning.
     within = certificate_check.check_halting(
         _certificate(), {"num_examples": 872, "full_depth_disagreement": 20 / 872})
