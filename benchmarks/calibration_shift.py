@@ -221,8 +221,43 @@ def _write(rows):
             f"| {_fmt(r.get('drop_vs_full'), '+.2%')} "
             f"| {_fmt(r['mean_blocks'], '.2f')} | {_fmt(r['full_depth_disagreement'], '.2%')} "
             f"| {_fmt(r['eval_lower'], '.2%')} | {_fmt(r['contradicted'], '')} |")
+    lines += _summary(rows)
     with open(FLAGS.shift_md, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _value(r, key):
+    """A row's value from a JSON point or the CSV (strings), as a float or bool."""
+    value = r.get(key)
+    if isinstance(value, str):
+        value = {"True": True, "False": False, "": None}.get(value, value)
+        value = float(value) if isinstance(value, str) else value
+    return value
+
+
+def _summary(rows):
+    """Per method, mode and EPS, across seeds: does the promise hold on dev, and at how many
+    blocks, certified on every calibration row against the long ones."""
+    groups = {}
+    for r in rows:
+        key = (r["method"], r.get("mode") or "halting", float(r["eps"]))
+        groups.setdefault(key, {}).setdefault(int(r["min_tokens"]), []).append(r)
+    lines = ["", "## Across seeds", "",
+             "*holds*: seeds where the dev set does not break the promise (halting: not "
+             "contradicted; drop: the dev drop against the full model, measured, at most EPS); *blocks*: "
+             "mean dev blocks over the seeds.", "",
+             "| method | mode | EPS | rows | seeds | holds | blocks |", "|---|---|---|---|---|---|---|"]
+    for (method, mode, eps), by_length in sorted(groups.items()):
+        for length, group in sorted(by_length.items()):
+            if mode == "drop":
+                holds = sum(_value(r, "drop_vs_full") <= eps + 1e-9 for r in group)
+            else:
+                holds = sum(not _value(r, "contradicted") for r in group)
+            blocks = sum(_value(r, "mean_blocks") for r in group) / len(group)
+            rows_kind = f"at least {length} tokens" if length else "every row"
+            lines.append(f"| {method} | {mode} | {eps:.1%} | {rows_kind} | {len(group)} "
+                         f"| {holds} of {len(group)} | {blocks:.2f} |")
+    return lines
 
 
 def main(argv):
