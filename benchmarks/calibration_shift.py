@@ -64,30 +64,13 @@ flags.DEFINE_string("shift_md", os.path.join(HERE, "CALIBRATION_SHIFT.md"), "The
 FLAGS = flags.FLAGS
 
 
-def _tokens(features):
-    import tensorflow as tf
+def _long_share(g, min_tokens):
+    """The share of the group's evaluation rows with at least `min_tokens` tokens (once)."""
+    from dact_tf import data
 
-    return tf.reduce_sum(tf.cast(features["padding_mask"], tf.int32), axis=1)
-
-
-def long_rows(dataset, min_tokens):
-    """The rows of `dataset` (batches of `(features, labels)`) with at least `min_tokens`
-    tokens, in batches (a batch left empty is dropped)."""
-    import tensorflow as tf
-
-    def keep(features, labels):
-        mask = _tokens(features) >= min_tokens
-        return ({k: tf.boolean_mask(v, mask) for k, v in features.items()},
-                tf.boolean_mask(labels, mask))
-
-    return dataset.map(keep).filter(lambda f, y: tf.shape(y)[0] > 0)
-
-
-def _long_share(dataset, min_tokens):
-    import numpy as np
-
-    counts = [_tokens(f).numpy() for f, _ in dataset]
-    return float((np.concatenate(counts) >= min_tokens).mean())
+    if not hasattr(g, "eval_tokens"):
+        g.eval_tokens = data.token_counts(g.datasets["validation"])
+    return float((g.eval_tokens >= min_tokens).mean())
 
 
 def _point(g, method, mode, eps, min_tokens):
@@ -97,11 +80,13 @@ def _point(g, method, mode, eps, min_tokens):
     from dact_tf.evaluation import scoring
     from dact_tf.training import train_lib
 
+    from dact_tf import data
+
     start = time.time()
     model, _, _ = train_lib.load_model_dir(g.group["models"][method])
     cal = g.datasets["calibration"]
     if min_tokens:
-        cal = long_rows(cal, min_tokens)
+        cal = data.keep_min_tokens(cal, min_tokens)
     if mode == "drop":
         result = calibration_run.calibrate_drop(
             model, g.datasets["holdout"], cal, reference=g.full, max_drop=eps,
@@ -120,7 +105,7 @@ def _point(g, method, mode, eps, min_tokens):
         "certified": cert["certified"], "cert_bound": cert["bound"],
         "cert_at_risk": cert["at_risk"], "cal_blocks": result["mean_layers_executed"],
         "eval_rows": results["num_examples"],
-        "eval_long_share": _long_share(g.datasets["validation"], min_tokens),
+        "eval_long_share": _long_share(g, min_tokens),
         "accuracy": results[g.metric_name], "mean_blocks": results["mean_layers_executed"],
         "full_depth_disagreement": results["full_depth_disagreement"],
         "eval_lower": check.get("lower_bound"), "contradicted": check.get("contradicted"),
@@ -169,12 +154,9 @@ def _rows():
 
 
 def _fmt(value, spec):
-    if value in (None, ""):
+    value = _value(value)
+    if value is None:
         return "-"
-    if isinstance(value, str):
-        value = {"True": True, "False": False}.get(value, value)
-        if isinstance(value, str):
-            value = float(value)
     return format(value, spec) if not isinstance(value, bool) else ("yes" if value else "no")
 
 
@@ -226,9 +208,8 @@ def _write(rows):
         f.write("\n".join(lines) + "\n")
 
 
-def _value(r, key):
-    """A row's value from a JSON point or the CSV (strings), as a float or bool."""
-    value = r.get(key)
+def _value(value):
+    """A value from a JSON point, or from the CSV (a string), as a float, bool or None."""
     if isinstance(value, str):
         value = {"True": True, "False": False, "": None}.get(value, value)
         value = float(value) if isinstance(value, str) else value
@@ -250,10 +231,10 @@ def _summary(rows):
     for (method, mode, eps), by_length in sorted(groups.items()):
         for length, group in sorted(by_length.items()):
             if mode == "drop":
-                holds = sum(_value(r, "drop_vs_full") <= eps + 1e-9 for r in group)
+                holds = sum(_value(r["drop_vs_full"]) <= eps + 1e-9 for r in group)
             else:
-                holds = sum(not _value(r, "contradicted") for r in group)
-            blocks = sum(_value(r, "mean_blocks") for r in group) / len(group)
+                holds = sum(not _value(r["contradicted"]) for r in group)
+            blocks = sum(_value(r["mean_blocks"]) for r in group) / len(group)
             rows_kind = f"at least {length} tokens" if length else "every row"
             lines.append(f"| {method} | {mode} | {eps:.1%} | {rows_kind} | {len(group)} "
                          f"| {holds} of {len(group)} | {blocks:.2f} |")

@@ -295,8 +295,9 @@ def cmd_evaluate():
         check = certificate_check.check_halting(model.certificates.get("halting"), results)
         if check:
             results["certificate_check"] = check
-            if certificate_check.message(check):
-                print(certificate_check.message(check), file=sys.stderr)
+            warning = certificate_check.message(check)
+            if warning:
+                print(warning, file=sys.stderr)
     if FLAGS.per_block:
         results["per_block"] = train_lib.per_block_report(model, dataset, metric_task,
                                                           verbose=1)

@@ -33,5 +33,6 @@ from dact_tf.data.pipeline import keep_min_tokens
 from dact_tf.data.pipeline import make_dataset
 from dact_tf.data.pipeline import make_dataset_from_examples
 from dact_tf.data.pipeline import make_dataset_from_features
+from dact_tf.data.pipeline import token_counts
 from dact_tf.data.tsv import TextExamples
 from dact_tf.data.tsv import read_text_file

@@ -28,6 +28,7 @@ example; `"batch"` and `"bucket"` just compute far fewer padded positions
 (SST-2's training phrases average about 13 tokens against S = 64).
 """
 
+import numpy as np
 import tensorflow as tf
 
 from dact_tf.data import glue as glue_lib
@@ -343,6 +344,13 @@ def _cut_to_longest(inputs, labels):
     length = tf.reduce_max(tf.reduce_sum(tf.cast(inputs["padding_mask"], tf.int32), axis=1))
     length = tf.maximum(length, 1)
     return {key: value[:, :length] for key, value in inputs.items()}, labels
+
+
+def token_counts(dataset):
+    """int `[rows]`: the tokens of each row of `dataset` (batches of `(features, labels)`),
+    `[CLS]` and `[SEP]` counted."""
+    return np.concatenate([inputs["padding_mask"].sum(axis=1)
+                           for inputs, _ in dataset.as_numpy_iterator()])
 
 
 def keep_min_tokens(dataset, min_tokens):

@@ -128,8 +128,7 @@ def _long_rows(dataset, data_config):
     tokens, or a one-line refusal when none is that long."""
     check_min_tokens(data_config)
     n = int(data_config.calibration_min_tokens)
-    lengths = np.concatenate([inputs["padding_mask"].sum(axis=1)
-                              for inputs, _ in dataset.as_numpy_iterator()])
+    lengths = dact_data.token_counts(dataset)
     if not (lengths >= n).any():
         raise ValueError(f"--calibration_min_tokens={n}: none of the {len(lengths)} calibration "
                          f"rows is that long (the longest has {int(lengths.max())} tokens).")
